@@ -1,0 +1,3 @@
+from swarm_pool.cli import main
+
+main()

@@ -1,0 +1,190 @@
+"""The configuration: pydantic models for ``conf/pool.toml``, with every default here.
+
+Sources, lowest to highest precedence: the defaults below, a TOML file (``--config PATH``,
+else ``$SWARM_POOL_CONFIG``, else ``<project>/.swarm/pool.toml`` or
+``<project>/swarm-pool.toml`` when present), then ``SWARM_POOL_<SECTION>__<KEY>`` env vars
+(for example ``SWARM_POOL_POOL__SIZE=4``). Unknown keys and bad values fail with one line
+that names the key and the value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from swarm_pool.errors import ConfigError
+
+ENV_PREFIX = "SWARM_POOL_"
+# Env vars with this prefix that are not config overrides.
+_NON_CONFIG_ENV = {"SWARM_POOL_OPENCODE", "SWARM_POOL_CONFIG", "SWARM_POOL_HOME"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PoolSection(_Section):
+    size: int = Field(2, ge=1, le=64, description="instances started by `start`")
+    port_min: int = Field(47100, ge=1024, le=65535)
+    port_max: int = Field(47999, ge=1024, le=65535)
+    start_timeout_s: float = Field(30.0, gt=0)
+    stop_grace_s: float = Field(5.0, ge=0)
+    routing: Literal["least_busy", "dedicated"] = "least_busy"
+    max_sessions_per_instance: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> PoolSection:
+        if self.port_min > self.port_max:
+            raise ValueError(f"port_min {self.port_min} > port_max {self.port_max}")
+        return self
+
+
+class SupervisorSection(_Section):
+    check_interval_s: float = Field(1.0, gt=0)
+    health_timeout_s: float = Field(2.0, gt=0)
+    health_failures: int = Field(3, ge=1, description="K failed health checks -> restart")
+    max_rss_mb: int = Field(2048, ge=0, description="0 disables the memory limit")
+    memory_checks: int = Field(3, ge=1, description="K checks over the limit -> restart")
+    memory_grace_s: float = Field(300.0, ge=0, description="restart even if busy after")
+    backoff_initial_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    backoff_jitter: float = Field(0.2, ge=0, le=1)
+    stable_after_s: float = Field(60.0, ge=0, description="uptime that resets backoff")
+    flap_max_restarts: int = Field(5, ge=1, description="more than R restarts ...")
+    flap_window_s: float = Field(120.0, gt=0, description="... within this window -> fatal")
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(3, ge=0)
+
+
+class OpenCodeSection(_Section):
+    binary: str = Field("", description="empty: $SWARM_POOL_OPENCODE, project install, PATH")
+    model: str = Field("scripted", description='"scripted" or "provider/model"')
+    disable_models_fetch: bool = True
+    permission: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "edit": "allow",
+            "bash": "allow",
+            "webfetch": "allow",
+            "external_directory": "deny",
+            "doom_loop": "deny",
+        }
+    )
+    extra_config: dict[str, Any] = Field(default_factory=dict)
+    mcp_enabled: bool = True
+
+
+class ModelSection(_Section):
+    port: int = Field(0, ge=0, le=65535, description="0: allocate from the pool's range")
+    scripts: str = Field("", description="TOML file of scripts; empty: built-in defaults")
+    default_delay_s: float = Field(0.0, ge=0)
+
+
+class WorkersSection(_Section):
+    max_retries: int = Field(1, ge=0)
+    timeout_s: float = Field(900.0, gt=0)
+    check_command: str = Field("", description="run in the worktree by swarm_complete")
+    check_timeout_s: float = Field(300.0, gt=0)
+    base_branch: str = Field("", description="empty: the branch checked out at spawn")
+
+
+class StoreSection(_Section):
+    busy_timeout_ms: int = Field(10000, ge=0)
+    lock_timeout_s: float = Field(30.0, gt=0)
+
+
+class Config(_Section):
+    pool: PoolSection = Field(default_factory=PoolSection)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    opencode: OpenCodeSection = Field(default_factory=OpenCodeSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    workers: WorkersSection = Field(default_factory=WorkersSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+
+
+def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {loc!r}"
+    value = first.get("input")
+    return f"bad config value {loc}={value!r}: {first['msg']}"
+
+
+def _parse_env_value(raw: str) -> Any:
+    # TOML syntax lets env vars carry numbers, booleans, arrays and tables; anything
+    # that does not parse is taken as a plain string.
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _NON_CONFIG_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"bad env override {name}={raw!r}: expected {ENV_PREFIX}<SECTION>__<KEY>"
+            )
+        section, key = parts
+        out.setdefault(section, {})[key] = _parse_env_value(raw)
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+
+
+def default_config_path(project_root: Path | None) -> Path | None:
+    if project_root is None:
+        return None
+    for candidate in (project_root / ".swarm" / "pool.toml", project_root / "swarm-pool.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    project_root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective config from file and env; raise ConfigError on bad input."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get("SWARM_POOL_CONFIG"):
+        path = Path(env["SWARM_POOL_CONFIG"])
+    if path is None:
+        path = default_config_path(project_root)
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    data = _merge(data, _env_overrides(env))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, data)) from e

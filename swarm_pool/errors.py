@@ -1,0 +1,164 @@
+"""Every error swarm-pool raises on purpose, in one hierarchy.
+
+Core modules raise these; only the edges (``cli.py``, ``mcp_server.py``) turn them into
+messages, exit codes or tool errors. Foreign errors are mapped at the boundary with
+``raise Ours(...) from e``.
+
+    SwarmPoolError
+    ├── ConfigError                 bad config file, key, value or env override
+    ├── BinaryNotFoundError         no opencode binary anywhere we look
+    ├── ProjectError                project dir missing / unwritable
+    ├── PortError
+    │   ├── PortsExhaustedError     no free port left in the configured range
+    │   └── PortInUseError          a port was taken between allocation and bind
+    ├── ProcessError                a child could not be launched or stopped
+    ├── InstanceError
+    │   └── InstanceStartError      an instance never became ready
+    ├── PoolError
+    │   ├── PoolAlreadyRunningError
+    │   ├── PoolNotRunningError
+    │   └── UnknownInstanceError
+    ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
+    ├── StoreError
+    │   ├── MigrationError
+    │   ├── EventValidationError    unknown type / missing or bad field
+    │   └── NotFoundError           unknown epic, cell, message or reservation
+    ├── HiveError                   cycle, unknown dependency, bad id
+    ├── ReservationError
+    │   └── PathEscapeError         a path or pattern leaves the project
+    ├── MailError
+    ├── GitError
+    │   ├── DirtyWorktreeError      refusing to remove uncommitted work
+    │   └── MergeConflictError
+    ├── WorkerError
+    │   ├── DependencyBlockedError
+    │   └── DuplicateSpawnError
+    ├── PlanError                   bad plan file
+    └── ScriptError                 bad scripted-model script
+"""
+
+from __future__ import annotations
+
+
+class SwarmPoolError(Exception):
+    """Base class of every error swarm-pool raises on purpose."""
+
+
+class ConfigError(SwarmPoolError):
+    pass
+
+
+class BinaryNotFoundError(SwarmPoolError):
+    pass
+
+
+class ProjectError(SwarmPoolError):
+    pass
+
+
+class PortError(SwarmPoolError):
+    pass
+
+
+class PortsExhaustedError(PortError):
+    pass
+
+
+class PortInUseError(PortError):
+    pass
+
+
+class ProcessError(SwarmPoolError):
+    pass
+
+
+class InstanceError(SwarmPoolError):
+    pass
+
+
+class InstanceStartError(InstanceError):
+    pass
+
+
+class PoolError(SwarmPoolError):
+    pass
+
+
+class PoolAlreadyRunningError(PoolError):
+    pass
+
+
+class PoolNotRunningError(PoolError):
+    pass
+
+
+class UnknownInstanceError(PoolError):
+    pass
+
+
+class OpenCodeError(SwarmPoolError):
+    pass
+
+
+class StoreError(SwarmPoolError):
+    pass
+
+
+class MigrationError(StoreError):
+    pass
+
+
+class EventValidationError(StoreError):
+    pass
+
+
+class NotFoundError(StoreError):
+    pass
+
+
+class HiveError(SwarmPoolError):
+    pass
+
+
+class ReservationError(SwarmPoolError):
+    pass
+
+
+class PathEscapeError(ReservationError):
+    pass
+
+
+class MailError(SwarmPoolError):
+    pass
+
+
+class GitError(SwarmPoolError):
+    pass
+
+
+class DirtyWorktreeError(GitError):
+    pass
+
+
+class MergeConflictError(GitError):
+    pass
+
+
+class WorkerError(SwarmPoolError):
+    pass
+
+
+class DependencyBlockedError(WorkerError):
+    pass
+
+
+class DuplicateSpawnError(WorkerError):
+    pass
+
+
+class PlanError(SwarmPoolError):
+    pass
+
+
+class ScriptError(SwarmPoolError):
+    pass

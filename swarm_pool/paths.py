@@ -1,0 +1,96 @@
+"""Where things live on disk: the project's ``.swarm/`` folder and the per-user folder.
+
+The project folder holds the store, the pool state file, each instance's data and logs,
+and the worktrees. The per-user folder holds what every pool on the machine shares
+(port leases).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from swarm_pool.errors import ProjectError
+
+SWARM_DIR = ".swarm"
+
+
+def user_state_dir() -> Path:
+    """Per-user folder shared by every pool of this user (``$SWARM_POOL_HOME`` wins)."""
+    if os.environ.get("SWARM_POOL_HOME"):
+        return Path(os.environ["SWARM_POOL_HOME"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "swarm-pool"
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The git root of ``start`` (default: cwd), else ``start`` itself."""
+    here = (start or Path.cwd()).resolve()
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return here
+    if out.returncode == 0 and out.stdout.strip():
+        return Path(out.stdout.strip()).resolve()
+    return here
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @property
+    def swarm_dir(self) -> Path:
+        return self.root / SWARM_DIR
+
+    @property
+    def db(self) -> Path:
+        return self.swarm_dir / "swarm.db"
+
+    @property
+    def state_file(self) -> Path:
+        return self.swarm_dir / "pool.json"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.swarm_dir / "supervisor.log"
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.swarm_dir / "instances"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.swarm_dir / "worktrees"
+
+    def instance_dir(self, name: str) -> Path:
+        return self.instances_dir / name
+
+    def ensure(self) -> ProjectPaths:
+        """Create ``.swarm/`` with its own ``.gitignore``; ProjectError if we cannot."""
+        if not self.root.is_dir():
+            raise ProjectError(f"project dir does not exist: {self.root}")
+        try:
+            self.swarm_dir.mkdir(exist_ok=True)
+            gitignore = self.swarm_dir / ".gitignore"
+            if not gitignore.exists():
+                gitignore.write_text("*\n")
+            probe = self.swarm_dir / ".write-probe"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ProjectError(f"project dir is not writable: {self.root} ({e.strerror})") from e
+        return self
+
+
+def project_paths(root: Path | None) -> ProjectPaths:
+    return ProjectPaths(find_project_root(root) if root is None else root.resolve())

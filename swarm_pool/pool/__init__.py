@@ -1,0 +1,1 @@
+"""The process manager: a supervised pool of opencode servers; knows nothing about agents."""

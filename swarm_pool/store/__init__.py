@@ -1,0 +1,1 @@
+"""The shared SQLite event store; knows nothing about processes."""

@@ -1,0 +1,369 @@
+"""The store's vocabulary: one pydantic model per event type, discriminated by ``type``.
+
+Every event carries ``timestamp`` (ms since the epoch, set at creation). The four worker
+events keep the fields of the upstream ADR (``session_id``, ``bead_id``, ``epic_id``,
+``files``, ``prompt_hash``, ``progress_percent``, ``summary``, ``files_touched``,
+``duration_ms``, ``error``). Adding a type: add a class here and put it in ``Event``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from swarm_pool.errors import EventValidationError
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BaseEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timestamp: int = Field(default_factory=now_ms, ge=0)
+
+
+# --- pool -----------------------------------------------------------------------------
+
+
+class PoolStarted(BaseEvent):
+    type: Literal["pool_started"] = "pool_started"
+    supervisor_pid: int
+    size: int
+
+
+class PoolStopped(BaseEvent):
+    type: Literal["pool_stopped"] = "pool_stopped"
+    supervisor_pid: int
+    reason: str = ""
+
+
+class _InstanceEvent(BaseEvent):
+    instance: str
+    pid: int | None = None
+    port: int | None = None
+
+
+class InstanceStarted(_InstanceEvent):
+    type: Literal["instance_started"] = "instance_started"
+
+
+class InstanceReady(_InstanceEvent):
+    type: Literal["instance_ready"] = "instance_ready"
+    startup_ms: int | None = None
+
+
+class InstanceUnhealthy(_InstanceEvent):
+    type: Literal["instance_unhealthy"] = "instance_unhealthy"
+    reason: str = ""
+
+
+class InstanceExited(_InstanceEvent):
+    type: Literal["instance_exited"] = "instance_exited"
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+
+
+class InstanceRestarted(_InstanceEvent):
+    type: Literal["instance_restarted"] = "instance_restarted"
+    restarts: int = 0
+    reason: str = ""
+    backoff_s: float = 0.0
+
+
+class InstanceFatal(_InstanceEvent):
+    type: Literal["instance_fatal"] = "instance_fatal"
+    reason: str = ""
+
+
+class InstanceStopped(_InstanceEvent):
+    type: Literal["instance_stopped"] = "instance_stopped"
+
+
+# --- hive -----------------------------------------------------------------------------
+
+CellStatus = Literal["open", "in_progress", "blocked", "closed"]
+
+
+class SubtaskSpec(BaseModel):
+    """A subtask as given to ``create_epic``; ``depends_on`` holds cell ids or indexes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = Field(min_length=1)
+    description: str = ""
+    files: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+    script: list[dict[str, Any]] | None = None
+
+
+class EpicCreated(BaseEvent):
+    type: Literal["epic_created"] = "epic_created"
+    epic_id: str
+    title: str
+    description: str = ""
+
+
+class CellCreated(BaseEvent):
+    type: Literal["cell_created"] = "cell_created"
+    cell_id: str
+    epic_id: str
+    title: str
+    description: str = ""
+    files: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+    script: list[dict[str, Any]] | None = None
+
+
+class CellStatusChanged(BaseEvent):
+    type: Literal["cell_status_changed"] = "cell_status_changed"
+    cell_id: str
+    epic_id: str
+    status: CellStatus
+    reason: str = ""
+
+
+# --- workers --------------------------------------------------------------------------
+
+
+class _WorkerEvent(BaseEvent):
+    bead_id: str
+    epic_id: str
+    session_id: str | None = None
+    attempt: int = Field(1, ge=1)
+
+
+class WorkerSpawned(_WorkerEvent):
+    type: Literal["worker_spawned"] = "worker_spawned"
+    agent_name: str = ""
+    instance: str = ""
+    worktree: str = ""
+    files: list[str] = Field(default_factory=list)
+    prompt_hash: str = ""
+
+
+class WorkerProgress(_WorkerEvent):
+    type: Literal["worker_progress"] = "worker_progress"
+    progress_percent: int = Field(ge=0, le=100)
+    message: str = ""
+    files_touched: list[str] = Field(default_factory=list)
+
+
+class WorkerCompleted(_WorkerEvent):
+    type: Literal["worker_completed"] = "worker_completed"
+    status: Literal["success", "failed", "blocked"] = "success"
+    summary: str = ""
+    files_touched: list[str] = Field(default_factory=list)
+    duration_ms: int | None = None
+    error: str | None = None
+    # Files changed in the worktree outside the owned patterns, and claimed-vs-real diffs.
+    violations: list[str] = Field(default_factory=list)
+    verification: dict[str, Any] | None = None
+
+
+class WorkerFailed(_WorkerEvent):
+    type: Literal["worker_failed"] = "worker_failed"
+    error: str
+    reason: str = ""
+    duration_ms: int | None = None
+
+
+class WorkerBlocked(_WorkerEvent):
+    type: Literal["worker_blocked"] = "worker_blocked"
+    reason: str = ""
+    kind: Literal["permission", "question", "mail", "other"] = "other"
+    request_id: str | None = None
+    instance: str = ""
+
+
+class WorkerRetried(_WorkerEvent):
+    type: Literal["worker_retried"] = "worker_retried"
+    reason: str = ""
+
+
+class SessionStatus(BaseEvent):
+    """A raw session status change seen on an instance's event stream."""
+
+    type: Literal["session_status"] = "session_status"
+    session_id: str
+    instance: str
+    status: str
+    bead_id: str | None = None
+    epic_id: str | None = None
+
+
+class SessionError(BaseEvent):
+    type: Literal["session_error"] = "session_error"
+    session_id: str
+    instance: str
+    error: str
+    bead_id: str | None = None
+    epic_id: str | None = None
+
+
+# --- files ----------------------------------------------------------------------------
+
+
+class FileReserved(BaseEvent):
+    type: Literal["file_reserved"] = "file_reserved"
+    reservation_id: str
+    holder: str
+    pattern: str
+    exclusive: bool = True
+    expires_at: int
+    reason: str = ""
+    bead_id: str | None = None
+    epic_id: str | None = None
+
+
+class FileReleased(BaseEvent):
+    type: Literal["file_released"] = "file_released"
+    reservation_id: str
+    holder: str
+    pattern: str
+    reason: str = ""
+
+
+class FileRenewed(BaseEvent):
+    type: Literal["file_renewed"] = "file_renewed"
+    reservation_id: str
+    holder: str
+    expires_at: int
+
+
+class FileConflict(BaseEvent):
+    type: Literal["file_conflict"] = "file_conflict"
+    holder: str
+    requested: list[str]
+    conflicts: list[dict[str, str]] = Field(
+        default_factory=list, description="[{holder, pattern, requested}]"
+    )
+    bead_id: str | None = None
+    epic_id: str | None = None
+
+
+# --- mail -----------------------------------------------------------------------------
+
+
+class MessageSent(BaseEvent):
+    type: Literal["message_sent"] = "message_sent"
+    message_id: str
+    sender: str
+    to: list[str] = Field(min_length=1)
+    subject: str
+    body: str = ""
+    importance: Literal["low", "normal", "high", "urgent"] = "normal"
+    thread_id: str | None = None
+    ack_required: bool = False
+    bead_id: str | None = None
+    epic_id: str | None = None
+
+
+class MessageRead(BaseEvent):
+    type: Literal["message_read"] = "message_read"
+    message_id: str
+    agent: str
+
+
+class MessageAcked(BaseEvent):
+    type: Literal["message_acked"] = "message_acked"
+    message_id: str
+    agent: str
+
+
+class AgentRegistered(BaseEvent):
+    type: Literal["agent_registered"] = "agent_registered"
+    agent: str
+    bead_id: str | None = None
+    epic_id: str | None = None
+    worktree: str = ""
+    pid: int | None = None
+
+
+# --- review ---------------------------------------------------------------------------
+
+
+class ReviewCompleted(BaseEvent):
+    type: Literal["review_completed"] = "review_completed"
+    bead_id: str
+    epic_id: str
+    approved: bool
+    files_touched: list[str] = Field(default_factory=list)
+    outside_owned: list[str] = Field(default_factory=list)
+    diffstat: str = ""
+    verification: dict[str, Any] | None = None
+    notes: str = ""
+
+
+class WorktreeMerged(BaseEvent):
+    type: Literal["worktree_merged"] = "worktree_merged"
+    bead_id: str
+    epic_id: str
+    branch: str
+    base_branch: str
+    commit: str
+
+
+class MergeConflict(BaseEvent):
+    type: Literal["merge_conflict"] = "merge_conflict"
+    bead_id: str
+    epic_id: str
+    branch: str
+    base_branch: str
+    files: list[str] = Field(default_factory=list)
+
+
+Event = Annotated[
+    PoolStarted
+    | PoolStopped
+    | InstanceStarted
+    | InstanceReady
+    | InstanceUnhealthy
+    | InstanceExited
+    | InstanceRestarted
+    | InstanceFatal
+    | InstanceStopped
+    | EpicCreated
+    | CellCreated
+    | CellStatusChanged
+    | WorkerSpawned
+    | WorkerProgress
+    | WorkerCompleted
+    | WorkerFailed
+    | WorkerBlocked
+    | WorkerRetried
+    | SessionStatus
+    | SessionError
+    | FileReserved
+    | FileReleased
+    | FileRenewed
+    | FileConflict
+    | MessageSent
+    | MessageRead
+    | MessageAcked
+    | AgentRegistered
+    | ReviewCompleted
+    | WorktreeMerged
+    | MergeConflict,
+    Field(discriminator="type"),
+]
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_CLASSES: tuple[type[BaseEvent], ...] = get_args(get_args(Event)[0])
+EVENT_TYPES: frozenset[str] = frozenset(c.model_fields["type"].default for c in EVENT_CLASSES)
+
+
+def parse_event(data: dict[str, Any] | str | bytes) -> Event:
+    """Validate raw data (a dict or JSON) into a typed event; EventValidationError if bad."""
+    try:
+        if isinstance(data, str | bytes):
+            return _ADAPTER.validate_json(data)
+        return _ADAPTER.validate_python(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "event"
+        raise EventValidationError(f"invalid event at {loc}: {first['msg']}") from e

@@ -1,0 +1,1 @@
+"""The agent workflow, built on pool + store + opencode."""

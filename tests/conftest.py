@@ -1,0 +1,77 @@
+"""Fixtures every test gets: a private state dir and env, and proof no process leaked.
+
+Every process a test starts inherits ``SWARM_POOL_TEST_ID`` (set here, per test), so the
+leak check finds even daemons that detached into their own session. Processes from
+session-scoped fixtures carry only ``SWARM_POOL_TEST_SESSION`` and are checked when the
+session ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support import SESSION_TAG_ENV, TEST_TAG_ENV, describe, tagged_processes
+
+ROOT = Path(__file__).resolve().parent.parent
+_SESSION_TAG = uuid.uuid4().hex
+os.environ[SESSION_TAG_ENV] = _SESSION_TAG
+os.environ.pop(TEST_TAG_ENV, None)
+# One per-user state dir for the whole session, as on a real machine: port leases are
+# shared by every pool, including those of session-scoped fixtures.
+_HOME = Path(tempfile.mkdtemp(prefix="swarm-pool-tests-"))
+os.environ["SWARM_POOL_HOME"] = str(_HOME / "swarm-pool")
+for _xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+    os.environ[_xdg] = str(_HOME / _xdg.lower())
+
+
+def _check_no_leak(env_name: str, tag: str, what: str) -> None:
+    deadline_procs = tagged_processes(env_name, tag)
+    if not deadline_procs:
+        return
+    # Children may still be exiting after a clean stop; give them a moment.
+    _gone, alive = psutil.wait_procs(deadline_procs, timeout=5)
+    if alive:
+        text = describe(alive)
+        for proc in alive:  # we started them (they carry our tag), so we may stop them
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        pytest.fail(f"{what} left processes behind: {text}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TEST_TAG_ENV, tag)
+    yield
+    _check_no_leak(TEST_TAG_ENV, tag, "test")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop stray config overrides from the caller's environment."""
+    for name in list(os.environ):
+        if name.startswith("SWARM_POOL_") and name not in _KEEP_ENV:
+            monkeypatch.delenv(name)
+
+
+_KEEP_ENV = {"SWARM_POOL_HOME", "SWARM_POOL_OPENCODE", TEST_TAG_ENV, SESSION_TAG_ENV}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaked = tagged_processes(SESSION_TAG_ENV, _SESSION_TAG)
+    if leaked:
+        _gone, alive = psutil.wait_procs(leaked, timeout=5)
+        if alive:
+            print(f"\nswarm-pool tests leaked processes: {describe(alive)}")
+            for proc in alive:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            session.exitstatus = 1
