@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Benchmarks: ``scripts/bench.py {pool,store,workers} [--json]``.
+
+Each suite lives in ``scripts/benches/<name>.py`` and exposes ``run(args) -> dict``.
+Results are compared side by side within one run, as ratios, never against constants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = ("pool", "store", "workers")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu_count": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("suite", choices=SUITES)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT))
+    module = importlib.import_module(f"benches.{args.suite}")
+    result = {"suite": args.suite, "machine": machine(), "results": module.run(args)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result["results"].items():
+            print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

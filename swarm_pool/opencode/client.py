@@ -1,0 +1,202 @@
+"""A typed httpx client for one ``opencode serve`` instance.
+
+It owns auth (HTTP Basic as ``opencode`` with the pool password), the few routes swarm-pool
+uses, and the SSE event stream. Transport errors and bad answers are mapped to
+``OpenCodeError`` here, so callers never see httpx exceptions. The transport is
+injectable: unit tests pass ``httpx.MockTransport``; integration tests use a real server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, connect_sse
+
+from swarm_pool.errors import OpenCodeError
+
+USERNAME = "opencode"
+
+
+class OpenCodeClient:
+    def __init__(
+        self,
+        base_url: str,
+        password: str | None,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        auth = httpx.BasicAuth(USERNAME, password) if password else None
+        self._http = httpx.Client(
+            base_url=self.base_url, auth=auth, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OpenCodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        directory: str | None = None,
+        json: Any = None,
+        timeout: float | None = None,
+        ok: tuple[int, ...] = (200, 204),
+    ) -> httpx.Response:
+        params = {"directory": directory} if directory else None
+        try:
+            resp = self._http.request(
+                method,
+                path,
+                params=params,
+                json=json,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as e:
+            raise OpenCodeError(f"{method} {self.base_url}{path} failed: {e!r}") from e
+        if resp.status_code not in ok:
+            raise OpenCodeError(
+                f"{method} {self.base_url}{path} answered {resp.status_code}: {resp.text[:300]}"
+            )
+        return resp
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self._request(method, path, **kw)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise OpenCodeError(f"{method} {path} answered non-JSON: {resp.text[:200]}") from e
+
+    # --- health ---------------------------------------------------------------------
+
+    def health(self, timeout: float | None = None) -> dict[str, Any]:
+        data = self._json("GET", "/global/health", timeout=timeout)
+        if not isinstance(data, dict) or data.get("healthy") is not True:
+            raise OpenCodeError(f"instance {self.base_url} is not healthy: {data!r}")
+        return data
+
+    # --- sessions -------------------------------------------------------------------
+
+    def create_session(self, directory: str, title: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if title:
+            body["title"] = title
+        data = self._json("POST", "/session", directory=directory, json=body)
+        if not isinstance(data, dict) or "id" not in data:
+            raise OpenCodeError(f"POST /session answered without an id: {data!r}")
+        return data
+
+    def prompt_async(self, session_id: str, text: str, directory: str | None = None) -> None:
+        self._request(
+            "POST",
+            f"/session/{session_id}/prompt_async",
+            directory=directory,
+            json={"parts": [{"type": "text", "text": text}]},
+        )
+
+    def prompt(
+        self, session_id: str, text: str, directory: str | None = None, timeout: float = 600
+    ) -> dict[str, Any]:
+        """The blocking form: returns when the model has finished answering."""
+        data = self._json(
+            "POST",
+            f"/session/{session_id}/message",
+            directory=directory,
+            json={"parts": [{"type": "text", "text": text}]},
+            timeout=timeout,
+        )
+        return data if isinstance(data, dict) else {}
+
+    def session_status(self, directory: str | None = None) -> dict[str, dict[str, Any]]:
+        """``{session_id: {"type": "busy"|"retry"|...}}``; idle sessions are absent."""
+        data = self._json("GET", "/session/status", directory=directory)
+        return data if isinstance(data, dict) else {}
+
+    def get_session(self, session_id: str, directory: str | None = None) -> dict[str, Any]:
+        data = self._json("GET", f"/session/{session_id}", directory=directory)
+        return data if isinstance(data, dict) else {}
+
+    def messages(self, session_id: str, directory: str | None = None) -> list[dict[str, Any]]:
+        data = self._json("GET", f"/session/{session_id}/message", directory=directory)
+        return data if isinstance(data, list) else []
+
+    def abort(self, session_id: str, directory: str | None = None) -> None:
+        self._request("POST", f"/session/{session_id}/abort", directory=directory)
+
+    def delete_session(self, session_id: str, directory: str | None = None) -> None:
+        self._request("DELETE", f"/session/{session_id}", directory=directory)
+
+    def dispose_directory(self, directory: str) -> None:
+        self._request("POST", "/instance/dispose", directory=directory)
+
+    # --- mcp, permissions, questions ------------------------------------------------
+
+    def mcp_status(self, directory: str | None = None) -> dict[str, Any]:
+        data = self._json("GET", "/mcp", directory=directory)
+        return data if isinstance(data, dict) else {}
+
+    def permissions(self, directory: str | None = None) -> list[dict[str, Any]]:
+        data = self._json("GET", "/permission", directory=directory)
+        return data if isinstance(data, list) else []
+
+    def reply_permission(
+        self, request_id: str, reply: str, directory: str | None = None, message: str = ""
+    ) -> None:
+        if reply not in ("once", "always", "reject"):
+            raise OpenCodeError(f"bad permission reply {reply!r}: use once, always or reject")
+        body: dict[str, Any] = {"reply": reply}
+        if message:
+            body["message"] = message
+        self._request("POST", f"/permission/{request_id}/reply", directory=directory, json=body)
+
+    def questions(self, directory: str | None = None) -> list[dict[str, Any]]:
+        data = self._json("GET", "/question", directory=directory)
+        return data if isinstance(data, list) else []
+
+    def reply_question(
+        self, request_id: str, answers: list[list[str]], directory: str | None = None
+    ) -> None:
+        self._request(
+            "POST", f"/question/{request_id}/reply", directory=directory, json={"answers": answers}
+        )
+
+    # --- events ---------------------------------------------------------------------
+
+    def events(self, *, global_stream: bool = True, read_timeout: float = 30.0) -> Iterator[Any]:
+        """Yield decoded bus events (dicts) until the stream ends or fails.
+
+        ``/global/event`` carries every directory's events; the server sends heartbeats,
+        so a read timeout longer than the heartbeat period detects a dead stream.
+        Raises OpenCodeError when the stream cannot be opened or breaks.
+        """
+        import json
+
+        path = "/global/event" if global_stream else "/event"
+        timeout = httpx.Timeout(10.0, read=read_timeout)
+        try:
+            with connect_sse(self._http, "GET", path, timeout=timeout) as source:
+                if source.response.status_code != 200:
+                    raise OpenCodeError(f"GET {path} answered {source.response.status_code}")
+                for sse in source.iter_sse():
+                    if not sse.data:
+                        continue
+                    try:
+                        yield json.loads(sse.data)
+                    except ValueError:
+                        continue
+        except (httpx.HTTPError, SSEError) as e:
+            raise OpenCodeError(f"event stream {self.base_url}{path} broke: {e!r}") from e
