@@ -35,7 +35,14 @@ def _register() -> None:
     # Imported for their side effect of adding commands to ``main``.
     import importlib
 
-    for name in ("pool_cmds", "store_cmds", "model_cmds", "worker_cmds", "view_cmds"):
+    for name in (
+        "pool_cmds",
+        "store_cmds",
+        "model_cmds",
+        "mcp_cmds",
+        "worker_cmds",
+        "view_cmds",
+    ):
         try:
             importlib.import_module(f"swarm_pool.cli.{name}")
         except ModuleNotFoundError as e:
