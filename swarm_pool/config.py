@@ -21,7 +21,16 @@ from swarm_pool.errors import ConfigError
 
 ENV_PREFIX = "SWARM_POOL_"
 # Env vars with this prefix that are not config overrides.
-_NON_CONFIG_ENV = {"SWARM_POOL_OPENCODE", "SWARM_POOL_CONFIG", "SWARM_POOL_HOME"}
+_NON_CONFIG_ENV = {
+    "SWARM_POOL_OPENCODE",
+    "SWARM_POOL_CONFIG",
+    "SWARM_POOL_HOME",
+    # The project root the pool passes to its instances (and so to MCP servers).
+    "SWARM_POOL_PROJECT",
+    # Process tags the test suite puts in every child's environment.
+    "SWARM_POOL_TEST_ID",
+    "SWARM_POOL_TEST_SESSION",
+}
 
 
 class _Section(BaseModel):
