@@ -1,0 +1,79 @@
+"""The router: picks the instance a new worker session goes to.
+
+It owns one pure decision. Given the pool's instances (as the supervisor last recorded
+them), how many live worker sessions each one carries, and the per-instance limit, it
+returns the ready instance with the fewest busy sessions, or ``None`` when the pool is
+full (the caller then queues the spawn). Instances that are not ready, that the
+supervisor is draining (waiting for a memory-limit restart, or being removed), or that
+are dedicated to another worker never get new work. Under the ``dedicated`` policy a
+worker only ever goes to the instance started for it. The router does no I/O, so it is
+unit-tested directly; reading the pool state and the store lives in ``pool_view``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+Routing = Literal["least_busy", "dedicated"]
+ROUTINGS: tuple[Routing, ...] = ("least_busy", "dedicated")
+
+
+@dataclass(frozen=True)
+class InstanceSlot:
+    """What the router needs to know about one pool instance."""
+
+    name: str
+    url: str
+    state: str
+    password: str | None = None
+    # The supervisor sends no new work to an instance it is about to restart or remove.
+    draining: bool = False
+    # Set for an instance started for one worker (routing "dedicated").
+    dedicated_to: str | None = None
+    pid: int | None = None
+
+    @property
+    def accepts_work(self) -> bool:
+        return self.state == "ready" and not self.draining
+
+
+def busy_counts(instances_of_live_workers: Iterable[str]) -> dict[str, int]:
+    """Count live worker sessions per instance name (one entry per live worker)."""
+    counts: dict[str, int] = {}
+    for name in instances_of_live_workers:
+        if name:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def choose_instance(
+    instances: Iterable[InstanceSlot],
+    busy: Mapping[str, int],
+    max_sessions: int,
+    *,
+    routing: Routing = "least_busy",
+    bead_id: str | None = None,
+    avoid: Collection[str] = (),
+) -> InstanceSlot | None:
+    """The instance for a new session, or None when none can take it now.
+
+    ``avoid`` names instances to use only if nothing else can take the session (a retry
+    prefers another instance than the one that just failed it).
+    """
+    if routing == "dedicated":
+        for inst in instances:
+            if inst.dedicated_to == bead_id and inst.accepts_work:
+                return inst
+        return None
+    candidates = [
+        inst
+        for inst in instances
+        if inst.accepts_work and inst.dedicated_to is None and busy.get(inst.name, 0) < max_sessions
+    ]
+    if not candidates:
+        return None
+    preferred = [inst for inst in candidates if inst.name not in avoid] or candidates
+    # Fewest busy first; the name breaks ties so the choice is deterministic.
+    return min(preferred, key=lambda inst: (busy.get(inst.name, 0), inst.name))

@@ -1,0 +1,287 @@
+"""SSE -> store mapping, and the watcher's reconnect and polling fallback (MockTransport)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import httpx
+
+from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.store.events import (
+    BaseEvent,
+    SessionError,
+    SessionStatus,
+    WorkerBlocked,
+    WorkerProgress,
+)
+from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.watch import (
+    EventMapper,
+    InstanceWatcher,
+    WatchManager,
+    WorkerRef,
+    session_finished,
+    unwrap,
+)
+from tests.support import wait_for
+
+
+class FakeLookup:
+    def __init__(self, refs: list[WorkerRef]) -> None:
+        self.refs = {r.session_id: r for r in refs}
+        self.fresh_calls = 0
+
+    def by_session(self, session_id: str, *, fresh: bool = False) -> WorkerRef | None:
+        self.fresh_calls += fresh
+        return self.refs.get(session_id)
+
+    def live_on(self, instance: str) -> list[WorkerRef]:
+        return [r for r in self.refs.values() if r.instance == instance]
+
+
+W1 = WorkerRef("bd-abc123.1", "bd-abc123", "ses_w1", 1, "running", "i1", 50)
+
+
+def wrap(kind: str, props: dict[str, Any]) -> dict[str, Any]:
+    return {"directory": "/w", "payload": {"id": "evt_1", "type": kind, "properties": props}}
+
+
+def status(sid: str, state: str) -> dict[str, Any]:
+    return wrap("session.status", {"sessionID": sid, "status": {"type": state}})
+
+
+def test_unwrap_both_stream_shapes() -> None:
+    assert unwrap(status("s", "busy")) == (
+        "session.status",
+        {"sessionID": "s", "status": {"type": "busy"}},
+    )
+    assert unwrap({"type": "session.idle", "properties": {"sessionID": "s"}}) == (
+        "session.idle",
+        {"sessionID": "s"},
+    )
+    assert unwrap({"payload": "x"}) is None
+    assert unwrap("junk") is None
+
+
+def test_status_changes_are_recorded_once_for_workers_only() -> None:
+    m = EventMapper("i1", FakeLookup([W1]))
+    out = m.map(status("ses_w1", "busy"))
+    assert len(out) == 1 and isinstance(out[0], SessionStatus)
+    assert (out[0].status, out[0].bead_id, out[0].instance) == ("busy", W1.bead_id, "i1")
+    assert m.map(status("ses_w1", "busy")) == []  # repeated status
+    assert m.map(status("ses_other", "busy")) == []  # not a worker
+    out = m.map(status("ses_w1", "retry"))
+    assert [e.status for e in out if isinstance(e, SessionStatus)] == ["retry"]
+    idle = m.map(wrap("session.idle", {"sessionID": "ses_w1"}))
+    assert [e.status for e in idle if isinstance(e, SessionStatus)] == ["idle"]
+    # session.status idle after session.idle is the same news
+    assert m.map(status("ses_w1", "idle")) == []
+    assert m.map(wrap("server.heartbeat", {})) == []
+    assert m.map(wrap("message.updated", {"sessionID": "ses_w1"})) == []
+
+
+def test_session_error() -> None:
+    m = EventMapper("i1", FakeLookup([W1]))
+    err = {"name": "APIError", "data": {"message": "boom 500", "isRetryable": False}}
+    out = m.map(wrap("session.error", {"sessionID": "ses_w1", "error": err}))
+    assert len(out) == 1 and isinstance(out[0], SessionError)
+    assert out[0].error == "APIError: boom 500" and out[0].bead_id == W1.bead_id
+    # an error without a session (or for a foreign one) is not ours
+    assert m.map(wrap("session.error", {"error": err})) == []
+    assert m.map(wrap("session.error", {"sessionID": "ses_x", "error": err})) == []
+
+
+def test_permission_and_question_block_the_worker() -> None:
+    m = EventMapper("i1", FakeLookup([W1]))
+    out = m.map(
+        wrap(
+            "permission.asked",
+            {"id": "per_1", "sessionID": "ses_w1", "permission": "bash", "patterns": ["ls *"]},
+        )
+    )
+    assert len(out) == 1 and isinstance(out[0], WorkerBlocked)
+    b = out[0]
+    assert (b.kind, b.request_id, b.instance, b.attempt) == ("permission", "per_1", "i1", 1)
+    assert "bash" in b.reason and "ls *" in b.reason
+    out = m.map(
+        wrap(
+            "question.asked",
+            {
+                "id": "que_1",
+                "sessionID": "ses_w1",
+                "questions": [{"question": "Which db?", "header": "db", "options": []}],
+            },
+        )
+    )
+    assert isinstance(out[0], WorkerBlocked) and out[0].kind == "question"
+    assert out[0].request_id == "que_1" and "Which db?" in out[0].reason
+
+
+def test_reply_resumes_only_a_blocked_worker() -> None:
+    blocked = WorkerRef("bd-abc123.1", "bd-abc123", "ses_w1", 2, "blocked", "i1", 50)
+    lookup = FakeLookup([blocked])
+    m = EventMapper("i1", lookup)
+    replied = wrap(
+        "permission.replied", {"sessionID": "ses_w1", "requestID": "per_1", "reply": "once"}
+    )
+    out = m.map(replied)
+    assert len(out) == 1 and isinstance(out[0], WorkerProgress)
+    assert out[0].progress_percent == 50 and out[0].attempt == 2 and "once" in out[0].message
+    assert lookup.fresh_calls == 1  # the blocked state is read fresh, not from a cache
+    lookup.refs["ses_w1"] = W1  # running again
+    assert m.map(replied) == []
+
+
+def test_snapshot_polling_fallback() -> None:
+    m = EventMapper("i1", FakeLookup([W1]))
+    # absent before we ever saw it run: not idle (prompt_async may not have started yet)
+    assert m.snapshot({}, ["ses_w1"]) == []
+    out = m.snapshot({"ses_w1": {"type": "busy"}}, ["ses_w1"])
+    assert [e.status for e in out if isinstance(e, SessionStatus)] == ["busy"]
+    out = m.snapshot({}, ["ses_w1"])
+    assert [e.status for e in out if isinstance(e, SessionStatus)] == ["idle"]
+    assert m.snapshot({}, ["ses_w1"]) == []
+
+
+# --- the watcher thread over a mock server ---------------------------------------------
+
+
+class MockServer:
+    """A fake instance: the first N stream connections fail, then it streams ``script``."""
+
+    def __init__(self, fail_first: int, script: list[dict[str, Any]]) -> None:
+        self.fail_first = fail_first
+        self.script = script
+        self.stream_calls = 0
+        self.status_calls = 0
+        self.statuses: dict[str, Any] = {"ses_w1": {"type": "busy"}}
+        self.lock = threading.Lock()
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            if request.url.path == "/global/event":
+                self.stream_calls += 1
+                if self.stream_calls <= self.fail_first:
+                    return httpx.Response(503, text="down")
+                body = "".join(f"data: {json.dumps(e)}\n\n" for e in self.script)
+                self.script = []  # later connections get an empty stream
+                return httpx.Response(
+                    200, headers={"content-type": "text/event-stream"}, content=body.encode()
+                )
+            if request.url.path == "/session/status":
+                self.status_calls += 1
+                return httpx.Response(200, json=self.statuses)
+        return httpx.Response(404)
+
+
+def make_watcher(server: MockServer, sink: list[BaseEvent]) -> InstanceWatcher:
+    lookup = FakeLookup([W1])
+    lock = threading.Lock()
+
+    def deliver(events: list[BaseEvent]) -> None:
+        with lock:
+            sink.extend(events)
+
+    slot = InstanceSlot(name="i1", url="http://inst", state="ready", password="pw")
+    return InstanceWatcher(
+        slot,
+        make_lookup=lambda: (lookup, deliver, lambda: None),
+        client_factory=lambda s: OpenCodeClient(
+            s.url, s.password, transport=httpx.MockTransport(server.handler)
+        ),
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+    )
+
+
+def statuses_of(events: list[BaseEvent]) -> list[str]:
+    return [e.status for e in events if isinstance(e, SessionStatus)]
+
+
+def test_watcher_streams_and_reconnects_after_a_drop() -> None:
+    server = MockServer(
+        0, [status("ses_w1", "busy"), wrap("session.idle", {"sessionID": "ses_w1"})]
+    )
+    server.statuses = {}
+    seen: list[BaseEvent] = []
+    w = make_watcher(server, seen).start()
+    try:
+        wait_for(lambda: statuses_of(seen) == ["busy", "idle"], 5)
+        # the stream ended (a drop): the watcher reconnects with backoff
+        wait_for(lambda: server.stream_calls >= 3, 5)
+        assert w.connects >= 1
+    finally:
+        w.stop()
+    assert not w.is_alive()
+
+
+def test_watcher_polls_status_while_the_stream_is_down() -> None:
+    server = MockServer(10**6, [])
+    seen: list[BaseEvent] = []
+    w = make_watcher(server, seen).start()
+    try:
+        wait_for(lambda: statuses_of(seen) == ["busy"], 5)
+        server.statuses = {}  # the worker finished while we had no stream
+        wait_for(lambda: statuses_of(seen) == ["busy", "idle"], 5)
+        assert server.status_calls >= 2 and not w.connected.is_set()
+    finally:
+        w.stop()
+
+
+def test_manager_keeps_one_watcher_per_instance() -> None:
+    started: list[str] = []
+
+    class Dummy:
+        def __init__(self, slot: InstanceSlot) -> None:
+            self.slot = slot
+            self.alive = True
+
+        def start(self) -> Dummy:
+            started.append(self.slot.name)
+            return self
+
+        def stop(self, timeout: float = 0) -> None:
+            self.alive = False
+
+        def is_alive(self) -> bool:
+            return self.alive
+
+    mgr = WatchManager(Dummy)  # type: ignore[arg-type]
+    a = InstanceSlot("a", "http://a", "ready")
+    b = InstanceSlot("b", "http://b", "ready")
+    mgr.sync([a, b])
+    mgr.sync([a, b])
+    assert started == ["a", "b"]
+    mgr.sync([a, InstanceSlot("b", "http://b2", "ready")])  # b moved: new watcher
+    assert started == ["a", "b", "b"]
+    mgr.sync([a])
+    assert set(mgr.watchers) == {"a"}
+    mgr.watchers["a"].alive = False  # type: ignore[attr-defined]
+    mgr.sync([a])  # a dead watcher is replaced
+    assert started == ["a", "b", "b", "a"]
+    mgr.stop()
+
+
+def test_session_finished_needs_a_completed_assistant_message() -> None:
+    state: dict[str, Any] = {"status": {}, "messages": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/session/status":
+            return httpx.Response(200, json=state["status"])
+        return httpx.Response(200, json=state["messages"])
+
+    client = OpenCodeClient("http://x", "pw", transport=httpx.MockTransport(handler))
+    assert not session_finished(client, "ses_1", None)  # no messages yet
+    user = {"info": {"role": "user", "time": {"created": 1}}, "parts": []}
+    running = {"info": {"role": "assistant", "time": {"created": 2}}, "parts": []}
+    done = {"info": {"role": "assistant", "time": {"created": 2, "completed": 3}}, "parts": []}
+    state["messages"] = [user]
+    assert not session_finished(client, "ses_1", None)
+    state["messages"] = [user, running]
+    assert not session_finished(client, "ses_1", None)
+    state["messages"] = [user, done]
+    assert session_finished(client, "ses_1", None)
+    state["status"] = {"ses_1": {"type": "busy"}}
+    assert not session_finished(client, "ses_1", None)
