@@ -185,6 +185,26 @@ class WorkerRetried(_WorkerEvent):
     reason: str = ""
 
 
+class WorkerQueued(_WorkerEvent):
+    """A spawn (or a retry) that waits for a free instance; the engine dispatches it."""
+
+    type: Literal["worker_queued"] = "worker_queued"
+    title: str = ""
+    worktree: str = ""
+    files: list[str] = Field(default_factory=list)
+    prompt_hash: str = ""
+    routing: str = "least_busy"
+    reason: str = ""
+
+
+class WorkerNeedsReview(_WorkerEvent):
+    """The session went idle without ``swarm_complete`` (confirmed, not one signal alone)."""
+
+    type: Literal["worker_needs_review"] = "worker_needs_review"
+    instance: str = ""
+    reason: str = ""
+
+
 class SessionStatus(BaseEvent):
     """A raw session status change seen on an instance's event stream."""
 
@@ -336,6 +356,8 @@ Event = Annotated[
     | WorkerFailed
     | WorkerBlocked
     | WorkerRetried
+    | WorkerQueued
+    | WorkerNeedsReview
     | SessionStatus
     | SessionError
     | FileReserved
