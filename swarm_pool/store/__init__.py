@@ -1,1 +1,30 @@
-"""The shared SQLite event store; knows nothing about processes."""
+"""The shared SQLite event store; knows nothing about processes.
+
+Everything a swarm does is an event in ``.swarm/swarm.db``; the projections (workers,
+cells, reservations, messages) are kept in the same transaction as each event. Open it
+with ``open_store``/``open_project_store``/``find_project_store`` and use the ``Store``
+(see ``core.py``).
+"""
+
+from swarm_pool.store.core import Store, find_project_store, open_project_store, open_store
+from swarm_pool.store.hive import CellView, EpicView
+from swarm_pool.store.mail import MessageView
+from swarm_pool.store.recorder import Recorder, StoredEvent
+from swarm_pool.store.reservations import ConflictView, ReservationView, ReserveResult
+from swarm_pool.store.workers import WorkerView
+
+__all__ = [
+    "CellView",
+    "ConflictView",
+    "EpicView",
+    "MessageView",
+    "Recorder",
+    "ReservationView",
+    "ReserveResult",
+    "Store",
+    "StoredEvent",
+    "WorkerView",
+    "find_project_store",
+    "open_project_store",
+    "open_store",
+]

@@ -1,0 +1,187 @@
+"""The ``Store``: the one object users hold, and the ways to open it.
+
+Owns the public surface of the store package: appending and reading events, waiting for
+changes, rebuild and check, and the hive, reservations, mail and workers facades, all
+over one recorder (SQLite today). A ``Store`` is safe to share between the threads of a
+process (its connection sits behind a lock) but not across ``fork``; every process opens
+its own. ``find_project_store`` is how a process started inside a worktree (the MCP
+server) finds the project's store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from swarm_pool.config import Config, load_config
+from swarm_pool.errors import StoreError
+from swarm_pool.paths import SWARM_DIR, ProjectPaths
+from swarm_pool.store.events import BaseEvent
+from swarm_pool.store.hive import Hive
+from swarm_pool.store.mail import Mail
+from swarm_pool.store.projections import dump
+from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
+from swarm_pool.store.reservations import Reservations
+from swarm_pool.store.workers import Workers
+
+PROJECT_ENV = "SWARM_POOL_PROJECT"
+DB_NAME = "swarm.db"
+# wait_for_change polls last_seq this often: one indexed max() per tick.
+POLL_S = 0.025
+
+
+class Store:
+    """The shared event store of one project. Use as a context manager, or ``close()``."""
+
+    def __init__(self, recorder: Recorder, *, db_path: Path, project_root: Path) -> None:
+        self.recorder = recorder
+        self.db_path = db_path
+        self.project_root = project_root
+        self.reservations = Reservations(recorder, project_root)
+        self.hive = Hive(recorder, self.reservations.normalize)
+        self.mail = Mail(recorder)
+        self.workers = Workers(recorder)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.db_path)!r})"
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the DB file and close; idempotent."""
+        self.recorder.close()
+
+    # --- events -----------------------------------------------------------------------
+
+    def append(self, event: BaseEvent | dict[str, Any]) -> int:
+        """Validate and record one event (and its projection changes); returns its seq."""
+        checked = validate_event(event)
+        with self.recorder.writing() as w:
+            return w.append(checked)
+
+    def append_many(self, events: Sequence[BaseEvent | dict[str, Any]]) -> list[int]:
+        """Record several events in one transaction: all of them or none."""
+        checked = [validate_event(e) for e in events]
+        if not checked:
+            return []
+        with self.recorder.writing() as w:
+            return [w.append(e) for e in checked]
+
+    def read(
+        self,
+        *,
+        types: Iterable[str] | None = None,
+        epic_id: str | None = None,
+        bead_id: str | None = None,
+        session_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> list[StoredEvent]:
+        """Events matching every filter given, by seq (newest first if ``descending``).
+        ``bead_id`` also matches cell events of that id."""
+        if isinstance(types, str):
+            types = [types]
+        return self.recorder.events(
+            types=types,
+            epic_id=epic_id,
+            bead_id=bead_id,
+            session_id=session_id,
+            after_seq=after_seq,
+            limit=limit,
+            descending=descending,
+        )
+
+    def last_seq(self) -> int:
+        return self.recorder.last_seq()
+
+    def wait_for_change(self, after_seq: int, timeout: float) -> int:
+        """Return as soon as ``last_seq() > after_seq``, or at the timeout; returns the
+        current ``last_seq`` either way."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            seq = self.last_seq()
+            remaining = deadline - time.monotonic()
+            if seq > after_seq or remaining <= 0:
+                return seq
+            time.sleep(min(POLL_S, remaining))
+
+    # --- maintenance ------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Replay every event into fresh projections (one transaction)."""
+        self.recorder.rebuild()
+
+    def check(self) -> dict[str, Any]:
+        """``{"integrity": "ok", "events": N, "by_type": {...}, ...}``."""
+        return self.recorder.check()
+
+    def projections_snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Every projection row (for comparing a rebuild with the live state)."""
+        with self.recorder.reading() as r:
+            return dump(r)
+
+
+def open_store(
+    db_path: Path,
+    *,
+    project_root: Path | None = None,
+    busy_timeout_ms: int = 10000,
+    lock_timeout_s: float = 30.0,
+) -> Store:
+    """Open (creating and migrating if needed) the store at ``db_path``. The project root
+    defaults to the folder holding ``.swarm/``."""
+    db_path = Path(db_path).absolute()
+    root = (project_root or db_path.parent.parent).resolve()
+    recorder = SQLiteRecorder(
+        db_path, busy_timeout_ms=busy_timeout_ms, lock_timeout_s=lock_timeout_s
+    )
+    return Store(recorder, db_path=db_path, project_root=root)
+
+
+def open_project_store(paths: ProjectPaths, config: Config | None = None) -> Store:
+    """``paths.ensure()``, then open ``paths.db`` with the config's store settings."""
+    paths.ensure()
+    cfg = (config or Config()).store
+    return open_store(
+        paths.db,
+        project_root=paths.root,
+        busy_timeout_ms=cfg.busy_timeout_ms,
+        lock_timeout_s=cfg.lock_timeout_s,
+    )
+
+
+def find_project_store(start: Path) -> Store:
+    """``$SWARM_POOL_PROJECT`` if set, else the first folder at or above ``start`` that
+    holds ``.swarm/swarm.db`` (worktrees live under ``<root>/.swarm/worktrees/``)."""
+    env = os.environ.get(PROJECT_ENV)
+    if env:
+        root = Path(env).expanduser().resolve()
+        if not root.is_dir():
+            raise StoreError(f"${PROJECT_ENV} points to {root}, which is not a directory")
+        return _open_found(root)
+    here = Path(start).expanduser().resolve()
+    for folder in (here, *here.parents):
+        if (folder / SWARM_DIR / DB_NAME).is_file():
+            return _open_found(folder)
+    raise StoreError(
+        f"no swarm store found at or above {here}: no .swarm/{DB_NAME} there "
+        f"(set ${PROJECT_ENV} to the project root)"
+    )
+
+
+def _open_found(root: Path) -> Store:
+    return open_project_store(ProjectPaths(root), load_config(project_root=root))

@@ -1,0 +1,181 @@
+"""Mail between agents and the coordinator: send, inbox, read, ack.
+
+Owns the message API over the messages projection. A message has one sender and one or
+more recipients; read and ack state is kept per recipient, so ``read_at``/``acked_at``
+in a view are those of the agent asking. Reading or acking twice records nothing new.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, get_args
+
+from swarm_pool.errors import MailError, NotFoundError
+from swarm_pool.store.db import Row
+from swarm_pool.store.events import MessageAcked, MessageRead, MessageSent
+from swarm_pool.store.projections import load_json
+from swarm_pool.store.recorder import EPIC_ID_RE, Reader, Recorder
+
+IMPORTANCE: tuple[str, ...] = get_args(MessageSent.model_fields["importance"].annotation)
+
+_SELECT = (
+    "SELECT m.*, r.read_at AS read_at, r.acked_at AS acked_at FROM messages m"
+    " JOIN message_recipients r ON r.message_id = m.id"
+)
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: str
+    sender: str
+    to: list[str]
+    subject: str
+    body: str
+    importance: str
+    thread_id: str | None
+    ack_required: bool
+    bead_id: str | None
+    epic_id: str | None
+    created_at: int
+    read_at: int | None
+    acked_at: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: Row) -> MessageView:
+        return cls(
+            id=row["id"],
+            sender=row["sender"],
+            to=load_json(row["recipients"], []),
+            subject=row["subject"],
+            body=row["body"],
+            importance=row["importance"],
+            thread_id=row["thread_id"],
+            ack_required=bool(row["ack_required"]),
+            bead_id=row["bead_id"],
+            epic_id=row["epic_id"],
+            created_at=row["created_at"],
+            read_at=row.get("read_at"),
+            acked_at=row.get("acked_at"),
+        )
+
+
+def _check_agent(agent: str, what: str = "agent") -> str:
+    if not isinstance(agent, str) or not agent.strip():
+        raise MailError(f"mail needs a non-empty {what} name")
+    return agent.strip()
+
+
+class Mail:
+    def __init__(self, recorder: Recorder) -> None:
+        self._rec = recorder
+
+    def send(
+        self,
+        sender: str,
+        to: Sequence[str],
+        subject: str,
+        body: str = "",
+        *,
+        importance: str = "normal",
+        thread_id: str | None = None,
+        ack_required: bool = False,
+        bead_id: str | None = None,
+        epic_id: str | None = None,
+    ) -> MessageView:
+        sender = _check_agent(sender, "sender")
+        if isinstance(to, str):
+            to = [to]
+        recipients = list(dict.fromkeys(_check_agent(a, "recipient") for a in to))
+        if not recipients:
+            raise MailError("a message needs at least one recipient")
+        if not isinstance(subject, str) or not subject.strip():
+            raise MailError("a message needs a subject")
+        if importance not in IMPORTANCE:
+            raise MailError(f"bad importance {importance!r}: one of {', '.join(IMPORTANCE)}")
+        if epic_id is not None and not EPIC_ID_RE.match(epic_id):
+            raise MailError(f"bad epic id {epic_id!r}: epic ids look like bd-<hash>")
+        event = MessageSent(
+            message_id=f"msg-{uuid.uuid4().hex[:16]}",
+            sender=sender,
+            to=recipients,
+            subject=subject,
+            body=body,
+            importance=importance,  # type: ignore[arg-type]
+            thread_id=thread_id,
+            ack_required=ack_required,
+            bead_id=bead_id,
+            epic_id=epic_id,
+        )
+        with self._rec.writing() as w:
+            w.append(event)
+        return MessageView(
+            id=event.message_id,
+            sender=sender,
+            to=recipients,
+            subject=subject,
+            body=body,
+            importance=importance,
+            thread_id=thread_id,
+            ack_required=ack_required,
+            bead_id=bead_id,
+            epic_id=epic_id,
+            created_at=event.timestamp,
+            read_at=None,
+            acked_at=None,
+        )
+
+    def inbox(self, agent: str, *, unread_only: bool = False, limit: int = 50) -> list[MessageView]:
+        """The agent's messages, newest first."""
+        agent = _check_agent(agent)
+        if limit < 0:
+            raise MailError(f"limit must be >= 0, got {limit}")
+        sql = _SELECT + " WHERE r.agent = ?"
+        if unread_only:
+            sql += " AND r.read_at IS NULL"
+        sql += " ORDER BY r.seq DESC LIMIT ?"
+        with self._rec.reading() as r:
+            rows = r.query(sql, (agent, limit))
+        return [MessageView.from_row(row) for row in rows]
+
+    def thread(self, thread_id: str) -> list[MessageView]:
+        """Every message of a thread, oldest first (read state not per agent)."""
+        with self._rec.reading() as r:
+            rows = r.query(
+                "SELECT * FROM messages WHERE thread_id = ? OR id = ? ORDER BY seq",
+                (thread_id, thread_id),
+            )
+        return [MessageView.from_row({**row, "read_at": None, "acked_at": None}) for row in rows]
+
+    def read(self, agent: str, message_id: str) -> MessageView:
+        """The message, marked read for this agent."""
+        agent = _check_agent(agent)
+        with self._rec.writing() as w:
+            row = _get(w, agent, message_id)
+            if row["read_at"] is None:
+                w.append(MessageRead(message_id=message_id, agent=agent))
+                row = _get(w, agent, message_id)
+        return MessageView.from_row(row)
+
+    def ack(self, agent: str, message_id: str) -> MessageView:
+        """Acknowledge (and so also read) the message for this agent."""
+        agent = _check_agent(agent)
+        with self._rec.writing() as w:
+            row = _get(w, agent, message_id)
+            if row["acked_at"] is None:
+                w.append(MessageAcked(message_id=message_id, agent=agent))
+                row = _get(w, agent, message_id)
+        return MessageView.from_row(row)
+
+
+def _get(r: Reader, agent: str, message_id: str) -> Row:
+    row = r.query_one(_SELECT + " WHERE m.id = ? AND r.agent = ?", (message_id, agent))
+    if row is not None:
+        return row
+    if r.query_one("SELECT 1 AS x FROM messages WHERE id = ?", (message_id,)) is None:
+        raise NotFoundError(f"message {message_id} does not exist")
+    raise MailError(f"message {message_id} is not addressed to {agent}")

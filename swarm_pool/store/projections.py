@@ -1,0 +1,511 @@
+"""The projections: workers, epics/cells, reservations and messages, kept from events.
+
+Owns the projection tables and ``apply(writer, seq, event)``, which the recorder calls
+inside the append's own transaction, so a reader never sees an event without its effect
+(or the reverse). Every value written here comes from the events alone (timestamps
+included, never the clock), which is what lets ``rebuild`` replay the log into empty
+tables and get exactly the same rows. ``apply`` also enforces the hive's invariants
+(unique ids, cells of a known epic, status changes of a known cell): a bad event raises
+and its whole transaction is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from swarm_pool.errors import HiveError, MailError, NotFoundError
+from swarm_pool.store import events as ev
+
+if TYPE_CHECKING:
+    from swarm_pool.store.recorder import Reader, Writer
+
+SCHEMA = (
+    """CREATE TABLE workers (
+        bead_id TEXT PRIMARY KEY,
+        epic_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        session_id TEXT,
+        instance TEXT NOT NULL DEFAULT '',
+        worktree TEXT NOT NULL DEFAULT '',
+        agent_name TEXT NOT NULL DEFAULT '',
+        files TEXT NOT NULL DEFAULT '[]',
+        progress_percent INTEGER NOT NULL DEFAULT 0,
+        last_message TEXT NOT NULL DEFAULT '',
+        summary TEXT NOT NULL DEFAULT '',
+        files_touched TEXT NOT NULL DEFAULT '[]',
+        violations TEXT NOT NULL DEFAULT '[]',
+        error TEXT,
+        blocked_reason TEXT,
+        session_status TEXT,
+        spawned_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        completed_at INTEGER,
+        duration_ms INTEGER,
+        last_seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX workers_epic ON workers (epic_id, bead_id)",
+    "CREATE INDEX workers_session ON workers (session_id)",
+    """CREATE TABLE epics (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    """CREATE TABLE cells (
+        id TEXT PRIMARY KEY,
+        epic_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        files TEXT NOT NULL,
+        depends_on TEXT NOT NULL,
+        status TEXT NOT NULL,
+        script TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX cells_epic ON cells (epic_id, seq)",
+    "CREATE INDEX cells_status ON cells (status, seq)",
+    """CREATE TABLE cell_deps (
+        cell_id TEXT NOT NULL,
+        depends_on TEXT NOT NULL,
+        PRIMARY KEY (cell_id, depends_on)
+    )""",
+    "CREATE INDEX cell_deps_reverse ON cell_deps (depends_on)",
+    """CREATE TABLE reservations (
+        id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        exclusive INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        bead_id TEXT,
+        epic_id TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX reservations_holder ON reservations (holder, expires_at)",
+    "CREATE INDEX reservations_expiry ON reservations (expires_at)",
+    """CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        importance TEXT NOT NULL,
+        thread_id TEXT,
+        ack_required INTEGER NOT NULL,
+        bead_id TEXT,
+        epic_id TEXT,
+        created_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX messages_thread ON messages (thread_id, seq) WHERE thread_id IS NOT NULL",
+    """CREATE TABLE message_recipients (
+        message_id TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        read_at INTEGER,
+        acked_at INTEGER,
+        PRIMARY KEY (message_id, agent)
+    )""",
+    "CREATE INDEX message_recipients_agent ON message_recipients (agent, seq)",
+)
+
+# Tables holding derived state, in the order they are cleared and dumped.
+TABLES: dict[str, str] = {
+    "workers": "bead_id",
+    "epics": "id",
+    "cells": "id",
+    "cell_deps": "cell_id, depends_on",
+    "reservations": "id",
+    "messages": "id",
+    "message_recipients": "message_id, agent",
+}
+
+WORKER_EVENT_TYPES = frozenset(
+    {
+        "worker_spawned",
+        "worker_progress",
+        "worker_completed",
+        "worker_failed",
+        "worker_blocked",
+        "worker_retried",
+        "session_status",
+        "session_error",
+    }
+)
+
+
+def dump_json(value: Any) -> str:
+    """JSON text for projection columns (sorted keys, so rebuilds compare equal)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def load_json(text: str | None, default: Any = None) -> Any:
+    return default if text is None else json.loads(text)
+
+
+def clear(w: Writer) -> None:
+    for table in TABLES:
+        w.execute(f"DELETE FROM {table}")
+
+
+def dump(r: Reader) -> dict[str, list[dict[str, Any]]]:
+    """Every projection row, ordered by key: what ``rebuild`` must reproduce."""
+    return {t: r.query(f"SELECT * FROM {t} ORDER BY {key}") for t, key in TABLES.items()}
+
+
+def apply(w: Writer, seq: int, event: ev.Event) -> None:
+    """Apply one event to the projections it touches (most touch none)."""
+    handler = _HANDLERS.get(event.type)
+    if handler is not None:
+        handler(w, seq, event)
+
+
+# --- hive -----------------------------------------------------------------------------
+
+
+def _epic_created(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.EpicCreated)
+    if w.query_one("SELECT 1 AS x FROM epics WHERE id = ?", (e.epic_id,)):
+        raise HiveError(f"epic {e.epic_id} already exists")
+    w.execute(
+        "INSERT INTO epics (id, title, description, created_at, seq) VALUES (?, ?, ?, ?, ?)",
+        (e.epic_id, e.title, e.description, e.timestamp, seq),
+    )
+
+
+def _cell_created(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.CellCreated)
+    if not e.cell_id.startswith(e.epic_id + "."):
+        raise HiveError(f"cell id {e.cell_id} does not belong to epic {e.epic_id}")
+    if not w.query_one("SELECT 1 AS x FROM epics WHERE id = ?", (e.epic_id,)):
+        raise NotFoundError(f"epic {e.epic_id} does not exist")
+    if w.query_one("SELECT 1 AS x FROM cells WHERE id = ?", (e.cell_id,)):
+        raise HiveError(f"bead {e.cell_id} already exists")
+    for dep in e.depends_on:
+        if dep == e.cell_id:
+            raise HiveError(f"bead {e.cell_id} cannot depend on itself")
+        if not w.query_one("SELECT 1 AS x FROM cells WHERE id = ?", (dep,)):
+            raise HiveError(f"bead {e.cell_id} depends on unknown bead {dep}")
+    w.execute(
+        "INSERT INTO cells (id, epic_id, title, description, files, depends_on, status,"
+        " script, created_at, updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+        (
+            e.cell_id,
+            e.epic_id,
+            e.title,
+            e.description,
+            dump_json(e.files),
+            dump_json(e.depends_on),
+            None if e.script is None else dump_json(e.script),
+            e.timestamp,
+            e.timestamp,
+            seq,
+        ),
+    )
+    for dep in dict.fromkeys(e.depends_on):
+        w.execute("INSERT INTO cell_deps (cell_id, depends_on) VALUES (?, ?)", (e.cell_id, dep))
+
+
+def _cell_status_changed(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.CellStatusChanged)
+    row = w.query_one("SELECT epic_id FROM cells WHERE id = ?", (e.cell_id,))
+    if row is None:
+        raise NotFoundError(f"bead {e.cell_id} does not exist")
+    if row["epic_id"] != e.epic_id:
+        raise HiveError(f"bead {e.cell_id} belongs to epic {row['epic_id']}, not {e.epic_id}")
+    w.execute(
+        "UPDATE cells SET status = ?, updated_at = ? WHERE id = ?",
+        (e.status, e.timestamp, e.cell_id),
+    )
+
+
+# --- workers --------------------------------------------------------------------------
+
+_WORKER_COLUMNS = (
+    "bead_id",
+    "epic_id",
+    "status",
+    "attempt",
+    "session_id",
+    "instance",
+    "worktree",
+    "agent_name",
+    "files",
+    "progress_percent",
+    "last_message",
+    "summary",
+    "files_touched",
+    "violations",
+    "error",
+    "blocked_reason",
+    "session_status",
+    "spawned_at",
+    "updated_at",
+    "completed_at",
+    "duration_ms",
+    "last_seq",
+)
+_UPSERT_WORKER = (
+    f"INSERT INTO workers ({', '.join(_WORKER_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_WORKER_COLUMNS))})"
+    " ON CONFLICT (bead_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _WORKER_COLUMNS[1:])
+)
+_TERMINAL = frozenset({"completed", "failed"})
+_COMPLETED_STATUS = {"success": "completed", "failed": "failed", "blocked": "blocked"}
+
+
+def _fresh_worker(e: ev.Event) -> dict[str, Any]:
+    return {
+        "bead_id": getattr(e, "bead_id", None),
+        "epic_id": getattr(e, "epic_id", None),
+        "status": "running",
+        "attempt": getattr(e, "attempt", 1),
+        "session_id": getattr(e, "session_id", None),
+        "instance": "",
+        "worktree": "",
+        "agent_name": "",
+        "files": "[]",
+        "progress_percent": 0,
+        "last_message": "",
+        "summary": "",
+        "files_touched": "[]",
+        "violations": "[]",
+        "error": None,
+        "blocked_reason": None,
+        "session_status": None,
+        "spawned_at": None,
+        "updated_at": e.timestamp,
+        "completed_at": None,
+        "duration_ms": None,
+        "last_seq": 0,
+    }
+
+
+def _save_worker(w: Writer, row: dict[str, Any]) -> None:
+    w.execute(_UPSERT_WORKER, tuple(row[c] for c in _WORKER_COLUMNS))
+
+
+def _worker_event(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev._WorkerEvent)
+    current = w.query_one("SELECT * FROM workers WHERE bead_id = ?", (e.bead_id,))
+    if isinstance(e, ev.WorkerSpawned):
+        if current is not None and e.attempt < current["attempt"]:
+            return  # a late event from an older attempt
+        row = _fresh_worker(e)
+        row.update(
+            instance=e.instance,
+            worktree=e.worktree,
+            agent_name=e.agent_name,
+            files=dump_json(e.files),
+            spawned_at=e.timestamp,
+        )
+    else:
+        if current is not None and e.attempt < current["attempt"]:
+            return
+        row = dict(current) if current is not None else _fresh_worker(e)
+        row["epic_id"] = e.epic_id
+        row["updated_at"] = e.timestamp
+        if e.session_id is not None:
+            row["session_id"] = e.session_id
+        _apply_worker_change(row, e)
+    row["attempt"] = max(e.attempt, row["attempt"])
+    row["last_seq"] = seq
+    _save_worker(w, row)
+
+
+def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
+    if isinstance(e, ev.WorkerRetried):
+        row.update(
+            status="running",
+            error=None,
+            blocked_reason=None,
+            completed_at=None,
+            duration_ms=None,
+            session_status=None,
+            last_message=e.reason or row["last_message"],
+        )
+    elif isinstance(e, ev.WorkerProgress):
+        # Only a new spawn or a retry leaves a terminal state: a late progress report
+        # must never turn finished work back into "running".
+        if row["status"] not in _TERMINAL:
+            row["status"] = "running"
+            row["blocked_reason"] = None
+        row["progress_percent"] = e.progress_percent
+        if e.message:
+            row["last_message"] = e.message
+        if e.files_touched:
+            row["files_touched"] = dump_json(e.files_touched)
+    elif isinstance(e, ev.WorkerCompleted):
+        row["status"] = _COMPLETED_STATUS[e.status]
+        row["summary"] = e.summary
+        row["files_touched"] = dump_json(e.files_touched)
+        row["violations"] = dump_json(e.violations)
+        row["error"] = e.error
+        row["completed_at"] = e.timestamp
+        if e.status == "success":
+            row["progress_percent"] = 100
+        if e.status == "blocked":
+            row["blocked_reason"] = e.error or e.summary
+        row["duration_ms"] = _duration(row, e.duration_ms, e.timestamp)
+    elif isinstance(e, ev.WorkerFailed):
+        row["status"] = "failed"
+        row["error"] = e.error
+        if e.reason:
+            row["last_message"] = e.reason
+        row["completed_at"] = e.timestamp
+        row["duration_ms"] = _duration(row, e.duration_ms, e.timestamp)
+    elif isinstance(e, ev.WorkerBlocked):
+        if row["status"] not in _TERMINAL:
+            row["status"] = "blocked"
+        row["blocked_reason"] = e.reason or e.kind
+        if e.instance:
+            row["instance"] = e.instance
+
+
+def _duration(row: dict[str, Any], given: int | None, now: int) -> int | None:
+    if given is not None:
+        return given
+    if row["spawned_at"] is not None:
+        return max(0, now - int(row["spawned_at"]))
+    return None
+
+
+def _session_event(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.SessionStatus | ev.SessionError)
+    # The status belongs to the bead's current session only: an old attempt's session
+    # going idle says nothing about the new one.
+    if e.bead_id is not None:
+        current = w.query_one(
+            "SELECT * FROM workers WHERE bead_id = ? AND (session_id = ? OR session_id IS NULL)",
+            (e.bead_id, e.session_id),
+        )
+        rows = [] if current is None else [current]
+    else:
+        rows = w.query("SELECT * FROM workers WHERE session_id = ?", (e.session_id,))
+    for current in rows:
+        row = dict(current)
+        if isinstance(e, ev.SessionStatus):
+            row["session_status"] = e.status
+        else:
+            row["session_status"] = "error"
+            row["error"] = e.error
+        row["session_id"] = e.session_id
+        row["updated_at"] = e.timestamp
+        row["last_seq"] = seq
+        _save_worker(w, row)
+
+
+# --- reservations ---------------------------------------------------------------------
+
+
+def _file_reserved(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.FileReserved)
+    w.execute(
+        "INSERT INTO reservations (id, holder, pattern, exclusive, reason, bead_id, epic_id,"
+        " created_at, expires_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO NOTHING",
+        (
+            e.reservation_id,
+            e.holder,
+            e.pattern,
+            int(e.exclusive),
+            e.reason,
+            e.bead_id,
+            e.epic_id,
+            e.timestamp,
+            e.expires_at,
+            seq,
+        ),
+    )
+
+
+def _file_released(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.FileReleased)
+    w.execute("DELETE FROM reservations WHERE id = ?", (e.reservation_id,))
+
+
+def _file_renewed(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.FileRenewed)
+    w.execute(
+        "UPDATE reservations SET expires_at = ? WHERE id = ?", (e.expires_at, e.reservation_id)
+    )
+
+
+# --- mail -----------------------------------------------------------------------------
+
+
+def _message_sent(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.MessageSent)
+    if w.query_one("SELECT 1 AS x FROM messages WHERE id = ?", (e.message_id,)):
+        raise MailError(f"message {e.message_id} already exists")
+    recipients = list(dict.fromkeys(e.to))
+    w.execute(
+        "INSERT INTO messages (id, sender, recipients, subject, body, importance, thread_id,"
+        " ack_required, bead_id, epic_id, created_at, seq)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            e.message_id,
+            e.sender,
+            dump_json(recipients),
+            e.subject,
+            e.body,
+            e.importance,
+            e.thread_id,
+            int(e.ack_required),
+            e.bead_id,
+            e.epic_id,
+            e.timestamp,
+            seq,
+        ),
+    )
+    for agent in recipients:
+        w.execute(
+            "INSERT INTO message_recipients (message_id, agent, seq) VALUES (?, ?, ?)",
+            (e.message_id, agent, seq),
+        )
+
+
+def _message_read(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.MessageRead)
+    w.execute(
+        "UPDATE message_recipients SET read_at = coalesce(read_at, ?)"
+        " WHERE message_id = ? AND agent = ?",
+        (e.timestamp, e.message_id, e.agent),
+    )
+
+
+def _message_acked(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.MessageAcked)
+    w.execute(
+        "UPDATE message_recipients SET read_at = coalesce(read_at, ?),"
+        " acked_at = coalesce(acked_at, ?) WHERE message_id = ? AND agent = ?",
+        (e.timestamp, e.timestamp, e.message_id, e.agent),
+    )
+
+
+_HANDLERS = {
+    "epic_created": _epic_created,
+    "cell_created": _cell_created,
+    "cell_status_changed": _cell_status_changed,
+    "worker_spawned": _worker_event,
+    "worker_progress": _worker_event,
+    "worker_completed": _worker_event,
+    "worker_failed": _worker_event,
+    "worker_blocked": _worker_event,
+    "worker_retried": _worker_event,
+    "session_status": _session_event,
+    "session_error": _session_event,
+    "file_reserved": _file_reserved,
+    "file_released": _file_released,
+    "file_renewed": _file_renewed,
+    "message_sent": _message_sent,
+    "message_read": _message_read,
+    "message_acked": _message_acked,
+}

@@ -1,0 +1,120 @@
+"""The read side of the workers projection: one row per bead, its latest attempt.
+
+Owns ``WorkerView`` and the queries ``poll``-style callers make ("status of every worker
+in epic E" is one indexed query). The rows are written by ``projections.apply`` from the
+worker and session events: ``running`` after ``worker_spawned``/``worker_retried``/
+``worker_progress``, ``completed``/``failed``/``blocked`` from ``worker_completed``'s
+status, ``failed`` after ``worker_failed``, ``blocked`` after ``worker_blocked``. A
+finished worker only becomes ``running`` again through a new spawn or a retry; late
+events from an older attempt are ignored.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from swarm_pool.store.db import Row
+from swarm_pool.store.projections import load_json
+from swarm_pool.store.recorder import Recorder
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    bead_id: str
+    epic_id: str
+    status: str
+    attempt: int
+    session_id: str | None
+    instance: str
+    worktree: str
+    agent_name: str
+    files: list[str]
+    progress_percent: int
+    last_message: str
+    summary: str
+    files_touched: list[str]
+    violations: list[str]
+    error: str | None
+    blocked_reason: str | None
+    session_status: str | None
+    spawned_at: int | None
+    updated_at: int
+    completed_at: int | None
+    duration_ms: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")
+
+    @classmethod
+    def from_row(cls, row: Row) -> WorkerView:
+        return cls(
+            bead_id=row["bead_id"],
+            epic_id=row["epic_id"],
+            status=row["status"],
+            attempt=row["attempt"],
+            session_id=row["session_id"],
+            instance=row["instance"],
+            worktree=row["worktree"],
+            agent_name=row["agent_name"],
+            files=load_json(row["files"], []),
+            progress_percent=row["progress_percent"],
+            last_message=row["last_message"],
+            summary=row["summary"],
+            files_touched=load_json(row["files_touched"], []),
+            violations=load_json(row["violations"], []),
+            error=row["error"],
+            blocked_reason=row["blocked_reason"],
+            session_status=row["session_status"],
+            spawned_at=row["spawned_at"],
+            updated_at=row["updated_at"],
+            completed_at=row["completed_at"],
+            duration_ms=row["duration_ms"],
+        )
+
+
+class Workers:
+    def __init__(self, recorder: Recorder) -> None:
+        self._rec = recorder
+
+    def list(
+        self,
+        *,
+        epic_id: str | None = None,
+        bead_id: str | None = None,
+        status: str | None = None,
+        session_id: str | None = None,
+    ) -> builtins.list[WorkerView]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("epic_id", epic_id),
+            ("bead_id", bead_id),
+            ("status", status),
+            ("session_id", session_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT * FROM workers"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY epic_id, bead_id"
+        with self._rec.reading() as r:
+            rows = r.query(sql, params)
+        return [WorkerView.from_row(row) for row in rows]
+
+    def get(self, bead_id: str) -> WorkerView | None:
+        with self._rec.reading() as r:
+            row = r.query_one("SELECT * FROM workers WHERE bead_id = ?", (bead_id,))
+        return None if row is None else WorkerView.from_row(row)
+
+    def by_session(self, session_id: str) -> WorkerView | None:
+        """The worker whose current session this is, if any."""
+        found = self.list(session_id=session_id)
+        return found[0] if found else None
