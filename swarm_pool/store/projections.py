@@ -134,6 +134,8 @@ WORKER_EVENT_TYPES = frozenset(
         "worker_failed",
         "worker_blocked",
         "worker_retried",
+        "worker_queued",
+        "worker_needs_review",
         "session_status",
         "session_error",
     }
@@ -306,6 +308,16 @@ def _worker_event(w: Writer, seq: int, e: ev.Event) -> None:
             files=dump_json(e.files),
             spawned_at=e.timestamp,
         )
+    elif isinstance(e, ev.WorkerQueued):
+        if current is not None and e.attempt < current["attempt"]:
+            return
+        row = _fresh_worker(e)
+        row.update(
+            status="pending",
+            worktree=e.worktree,
+            files=dump_json(e.files),
+            last_message=e.reason,
+        )
     else:
         if current is not None and e.attempt < current["attempt"]:
             return
@@ -361,6 +373,16 @@ def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
             row["last_message"] = e.reason
         row["completed_at"] = e.timestamp
         row["duration_ms"] = _duration(row, e.duration_ms, e.timestamp)
+    elif isinstance(e, ev.WorkerNeedsReview):
+        # The session went idle without swarm_complete: done, pending a human look.
+        if row["status"] not in _TERMINAL:
+            row["status"] = "needs_review"
+            row["completed_at"] = e.timestamp
+            row["duration_ms"] = _duration(row, None, e.timestamp)
+        if e.reason:
+            row["last_message"] = e.reason
+        if e.instance:
+            row["instance"] = e.instance
     elif isinstance(e, ev.WorkerBlocked):
         if row["status"] not in _TERMINAL:
             row["status"] = "blocked"
@@ -500,6 +522,8 @@ _HANDLERS = {
     "worker_failed": _worker_event,
     "worker_blocked": _worker_event,
     "worker_retried": _worker_event,
+    "worker_queued": _worker_event,
+    "worker_needs_review": _worker_event,
     "session_status": _session_event,
     "session_error": _session_event,
     "file_reserved": _file_reserved,

@@ -2,11 +2,13 @@
 
 Owns ``WorkerView`` and the queries ``poll``-style callers make ("status of every worker
 in epic E" is one indexed query). The rows are written by ``projections.apply`` from the
-worker and session events: ``running`` after ``worker_spawned``/``worker_retried``/
-``worker_progress``, ``completed``/``failed``/``blocked`` from ``worker_completed``'s
-status, ``failed`` after ``worker_failed``, ``blocked`` after ``worker_blocked``. A
-finished worker only becomes ``running`` again through a new spawn or a retry; late
-events from an older attempt are ignored.
+worker and session events: ``pending`` after ``worker_queued``, ``running`` after
+``worker_spawned``/``worker_retried``/``worker_progress``, ``completed``/``failed``/
+``blocked`` from ``worker_completed``'s status, ``failed`` after ``worker_failed``,
+``blocked`` after ``worker_blocked``, ``needs_review`` after ``worker_needs_review``. A
+completed or failed worker only becomes ``running`` again through a new spawn or a
+retry; late events from an older attempt are ignored. ``session_status`` is the last
+``session_status`` event's status for the bead's current session.
 """
 
 from __future__ import annotations
