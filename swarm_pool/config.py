@@ -27,6 +27,8 @@ _NON_CONFIG_ENV = {
     "SWARM_POOL_HOME",
     # The project root the pool passes to its instances (and so to MCP servers).
     "SWARM_POOL_PROJECT",
+    # The MCP server's log level (stderr).
+    "SWARM_POOL_MCP_LOG",
     # Process tags the test suite puts in every child's environment.
     "SWARM_POOL_TEST_ID",
     "SWARM_POOL_TEST_SESSION",
