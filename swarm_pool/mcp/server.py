@@ -1,0 +1,105 @@
+"""The MCP server itself: the official SDK's low-level ``Server`` over stdio.
+
+It publishes the registry's tools (name, description, input schema) and hands every call
+to ``Registry.dispatch``, returning the result as JSON text plus structured content.
+stdout is the protocol channel: logging goes to stderr, and the SDK's stdio transport
+diverts fd 1 so a stray print cannot corrupt the stream.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.stdio import stdio_server
+
+from swarm_pool import __version__
+from swarm_pool.mcp.registry import Registry, ToolSpec
+from swarm_pool.mcp.runtime import Runtime
+from swarm_pool.mcp.worker_tools import WORKER_SPECS
+from swarm_pool.protocol import MCP_SERVER_NAME
+
+log = logging.getLogger("swarm_pool.mcp")
+
+LOG_LEVEL_ENV = "SWARM_POOL_MCP_LOG"
+
+
+def default_specs() -> list[ToolSpec]:
+    """Every tool this server offers: the worker tools, plus coordinator tools if built."""
+    specs = list(WORKER_SPECS)
+    try:
+        module = importlib.import_module("swarm_pool.mcp.coordinator_tools")
+    except ModuleNotFoundError as e:
+        if e.name != "swarm_pool.mcp.coordinator_tools":
+            raise
+    else:
+        specs.extend(module.COORDINATOR_SPECS)
+    return specs
+
+
+def build_server(runtime: Runtime, specs: Iterable[ToolSpec] | None = None) -> Server[Any]:
+    registry = Registry(default_specs() if specs is None else specs)
+    tools = [
+        types.Tool(name=s.name, description=s.description, input_schema=s.input_schema())
+        for s in registry.specs()
+    ]
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        outcome = await registry.dispatch(runtime, params.name, params.arguments)
+        return types.CallToolResult(
+            content=[types.TextContent(text=outcome.text)],
+            structured_content=outcome.result,
+            is_error=outcome.is_error,
+        )
+
+    return Server(
+        MCP_SERVER_NAME,
+        version=__version__,
+        instructions="swarm-pool tools: file reservations, mail, progress and completion "
+        "for agents working on beads.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+async def serve_stdio(runtime: Runtime) -> None:
+    server = build_server(runtime)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def configure_logging() -> None:
+    level = os.environ.get(LOG_LEVEL_ENV, "WARNING").upper()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level, logging.WARNING),
+        format=f"%(asctime)s swarm-mcp[{os.getpid()}] %(levelname)s %(message)s",
+    )
+
+
+def run(cwd: Path | None = None) -> None:
+    """Serve MCP on stdio until the client closes stdin."""
+    configure_logging()
+    runtime = Runtime(cwd)
+    log.info("serving %s in %s", MCP_SERVER_NAME, runtime.cwd)
+    try:
+        anyio.run(serve_stdio, runtime)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.close()
