@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,9 @@ class ProjectPaths:
             gitignore = self.swarm_dir / ".gitignore"
             if not gitignore.exists():
                 gitignore.write_text("*\n")
-            probe = self.swarm_dir / ".write-probe"
+            # One probe name per process and thread: several processes (MCP servers,
+            # the supervisor) run ensure() at the same moment.
+            probe = self.swarm_dir / f".write-probe-{os.getpid()}-{threading.get_ident()}"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
