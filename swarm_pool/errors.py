@@ -39,6 +39,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SwarmPoolError(Exception):
     """Base class of every error swarm-pool raises on purpose."""
@@ -137,11 +139,23 @@ class GitError(SwarmPoolError):
 
 
 class DirtyWorktreeError(GitError):
-    pass
+    """Refused because uncommitted work would be lost; ``files`` lists it."""
+
+    def __init__(self, message: str, *, files: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.files = list(files)
 
 
 class MergeConflictError(GitError):
-    pass
+    """A merge would conflict; it was aborted and ``files`` lists the conflicting paths."""
+
+    def __init__(
+        self, message: str, *, files: Sequence[str] = (), branch: str = "", base: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.files = list(files)
+        self.branch = branch
+        self.base = base
 
 
 class WorkerError(SwarmPoolError):
