@@ -89,12 +89,12 @@ def test_wal_mode_and_migrations_recorded(store: Store) -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
-        assert rows == [(1, "events"), (2, "projections")]
+        assert rows == [(1, "events"), (2, "projections"), (3, "reservation_prefix")]
     finally:
         conn.close()
     report = store.check()
     assert report["integrity"] == "ok"
-    assert report["migrations"] == [1, 2]
+    assert report["migrations"] == [1, 2, 3]
 
 
 def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
         s.append(InstanceReady(instance="i1"))
     with open_store(paths.db) as s:
         assert s.last_seq() == 1
-        assert s.check()["migrations"] == [1, 2]
+        assert s.check()["migrations"] == [1, 2, 3]
 
 
 def _events_in_main_file_only(db: Path, tmp: Path) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from swarm_pool.errors import HiveError, MailError, NotFoundError, PathEscapeError
 from swarm_pool.paths import ProjectPaths
@@ -24,6 +27,7 @@ from swarm_pool.store.events import (
     WorkerRetried,
     WorkerSpawned,
 )
+from swarm_pool.store.globs import patterns_overlap
 from tests.support import wait_for
 
 
@@ -336,3 +340,42 @@ def test_worker_failure_retry_and_stale_events(store: Store) -> None:
     store.append(WorkerNeedsReview(bead_id=f"{E}.2", epic_id=E, reason="idle"))
     assert w.get(f"{E}.2").status == "needs_review"  # type: ignore[union-attr]
     assert [v.status for v in w.list(epic_id=E)] == ["blocked", "needs_review"]
+
+
+# The conflict check reads only candidate rows (by literal head); it must find exactly
+# what comparing the request with every holding would.
+_POOL = [
+    "src/a.py",
+    "src/a.pyc",
+    "src/a/b.py",
+    "src/a/**",
+    "src/**",
+    "src/*.py",
+    "src/*/b.py",
+    "srcx/a.py",
+    "s*/a.py",
+    "**/b.py",
+    "**",
+    "lib/**",
+    "lib/src/a.py",
+    "src/[ab].py",
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    held=st.lists(st.sampled_from(_POOL), min_size=1, max_size=6, unique=True),
+    wanted=st.lists(st.sampled_from(_POOL), min_size=1, max_size=2, unique=True),
+)
+def test_conflicts_equal_brute_force(held: list[str], wanted: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = ProjectPaths(Path(tmp)).ensure()
+        with open_store(paths.db) as store:
+            for n, pattern in enumerate(held):
+                store.reservations.reserve(f"h{n}", [pattern])  # may be refused: fine
+            holdings = [(v.holder, v.pattern) for v in store.reservations.active()]
+            result = store.reservations.reserve("me", wanted)
+            expected = {(h, p, w) for h, p in holdings for w in wanted if patterns_overlap(p, w)}
+            found = {(c.holder, c.pattern, c.requested) for c in result.conflicts}
+            assert found == expected
+            assert result.granted is (not expected)

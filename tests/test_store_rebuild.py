@@ -169,8 +169,8 @@ def test_rebuild_repairs_damaged_projections(tmp_path: Path) -> None:
         conn.execute("DELETE FROM workers")
         conn.execute("UPDATE cells SET status = 'closed'")
         conn.execute(
-            "INSERT INTO reservations SELECT 'rsv-x', 'mallory', '**', 1, '', NULL,"
-            " NULL, 0, 9999999999999, 99"
+            "INSERT INTO reservations (id, holder, pattern, exclusive, reason, created_at,"
+            " expires_at, seq) VALUES ('rsv-x', 'mallory', '**', 1, '', 0, 9999999999999, 99)"
         )
         conn.commit()
         conn.close()

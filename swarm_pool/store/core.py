@@ -141,13 +141,18 @@ def open_store(
     project_root: Path | None = None,
     busy_timeout_ms: int = 10000,
     lock_timeout_s: float = 30.0,
+    lock_impl: str = "flock",
 ) -> Store:
     """Open (creating and migrating if needed) the store at ``db_path``. The project root
-    defaults to the folder holding ``.swarm/``."""
+    defaults to the folder holding ``.swarm/``. ``lock_impl``: "flock" (a descriptor kept
+    open, the default) or "filelock" (the filelock package; slower, for comparison)."""
     db_path = Path(db_path).absolute()
     root = (project_root or db_path.parent.parent).resolve()
     recorder = SQLiteRecorder(
-        db_path, busy_timeout_ms=busy_timeout_ms, lock_timeout_s=lock_timeout_s
+        db_path,
+        busy_timeout_ms=busy_timeout_ms,
+        lock_timeout_s=lock_timeout_s,
+        lock_impl=lock_impl,
     )
     return Store(recorder, db_path=db_path, project_root=root)
 

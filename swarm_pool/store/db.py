@@ -144,6 +144,8 @@ class Database:
         self._closed = False
         if not path.parent.is_dir():
             raise StoreError(f"store directory does not exist: {path.parent}")
+        if lock_impl not in ("flock", "filelock"):
+            raise StoreError(f"bad lock_impl {lock_impl!r}: 'flock' or 'filelock'")
         impl = _FlockLock if lock_impl == "flock" else _FilelockLock
         try:
             self._filelock: _FileLock = impl(self.lock_path, lock_timeout_s)

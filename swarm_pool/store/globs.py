@@ -252,9 +252,22 @@ def _parsed_overlap(a: Parsed, b: Parsed) -> bool:
     return go(0, 0)
 
 
+def _literal_mismatch(a: str, b: str) -> bool:
+    """Cheap proof of disjointness: leading literal segments that differ."""
+    for x, y in zip(a.split("/"), b.split("/"), strict=False):
+        if has_magic(x) or has_magic(y) or x in ("", ".") or y in ("", "."):
+            return False
+        if x != y:
+            return True
+    return False
+
+
 @lru_cache(maxsize=65536)
 def patterns_overlap(a: str, b: str) -> bool:
-    """Can some path be covered by both glob patterns? Symmetric; errs towards True."""
+    """Can some path match both glob patterns? Symmetric; errs towards True."""
+    # Most held/requested pairs part at their first directory; no need to parse them.
+    if _literal_mismatch(a, b):
+        return False
     for x in expand_braces(a):
         for y in expand_braces(b):
             if _parsed_overlap(_parse(x), _parse(y)):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarm_pool.errors import HiveError, MailError, NotFoundError
 from swarm_pool.store import events as ev
+from swarm_pool.store.globs import has_magic
 
 if TYPE_CHECKING:
     from swarm_pool.store.recorder import Reader, Writer
@@ -114,6 +115,28 @@ SCHEMA = (
     )""",
     "CREATE INDEX message_recipients_agent ON message_recipients (agent, seq)",
 )
+
+# Reservations get the literal head of their pattern (the segments before the first
+# wildcard: "src/auth" for "src/auth/*.py", "" for "**/x"), so a conflict check reads only
+# the holdings whose head is an ancestor or a descendant of the request's: no other
+# pattern can match a path the request can. Rows from before this migration get "",
+# which every check reads (correct, only slower) until the next rebuild.
+RESERVATION_PREFIX = (
+    "ALTER TABLE reservations ADD COLUMN prefix TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX reservations_prefix ON reservations (prefix)",
+)
+
+
+def pattern_prefix(pattern: str) -> str:
+    """The literal leading segments of a normalized pattern ("" if it starts with glob
+    syntax)."""
+    head: list[str] = []
+    for seg in pattern.split("/"):
+        if has_magic(seg):
+            break
+        head.append(seg)
+    return "/".join(head)
+
 
 # Tables holding derived state, in the order they are cleared and dumped.
 TABLES: dict[str, str] = {
@@ -430,13 +453,14 @@ def _session_event(w: Writer, seq: int, e: ev.Event) -> None:
 def _file_reserved(w: Writer, seq: int, e: ev.Event) -> None:
     assert isinstance(e, ev.FileReserved)
     w.execute(
-        "INSERT INTO reservations (id, holder, pattern, exclusive, reason, bead_id, epic_id,"
-        " created_at, expires_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO reservations (id, holder, pattern, prefix, exclusive, reason, bead_id,"
+        " epic_id, created_at, expires_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (id) DO NOTHING",
         (
             e.reservation_id,
             e.holder,
             e.pattern,
+            pattern_prefix(e.pattern),
             int(e.exclusive),
             e.reason,
             e.bead_id,

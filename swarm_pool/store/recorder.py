@@ -52,6 +52,7 @@ EVENTS_SCHEMA = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events", EVENTS_SCHEMA),
     Migration(2, "projections", projections.SCHEMA),
+    Migration(3, "reservation_prefix", projections.RESERVATION_PREFIX),
 )
 
 
@@ -211,12 +212,14 @@ class SQLiteRecorder:
         *,
         busy_timeout_ms: int = 10000,
         lock_timeout_s: float = 30.0,
+        lock_impl: str = "flock",
     ) -> None:
         self.db = Database(
             db_path,
             migrations=MIGRATIONS,
             busy_timeout_ms=busy_timeout_ms,
             lock_timeout_s=lock_timeout_s,
+            lock_impl=lock_impl,
         )
 
     @contextmanager

@@ -26,7 +26,8 @@ from swarm_pool.errors import NotFoundError, PathEscapeError, ReservationError
 from swarm_pool.store.db import Row
 from swarm_pool.store.events import FileConflict, FileReleased, FileRenewed, FileReserved, now_ms
 from swarm_pool.store.globs import has_magic, patterns_overlap
-from swarm_pool.store.recorder import EPIC_ID_RE, Recorder, Writer
+from swarm_pool.store.projections import pattern_prefix
+from swarm_pool.store.recorder import EPIC_ID_RE, Reader, Recorder, Writer
 
 
 @dataclass(frozen=True)
@@ -209,11 +210,10 @@ class Reservations:
         wanted = self._normalize_all(patterns)
         with self._rec.writing() as w:
             now = now_ms()
-            active = _expire(w, now)
+            _expire(w, now)
             conflicts = [
                 ConflictView(holder=r["holder"], pattern=r["pattern"], requested=p)
-                for r in active
-                if r["holder"] != holder
+                for r in _candidates(w, holder, wanted)
                 for p in wanted
                 if (exclusive or r["exclusive"]) and patterns_overlap(r["pattern"], p)
             ]
@@ -229,9 +229,10 @@ class Reservations:
                     )
                 )
                 return ReserveResult(granted=False, conflicts=conflicts)
-            mine = {
-                (r["pattern"], bool(r["exclusive"])): r for r in active if r["holder"] == holder
-            }
+            held_rows = w.query(
+                "SELECT * FROM reservations WHERE holder = ? ORDER BY seq", (holder,)
+            )
+            mine = {(r["pattern"], bool(r["exclusive"])): r for r in held_rows}
             granted: list[ReservationView] = []
             expires_at = now + ttl_ms
             for p in wanted:
@@ -314,7 +315,8 @@ class Reservations:
             ids = [ids]
         with self._rec.writing() as w:
             now = now_ms()
-            active = [r for r in _expire(w, now) if r["holder"] == holder]
+            _expire(w, now)
+            active = w.query("SELECT * FROM reservations WHERE holder = ? ORDER BY seq", (holder,))
             if ids is not None:
                 by_id = {r["id"]: r for r in active}
                 missing = [i for i in ids if i not in by_id]
@@ -363,24 +365,40 @@ class Reservations:
         ]
 
 
-def _expire(w: Writer, now: int) -> list[Row]:
-    """Release the expired reservations; return the live ones, oldest first."""
-    rows = w.query("SELECT * FROM reservations ORDER BY seq")
-    live = []
+def _expire(w: Writer, now: int) -> None:
+    """Release the expired reservations (lazily, when a write looks at them)."""
+    rows = w.query("SELECT * FROM reservations WHERE expires_at <= ? ORDER BY seq", (now,))
     for r in rows:
-        if r["expires_at"] <= now:
-            w.append(
-                FileReleased(
-                    reservation_id=r["id"],
-                    holder=r["holder"],
-                    pattern=r["pattern"],
-                    reason="expired",
-                    timestamp=now,
-                )
+        w.append(
+            FileReleased(
+                reservation_id=r["id"],
+                holder=r["holder"],
+                pattern=r["pattern"],
+                reason="expired",
+                timestamp=now,
             )
-        else:
-            live.append(r)
-    return live
+        )
+
+
+def _candidates(r: Reader, holder: str, wanted: list[str]) -> list[Row]:
+    """Other holders' reservations that may overlap one of ``wanted``: those whose
+    literal head is an ancestor of (or equal to) a request's head, or lies below it."""
+    heads = {pattern_prefix(p) for p in wanted}
+    if "" in heads:
+        return r.query("SELECT * FROM reservations WHERE holder != ? ORDER BY seq", (holder,))
+    found: dict[str, Row] = {}
+    for head in sorted(heads):
+        parts = head.split("/")
+        ancestors = ["", *("/".join(parts[:n]) for n in range(1, len(parts) + 1))]
+        rows = r.query(
+            f"SELECT * FROM reservations WHERE holder != ? AND (prefix IN"
+            f" ({', '.join('?' * len(ancestors))}) OR (prefix > ? AND prefix < ?))",
+            # "/" + 1 == "0": the range holds exactly the heads below ``head/``.
+            (holder, *ancestors, head + "/", head + "0"),
+        )
+        for row in rows:
+            found[row["id"]] = row
+    return sorted(found.values(), key=lambda row: int(row["seq"]))
 
 
 def _literal_prefix(path: str) -> str:
