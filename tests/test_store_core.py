@@ -209,6 +209,22 @@ def test_open_store_in_missing_dir_is_a_store_error(tmp_path: Path) -> None:
         open_store(tmp_path / "nope" / ".swarm" / "swarm.db")
 
 
+def test_open_store_on_a_file_that_is_not_a_db(tmp_path: Path) -> None:
+    paths = ProjectPaths(tmp_path).ensure()
+    paths.db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        open_store(paths.db)
+
+
+def test_unknown_future_migration_is_refused(store: Store) -> None:
+    conn = sqlite3.connect(store.db_path)
+    conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="upgrade swarm-pool"):
+        open_store(store.db_path)
+
+
 def test_find_project_store_walks_up_from_a_worktree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,3 +247,24 @@ def test_find_project_store_walks_up_from_a_worktree(
     monkeypatch.setenv("SWARM_POOL_PROJECT", str(tmp_path / "missing"))
     with pytest.raises(StoreError, match="not a directory"):
         find_project_store(elsewhere)
+
+
+@pytest.mark.parametrize("lock_impl", ["flock", "filelock"])
+def test_write_lock_held_elsewhere_times_out_cleanly(tmp_path: Path, lock_impl: str) -> None:
+    import fcntl
+    import os
+
+    paths = ProjectPaths(tmp_path).ensure()
+    with open_store(paths.db, lock_timeout_s=0.3, lock_impl=lock_impl) as s:
+        assert s.append(InstanceReady(instance="i1")) == 1
+        fd = os.open(paths.db.with_name("swarm.db.lock"), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another writer holds the lock
+            start = time.monotonic()
+            with pytest.raises(StoreError, match="timed out"):
+                s.append(InstanceReady(instance="i2"))
+            assert 0.25 < time.monotonic() - start < 5
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        assert s.append(InstanceReady(instance="i3")) == 2  # nothing half-written
