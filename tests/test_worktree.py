@@ -280,6 +280,24 @@ def test_merge_refuses_local_changes_the_merge_would_touch(repo: Path) -> None:
     assert git(repo, "rev-parse", "HEAD") == head
 
 
+def test_merge_refuses_staged_changes_in_the_base_checkout(repo: Path) -> None:
+    wt = Worktrees(repo)
+    info = wt.create("bd-s.1")
+    (info.path / "feature.txt").write_text("f\n")
+    wt.commit_all("bd-s.1", "f")
+    (repo / "README.md").write_text("staged, unrelated\n")
+    git(repo, "add", "README.md")
+    head = git(repo, "rev-parse", "HEAD")
+    with pytest.raises(DirtyWorktreeError, match="staged") as err:
+        wt.merge("bd-s.1")
+    assert err.value.files == ["README.md"]
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "status", "--porcelain") == "M  README.md"
+    git(repo, "commit", "-q", "-m", "user commits")
+    assert wt.merge("bd-s.1").files == ["feature.txt"]
+    assert (repo / "feature.txt").exists()
+
+
 def test_merge_refuses_uncommitted_work_in_the_worktree(repo: Path) -> None:
     wt = Worktrees(repo)
     info = wt.create("bd-u.1")

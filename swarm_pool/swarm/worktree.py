@@ -531,6 +531,15 @@ class Worktrees:
         """``git merge`` where the base is checked out, so its files follow the branch."""
         if self._rev("MERGE_HEAD", checkout) is not None:
             raise GitError(f"{checkout} is in the middle of a merge; finish or abort it first")
+        # git merge refuses any staged change (even to an unrelated file), with a message
+        # that blames the wrong files; say what is wrong instead.
+        staged = self._git(checkout, "diff", "--cached", "--name-only", "--no-renames", "-z").z()
+        if staged:
+            raise DirtyWorktreeError(
+                f"{checkout} has staged, uncommitted changes ({', '.join(sorted(staged)[:10])}); "
+                f"commit or unstage them before merging {branch}",
+                files=sorted(staged),
+            )
         local = self.uncommitted_files(checkout)
         touched = sorted(set(local) & set(files))
         if touched:
