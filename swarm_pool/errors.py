@@ -163,7 +163,11 @@ class WorkerError(SwarmPoolError):
 
 
 class DependencyBlockedError(WorkerError):
-    pass
+    """A dependency of the bead is not closed yet; ``blocked_by`` lists them."""
+
+    def __init__(self, message: str, *, blocked_by: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.blocked_by = list(blocked_by)
 
 
 class DuplicateSpawnError(WorkerError):
