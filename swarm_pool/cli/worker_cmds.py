@@ -1,0 +1,290 @@
+"""Worker commands: ``spawn``, ``poll``, ``await``, ``review``, ``merge``, ``answer``,
+``workers`` and ``run``, each with ``--json``.
+
+They parse, call the core in ``swarm_pool.swarm`` and print a table or JSON. Exit codes:
+0 on success; 1 on an error (one line on stderr, via the root group); 2 for ``await``
+that timed out, a ``review`` that did not approve, or a ``run`` that did not merge every
+task.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from swarm_pool.cli import main
+from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.status import GROUPS, PollResult
+
+
+@contextmanager
+def swarm_context(app: AppContext) -> Iterator[SwarmContext]:
+    from swarm_pool.store import open_project_store
+
+    store = open_project_store(app.paths, app.config)
+    try:
+        yield SwarmContext(paths=app.paths, config=app.config, store=store)
+    finally:
+        store.close()
+
+
+def _fmt_duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    s = ms / 1000
+    return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
+
+
+def print_poll(result: PollResult) -> None:
+    console = Console()
+    table = Table(title=f"workers of {result.epic_id or 'all epics'}")
+    for col in ("bead", "group", "attempt", "progress", "instance", "duration", "last message"):
+        table.add_column(col)
+    for w in result.workers():
+        message = w.blocked_reason or w.error or w.last_message or w.summary
+        table.add_row(
+            w.bead_id,
+            w.group + (" (merged)" if w.merged else ""),
+            str(w.attempt),
+            f"{w.progress_percent}%",
+            w.instance or "-",
+            _fmt_duration(w.duration_ms),
+            (message or "")[:60],
+        )
+    console.print(table)
+    counts = ", ".join(f"{g} {n}" for g, n in result.counts.items() if n)
+    console.print(counts or "no workers")
+
+
+@main.command()
+@click.argument("bead_id")
+@click.option("--epic", "epic_id", default=None, help="Epic of the bead (checked).")
+@click.option("--title", default=None, help="Default: the bead's title.")
+@click.option("--description", default=None, help="Default: the bead's description.")
+@click.option("--file", "files", multiple=True, help="Owned pattern (repeat). Default: the bead's.")
+@click.option("--read-only", "read_only", multiple=True, help="Read-only pattern (repeat).")
+@click.option("--depends-on", "deps", multiple=True, help="Extra dependency bead (repeat).")
+@click.option("--context", "shared_context", default="", help="Shared context for the prompt.")
+@click.option("--routing", type=click.Choice(["least_busy", "dedicated"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def spawn(
+    app: AppContext,
+    bead_id: str,
+    epic_id: str | None,
+    title: str | None,
+    description: str | None,
+    files: tuple[str, ...],
+    read_only: tuple[str, ...],
+    deps: tuple[str, ...],
+    shared_context: str,
+    routing: str | None,
+    as_json: bool,
+) -> None:
+    """Start a worker for BEAD_ID without waiting for it."""
+    from swarm_pool.swarm.workers import spawn_async
+
+    with swarm_context(app) as ctx:
+        result = spawn_async(
+            ctx,
+            bead_id,
+            epic_id,
+            title,
+            description,
+            list(files) if files else None,
+            list(deps),
+            shared_context,
+            routing,
+            read_only=list(read_only),
+        )
+    if as_json:
+        echo_json(result.to_dict())
+    elif result.status == "running":
+        click.echo(
+            f"{bead_id}: running on {result.instance} (session {result.session_id}, "
+            f"attempt {result.attempt}) in {result.worktree} [{result.elapsed_ms:.0f} ms]"
+        )
+    else:
+        click.echo(f"{bead_id}: queued (pool full), attempt {result.attempt}")
+
+
+@main.command()
+@click.argument("epic_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def poll(app: AppContext, epic_id: str | None, as_json: bool) -> None:
+    """Show the workers of EPIC_ID (default: all) grouped by state."""
+    from swarm_pool.swarm.status import poll as do_poll
+
+    with swarm_context(app) as ctx:
+        result = do_poll(ctx, epic_id)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        print_poll(result)
+
+
+@main.command(name="await")
+@click.argument("epic_id", required=False)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def await_cmd(app: AppContext, epic_id: str | None, timeout: float, as_json: bool) -> None:
+    """Wait until no worker of EPIC_ID is in progress or pending (exit 2 on timeout)."""
+    from swarm_pool.swarm.status import await_workers
+
+    with swarm_context(app) as ctx:
+        result = await_workers(ctx, epic_id, timeout)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        print_poll(result)
+    if result.timed_out:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("bead_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def review(app: AppContext, bead_id: str, as_json: bool) -> None:
+    """Review a finished worker against its contract (exit 2 if not approved)."""
+    from swarm_pool.swarm.review import review as do_review
+
+    with swarm_context(app) as ctx:
+        result = do_review(ctx, bead_id)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        verdict = "approved" if result.approved else "NOT approved"
+        click.echo(f"{bead_id}: {verdict} (worker {result.status})")
+        click.echo(f"files touched: {', '.join(result.files_touched) or '-'}")
+        if result.outside_owned:
+            click.echo(f"outside the owned patterns: {', '.join(result.outside_owned)}")
+        if result.reservations_held:
+            click.echo(f"reservations still held: {', '.join(result.reservations_held)}")
+        for problem in result.problems:
+            click.echo(f"problem: {problem}")
+        if result.diffstat:
+            click.echo(result.diffstat)
+    if not result.approved:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("bead_id")
+@click.option("--base", default=None, help="Base branch (default: the worktree's base).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def merge(app: AppContext, bead_id: str, base: str | None, as_json: bool) -> None:
+    """Merge a finished worker's branch into its base branch."""
+    from swarm_pool.swarm.review import merge as do_merge
+
+    with swarm_context(app) as ctx:
+        result = do_merge(ctx, bead_id, base=base)
+    if as_json:
+        echo_json(result.to_dict())
+    elif result.up_to_date:
+        click.echo(f"{bead_id}: nothing to merge into {result.base}")
+    else:
+        click.echo(
+            f"{bead_id}: merged {result.branch} into {result.base} at {result.commit[:12]} "
+            f"({len(result.files)} files)"
+        )
+
+
+@main.command()
+@click.argument("bead_id")
+@click.option(
+    "--reply", type=click.Choice(["once", "always", "reject"]), default=None, help="Permission."
+)
+@click.option("--answer", "text", default=None, help="Answer to the worker's question.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def answer(
+    app: AppContext, bead_id: str, reply: str | None, text: str | None, as_json: bool
+) -> None:
+    """Answer a blocked worker's permission request or question."""
+    from swarm_pool.swarm.workers import answer as do_answer
+
+    if (reply is None) == (text is None):
+        raise click.UsageError("give exactly one of --reply or --answer")
+    with swarm_context(app) as ctx:
+        result = do_answer(ctx, bead_id, reply=reply, text=text)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(f"{bead_id}: answered {result['kind']} {result['request_id']}")
+
+
+@main.command()
+@click.option("--epic", "epic_id", default=None, help="Only this epic.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def workers(app: AppContext, epic_id: str | None, as_json: bool) -> None:
+    """List every worker (one row per bead, latest attempt)."""
+    from swarm_pool.swarm.status import poll as do_poll
+
+    with swarm_context(app) as ctx:
+        result = do_poll(ctx, epic_id)
+    if as_json:
+        echo_json([w.to_dict() for w in result.workers()])
+    else:
+        print_poll(result)
+
+
+@main.command()
+@click.argument("plan_path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--timeout", type=float, default=1800.0, show_default=True, help="Seconds.")
+@click.option("--size", type=int, default=None, help="Instances, if the pool must be started.")
+@click.option("--keep-pool", is_flag=True, help="Leave a pool started by this run running.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@project_options
+def run(
+    app: AppContext,
+    plan_path: Path,
+    timeout: float,
+    size: int | None,
+    keep_pool: bool,
+    as_json: bool,
+) -> None:
+    """Run PLAN_PATH: create its epic, spawn, watch, review and merge every task."""
+    from swarm_pool.swarm.runner import run_plan_file
+
+    live = not as_json and sys.stdout.isatty()
+    summary = run_plan_file(
+        app.paths,
+        app.config,
+        plan_path,
+        timeout=timeout,
+        size=size,
+        keep_pool=keep_pool,
+        live=live,
+        config_path=app.config_path,
+    )
+    if as_json:
+        echo_json(summary.to_dict())
+    elif not live:
+        _print_summary(summary.to_dict())
+    if not summary.ok:
+        sys.exit(2)
+
+
+def _print_summary(data: dict[str, Any]) -> None:
+    click.echo(f"epic {data['epic_id']}: {data['merged']}/{data['total']} tasks merged")
+    for task in data["tasks"]:
+        click.echo(
+            f"  {task['bead_id']} {task['title'][:40]:40} {task['state']:10} "
+            f"attempt {task['attempt']} {task.get('note', '')}"
+        )
+
+
+__all__ = ["GROUPS"]

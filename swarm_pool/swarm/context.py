@@ -1,0 +1,111 @@
+"""The worker engine's dependencies in one object: project paths, config, store, pool.
+
+``SwarmContext`` is what ``workers``, ``review``, ``engine`` and ``runner`` take instead of
+a long list of arguments. It owns the lazily created git ``Worktrees``, the view of the
+pool's instances (read from the supervisor's state file unless a test injects its own),
+and the factory of OpenCode clients, so every piece can be swapped in tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import filelock
+
+from swarm_pool.config import Config
+from swarm_pool.errors import UnknownInstanceError, WorkerError
+from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.swarm.router import InstanceSlot
+
+if TYPE_CHECKING:
+    from swarm_pool.store import Store
+    from swarm_pool.swarm.worktree import Worktrees
+
+InstancesFn = Callable[[], list[InstanceSlot]]
+ClientFn = Callable[[InstanceSlot], OpenCodeClient]
+
+_thread_locks_guard = threading.Lock()
+_thread_locks: dict[Path, threading.RLock] = {}
+
+
+def _thread_lock(path: Path) -> threading.RLock:
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(path, threading.RLock())
+
+
+@contextmanager
+def file_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """A cross-process lock that also excludes threads of this process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tlock = _thread_lock(path.resolve())
+    if not tlock.acquire(timeout=timeout):
+        raise WorkerError(f"timed out waiting for {path}")
+    try:
+        flock = filelock.FileLock(str(path), thread_local=False)
+        try:
+            flock.acquire(timeout=timeout)
+        except filelock.Timeout as e:
+            raise WorkerError(f"timed out waiting for {path} (held by another process)") from e
+        try:
+            yield
+        finally:
+            flock.release()
+    finally:
+        tlock.release()
+
+
+def default_client(slot: InstanceSlot) -> OpenCodeClient:
+    return OpenCodeClient(slot.url, slot.password, timeout=10.0)
+
+
+@dataclass
+class SwarmContext:
+    paths: ProjectPaths
+    config: Config
+    store: Store
+    instances_fn: InstancesFn | None = None
+    client_fn: ClientFn = default_client
+    _worktrees: Worktrees | None = field(default=None, repr=False)
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.paths.swarm_dir / "locks"
+
+    @property
+    def prompts_dir(self) -> Path:
+        return self.paths.swarm_dir / "prompts"
+
+    @property
+    def worktrees(self) -> Worktrees:
+        if self._worktrees is None:
+            from swarm_pool.swarm.worktree import Worktrees
+
+            self._worktrees = Worktrees.for_project(self.paths)
+        return self._worktrees
+
+    def instances(self) -> list[InstanceSlot]:
+        if self.instances_fn is not None:
+            return self.instances_fn()
+        from swarm_pool.swarm.pool_view import read_instances
+
+        return read_instances(self.paths)
+
+    def instance(self, name: str) -> InstanceSlot:
+        for slot in self.instances():
+            if slot.name == name:
+                return slot
+        raise UnknownInstanceError(f"no instance named {name!r} in the pool")
+
+    def client(self, slot: InstanceSlot) -> OpenCodeClient:
+        return self.client_fn(slot)
+
+    @contextmanager
+    def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
+        with file_lock(self.locks_dir / f"{name}.lock", timeout):
+            yield

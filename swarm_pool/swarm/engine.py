@@ -1,0 +1,288 @@
+"""The background engine: the loop that keeps workers moving without anyone polling.
+
+It runs inside the supervisor daemon (started from ``pool/daemon.py``, the composition
+root, so ``pool/`` itself never imports ``swarm/``), or in any process that wants it.
+Each tick, woken by store changes or every ``tick_s``, it:
+
+- keeps one SSE watcher per pool instance (``watch``), which records session status,
+  errors and permission/question requests into the store;
+- dispatches queued spawns when an instance has room;
+- fails the in-flight workers of an instance that exited (a store ``instance_exited`` /
+  ``instance_started`` event, a new pid, or a dead state in the pool state) and retries
+  them elsewhere under ``workers.max_retries``;
+- fails and retries a worker whose session reported ``session.error``;
+- aborts and fails a running worker past ``workers.timeout_s`` (a worker blocked on a
+  human's answer is not timed out: it waits for ``swarm-pool answer``);
+- turns an idle session without ``swarm_complete`` into ``worker_needs_review``, but only
+  when the SSE idle, ``/session/status``, the last assistant message and the instance's
+  health all agree (never one signal alone). Sessions whose idle event was missed are
+  re-checked every ``recheck_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from swarm_pool.config import Config
+from swarm_pool.errors import OpenCodeError, SwarmPoolError
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.store.events import WorkerNeedsReview, now_ms
+from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
+from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.watch import (
+    InstanceWatcher,
+    StoreLookup,
+    WatchManager,
+    session_finished,
+)
+from swarm_pool.swarm.workers import dispatch, fail
+
+log = logging.getLogger(__name__)
+
+# Instance states in which its process is gone (or replaced), so its sessions are lost.
+_GONE_STATES = frozenset({"backoff", "fatal", "stopped", "exited", "starting"})
+_INSTANCE_EVENTS = ["instance_exited", "instance_started", "instance_fatal", "instance_stopped"]
+
+
+def _open_store(paths: ProjectPaths, config: Config) -> Any:
+    from swarm_pool.store import open_project_store
+
+    return open_project_store(paths, config)
+
+
+class Engine:
+    def __init__(
+        self,
+        paths: ProjectPaths,
+        config: Config,
+        *,
+        instances_fn: InstancesFn | None = None,
+        client_fn: ClientFn = default_client,
+        open_store: Callable[[], Any] | None = None,
+        tick_s: float = 0.5,
+        recheck_s: float = 5.0,
+        watch: bool = True,
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self._instances_fn = instances_fn
+        self._client_fn = client_fn
+        self._open_store = open_store or (lambda: _open_store(paths, config))
+        self.tick_s = tick_s
+        self.recheck_s = recheck_s
+        self._watch_enabled = watch
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ctx: SwarmContext | None = None
+        self._watch: WatchManager | None = None
+        # Instance name -> ms of the last time its process went away or was replaced.
+        self._gone_at: dict[str, int] = {}
+        self._pids: dict[str, int | None] = {}
+        self._instance_seq = 0
+        self._last_check: dict[str, float] = {}
+        self.ticks = 0
+        self.errors = 0
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._run, name="swarm-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _context(self) -> SwarmContext:
+        if self._ctx is None:
+            self._ctx = SwarmContext(
+                paths=self.paths,
+                config=self.config,
+                store=self._open_store(),
+                instances_fn=self._instances_fn,
+                client_fn=self._client_fn,
+            )
+        return self._ctx
+
+    def _run(self) -> None:
+        ctx = self._context()
+        if self._watch_enabled:
+            self._watch = WatchManager(self._make_watcher)
+        seq = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.tick()
+                except Exception:  # the engine must outlive any one bad tick
+                    self.errors += 1
+                    log.exception("engine tick failed")
+                self._wake.clear()
+                deadline = time.monotonic() + self.tick_s
+                while not self._stop.is_set() and not self._wake.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    new = ctx.store.wait_for_change(seq, min(remaining, 0.25))
+                    if new != seq:
+                        seq = new
+                        break
+        finally:
+            if self._watch is not None:
+                self._watch.stop()
+            with contextlib.suppress(Exception):
+                ctx.store.close()
+
+    def _make_watcher(self, slot: InstanceSlot) -> InstanceWatcher:
+        def make_lookup() -> tuple[StoreLookup, Callable[[list[Any]], None], Callable[[], None]]:
+            store = self._open_store()  # the watcher thread's own connection
+
+            def sink(events: list[Any]) -> None:
+                store.append_many(events)
+                self._wake.set()
+
+            return StoreLookup(store), sink, store.close
+
+        return InstanceWatcher(
+            slot, make_lookup=make_lookup, client_factory=self._client_fn, on_disconnect=self.wake
+        )
+
+    # --- one pass -------------------------------------------------------------------
+
+    def tick(self) -> None:
+        ctx = self._context()
+        self.ticks += 1
+        slots = ctx.instances()
+        if self._watch is not None:
+            self._watch.sync([s for s in slots if s.state in ("ready", "unhealthy")])
+        self._track_instances(ctx, slots)
+        by_name = {s.name: s for s in slots}
+        workers = ctx.store.workers.list()
+        now = now_ms()
+        for w in workers:
+            if w.status not in ("running", "blocked"):
+                continue
+            try:
+                self._check_worker(ctx, w, by_name, now)
+            except SwarmPoolError as e:
+                log.warning("engine: checking %s failed: %s", w.bead_id, e)
+        pending = sorted(
+            (w for w in workers if w.status == "pending"), key=lambda w: w.updated_at or 0
+        )
+        for w in pending:
+            try:
+                if dispatch(ctx, w.bead_id) is None:
+                    break  # no room: later ones would not fit either (FIFO)
+            except SwarmPoolError as e:
+                log.warning("engine: dispatching %s failed: %s", w.bead_id, e)
+
+    def _track_instances(self, ctx: SwarmContext, slots: list[InstanceSlot]) -> None:
+        now = now_ms()
+        for stored in ctx.store.read(types=_INSTANCE_EVENTS, after_seq=self._instance_seq):
+            self._instance_seq = max(self._instance_seq, stored.seq)
+            name = getattr(stored.event, "instance", "")
+            self._gone_at[name] = max(self._gone_at.get(name, 0), stored.timestamp)
+        seen = set()
+        for slot in slots:
+            seen.add(slot.name)
+            old = self._pids.get(slot.name)
+            if slot.name in self._pids and old is not None and slot.pid != old:
+                self._gone_at[slot.name] = now
+            if slot.state in _GONE_STATES:
+                self._gone_at[slot.name] = now
+            self._pids[slot.name] = slot.pid
+        for name in list(self._pids):
+            if name not in seen:  # removed from the pool (scale down)
+                self._gone_at[name] = now
+                del self._pids[name]
+
+    def _check_worker(
+        self, ctx: SwarmContext, w: Any, by_name: dict[str, InstanceSlot], now: int
+    ) -> None:
+        spawned = w.spawned_at or 0
+        gone = self._gone_at.get(w.instance, 0)
+        # An empty view means the state file could not be read: that proves nothing.
+        missing = bool(by_name) and w.instance not in by_name
+        if missing or gone >= spawned:
+            fail(
+                ctx,
+                w.bead_id,
+                error=f"instance {w.instance} exited while the worker was running",
+                reason="instance_exited",
+                session_id=w.session_id,
+            )
+            return
+        errors = [
+            s
+            for s in ctx.store.read(types=["session_error"], session_id=w.session_id)
+            if s.timestamp >= spawned
+        ]
+        if errors:
+            fail(
+                ctx,
+                w.bead_id,
+                error=getattr(errors[-1].event, "error", "session error"),
+                reason="session_error",
+                session_id=w.session_id,
+            )
+            return
+        if w.status == "running" and now - spawned > self.config.workers.timeout_s * 1000:
+            fail(
+                ctx,
+                w.bead_id,
+                error=f"no completion after {self.config.workers.timeout_s:g}s",
+                reason="timeout",
+                retry=False,
+                abort=True,
+                session_id=w.session_id,
+            )
+            return
+        if w.status != "running" or w.instance not in by_name:
+            return
+        last = self._last_check.get(w.session_id, 0.0)
+        due = time.monotonic() - last >= self.recheck_s
+        if w.session_status == "idle" or due:
+            self._last_check[w.session_id] = time.monotonic()
+            self._confirm_idle(ctx, w, by_name[w.instance])
+
+    def _confirm_idle(self, ctx: SwarmContext, w: Any, slot: InstanceSlot) -> None:
+        client = ctx.client(slot)
+        try:
+            client.health(timeout=2.0)
+            if not session_finished(client, w.session_id, w.worktree or None):
+                return
+        except OpenCodeError:
+            return  # an unhealthy instance proves nothing; the supervisor handles it
+        finally:
+            client.close()
+        with ctx.lock(f"spawn-{w.bead_id}"):
+            current = ctx.store.workers.get(w.bead_id)
+            # swarm_complete, a failure or a retry may have landed meanwhile.
+            if current is None or current.status != "running":
+                return
+            if current.session_id != w.session_id:
+                return
+            ctx.store.append(
+                WorkerNeedsReview(
+                    bead_id=w.bead_id,
+                    epic_id=w.epic_id,
+                    session_id=w.session_id,
+                    attempt=w.attempt,
+                    instance=w.instance,
+                    reason="the session went idle without swarm_complete",
+                )
+            )

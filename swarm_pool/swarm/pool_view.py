@@ -1,0 +1,99 @@
+"""The worker engine's window on the pool: which instances exist, and starting/stopping it.
+
+It owns the translation from the supervisor's state file (``pool/state.py``) to the
+router's ``InstanceSlot``s (ready or not, draining, dedicated to a bead, with the pool
+password), and the few pool operations ``run`` needs: make sure a pool runs (starting
+one through the pool's own start path when none does) and stop the pool it started.
+Instances dedicated to one worker are named ``dw-<bead>`` (dots become underscores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swarm_pool.config import Config
+from swarm_pool.errors import PoolError, PoolNotRunningError
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.swarm.router import InstanceSlot
+
+DEDICATED_PREFIX = "dw-"
+
+
+def dedicated_name(bead_id: str) -> str:
+    return DEDICATED_PREFIX + bead_id.replace(".", "_")
+
+
+def dedicated_bead(name: str) -> str | None:
+    if not name.startswith(DEDICATED_PREFIX):
+        return None
+    return name[len(DEDICATED_PREFIX) :].replace("_", ".")
+
+
+def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> list[InstanceSlot]:
+    """The pool's opencode instances as the supervisor last recorded them.
+
+    An empty list when no pool state exists (or it cannot be read right now), unless
+    ``require_running``, which raises PoolNotRunningError instead.
+    """
+    from swarm_pool.pool.state import read_state
+
+    try:
+        state = read_state(paths.state_file)
+    except PoolError:
+        if require_running:
+            raise
+        return []
+    if state is None or (require_running and not state.supervisor_alive()):
+        if require_running:
+            raise PoolNotRunningError(
+                f"no pool is running for {paths.root}; start one with `swarm-pool start`"
+            )
+        return []
+    slots = []
+    for rec in state.opencode():
+        if rec.url is None:
+            continue
+        slots.append(
+            InstanceSlot(
+                name=rec.name,
+                url=rec.url,
+                state=rec.state,
+                password=state.password,
+                draining=rec.draining,
+                dedicated_to=dedicated_bead(rec.name),
+                pid=rec.pid,
+            )
+        )
+    return slots
+
+
+def pool_running(paths: ProjectPaths) -> bool:
+    from swarm_pool.pool.state import read_state
+
+    try:
+        state = read_state(paths.state_file)
+    except PoolError:
+        return False
+    return state is not None and state.supervisor_alive() and state.phase == "running"
+
+
+def ensure_pool(
+    paths: ProjectPaths,
+    config: Config,
+    *,
+    size: int | None = None,
+    config_path: Path | None = None,
+) -> bool:
+    """Start a pool unless one runs; True if this call started it."""
+    if pool_running(paths):
+        return False
+    from swarm_pool.pool.api import start_pool
+
+    start_pool(paths, config, size=size, config_path=config_path)
+    return True
+
+
+def stop_pool(paths: ProjectPaths, config: Config) -> None:
+    from swarm_pool.pool.api import stop_pool as _stop
+
+    _stop(paths, config)

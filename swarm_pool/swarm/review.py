@@ -1,0 +1,226 @@
+"""Review and merge of a finished worker, and the release of what it held.
+
+``review`` compares what the worker really changed in its worktree (committed and not)
+with the patterns it owns, reads the verification that ``swarm_complete`` recorded, the
+state of its file reservations, and records ``review_completed`` with a verdict.
+``merge`` commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
+branch under the git lock (``Worktrees.merge``), records ``worktree_merged`` (or
+``merge_conflict``, with the base left untouched), closes the bead, and releases the
+worker's OpenCode session: the session is deleted and its directory disposed on its
+instance. ``cleanup`` removes merged worktrees and never one with uncommitted changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from swarm_pool.errors import (
+    MergeConflictError,
+    NotFoundError,
+    OpenCodeError,
+    SwarmPoolError,
+    WorkerError,
+)
+from swarm_pool.store.events import MergeConflict, ReviewCompleted, WorktreeMerged
+from swarm_pool.store.globs import matches
+from swarm_pool.swarm.context import SwarmContext
+
+# Worker states whose work may be reviewed and merged.
+MERGEABLE = frozenset({"completed", "needs_review"})
+
+
+@dataclass(frozen=True)
+class ReviewResult:
+    bead_id: str
+    epic_id: str
+    status: str
+    approved: bool
+    files_touched: list[str]
+    outside_owned: list[str]
+    uncommitted: list[str]
+    diffstat: str
+    verification: dict[str, Any] | None
+    violations: list[str]
+    reservations_held: list[str]
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    bead_id: str
+    epic_id: str
+    branch: str
+    base: str
+    commit: str
+    files: list[str]
+    leftovers_commit: str | None
+    up_to_date: bool
+    session_released: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _owned(path: str, patterns: list[str]) -> bool:
+    return any(matches(p, path) or path == p for p in patterns)
+
+
+def _last(ctx: SwarmContext, bead_id: str, kind: str) -> Any | None:
+    events = ctx.store.read(types=[kind], bead_id=bead_id)
+    return events[-1].event if events else None
+
+
+def check_passed(verification: dict[str, Any] | None) -> bool:
+    check = (verification or {}).get("check")
+    return not isinstance(check, dict) or bool(check.get("passed", True))
+
+
+def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
+    """Judge the worker's work against its contract; records ``review_completed``."""
+    worker = ctx.store.workers.get(bead_id)
+    if worker is None:
+        raise NotFoundError(f"bead {bead_id} has no worker")
+    cell = ctx.store.hive.get_cell(bead_id)
+    owned = list(worker.files or cell.files)
+    diff = ctx.worktrees.diff(bead_id)
+    touched = sorted({*diff.files, *diff.uncommitted})
+    outside = [f for f in touched if not _owned(f, owned)]
+    completed = _last(ctx, bead_id, "worker_completed")
+    verification = getattr(completed, "verification", None) if completed else None
+    violations = list(getattr(completed, "violations", []) or []) if completed else []
+    held = [
+        r.pattern
+        for r in ctx.store.reservations.active()
+        if r.bead_id == bead_id or (worker.agent_name and r.holder == worker.agent_name)
+    ]
+    problems = []
+    if worker.status not in MERGEABLE:
+        problems.append(f"worker status is {worker.status}")
+    if not touched:
+        problems.append("no changes")
+    if outside:
+        problems.append(f"changes outside the owned patterns: {', '.join(outside)}")
+    if not check_passed(verification):
+        problems.append("the check command failed")
+    approved = not problems
+    notes = "; ".join(problems) if problems else "ok"
+    if worker.status == "needs_review":
+        notes += " (the worker went idle without swarm_complete)"
+    ctx.store.append(
+        ReviewCompleted(
+            bead_id=bead_id,
+            epic_id=worker.epic_id,
+            approved=approved,
+            files_touched=touched,
+            outside_owned=outside,
+            diffstat=diff.stat,
+            verification=verification,
+            notes=notes,
+        )
+    )
+    return ReviewResult(
+        bead_id=bead_id,
+        epic_id=worker.epic_id,
+        status=worker.status,
+        approved=approved,
+        files_touched=touched,
+        outside_owned=outside,
+        uncommitted=list(diff.uncommitted),
+        diffstat=diff.stat,
+        verification=verification,
+        violations=violations,
+        reservations_held=held,
+        problems=problems,
+    )
+
+
+def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeOutcome:
+    """Merge the bead's branch into its base; MergeConflictError (recorded) on conflict."""
+    worker = ctx.store.workers.get(bead_id)
+    if worker is None:
+        raise NotFoundError(f"bead {bead_id} has no worker")
+    if worker.status not in MERGEABLE:
+        raise WorkerError(f"worker {bead_id} is {worker.status}; only finished work is merged")
+    trees = ctx.worktrees
+    leftovers = trees.commit_all(bead_id, f"swarm-pool: uncommitted work of {bead_id}")
+    try:
+        result = trees.merge(bead_id, base)
+    except MergeConflictError as e:
+        ctx.store.append(
+            MergeConflict(
+                bead_id=bead_id,
+                epic_id=worker.epic_id,
+                branch=e.branch or f"swarm/{bead_id}",
+                base_branch=e.base or (base or ""),
+                files=list(e.files),
+            )
+        )
+        raise
+    ctx.store.append(
+        WorktreeMerged(
+            bead_id=bead_id,
+            epic_id=worker.epic_id,
+            branch=result.branch,
+            base_branch=result.base,
+            commit=result.commit,
+        )
+    )
+    cell = ctx.store.hive.get_cell(bead_id)
+    if cell.status != "closed":
+        ctx.store.hive.set_status(bead_id, "closed", reason="merged")
+    released = release_session(ctx, bead_id)
+    return MergeOutcome(
+        bead_id=bead_id,
+        epic_id=worker.epic_id,
+        branch=result.branch,
+        base=result.base,
+        commit=result.commit,
+        files=list(result.files),
+        leftovers_commit=leftovers,
+        up_to_date=result.up_to_date,
+        session_released=released,
+    )
+
+
+def release_session(ctx: SwarmContext, bead_id: str) -> bool:
+    """Delete the worker's session and dispose its directory on its instance.
+
+    Disposing frees the instance's per-directory state (the MCP process among it); its
+    RSS does not shrink, which the supervisor's memory-limit restart handles. Dedicated
+    instances are stopped instead. Best effort: False if the instance is unreachable.
+    """
+    worker = ctx.store.workers.get(bead_id)
+    if worker is None or not worker.instance or not worker.session_id:
+        return False
+    done = False
+    try:
+        slot = ctx.instance(worker.instance)
+    except SwarmPoolError:
+        slot = None
+    if slot is not None:
+        client = ctx.client(slot)
+        try:
+            client.delete_session(worker.session_id, directory=worker.worktree or None)
+            if worker.worktree:
+                client.dispose_directory(worker.worktree)
+            done = True
+        except OpenCodeError:
+            done = False
+        finally:
+            client.close()
+    if slot is not None and slot.dedicated_to == bead_id:
+        from swarm_pool.swarm.dedicated import release_instance
+
+        with contextlib.suppress(SwarmPoolError):
+            release_instance(ctx, bead_id)
+    return done
+
+
+def cleanup(ctx: SwarmContext) -> dict[str, Any]:
+    """Remove merged worktrees; anything with uncommitted changes is kept (and said why)."""
+    return ctx.worktrees.cleanup().to_dict()

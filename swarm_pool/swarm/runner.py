@@ -1,0 +1,327 @@
+"""``swarm-pool run PLAN.toml``: a plan, end to end, over the pool.
+
+``Runner`` owns the orchestration of one plan: it validates the plan before starting
+anything, starts the pool if none runs (and stops it afterwards unless asked to keep
+it), creates the epic, spawns every ready task at once and each further task as soon
+as all of its dependencies are merged (so its worktree branches from a base that holds
+them), reviews and merges every finished worker, and gives up on a task whose worker
+failed for good or whose review or merge failed. Progress is driven by store changes
+(``wait_for_change``), shown live with rich on a TTY; the summary says which tasks
+were merged, and the run is ``ok`` only when all of them were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swarm_pool.config import Config
+from swarm_pool.errors import (
+    DuplicateSpawnError,
+    GitError,
+    PlanError,
+    SwarmPoolError,
+    WorkerError,
+)
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.review import merge, review
+from swarm_pool.swarm.status import PollResult, poll
+from swarm_pool.swarm.workers import spawn_async
+
+
+@dataclass
+class TaskState:
+    index: int
+    title: str
+    bead_id: str = ""
+    state: str = "waiting"  # waiting|spawned|merged|failed|rejected|conflict
+    attempt: int = 0
+    instance: str = ""
+    note: str = ""
+    spawned_at: float | None = None
+    merged_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunSummary:
+    epic_id: str
+    tasks: list[TaskState]
+    elapsed_s: float
+    pool_started: bool
+    timed_out: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def merged(self) -> int:
+        return sum(1 for t in self.tasks if t.state == "merged")
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.tasks) and self.merged == len(self.tasks) and not self.timed_out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "epic_id": self.epic_id,
+            "total": len(self.tasks),
+            "merged": self.merged,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "pool_started": self.pool_started,
+            "timed_out": self.timed_out,
+            "errors": self.errors,
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+
+
+_FINAL = frozenset({"merged", "failed", "rejected", "conflict"})
+
+
+class Runner:
+    """Runs one validated plan in a project whose pool is already up."""
+
+    def __init__(
+        self,
+        ctx: SwarmContext,
+        *,
+        title: str,
+        shared_context: str,
+        subtasks: list[SubtaskSpec],
+        extras: list[dict[str, Any]] | None = None,
+        routing: str | None = None,
+        on_update: Callable[[Runner, PollResult | None], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.title = title
+        self.shared_context = shared_context
+        self.subtasks = subtasks
+        # Per task: spawn arguments the store's cells do not hold (read_only, criteria).
+        self.extras = extras or [{} for _ in subtasks]
+        self.routing = routing
+        self.on_update = on_update
+        self.epic_id = ""
+        self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(subtasks)]
+        self.errors: list[str] = []
+        self._deps: dict[str, list[str]] = {}
+
+    def create_epic(self) -> str:
+        epic = self.ctx.store.hive.create_epic(
+            self.title, self.subtasks, description=self.shared_context
+        )
+        self.epic_id = epic.id
+        for task, cell in zip(self.tasks, epic.cells, strict=True):
+            task.bead_id = cell.id
+            self._deps[cell.id] = list(cell.depends_on)
+        return epic.id
+
+    def _merged(self) -> set[str]:
+        return {t.bead_id for t in self.tasks if t.state == "merged"}
+
+    def _spawn_ready(self) -> None:
+        merged = self._merged()
+        for task in self.tasks:
+            if task.state != "waiting":
+                continue
+            deps = self._deps[task.bead_id]
+            if any(self._task(d).state in _FINAL - {"merged"} for d in deps):
+                task.state = "failed"
+                task.note = "a dependency was not merged"
+                continue
+            if not set(deps) <= merged:
+                continue
+            try:
+                extra = self.extras[task.index - 1]
+                result = spawn_async(
+                    self.ctx,
+                    task.bead_id,
+                    self.epic_id,
+                    shared_context=self.shared_context,
+                    routing=self.routing,
+                    read_only=extra.get("read_only", ()),
+                    success_criteria=extra.get("success_criteria", ()),
+                )
+            except DuplicateSpawnError:
+                result = None
+            except WorkerError as e:
+                task.state, task.note = "failed", str(e)
+                continue
+            task.state = "spawned"
+            task.spawned_at = time.time()
+            if result is not None:
+                task.attempt, task.instance = result.attempt, result.instance
+
+    def _task(self, bead_id: str) -> TaskState:
+        return next(t for t in self.tasks if t.bead_id == bead_id)
+
+    def _settle(self, result: PollResult) -> None:
+        """Review and merge finished workers; give up on failed ones."""
+        for info in result.workers():
+            task = self._task(info.bead_id)
+            if task.state != "spawned":
+                continue
+            task.attempt, task.instance = info.attempt, info.instance
+            if info.group == "failed":
+                task.state, task.note = "failed", info.error or info.last_message
+            elif info.group in ("completed", "completed_needs_review"):
+                self._review_and_merge(task)
+
+    def _review_and_merge(self, task: TaskState) -> None:
+        try:
+            verdict = review(self.ctx, task.bead_id)
+        except SwarmPoolError as e:
+            task.state, task.note = "rejected", f"review failed: {e}"
+            return
+        if not verdict.approved:
+            task.state, task.note = "rejected", "; ".join(verdict.problems)
+            return
+        try:
+            merge(self.ctx, task.bead_id)
+        except GitError as e:
+            task.state, task.note = "conflict", str(e)
+            return
+        task.state, task.merged_at = "merged", time.time()
+
+    def step(self) -> PollResult:
+        self._spawn_ready()
+        result = poll(self.ctx, self.epic_id)
+        self._settle(result)
+        # A merge may unlock dependents right away.
+        self._spawn_ready()
+        return result
+
+    def done(self) -> bool:
+        return all(t.state in _FINAL for t in self.tasks)
+
+    def run(self, timeout: float) -> tuple[bool, float]:
+        started = time.monotonic()
+        if not self.epic_id:
+            self.create_epic()
+        seq = 0
+        timed_out = False
+        while True:
+            result = self.step()
+            if self.on_update is not None:
+                self.on_update(self, result)
+            if self.done():
+                break
+            remaining = timeout - (time.monotonic() - started)
+            if remaining <= 0:
+                timed_out = True
+                break
+            seq = self.ctx.store.wait_for_change(max(seq, result.seq), min(remaining, 1.0))
+        return timed_out, time.monotonic() - started
+
+
+# --- the `run` command ----------------------------------------------------------------
+
+
+def load_runner_plan(plan_path: Path) -> Any:
+    """Parse and validate the plan; PlanError before anything is started."""
+    from swarm_pool.swarm.plan import load_plan
+
+    return load_plan(plan_path)
+
+
+def runner_for(ctx: SwarmContext, plan: Any, **kw: Any) -> Runner:
+    return Runner(
+        ctx,
+        title=plan.title,
+        shared_context=plan.shared_context,
+        subtasks=plan.to_subtasks(),
+        extras=[
+            {"read_only": list(t.read_only), "success_criteria": list(t.success_criteria)}
+            for t in plan.tasks
+        ],
+        routing=plan.pool.routing,
+        **kw,
+    )
+
+
+def run_plan_file(
+    paths: ProjectPaths,
+    config: Config,
+    plan_path: Path,
+    *,
+    timeout: float = 1800.0,
+    size: int | None = None,
+    keep_pool: bool = False,
+    live: bool = False,
+    config_path: Path | None = None,
+) -> RunSummary:
+    plan = load_runner_plan(plan_path)
+    if not plan.tasks:
+        raise PlanError(f"plan {plan_path} has no tasks")
+    from swarm_pool.swarm.pool_view import ensure_pool, stop_pool
+
+    size = size or plan.pool.size
+    started_pool = ensure_pool(paths, config, size=size, config_path=config_path)
+    from swarm_pool.store import open_project_store
+
+    store = open_project_store(paths, config)
+    started = time.monotonic()
+    runner: Runner | None = None
+    try:
+        ctx = SwarmContext(paths=paths, config=config, store=store)
+        display = _LiveDisplay() if live else None
+        runner = runner_for(ctx, plan, on_update=display.update if display else None)
+        try:
+            timed_out, _ = runner.run(timeout)
+        finally:
+            if display is not None:
+                display.close()
+        with contextlib.suppress(SwarmPoolError):
+            ctx.worktrees.cleanup()
+        return RunSummary(
+            epic_id=runner.epic_id,
+            tasks=runner.tasks,
+            elapsed_s=time.monotonic() - started,
+            pool_started=started_pool,
+            timed_out=timed_out,
+            errors=runner.errors,
+        )
+    finally:
+        store.close()
+        if started_pool and not keep_pool:
+            stop_pool(paths, config)
+
+
+class _LiveDisplay:
+    """A rich live table of the run's tasks (only on a TTY)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._live = Live(console=Console(), refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def update(self, runner: Runner, result: PollResult | None) -> None:
+        from rich.table import Table
+
+        infos = {w.bead_id: w for w in result.workers()} if result else {}
+        table = Table(title=f"{runner.title} ({runner.epic_id})")
+        for col in ("task", "bead", "state", "worker", "progress", "instance", "note"):
+            table.add_column(col)
+        for t in runner.tasks:
+            info = infos.get(t.bead_id)
+            table.add_row(
+                t.title[:40],
+                t.bead_id,
+                t.state,
+                info.group if info else "-",
+                f"{info.progress_percent}%" if info else "-",
+                (info.instance if info else t.instance) or "-",
+                (t.note or (info.last_message if info else ""))[:50],
+            )
+        self._live.update(table)
+
+    def close(self) -> None:
+        self._live.stop()

@@ -1,0 +1,169 @@
+"""The coordinator's view of an epic's workers: ``poll`` and ``await_workers``.
+
+``poll`` is one indexed query on the store's workers projection plus two small event
+reads (BLOCKED mail to the coordinator, merges). It sorts workers into the groups
+completed, completed_needs_review, in_progress, pending, blocked and failed, each with
+its progress, last message, instance, duration and attempt. ``await_workers`` returns as
+soon as nothing is in progress or pending, woken by ``store.wait_for_change`` rather than
+a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from swarm_pool.store.events import now_ms
+from swarm_pool.swarm.context import SwarmContext
+
+GROUPS = (
+    "completed",
+    "completed_needs_review",
+    "in_progress",
+    "pending",
+    "blocked",
+    "failed",
+)
+_BY_STATUS = {
+    "running": "in_progress",
+    "pending": "pending",
+    "blocked": "blocked",
+    "completed": "completed",
+    "needs_review": "completed_needs_review",
+    "completed_needs_review": "completed_needs_review",
+    "failed": "failed",
+}
+# Groups that still change without anybody's help.
+ACTIVE_GROUPS = ("in_progress", "pending")
+
+
+def is_blocked_subject(subject: str) -> bool:
+    return subject.strip().upper().startswith("BLOCKED")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    bead_id: str
+    epic_id: str
+    status: str
+    group: str
+    attempt: int
+    progress_percent: int
+    last_message: str
+    instance: str
+    session_id: str
+    worktree: str
+    duration_ms: int | None
+    session_status: str = ""
+    blocked_reason: str = ""
+    error: str = ""
+    summary: str = ""
+    files_touched: list[str] = field(default_factory=list)
+    merged: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PollResult:
+    epic_id: str | None
+    groups: dict[str, list[WorkerInfo]]
+    seq: int
+    timed_out: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {g: len(ws) for g, ws in self.groups.items()}
+
+    @property
+    def active(self) -> int:
+        return sum(len(self.groups[g]) for g in ACTIVE_GROUPS)
+
+    def workers(self) -> list[WorkerInfo]:
+        return [w for g in GROUPS for w in self.groups[g]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epic_id": self.epic_id,
+            "seq": self.seq,
+            "timed_out": self.timed_out,
+            "counts": self.counts,
+            "groups": {g: [w.to_dict() for w in ws] for g, ws in self.groups.items()},
+        }
+
+
+def _blocked_mail(ctx: SwarmContext, epic_id: str | None) -> dict[str, tuple[int, str]]:
+    """bead -> (timestamp, subject) of its latest mail whose subject starts BLOCKED."""
+    found: dict[str, tuple[int, str]] = {}
+    for stored in ctx.store.read(types=["message_sent"], epic_id=epic_id):
+        ev = stored.event
+        bead = getattr(ev, "bead_id", None)
+        subject = getattr(ev, "subject", "")
+        if bead and is_blocked_subject(subject):
+            found[bead] = (stored.timestamp, subject)
+    return found
+
+
+def poll(ctx: SwarmContext, epic_id: str | None = None) -> PollResult:
+    seq = ctx.store.last_seq()
+    groups: dict[str, list[WorkerInfo]] = {g: [] for g in GROUPS}
+    mail = _blocked_mail(ctx, epic_id)
+    merged = {
+        getattr(s.event, "bead_id", "")
+        for s in ctx.store.read(types=["worktree_merged"], epic_id=epic_id)
+    }
+    now = now_ms()
+    for w in ctx.store.workers.list(epic_id=epic_id):
+        group = _BY_STATUS.get(w.status, "in_progress")
+        blocked_reason = w.blocked_reason or ""
+        hit = mail.get(w.bead_id)
+        if group == "in_progress" and hit is not None and hit[0] >= (w.spawned_at or 0):
+            group = "blocked"
+            blocked_reason = f"mail: {hit[1]}"
+        if w.duration_ms is not None:
+            duration: int | None = w.duration_ms
+        elif w.spawned_at and group not in ("completed", "failed", "completed_needs_review"):
+            duration = now - w.spawned_at
+        elif w.spawned_at:
+            duration = (w.completed_at or w.updated_at or now) - w.spawned_at
+        else:
+            duration = None
+        progress = 100 if group == "completed" else (w.progress_percent or 0)
+        groups[group].append(
+            WorkerInfo(
+                bead_id=w.bead_id,
+                epic_id=w.epic_id,
+                status=w.status,
+                group=group,
+                attempt=w.attempt,
+                progress_percent=progress,
+                last_message=w.last_message or "",
+                instance=w.instance or "",
+                session_id=w.session_id or "",
+                worktree=w.worktree or "",
+                duration_ms=duration,
+                session_status=w.session_status or "",
+                blocked_reason=blocked_reason,
+                error=w.error or "",
+                summary=w.summary or "",
+                files_touched=list(w.files_touched or []),
+                merged=w.bead_id in merged,
+            )
+        )
+    return PollResult(epic_id=epic_id, groups=groups, seq=seq)
+
+
+def await_workers(ctx: SwarmContext, epic_id: str | None, timeout: float) -> PollResult:
+    """Poll until no worker of the epic is in progress or pending, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = poll(ctx, epic_id)
+        if result.active == 0:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return PollResult(result.epic_id, result.groups, result.seq, timed_out=True)
+        # Wakes on the next append by any process; the cap re-checks durations.
+        ctx.store.wait_for_change(result.seq, min(remaining, 5.0))

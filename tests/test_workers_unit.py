@@ -1,0 +1,502 @@
+"""Workers over a real store and real git, with instances faked by httpx.MockTransport.
+
+The real-OpenCode behaviour is proven in ``test_workers_e2e.py``; here the corner cases
+run fast: dependency and duplicate refusals, routing and queueing, dispatch, failure and
+retry, the engine's decisions (instance gone, session error, timeout, confirmed idle),
+poll groups and BLOCKED mail, await woken by a store change, answer, review and merge.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from swarm_pool.config import Config
+from swarm_pool.errors import (
+    DependencyBlockedError,
+    DuplicateSpawnError,
+    MergeConflictError,
+    WorkerError,
+)
+from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.protocol import find_contract
+from swarm_pool.store import Store, open_project_store
+from swarm_pool.store.events import (
+    InstanceExited,
+    SessionError,
+    SessionStatus,
+    SubtaskSpec,
+    WorkerBlocked,
+    WorkerCompleted,
+)
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.engine import Engine
+from swarm_pool.swarm.review import merge, review
+from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.status import await_workers, poll
+from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "t")
+    git(root, "config", "user.email", "t@example.invalid")
+    (root / "README.md").write_text("hello\n")
+    git(root, "add", "README.md")
+    git(root, "commit", "-q", "-m", "init")
+    return root
+
+
+class FakePool:
+    """Instances as the router sees them plus a fake OpenCode HTTP API for each."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.slots = {
+            n: InstanceSlot(n, f"http://{n}.test", "ready", "pw", pid=100 + i)
+            for i, n in enumerate(names)
+        }
+        self.lock = threading.Lock()
+        self.sessions: dict[str, dict[str, Any]] = {}  # id -> {instance, directory, prompts}
+        self.status: dict[str, dict[str, Any]] = {}  # id -> status entry (absent = idle)
+        self.calls: list[tuple[str, str, str]] = []  # (instance, method, path)
+        self.down: set[str] = set()
+
+    def set(self, name: str, **kw: Any) -> None:
+        old = self.slots[name]
+        self.slots[name] = InstanceSlot(**{**old.__dict__, **kw})
+
+    def instances(self) -> list[InstanceSlot]:
+        return list(self.slots.values())
+
+    def client(self, slot: InstanceSlot) -> OpenCodeClient:
+        def handler(request: httpx.Request) -> httpx.Response:
+            return self.handle(slot.name, request)
+
+        return OpenCodeClient(slot.url, slot.password, transport=httpx.MockTransport(handler))
+
+    def handle(self, name: str, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        with self.lock:
+            self.calls.append((name, request.method, path))
+            if name in self.down:
+                raise httpx.ConnectError("connection refused")
+            if path == "/global/health":
+                return httpx.Response(200, json={"healthy": True, "version": "x"})
+            if path == "/session" and request.method == "POST":
+                sid = f"ses_{len(self.sessions) + 1}"
+                self.sessions[sid] = {
+                    "instance": name,
+                    "directory": request.url.params.get("directory"),
+                    "prompts": [],
+                    "messages": [],
+                }
+                return httpx.Response(200, json={"id": sid})
+            if path == "/session/status":
+                return httpx.Response(200, json=self.status)
+            parts = path.strip("/").split("/")
+            if parts[0] == "session" and len(parts) >= 2:
+                sid = parts[1]
+                sess = self.sessions.get(sid)
+                if sess is None:
+                    return httpx.Response(404)
+                if parts[-1] == "prompt_async":
+                    sess["prompts"].append(json.loads(request.content)["parts"][0]["text"])
+                    self.status[sid] = {"type": "busy"}
+                    return httpx.Response(204)
+                if parts[-1] == "message":
+                    return httpx.Response(200, json=sess["messages"])
+                if parts[-1] == "abort":
+                    self.status.pop(sid, None)
+                    return httpx.Response(200, json=True)
+                if request.method == "DELETE":
+                    sess["deleted"] = True
+                    return httpx.Response(200, json=True)
+            if path == "/instance/dispose":
+                return httpx.Response(200, json=True)
+            if path.startswith(("/permission/", "/question/")):
+                return httpx.Response(200, json=True)
+        return httpx.Response(404)
+
+    def finish(self, sid: str) -> None:
+        """The session ran to its end (idle, last assistant message complete)."""
+        with self.lock:
+            self.status.pop(sid, None)
+            self.sessions[sid]["messages"] = [
+                {"info": {"role": "user", "time": {"created": 1}}, "parts": []},
+                {"info": {"role": "assistant", "time": {"created": 2, "completed": 3}}},
+            ]
+
+
+@pytest.fixture
+def pool() -> FakePool:
+    return FakePool(["i1", "i2"])
+
+
+@pytest.fixture
+def store(repo: Path) -> Iterator[Store]:
+    s = open_project_store(ProjectPaths(repo))
+    yield s
+    s.close()
+
+
+def make_ctx(repo: Path, store: Store, pool: FakePool, **workers: Any) -> SwarmContext:
+    config = Config()
+    config.pool.max_sessions_per_instance = 1
+    for key, value in workers.items():
+        setattr(config.workers, key, value)
+    return SwarmContext(
+        paths=ProjectPaths(repo),
+        config=config,
+        store=store,
+        instances_fn=pool.instances,
+        client_fn=pool.client,
+    )
+
+
+@pytest.fixture
+def ctx(repo: Path, store: Store, pool: FakePool) -> SwarmContext:
+    return make_ctx(repo, store, pool)
+
+
+def epic(ctx: SwarmContext, *tasks: SubtaskSpec) -> list[str]:
+    created = ctx.store.hive.create_epic("e", list(tasks))
+    return [c.id for c in created.cells]
+
+
+def complete(ctx: SwarmContext, bead: str) -> None:
+    w = ctx.store.workers.get(bead)
+    assert w is not None
+    ctx.store.append(
+        WorkerCompleted(bead_id=bead, epic_id=w.epic_id, session_id=w.session_id, attempt=w.attempt)
+    )
+    ctx.store.hive.set_status(bead, "closed", reason="done")
+
+
+def test_spawn_starts_a_session_in_the_worktree(ctx: SwarmContext, pool: FakePool) -> None:
+    (bead,) = epic(ctx, SubtaskSpec(title="write a", files=["a.txt"]))
+    started = time.perf_counter()
+    result = spawn_async(ctx, bead, shared_context="the shared context")
+    assert time.perf_counter() - started < 2.0
+    assert result.status == "running" and result.attempt == 1
+    wt = Path(result.worktree)
+    assert wt == ctx.paths.worktrees_dir / bead and wt.is_dir()
+    assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == f"swarm/{bead}"
+    sess = pool.sessions[result.session_id]
+    assert sess["directory"] == str(wt) and sess["instance"] == result.instance
+    (prompt,) = sess["prompts"]
+    contract = find_contract(prompt)
+    assert contract is not None and contract.bead_id == bead and contract.files == ["a.txt"]
+    assert "the shared context" in prompt
+    w = ctx.store.workers.get(bead)
+    assert w is not None and w.status == "running" and w.session_id == result.session_id
+    assert ctx.store.hive.get_cell(bead).status == "in_progress"
+    spawned = ctx.store.read(types=["worker_spawned"], bead_id=bead)[-1].event
+    assert getattr(spawned, "prompt_hash", "") == result.prompt_hash != ""
+
+
+def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext) -> None:
+    a, b = epic(ctx, SubtaskSpec(title="a", files=["a"]), SubtaskSpec(title="b", depends_on=["1"]))
+    with pytest.raises(DependencyBlockedError) as info:
+        spawn_async(ctx, b)
+    assert info.value.blocked_by == [a]
+    assert ctx.store.workers.get(b) is None
+    spawn_async(ctx, a)
+    with pytest.raises(DuplicateSpawnError):
+        spawn_async(ctx, a)
+    complete(ctx, a)
+    assert spawn_async(ctx, b).status == "running"
+
+
+def test_full_pool_queues_and_the_engine_dispatches(ctx: SwarmContext, pool: FakePool) -> None:
+    beads = epic(ctx, *(SubtaskSpec(title=f"t{i}", files=[f"f{i}"]) for i in range(3)))
+    results = [spawn_async(ctx, b) for b in beads]
+    assert [r.status for r in results] == ["running", "running", "pending"]
+    assert {results[0].instance, results[1].instance} == {"i1", "i2"}
+    groups = poll(ctx).groups
+    assert [w.bead_id for w in groups["pending"]] == [beads[2]]
+    assert len(groups["in_progress"]) == 2
+    engine = Engine(
+        ctx.paths,
+        ctx.config,
+        instances_fn=pool.instances,
+        client_fn=pool.client,
+        open_store=lambda: ctx.store,
+        watch=False,
+    )
+    engine._ctx = ctx
+    engine.tick()
+    assert ctx.store.workers.get(beads[2]).status == "pending"  # type: ignore[union-attr]
+    complete(ctx, beads[0])
+    engine.tick()
+    w = ctx.store.workers.get(beads[2])
+    assert w is not None and w.status == "running" and w.instance == results[0].instance
+
+
+def test_draining_instance_gets_no_new_work(ctx: SwarmContext, pool: FakePool) -> None:
+    pool.set("i1", draining=True)
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    assert spawn_async(ctx, a).instance == "i2"
+
+
+def test_dead_instance_at_spawn_time_falls_over(ctx: SwarmContext, pool: FakePool) -> None:
+    pool.down.add("i1")
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    assert spawn_async(ctx, a).instance == "i2"
+
+
+def test_fail_retries_elsewhere_then_gives_up(ctx: SwarmContext, pool: FakePool) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+    first = spawn_async(ctx, a)
+    assert fail(ctx, a, error="boom", reason="instance_exited") == "retried"
+    w = ctx.store.workers.get(a)
+    assert w is not None and w.status == "running" and w.attempt == 2
+    assert w.instance != first.instance and w.worktree == first.worktree
+    prompt = pool.sessions[w.session_id]["prompts"][0]  # type: ignore[index]
+    assert "attempt 2" in prompt and "interrupted (instance_exited)" in prompt
+    contract = find_contract(prompt)
+    assert contract is not None and contract.attempt == 2
+    types = [e.type for e in ctx.store.read(bead_id=a) if e.type.startswith("worker_")]
+    assert types == ["worker_spawned", "worker_failed", "worker_retried", "worker_spawned"]
+    # a stale report about the first session changes nothing
+    assert fail(ctx, a, error="late", reason="x", session_id=first.session_id) == "ignored"
+    assert fail(ctx, a, error="boom again", reason="session_error") == "failed"
+    assert ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+    assert ctx.store.hive.get_cell(a).status == "blocked"
+    groups = poll(ctx).groups
+    assert [x.bead_id for x in groups["failed"]] == [a]
+    # what the prompt is built from is kept for later retries, as of the first attempt
+    assert load_spec(ctx, a).contract.attempt == 1
+
+
+def engine_for(ctx: SwarmContext, pool: FakePool) -> Engine:
+    engine = Engine(
+        ctx.paths,
+        ctx.config,
+        instances_fn=pool.instances,
+        client_fn=pool.client,
+        open_store=lambda: ctx.store,
+        watch=False,
+        recheck_s=3600,
+    )
+    engine._ctx = ctx
+    engine.tick()  # learn the instances' pids
+    return engine
+
+
+def test_engine_fails_workers_of_an_exited_instance(ctx: SwarmContext, pool: FakePool) -> None:
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    engine = engine_for(ctx, pool)
+    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
+    assert {ra.instance, rb.instance} == {"i1", "i2"}
+    victim = ra.instance
+    # the supervisor records the death and restarts it with a new pid
+    ctx.store.append(InstanceExited(instance=victim, pid=1, signal=9))
+    pool.set(victim, pid=999)
+    engine.tick()
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.attempt == 2 and wa.status in ("running", "pending")
+    failed = ctx.store.read(types=["worker_failed"], bead_id=a)
+    assert getattr(failed[-1].event, "reason", "") == "instance_exited"
+    wb = ctx.store.workers.get(b)
+    assert wb is not None and wb.attempt == 1 and wb.status == "running"
+
+
+def test_engine_detects_a_pid_change_without_events(ctx: SwarmContext, pool: FakePool) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    engine = engine_for(ctx, pool)
+    r = spawn_async(ctx, a)
+    pool.set(r.instance, state="backoff")
+    engine.tick()
+    w = ctx.store.workers.get(a)
+    assert w is not None and w.attempt == 2
+
+
+def test_engine_session_error_and_timeout(repo: Path, store: Store, pool: FakePool) -> None:
+    ctx = make_ctx(repo, store, pool, max_retries=0, timeout_s=0.5)
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    engine = engine_for(ctx, pool)
+    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
+    ctx.store.append(
+        SessionError(
+            session_id=ra.session_id,
+            instance=ra.instance,
+            error="APIError: 500",
+            bead_id=a,
+            epic_id=ra.epic_id,
+        )
+    )
+    engine.tick()
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.status == "failed" and "500" in (wa.error or "")
+    time.sleep(0.6)  # past the (tiny) timeout on purpose
+    engine.tick()
+    wb = ctx.store.workers.get(b)
+    assert wb is not None and wb.status == "failed"
+    reason = getattr(ctx.store.read(types=["worker_failed"], bead_id=b)[-1].event, "reason", "")
+    assert reason == "timeout"
+    assert (rb.instance, "POST", f"/session/{rb.session_id}/abort") in pool.calls
+
+
+def test_engine_needs_all_signals_before_needs_review(ctx: SwarmContext, pool: FakePool) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    engine = engine_for(ctx, pool)
+    r = spawn_async(ctx, a)
+    ctx.store.append(
+        SessionStatus(
+            session_id=r.session_id,
+            instance=r.instance,
+            status="idle",
+            bead_id=a,
+            epic_id=r.epic_id,
+        )
+    )
+    engine.tick()  # SSE says idle but the server still lists it busy: not believed
+    assert ctx.store.workers.get(a).status == "running"  # type: ignore[union-attr]
+    pool.finish(r.session_id)
+    engine.tick()
+    w = ctx.store.workers.get(a)
+    assert w is not None
+    assert [x.bead_id for x in poll(ctx).groups["completed_needs_review"]] == [a]
+
+
+def test_completion_wins_over_idle(ctx: SwarmContext, pool: FakePool) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    engine = engine_for(ctx, pool)
+    r = spawn_async(ctx, a)
+    complete(ctx, a)
+    pool.finish(r.session_id)
+    ctx.store.append(
+        SessionStatus(
+            session_id=r.session_id,
+            instance=r.instance,
+            status="idle",
+            bead_id=a,
+            epic_id=r.epic_id,
+        )
+    )
+    engine.tick()
+    assert [x.bead_id for x in poll(ctx).groups["completed"]] == [a]
+
+
+def test_blocked_mail_and_permission_show_in_poll(ctx: SwarmContext, pool: FakePool) -> None:
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
+    ctx.store.mail.send(
+        f"worker-{a}", ["coordinator"], "BLOCKED: need the schema", bead_id=a, epic_id=ra.epic_id
+    )
+    ctx.store.append(
+        WorkerBlocked(
+            bead_id=b,
+            epic_id=rb.epic_id,
+            session_id=rb.session_id,
+            reason="permission asked: bash",
+            kind="permission",
+            request_id="per_1",
+            instance=rb.instance,
+        )
+    )
+    groups = poll(ctx, ra.epic_id).groups
+    blocked = {w.bead_id: w.blocked_reason for w in groups["blocked"]}
+    assert set(blocked) == {a, b}
+    assert "BLOCKED" in blocked[a] and "bash" in blocked[b]
+    with pytest.raises(WorkerError):
+        answer(ctx, b, text="an answer to a permission")
+    out = answer(ctx, b, reply="once")
+    assert out["request_id"] == "per_1"
+    assert (rb.instance, "POST", "/permission/per_1/reply") in pool.calls
+    assert ctx.store.workers.get(b).status == "running"  # type: ignore[union-attr]
+    with pytest.raises(WorkerError):
+        answer(ctx, b, reply="once")  # not blocked any more
+
+
+def test_await_wakes_on_a_store_change(ctx: SwarmContext) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    r = spawn_async(ctx, a)
+    timed = await_workers(ctx, r.epic_id, 0.3)
+    assert timed.timed_out and timed.active == 1
+
+    def finish_later() -> None:
+        time.sleep(0.5)
+        s = open_project_store(ctx.paths)  # another connection, as another process would
+        try:
+            s.append(WorkerCompleted(bead_id=a, epic_id=r.epic_id, session_id=r.session_id))
+        finally:
+            s.close()
+
+    t = threading.Thread(target=finish_later)
+    started = time.monotonic()
+    t.start()
+    result = await_workers(ctx, r.epic_id, 30)
+    elapsed = time.monotonic() - started
+    t.join()
+    assert not result.timed_out and result.counts["completed"] == 1
+    assert elapsed < 2.0
+
+
+def test_review_and_merge(ctx: SwarmContext, repo: Path, pool: FakePool) -> None:
+    a, b = epic(
+        ctx, SubtaskSpec(title="a", files=["src/a.txt"]), SubtaskSpec(title="b", files=["b.txt"])
+    )
+    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
+    wa = Path(ra.worktree)
+    (wa / "src").mkdir()
+    (wa / "src" / "a.txt").write_text("A\n")
+    complete(ctx, a)
+    verdict = review(ctx, a)
+    assert verdict.approved and verdict.files_touched == ["src/a.txt"]
+    assert verdict.uncommitted == ["src/a.txt"]
+    outcome = merge(ctx, a)
+    assert outcome.leftovers_commit and outcome.files == ["src/a.txt"]
+    assert (repo / "src" / "a.txt").read_text() == "A\n"
+    assert outcome.session_released and pool.sessions[ra.session_id].get("deleted")
+    assert (ra.instance, "POST", "/instance/dispose") in pool.calls
+    assert [w.bead_id for w in poll(ctx).groups["completed"] if w.merged] == [a]
+    # b writes outside its files: the review says so and does not approve
+    wb = Path(rb.worktree)
+    (wb / "b.txt").write_text("B\n")
+    (wb / "README.md").write_text("changed\n")
+    complete(ctx, b)
+    verdict = review(ctx, b)
+    assert not verdict.approved and verdict.outside_owned == ["README.md"]
+    event = ctx.store.read(types=["review_completed"], bead_id=b)[-1].event
+    assert getattr(event, "approved", True) is False
+
+
+def test_merge_conflict_leaves_the_base_untouched(ctx: SwarmContext, repo: Path) -> None:
+    a, b = epic(
+        ctx,
+        SubtaskSpec(title="a", files=["README.md"]),
+        SubtaskSpec(title="b", files=["README.md"]),
+    )
+    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
+    Path(ra.worktree, "README.md").write_text("from a\n")
+    Path(rb.worktree, "README.md").write_text("from b\n")
+    complete(ctx, a)
+    complete(ctx, b)
+    merge(ctx, a)
+    head = git(repo, "rev-parse", "HEAD")
+    with pytest.raises(MergeConflictError):
+        merge(ctx, b)
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert (repo / "README.md").read_text() == "from a\n"
+    assert git(repo, "status", "--porcelain") == ""
+    conflict = ctx.store.read(types=["merge_conflict"], bead_id=b)
+    assert conflict and getattr(conflict[-1].event, "files", []) == ["README.md"]
