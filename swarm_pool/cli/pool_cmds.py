@@ -1,0 +1,145 @@
+"""Pool commands: ``start``, ``status``, ``stop``, ``restart``, ``scale``, ``attach``.
+
+Thin wrappers over ``swarm_pool.pool.api``: parse, call, print a rich table or ``--json``.
+``status`` exits 0 only when the supervisor runs and every child is ready.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from swarm_pool.cli import main
+from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.opencode.binary import find_opencode
+from swarm_pool.pool import api
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _print_table(status: dict[str, Any]) -> None:
+    sup = status["supervisor"]
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    running = "running" if sup["running"] else "not running"
+    console.print(f"supervisor: pid {_fmt(sup['pid'])} ({running}) - {status['project']}")
+    table = Table(show_header=True, header_style="bold")
+    columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "rss_mb"]
+    columns += ["cpu_percent", "busy_sessions"]
+    for col in columns:
+        table.add_column(col)
+    for inst in status["instances"]:
+        state = inst["state"] + (" (draining)" if inst.get("draining") else "")
+        row = [_fmt(inst[c]) for c in columns]
+        row[columns.index("state")] = state
+        table.add_row(*row)
+    console.print(table)
+    for inst in status["instances"]:
+        if inst["state"] in ("fatal", "backoff", "unhealthy") and inst.get("reason"):
+            console.print(f"{inst['name']}: {inst['reason']}", markup=False)
+
+
+def _public(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k != "ok"}
+
+
+@main.command()
+@click.option("-n", "--size", type=click.IntRange(1, 64), default=None, help="Instances.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@project_options
+def start(app: AppContext, size: int | None, as_json: bool) -> None:
+    """Start the supervisor and N opencode instances; return when all are ready."""
+    api.start_pool(app.paths, app.config, size=size, config_path=app.config_path)
+    status = api.pool_status(app.paths)
+    if as_json:
+        echo_json(_public(status))
+    else:
+        _print_table(status)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def status(app: AppContext, as_json: bool) -> None:
+    """Show the pool; exit 0 only when it runs and every instance is ready."""
+    result = api.pool_status(app.paths)
+    if as_json:
+        echo_json(_public(result))
+    elif not result["instances"] and result["supervisor"]["pid"] is None:
+        click.echo(f"no pool in {app.paths.root}")
+    else:
+        _print_table(result)
+    sys.exit(0 if result["ok"] else 1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@project_options
+def stop(app: AppContext, as_json: bool) -> None:
+    """Stop the supervisor and every instance (also when the supervisor is dead)."""
+    result = api.stop_pool(app.paths, app.config)
+    if as_json:
+        echo_json(result)
+    elif not result["was_running"] and not result["killed"]:
+        click.echo("pool is not running; nothing left to stop")
+    else:
+        click.echo(f"pool stopped; ports released: {', '.join(map(str, result['ports']))}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@project_options
+def restart(app: AppContext, name: str | None, as_json: bool) -> None:
+    """Restart instance NAME (also a fatal one), or every instance in turn."""
+    api.restart_pool(app.paths, app.config, name)
+    result = api.pool_status(app.paths)
+    if as_json:
+        echo_json(_public(result))
+    else:
+        _print_table(result)
+
+
+@main.command()
+@click.argument("size", type=click.IntRange(1, 64))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@project_options
+def scale(app: AppContext, size: int, as_json: bool) -> None:
+    """Grow or shrink the pool to SIZE instances."""
+    api.scale_pool(app.paths, app.config, size)
+    result = api.pool_status(app.paths)
+    if as_json:
+        echo_json(_public(result))
+    else:
+        _print_table(result)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--print", "print_only", is_flag=True, help="Print url/username/password JSON.")
+@project_options
+def attach(app: AppContext, name: str, print_only: bool) -> None:
+    """Open OpenCode's TUI on instance NAME (``--print``: its connection details)."""
+    info = api.attach_info(app.paths, name)
+    if print_only:
+        click.echo(json.dumps(info))
+        return
+    binary = str(find_opencode(app.config))
+    env = dict(os.environ)
+    # The password goes through the environment, never argv (visible to `ps`).
+    env["OPENCODE_SERVER_PASSWORD"] = info["password"]
+    env["OPENCODE_SERVER_USERNAME"] = info["username"]
+    os.execve(binary, [binary, "attach", info["url"]], env)

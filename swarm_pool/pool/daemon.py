@@ -1,0 +1,80 @@
+"""The background supervisor process: ``python -m swarm_pool.pool.daemon --project DIR``.
+
+``swarm-pool start`` launches this detached (own session, stdio to the supervisor log). It
+logs plain lines to ``.swarm/supervisor.log``, turns SIGTERM, SIGINT and SIGHUP into a
+clean stop of the whole pool, and exits 0 after a clean stop, 1 when start-up failed (the
+reason is in the state file's ``error``), 3 when another supervisor already runs the
+project. SIGKILL leaves the instances serving; the next ``start`` adopts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from swarm_pool.config import load_config
+from swarm_pool.errors import PoolAlreadyRunningError, SwarmPoolError
+from swarm_pool.paths import ProjectPaths
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_ALREADY_RUNNING = 3
+
+
+def setup_logging(path: Path) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # httpx logs every request at INFO; the health checks would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="swarm_pool.pool.daemon", description=__doc__)
+    parser.add_argument("--project", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--size", type=int, default=None)
+    args = parser.parse_args(argv)
+    paths = ProjectPaths(args.project.resolve())
+    log = logging.getLogger("swarm_pool.pool")
+    try:
+        paths.ensure()
+        setup_logging(paths.supervisor_log)
+        config = load_config(args.config, project_root=paths.root)
+    except SwarmPoolError as e:
+        print(f"swarm-pool supervisor: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+    from swarm_pool.pool.supervisor import Supervisor
+
+    supervisor = Supervisor(paths, config, size=args.size)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping the pool", signal.Signals(signum).name)
+        supervisor.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        return supervisor.run()
+    except PoolAlreadyRunningError as e:
+        log.error("%s", e)
+        return EXIT_ALREADY_RUNNING
+    except SwarmPoolError as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    except Exception:
+        log.exception("supervisor crashed")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""What the supervisor runs: a ``Program`` (command, env, readiness probe) per child.
+
+Every child, an ``opencode serve`` instance or the scripted model server, is described
+the same way, so the supervisor treats them alike. ``opencode_program`` builds an
+instance: ``opencode serve --hostname 127.0.0.1 --port P`` with its own database
+(``OPENCODE_DB`` under ``.swarm/instances/NAME/``; ``XDG_DATA_HOME`` is left alone so the
+user's provider credentials keep working), the pool password, and the per-instance
+OpenCode config; ready means ``GET /global/health`` answers healthy with Basic auth.
+``model_program`` builds the scripted model server; ready means ``GET /v1/models``
+answers 200. This module also counts an instance's busy sessions (see
+``busy_sessions``) and rotates the logs children append to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from swarm_pool.config import Config
+from swarm_pool.errors import OpenCodeError
+from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.state import ChildKind
+
+HOST = "127.0.0.1"
+LOG_NAME = "opencode.log"
+MODEL_NAME = "model"
+# Env a parent may carry that would change how an instance authenticates or stores data.
+_DROPPED_ENV = ("OPENCODE_SERVER_USERNAME", "OPENCODE_DB", "OPENCODE_CONFIG_CONTENT")
+
+
+@dataclass(frozen=True)
+class Program:
+    """One supervised child: how to launch it on a port and how to tell it is ready."""
+
+    name: str
+    kind: ChildKind
+    command: Callable[[int], list[str]]
+    env: Callable[[int], dict[str, str]]
+    cwd: Path
+    log_path: Path
+    probe: Callable[[int, float], None]  # raises OpenCodeError when not ready
+    # Counts busy sessions (None when unknown); only opencode instances have sessions.
+    busy: Callable[[int, float], int | None] | None = None
+
+    def url(self, port: int) -> str:
+        base = f"http://{HOST}:{port}"
+        return f"{base}/v1" if self.kind == MODEL_NAME else base
+
+
+def instance_names(size: int) -> list[str]:
+    return [f"oc-{i}" for i in range(1, size + 1)]
+
+
+def build_instance_env(
+    config: Config,
+    *,
+    paths: ProjectPaths,
+    name: str,
+    password: str,
+    model_url: str | None,
+    base_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of instance ``name`` (its data folder is created here)."""
+    env = dict(os.environ if base_env is None else base_env)
+    for var in _DROPPED_ENV:
+        env.pop(var, None)
+    inst_dir = paths.instance_dir(name)
+    # opencode dies with "unable to open database file" if the folder is missing.
+    inst_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env["OPENCODE_DB"] = str(inst_dir / "opencode.db")
+    env["OPENCODE_SERVER_PASSWORD"] = password
+    env["SWARM_POOL_PROJECT"] = str(paths.root)
+    if config.opencode.disable_models_fetch:
+        env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
+    else:
+        env.pop("OPENCODE_DISABLE_MODELS_FETCH", None)
+    try:
+        from swarm_pool.opencode.config import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+            opencode_config,
+        )
+    except ImportError:
+        # The per-instance OpenCode config module is optional for the pool itself.
+        return env
+    oc_config = opencode_config(config, project_root=paths.root, model_url=model_url)
+    env["OPENCODE_CONFIG_CONTENT"] = json.dumps(oc_config)
+    return env
+
+
+def probe_opencode(password: str) -> Callable[[int, float], None]:
+    def probe(port: int, timeout: float) -> None:
+        with OpenCodeClient(f"http://{HOST}:{port}", password, timeout=timeout) as client:
+            client.health(timeout=timeout)
+
+    return probe
+
+
+def probe_model(port: int, timeout: float) -> None:
+    url = f"http://{HOST}:{port}/v1/models"
+    try:
+        resp = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise OpenCodeError(f"GET {url} failed: {e!r}") from e
+    if resp.status_code != 200:
+        raise OpenCodeError(f"GET {url} answered {resp.status_code}")
+
+
+def busy_sessions(url: str, password: str, timeout: float = 2.0) -> int | None:
+    """Sessions of one instance that are busy (or retrying), across all directories.
+
+    ``GET /session/status`` only reports the directory it is asked about (without
+    ``?directory`` it is the server's cwd, which our worker sessions never use; checked
+    against 1.18.33). So this lists every session across projects with
+    ``GET /experimental/session``, then asks ``/session/status?directory=D`` for each
+    distinct directory that still exists. None when the instance does not answer.
+    """
+    try:
+        with OpenCodeClient(url, password, timeout=timeout) as client:
+            resp = client._request("GET", "/experimental/session")
+            sessions = resp.json()
+            if not isinstance(sessions, list):
+                return None
+            dirs = sorted(
+                {
+                    s["directory"]
+                    for s in sessions
+                    if isinstance(s, dict) and isinstance(s.get("directory"), str)
+                }
+            )
+            busy: set[str] = set()
+            for directory in dirs:
+                # Asking about a deleted worktree would make the server set it up again.
+                if not os.path.isdir(directory):
+                    continue
+                status = client.session_status(directory=directory)
+                busy.update(sid for sid, st in status.items() if st.get("type") != "idle")
+            return len(busy)
+    except (OpenCodeError, ValueError):
+        return None
+
+
+def opencode_program(
+    name: str,
+    *,
+    config: Config,
+    paths: ProjectPaths,
+    binary: Path,
+    password: str,
+    model_url: Callable[[], str | None],
+) -> Program:
+    def command(port: int) -> list[str]:
+        return [str(binary), "serve", "--hostname", HOST, "--port", str(port)]
+
+    def env(port: int) -> dict[str, str]:
+        return build_instance_env(
+            config, paths=paths, name=name, password=password, model_url=model_url()
+        )
+
+    def busy(port: int, timeout: float) -> int | None:
+        return busy_sessions(f"http://{HOST}:{port}", password, timeout)
+
+    return Program(
+        name=name,
+        kind="opencode",
+        command=command,
+        env=env,
+        cwd=paths.root,
+        log_path=paths.instance_dir(name) / LOG_NAME,
+        probe=probe_opencode(password),
+        busy=busy,
+    )
+
+
+def model_program(config: Config, paths: ProjectPaths) -> Program:
+    """The scripted model server, supervised like an instance (kind ``model``)."""
+
+    def command(port: int) -> list[str]:
+        argv = [sys.executable, "-m", "swarm_pool.scripted_model", "serve", "--port", str(port)]
+        if config.model.scripts:
+            argv += ["--scripts", str((paths.root / config.model.scripts).resolve())]
+        return argv
+
+    def env(port: int) -> dict[str, str]:
+        out = dict(os.environ)
+        out["SWARM_POOL_PROJECT"] = str(paths.root)
+        return out
+
+    return Program(
+        name=MODEL_NAME,
+        kind="model",
+        command=command,
+        env=env,
+        cwd=paths.root,
+        log_path=paths.instance_dir(MODEL_NAME) / "model.log",
+        probe=probe_model,
+    )
+
+
+def rotate_log(path: Path, *, max_bytes: int, backups: int, copy_truncate: bool) -> bool:
+    """Rotate ``path`` to ``path.1`` ... when it is larger than ``max_bytes``.
+
+    Children append to their log with O_APPEND and outlive the supervisor, so nothing
+    sits between them and the file. Before a launch the file is simply renamed; while a
+    child runs it is copied and truncated in place (its O_APPEND writes go on at the new
+    end; lines written between the copy and the truncate are lost, as with logrotate's
+    copytruncate).
+    """
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    if backups <= 0:
+        os.truncate(path, 0)
+        return True
+    for i in range(backups - 1, 0, -1):
+        src = path.with_name(f"{path.name}.{i}")
+        if src.exists():
+            os.replace(src, path.with_name(f"{path.name}.{i + 1}"))
+    first = path.with_name(f"{path.name}.1")
+    if copy_truncate:
+        shutil.copyfile(path, first)
+        os.truncate(path, 0)
+    else:
+        os.replace(path, first)
+    return True
+
+
+def log_tail(path: Path, max_bytes: int = 4096) -> str:
+    """The last non-empty line of a log (ANSI colour codes removed), or ''."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,167 @@
+"""The pool's state file ``.swarm/pool.json``: what runs, where, and with which secret.
+
+The supervisor writes it on every change; the CLI, the router and the dashboard read it.
+It holds the supervisor's pid and ``create_time``, the pool password, the control socket,
+and for each child (opencode instances and the scripted model) its port, pid,
+``create_time``, state, restarts, start time, last exit and whether it is draining. It is
+created with mode 0600 (it holds the password) and replaced atomically (tmp + rename), so
+a reader never sees half a file. Readers use ``read_state``; ``live_view`` adds what only
+psutil knows (is the supervisor alive, which recorded pids still run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from swarm_pool.errors import PoolError
+from swarm_pool.pool.process import ProcRef
+
+ChildState = Literal["starting", "ready", "unhealthy", "backoff", "fatal", "stopped"]
+ChildKind = Literal["opencode", "model"]
+Phase = Literal["starting", "running", "stopping", "stopped", "failed"]
+STATE_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ExitInfo(_Model):
+    code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    at: float = Field(default_factory=time.time)
+
+
+class ErrorInfo(_Model):
+    type: str
+    message: str
+
+
+class ChildRecord(_Model):
+    name: str
+    kind: ChildKind = "opencode"
+    port: int | None = None
+    pid: int | None = None
+    create_time: float | None = None
+    state: ChildState = "starting"
+    restarts: int = 0
+    started_at: float | None = None  # wall clock of the current run's launch
+    ready_at: float | None = None
+    last_exit: ExitInfo | None = None
+    draining: bool = False
+    reason: str = ""  # why it is unhealthy, in backoff or fatal
+
+    @property
+    def url(self) -> str | None:
+        if self.port is None:
+            return None
+        base = f"http://127.0.0.1:{self.port}"
+        return f"{base}/v1" if self.kind == "model" else base
+
+    @property
+    def ref(self) -> ProcRef | None:
+        if self.pid is None or self.create_time is None:
+            return None
+        return ProcRef(self.pid, self.create_time)
+
+
+class SupervisorRecord(_Model):
+    pid: int
+    create_time: float
+
+    @property
+    def ref(self) -> ProcRef:
+        return ProcRef(self.pid, self.create_time)
+
+
+class PoolState(_Model):
+    version: int = STATE_VERSION
+    project_root: str
+    phase: Phase = "starting"
+    size: int = 0
+    supervisor: SupervisorRecord | None = None
+    password: str
+    socket: str | None = None
+    model_url: str | None = None
+    instances: list[ChildRecord] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+    def child(self, name: str) -> ChildRecord | None:
+        for rec in self.instances:
+            if rec.name == name:
+                return rec
+        return None
+
+    def supervisor_alive(self) -> bool:
+        return self.supervisor is not None and self.supervisor.ref.alive()
+
+    def opencode(self) -> list[ChildRecord]:
+        return [rec for rec in self.instances if rec.kind == "opencode"]
+
+
+def read_state(path: Path) -> PoolState | None:
+    """The state file's content, or None when there is none; PoolError if unreadable."""
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise PoolError(f"cannot read pool state {path}: {e.strerror}") from e
+    try:
+        return PoolState.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as e:
+        raise PoolError(f"pool state {path} is corrupt: {str(e).splitlines()[0]}") from e
+
+
+def write_state(path: Path, state: PoolState) -> None:
+    """Replace the state file atomically; the file is 0600 from its first byte."""
+    state.updated_at = time.time()
+    data = state.model_dump_json(indent=2).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # in case an old tmp file had other bits
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise PoolError(f"cannot write pool state {path}: {e.strerror}") from e
+
+
+def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
+    """The JSON shape ``status`` prints for one child (live stats filled in by callers)."""
+    now = time.time() if now is None else now
+    uptime = None
+    if rec.started_at is not None and rec.state in ("starting", "ready", "unhealthy"):
+        uptime = round(max(0.0, now - rec.started_at), 1)
+    return {
+        "name": rec.name,
+        "kind": rec.kind,
+        "url": rec.url,
+        "port": rec.port,
+        "pid": rec.pid,
+        "state": rec.state,
+        "restarts": rec.restarts,
+        "uptime_s": uptime,
+        "rss_mb": None,
+        "cpu_percent": None,
+        "busy_sessions": None,
+        "draining": rec.draining,
+        "reason": rec.reason,
+        "last_exit": rec.last_exit.model_dump() if rec.last_exit else None,
+    }
+
+
+def dump(state: PoolState) -> dict[str, Any]:
+    return state.model_dump(mode="json")
