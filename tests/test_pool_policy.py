@@ -46,9 +46,7 @@ def policy(clock: FakeClock, rand: float = 0.5, **kw: object) -> ChildPolicy:
 
 
 def test_backoff_doubles_then_caps() -> None:
-    delays = [
-        backoff_delay(n, initial_s=0.5, max_s=8.0, jitter=0.0, rand=0.5) for n in range(1, 8)
-    ]
+    delays = [backoff_delay(n, initial_s=0.5, max_s=8.0, jitter=0.0, rand=0.5) for n in range(1, 8)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 

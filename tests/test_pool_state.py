@@ -150,8 +150,8 @@ def test_binary_lookup_order(tmp_path: Path) -> None:
 
 
 def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
-    with pytest.raises(BinaryNotFoundError, match="scripts/setup.*opencode-ai@1.18.33"):
+    with pytest.raises(BinaryNotFoundError, match=r"scripts/setup.*opencode-ai@1\.18\.33"):
         find_opencode(Config(), environ={}, root=tmp_path, search_path=str(tmp_path))
     config = Config.model_validate({"opencode": {"binary": str(tmp_path / "nope")}})
-    with pytest.raises(BinaryNotFoundError, match="opencode.binary.*nope"):
+    with pytest.raises(BinaryNotFoundError, match=r"opencode\.binary.*nope"):
         find_opencode(config, environ={}, root=tmp_path, search_path=str(tmp_path))
