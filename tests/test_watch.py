@@ -91,6 +91,10 @@ def test_session_error() -> None:
     # an error without a session (or for a foreign one) is not ours
     assert m.map(wrap("session.error", {"error": err})) == []
     assert m.map(wrap("session.error", {"sessionID": "ses_x", "error": err})) == []
+    # ... nor for a worker that already finished (its session was deleted after merge)
+    done = WorkerRef("bd-abc123.1", "bd-abc123", "ses_w1", 1, "completed", "i1", 100)
+    m2 = EventMapper("i1", FakeLookup([done]))
+    assert m2.map(wrap("session.error", {"sessionID": "ses_w1", "error": err})) == []
 
 
 def test_permission_and_question_block_the_worker() -> None:

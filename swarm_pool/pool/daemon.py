@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from swarm_pool.config import load_config
+from swarm_pool.config import Config, load_config
 from swarm_pool.errors import PoolAlreadyRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    engine = start_worker_engine(paths, config)
     try:
         return supervisor.run()
     except PoolAlreadyRunningError as e:
@@ -74,6 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("supervisor crashed")
         return EXIT_FAILED
+    finally:
+        if engine is not None:
+            engine.stop()
+
+
+def start_worker_engine(paths: ProjectPaths, config: Config) -> Any:
+    """The hook where the worker engine (``swarm/``) joins the supervisor process.
+
+    This entry point is the composition root: the only place in ``pool/`` that imports
+    ``swarm/``. The engine (SSE watchers, queued spawns, failure detection and retries)
+    acts only while this process's supervisor runs the pool.
+    """
+    try:
+        from swarm_pool.swarm.engine import Engine
+    except ImportError:
+        return None
+    return Engine(paths, config, owner_pid=os.getpid()).start()
 
 
 if __name__ == "__main__":

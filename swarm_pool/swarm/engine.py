@@ -1,8 +1,8 @@
 """The background engine: the loop that keeps workers moving without anyone polling.
 
 It runs inside the supervisor daemon (started from ``pool/daemon.py``, the composition
-root, so ``pool/`` itself never imports ``swarm/``), or in any process that wants it.
-Each tick, woken by store changes or every ``tick_s``, it:
+root, so the rest of ``pool/`` never imports ``swarm/``), acting only while that
+supervisor's pool is running. Each tick, woken by store changes or every ``tick_s``, it:
 
 - keeps one SSE watcher per pool instance (``watch``), which records session status,
   errors and permission/question requests into the store;
@@ -67,6 +67,7 @@ class Engine:
         tick_s: float = 0.5,
         recheck_s: float = 5.0,
         watch: bool = True,
+        owner_pid: int | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -76,6 +77,9 @@ class Engine:
         self.tick_s = tick_s
         self.recheck_s = recheck_s
         self._watch_enabled = watch
+        # In the daemon: act only while the pool is running under this supervisor, so a
+        # second daemon that lost the race, or a pool shutting down, never fails workers.
+        self._owner_pid = owner_pid
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,7 +124,11 @@ class Engine:
         return self._ctx
 
     def _run(self) -> None:
-        ctx = self._context()
+        try:
+            ctx = self._context()
+        except Exception:
+            log.exception("engine: cannot open the store; workers are not watched")
+            return
         if self._watch_enabled:
             self._watch = WatchManager(self._make_watcher)
         seq = 0
@@ -163,8 +171,18 @@ class Engine:
 
     # --- one pass -------------------------------------------------------------------
 
+    def _pool_is_ours(self) -> bool:
+        if self._owner_pid is None:
+            return True
+        from swarm_pool.swarm.pool_view import pool_owner
+
+        phase, pid = pool_owner(self.paths)
+        return phase == "running" and pid == self._owner_pid
+
     def tick(self) -> None:
         ctx = self._context()
+        if not self._pool_is_ours():
+            return
         self.ticks += 1
         slots = ctx.instances()
         if self._watch is not None:

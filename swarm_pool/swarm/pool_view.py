@@ -67,6 +67,19 @@ def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> lis
     return slots
 
 
+def pool_owner(paths: ProjectPaths) -> tuple[str | None, int | None]:
+    """``(phase, supervisor pid)`` from the state file; ``(None, None)`` if unreadable."""
+    from swarm_pool.pool.state import read_state
+
+    try:
+        state = read_state(paths.state_file)
+    except PoolError:
+        return None, None
+    if state is None:
+        return None, None
+    return state.phase, state.supervisor.pid if state.supervisor else None
+
+
 def pool_running(paths: ProjectPaths) -> bool:
     from swarm_pool.pool.state import read_state
 

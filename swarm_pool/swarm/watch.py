@@ -182,8 +182,10 @@ class EventMapper:
         ]
 
     def _session_error(self, session_id: str, error: str) -> list[BaseEvent]:
-        ref = self._worker(session_id)
-        if ref is None:
+        # Read fresh: deleting a finished worker's session aborts it, and that error
+        # must not be pinned on work that already completed.
+        ref = self._worker(session_id, fresh=True)
+        if ref is None or ref.status not in LIVE_STATUSES:
             return []
         return [
             SessionError(
