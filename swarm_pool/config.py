@@ -83,6 +83,10 @@ class OpenCodeSection(_Section):
             "webfetch": "allow",
             "external_directory": "deny",
             "doom_loop": "deny",
+            # OpenCode's question tool waits for a human answer; deny removes the tool.
+            "question": "deny",
+            # OpenCode asks before reading .env files; a worker gets a denial instead.
+            "read": {"*": "allow", "*.env": "deny", "*.env.*": "deny", "*.env.example": "allow"},
         }
     )
     extra_config: dict[str, Any] = Field(default_factory=dict)
