@@ -74,6 +74,7 @@ def print_poll(result: PollResult) -> None:
 @click.option("--depends-on", "deps", multiple=True, help="Extra dependency bead (repeat).")
 @click.option("--context", "shared_context", default="", help="Shared context for the prompt.")
 @click.option("--routing", type=click.Choice(["least_busy", "dedicated"]), default=None)
+@click.option("--timeout", "timeout_s", type=float, help="Seconds; default workers.timeout_s.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @project_options
 def spawn(
@@ -87,6 +88,7 @@ def spawn(
     deps: tuple[str, ...],
     shared_context: str,
     routing: str | None,
+    timeout_s: float | None,
     as_json: bool,
 ) -> None:
     """Start a worker for BEAD_ID without waiting for it."""
@@ -104,6 +106,7 @@ def spawn(
             shared_context,
             routing,
             read_only=list(read_only),
+            timeout_s=timeout_s,
         )
     if as_json:
         echo_json(result.to_dict())

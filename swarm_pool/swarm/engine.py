@@ -11,7 +11,8 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
   ``instance_started`` event, a new pid, or a dead state in the pool state) and retries
   them elsewhere under ``workers.max_retries``;
 - fails and retries a worker whose session reported ``session.error``;
-- aborts and fails a running worker past ``workers.timeout_s`` (a worker blocked on a
+- aborts and fails a running worker past ``workers.timeout_s`` (or its spawn's own
+  ``timeout_s``), without retry: a hung model would hang again (a worker blocked on a
   human's answer is not timed out: it waits for ``swarm-pool answer``);
 - turns an idle session without ``swarm_complete`` into ``worker_needs_review``, but only
   when the SSE idle, ``/session/status``, the last assistant message and the instance's
@@ -40,7 +41,7 @@ from swarm_pool.swarm.watch import (
     WatchManager,
     session_finished,
 )
-from swarm_pool.swarm.workers import dispatch, fail
+from swarm_pool.swarm.workers import dispatch, fail, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Engine:
         self._pids: dict[str, int | None] = {}
         self._instance_seq = 0
         self._last_check: dict[str, float] = {}
+        self._timeouts: dict[str, float] = {}
         self.ticks = 0
         self.errors = 0
 
@@ -258,11 +260,12 @@ class Engine:
                 session_id=w.session_id,
             )
             return
-        if w.status == "running" and now - spawned > self.config.workers.timeout_s * 1000:
+        limit = self._timeout_of(ctx, w)
+        if w.status == "running" and now - spawned > limit * 1000:
             fail(
                 ctx,
                 w.bead_id,
-                error=f"no completion after {self.config.workers.timeout_s:g}s",
+                error=f"no completion after {limit:g}s",
                 reason="timeout",
                 retry=False,
                 abort=True,
@@ -276,6 +279,16 @@ class Engine:
         if w.session_status == "idle" or due:
             self._last_check[w.session_id] = time.monotonic()
             self._confirm_idle(ctx, w, by_name[w.instance])
+
+    def _timeout_of(self, ctx: SwarmContext, w: Any) -> float:
+        key = w.session_id or w.bead_id
+        if key not in self._timeouts:
+            try:
+                override = load_spec(ctx, w.bead_id).timeout_s
+            except SwarmPoolError:
+                override = None
+            self._timeouts[key] = override or self.config.workers.timeout_s
+        return self._timeouts[key]
 
     def _confirm_idle(self, ctx: SwarmContext, w: Any, slot: InstanceSlot) -> None:
         client = ctx.client(slot)

@@ -79,6 +79,8 @@ class PromptSpec:
     description: str = ""
     shared_context: str = ""
     success_criteria: tuple[str, ...] = ()
+    # Per-spawn override of workers.timeout_s (None: the config's).
+    timeout_s: float | None = None
 
     def render(self, attempt: int | None = None, reason: str = "") -> str:
         contract = self.contract
@@ -106,6 +108,7 @@ class PromptSpec:
                 "description": self.description,
                 "shared_context": self.shared_context,
                 "success_criteria": list(self.success_criteria),
+                "timeout_s": self.timeout_s,
             }
         )
 
@@ -117,6 +120,7 @@ class PromptSpec:
             description=data.get("description", ""),
             shared_context=data.get("shared_context", ""),
             success_criteria=tuple(data.get("success_criteria", ())),
+            timeout_s=data.get("timeout_s"),
         )
 
 
@@ -181,10 +185,12 @@ def spawn_async(
     read_only: Sequence[str] = (),
     success_criteria: Sequence[str] = (),
     script: list[dict[str, Any]] | None = None,
+    timeout_s: float | None = None,
 ) -> SpawnResult:
     """Start a worker for ``bead_id`` and return at once (never waits for the worker).
 
-    Missing arguments come from the bead's cell in the hive. Raises
+    Missing arguments come from the bead's cell in the hive; ``timeout_s`` overrides
+    ``workers.timeout_s`` for this worker. Raises
     DependencyBlockedError (with ``blocked_by``) when a dependency is not closed, and
     DuplicateSpawnError when the bead already has a live worker.
     """
@@ -231,6 +237,7 @@ def spawn_async(
             description=description if description is not None else cell.description,
             shared_context=shared_context,
             success_criteria=tuple(success_criteria),
+            timeout_s=timeout_s,
         )
         save_spec(ctx, bead_id, spec)
         text = spec.render()

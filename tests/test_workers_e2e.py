@@ -1,0 +1,323 @@
+"""Workers end to end: a real pool (2 opencode instances + the scripted model), real git.
+
+One pool serves the whole module (started and stopped through the CLI); each test makes
+its own epic. The engine runs inside the pool's supervisor daemon, as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarm_pool.config import load_config
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.store import open_project_store
+from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.review import merge, review
+from swarm_pool.swarm.status import await_workers, poll
+from swarm_pool.swarm.workers import spawn_async
+from tests.pool_cli import cli
+from tests.support import wait_for
+
+pytestmark = pytest.mark.e2e
+
+POOL_TOML = """
+[pool]
+size = 2
+max_sessions_per_instance = 4
+
+[supervisor]
+check_interval_s = 0.5
+
+[workers]
+max_retries = 1
+timeout_s = 240.0
+
+[opencode.permission]
+edit = "allow"
+bash = "allow"
+webfetch = "ask"
+external_directory = "deny"
+doom_loop = "deny"
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@dataclass
+class Pool:
+    root: Path
+    paths: ProjectPaths
+
+    def ctx(self) -> SwarmContext:
+        config = load_config(None, project_root=self.root)
+        store = open_project_store(self.paths, config)
+        return SwarmContext(paths=self.paths, config=config, store=store)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    root = (tmp_path_factory.mktemp("workers-e2e") / "proj").resolve()
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "tester")
+    git(root, "config", "user.email", "tester@example.invalid")
+    (root / "README.md").write_text("project\n")
+    git(root, "add", "README.md")
+    git(root, "commit", "-q", "-m", "init")
+    paths = ProjectPaths(root).ensure()
+    (paths.swarm_dir / "pool.toml").write_text(POOL_TOML)  # .swarm/ is git-ignored
+    out = cli("start", "--json", project=root, session_scoped=True, timeout=240)
+    log = paths.supervisor_log
+    assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
+    try:
+        yield Pool(root, paths)
+    finally:
+        cli("stop", project=root, session_scoped=True, timeout=120)
+
+
+@pytest.fixture
+def ctx(pool: Pool) -> Iterator[SwarmContext]:
+    c = pool.ctx()
+    yield c
+    c.store.close()
+
+
+def init() -> dict[str, Any]:
+    return {"tool": "swarmmail_init", "args": {"bead_id": "{bead_id}"}}
+
+
+def reserve(delay_s: float = 0.0) -> dict[str, Any]:
+    return {"tool": "swarmmail_reserve", "args": {"paths": "{files}"}, "delay_s": delay_s}
+
+
+def write_files() -> dict[str, Any]:
+    content = "# {file}\n# by {bead_id}, attempt {attempt}\n"
+    return {"tool": "write", "each_file": True, "args": {"filePath": "{path}", "content": content}}
+
+
+def complete() -> dict[str, Any]:
+    args = {"bead_id": "{bead_id}", "summary": "done", "files_touched": "{literal_files}"}
+    return {"tool": "swarm_complete", "args": args}
+
+
+def slow(delay_s: float) -> list[dict[str, Any]]:
+    return [init(), reserve(delay_s), write_files(), complete()]
+
+
+def events(ctx: SwarmContext, bead: str, kind: str) -> list[Any]:
+    return ctx.store.read(types=[kind], bead_id=bead)
+
+
+def test_plan_of_four_tasks_runs_to_merge(pool: Pool, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        """
+[epic]
+title = "four tasks"
+shared_context = "Write the files you own."
+
+[[tasks]]
+id = "a"
+title = "A"
+files = ["pkg/a.py"]
+
+[[tasks]]
+id = "b"
+title = "B"
+files = ["pkg/b.py"]
+
+[[tasks]]
+id = "c"
+title = "C needs A and B"
+files = ["pkg/c.py"]
+read_only = ["pkg/a.py", "pkg/b.py"]
+depends_on = ["a", "b"]
+
+[[tasks]]
+id = "d"
+title = "D alone"
+files = ["docs/d.md"]
+"""
+    )
+    out = cli("run", str(plan), "--json", "--timeout", "400", project=pool.root, timeout=420)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    summary = json.loads(out.stdout)
+    assert summary["ok"] and summary["merged"] == 4 and not summary["pool_started"]
+    for path in ("pkg/a.py", "pkg/b.py", "pkg/c.py", "docs/d.md"):
+        assert git(pool.root, "cat-file", "-t", f"main:{path}") == "blob", path
+        assert (pool.root / path).is_file()  # the checked-out base follows the merges
+    beads = {t["title"][:1]: t["bead_id"] for t in summary["tasks"]}
+    with pool.ctx().store as store:
+
+        def first(bead: str, kind: str) -> int:
+            return store.read(types=[kind], bead_id=bead)[0].timestamp
+
+        c_spawned = first(beads["C"], "worker_spawned")
+        for dep in ("A", "B"):
+            assert first(beads[dep], "worker_completed") < c_spawned
+            assert first(beads[dep], "worktree_merged") < c_spawned
+        # A, B and D ran side by side: each started before any of them completed
+        starts = [first(beads[k], "worker_spawned") for k in "ABD"]
+        ends = [first(beads[k], "worker_completed") for k in "ABD"]
+        assert max(starts) < min(ends)
+        instances = {store.workers.get(beads[k]).instance for k in "ABD"}  # type: ignore[union-attr]
+        assert instances == {"oc-1", "oc-2"}
+
+
+def test_parallel_workers_really_run_in_parallel(ctx: SwarmContext) -> None:
+    epic = ctx.store.hive.create_epic(
+        "parallel",
+        [SubtaskSpec(title=f"p{i}", files=[f"par/{i}.txt"], script=slow(3)) for i in range(3)],
+    )
+    started = time.monotonic()
+    for cell in epic.cells:
+        assert spawn_async(ctx, cell.id).status == "running"
+    result = await_workers(ctx, epic.id, 180)
+    wall = time.monotonic() - started
+    assert result.counts["completed"] == 3, result.to_dict()
+    # Each worker's scripted 3 s wait sits between its init and its reservation; the
+    # three waits overlap, so together they take about 3 s, not 9 s.
+    windows = [
+        (
+            events(ctx, c.id, "agent_registered")[0].timestamp,
+            events(ctx, c.id, "file_reserved")[0].timestamp,
+        )
+        for c in epic.cells
+    ]
+    assert all(end - start >= 2900 for start, end in windows)
+    assert max(s for s, _ in windows) < min(e for _, e in windows)
+    waits_span = (max(e for _, e in windows) - min(s for s, _ in windows)) / 1000
+    assert waits_span < 9.0, windows  # one after the other they would need 9 s at least
+    # Whole workers, start-up included: together far less than one after the other.
+    durations = [ctx.store.workers.get(c.id).duration_ms or 0 for c in epic.cells]  # type: ignore[union-attr]
+    assert wall < 0.75 * sum(durations) / 1000, (wall, durations)
+    print(f"3 parallel workers: wall {wall:.1f}s, waits spanned {waits_span:.1f}s, {durations}")
+
+
+def test_kill_9_instance_retries_the_worker_elsewhere(ctx: SwarmContext) -> None:
+    epic = ctx.store.hive.create_epic(
+        "kill", [SubtaskSpec(title="survivor", files=["kill/k.txt"], script=slow(4))]
+    )
+    bead = epic.cells[0].id
+    first = spawn_async(ctx, bead)
+    victim = ctx.instance(first.instance)
+    assert victim.pid is not None
+    # Kill it while the worker is mid-task: its MCP server is up, its 4 s wait runs.
+    wait_for(lambda: events(ctx, bead, "agent_registered"), 120)
+    os.kill(victim.pid, signal.SIGKILL)
+    result = await_workers(ctx, epic.id, 240)
+    w = ctx.store.workers.get(bead)
+    assert w is not None and w.status == "completed", result.to_dict()
+    assert w.attempt == 2 and w.instance != victim.name
+    failed = events(ctx, bead, "worker_failed")
+    assert [getattr(f.event, "reason", "") for f in failed] == ["instance_exited"]
+    assert events(ctx, bead, "worker_retried")
+    kill_ms = failed[0].timestamp - events(ctx, bead, "agent_registered")[0].timestamp
+    assert kill_ms < 15_000  # noticed within seconds
+    assert "attempt 2" in Path(w.worktree, "kill/k.txt").read_text()
+    # the supervisor brought the killed instance back on a new pid
+    back = wait_for(
+        lambda: next(
+            (
+                s
+                for s in ctx.instances()
+                if s.name == victim.name and s.state == "ready" and s.pid != victim.pid
+            ),
+            None,
+        ),
+        120,
+    )
+    assert back.pid != victim.pid
+
+
+def test_merge_conflict_keeps_the_base_and_reports(ctx: SwarmContext, pool: Pool) -> None:
+    epic = ctx.store.hive.create_epic(
+        "conflict",
+        [
+            SubtaskSpec(title="one", files=["clash.txt"]),
+            SubtaskSpec(title="two", files=["clash.txt"]),
+        ],
+    )
+    one, two = (c.id for c in epic.cells)
+    # one after the other, so the reservations never collide; both branch from main
+    spawn_async(ctx, one)
+    assert await_workers(ctx, epic.id, 180).counts["completed"] == 1
+    spawn_async(ctx, two)
+    assert await_workers(ctx, epic.id, 180).counts["completed"] == 2
+    assert review(ctx, one).approved and review(ctx, two).approved
+    merge(ctx, one)
+    head = git(pool.root, "rev-parse", "main")
+    content = (pool.root / "clash.txt").read_text()
+    out = cli("merge", two, "--json", project=pool.root)
+    assert out.returncode == 1 and "conflict" in out.stderr
+    assert git(pool.root, "rev-parse", "main") == head
+    assert (pool.root / "clash.txt").read_text() == content
+    assert git(pool.root, "status", "--porcelain") == ""
+    conflicts = events(ctx, two, "merge_conflict")
+    assert conflicts and getattr(conflicts[-1].event, "files", []) == ["clash.txt"]
+
+
+def test_permission_request_blocks_and_answer_unblocks(ctx: SwarmContext, pool: Pool) -> None:
+    fetch = {"tool": "webfetch", "args": {"url": "http://127.0.0.1:9/x", "format": "text"}}
+    epic = ctx.store.hive.create_epic(
+        "asks",
+        [
+            SubtaskSpec(
+                title="asker",
+                files=["ask/a.txt"],
+                script=[init(), fetch, write_files(), complete()],
+            )
+        ],
+    )
+    bead = epic.cells[0].id
+    spawn_async(ctx, bead)
+
+    def blocked() -> dict[str, Any] | None:
+        out = cli("poll", epic.id, "--json", project=pool.root)
+        assert out.returncode == 0, out.stderr
+        groups = json.loads(out.stdout)["groups"]
+        return groups["blocked"][0] if groups["blocked"] else None
+
+    info = wait_for(blocked, 120, interval=0.5)
+    assert info["bead_id"] == bead and "webfetch" in info["blocked_reason"]
+    out = cli("answer", bead, "--reply", "once", "--json", project=pool.root)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["kind"] == "permission"
+    result = await_workers(ctx, epic.id, 180)
+    assert result.counts["completed"] == 1, result.to_dict()
+
+
+def test_hanging_model_times_out_and_fails(ctx: SwarmContext) -> None:
+    epic = ctx.store.hive.create_epic(
+        "hangs", [SubtaskSpec(title="hang", files=["hang.txt"], script=[init(), {"hang": True}])]
+    )
+    bead = epic.cells[0].id
+    r = spawn_async(ctx, bead, timeout_s=6)
+    result = await_workers(ctx, epic.id, 120)
+    w = ctx.store.workers.get(bead)
+    assert w is not None and w.status == "failed", result.to_dict()
+    failed = events(ctx, bead, "worker_failed")
+    assert [getattr(f.event, "reason", "") for f in failed] == ["timeout"]
+    assert not events(ctx, bead, "worker_retried")  # a hung model would hang again
+    # the session was aborted on its instance
+    client = ctx.client(ctx.instance(r.instance))
+    try:
+        wait_for(lambda: r.session_id not in client.session_status(), 30)
+    finally:
+        client.close()
+    assert [x.bead_id for x in poll(ctx, epic.id).groups["failed"]] == [bead]
