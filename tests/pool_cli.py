@@ -13,9 +13,8 @@ import psutil
 
 from tests.support import TEST_TAG_ENV
 
-# Until the scripted model is wired in, instances run with a placeholder provider model;
-# no test here sends a prompt.
-BASE_ENV = {"SWARM_POOL_OPENCODE__MODEL": "x/y"}
+# Pools that never get a prompt skip the scripted model child (one process less to start).
+NO_MODEL_ENV = {"SWARM_POOL_OPENCODE__MODEL": "x/y"}
 
 
 def make_project(path: Path) -> Path:
@@ -36,7 +35,7 @@ def cli(
     ``session_scoped`` drops the per-test tag, for pools that outlive one test (module
     fixtures); the session-wide leak check still covers them.
     """
-    full_env = {**os.environ, **BASE_ENV, **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     if session_scoped:
         full_env.pop(TEST_TAG_ENV, None)
     return subprocess.run(

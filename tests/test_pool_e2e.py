@@ -1,8 +1,10 @@
 """The pool end to end: real ``opencode serve`` instances, the real CLI, real signals.
 
-One pool of two instances is shared by the tests of this module, in order: start and
-status, auth, a kill -9 of an instance, a SIGKILL of the supervisor and re-adoption, and
-a final stop that must leave no process and no lease behind.
+One pool of two instances (plus the scripted model child, with a delay so a prompt keeps
+a session busy) is shared by the tests of this module, in order: start and status, auth,
+busy sessions, a kill -9 of an instance, a SIGKILL of the supervisor and re-adoption, and
+a final stop that must leave no process (instances, their MCP servers, the model) and no
+lease behind.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import httpx
 import psutil
 import pytest
 
+from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.pool.ports import PortLeases, port_is_free
 from swarm_pool.pool.state import read_state
 from tests.pool_cli import cli, cli_json, make_project, pool_processes
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
+ENV = {"SWARM_POOL_MODEL__DEFAULT_DELAY_S": "2"}
 
 
 def opencode_instances(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -33,7 +37,9 @@ def opencode_instances(status: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     project = make_project(tmp_path_factory.mktemp("pool-e2e") / "proj")
-    out = cli("start", "-n", "2", "--json", project=project, session_scoped=True, timeout=180)
+    out = cli(
+        "start", "-n", "2", "--json", project=project, env=ENV, session_scoped=True, timeout=180
+    )
     log = project / ".swarm" / "supervisor.log"
     assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
     yield project
@@ -84,20 +90,47 @@ def test_unauthenticated_request_gets_401(pool: Path) -> None:
     assert ok.status_code == 200 and ok.json()["healthy"] is True
 
 
+def test_model_child_is_supervised_and_shown(pool: Path) -> None:
+    status = cli_json("status", project=pool)
+    model = [i for i in status["instances"] if i["kind"] == "model"]
+    assert len(model) == 1 and model[0]["name"] == "model"
+    assert model[0]["state"] == "ready"
+    assert model[0]["url"].endswith("/v1")
+    assert httpx.get(model[0]["url"] + "/models", timeout=10).status_code == 200
+
+
+def test_busy_sessions_across_directories(pool: Path) -> None:
+    info = json.loads(cli("attach", "oc-2", "--print", project=pool).stdout)
+    workdir = pool / "work-a"
+    workdir.mkdir()
+    with OpenCodeClient(info["url"], info["password"], timeout=30) as client:
+        session = client.create_session(str(workdir))
+        client.prompt_async(session["id"], "hello", directory=str(workdir))
+
+        def busy() -> bool:
+            insts = {i["name"]: i for i in cli_json("status", project=pool)["instances"]}
+            return insts["oc-2"]["busy_sessions"] == 1 and insts["oc-1"]["busy_sessions"] == 0
+
+        wait_for(busy, 30, interval=0.2)
+        client.abort(session["id"], directory=str(workdir))
+        wait_for(lambda: not client.session_status(str(workdir)), 30)
+
+
 def test_kill9_instance_comes_back_on_its_port(pool: Path) -> None:
     before = {i["name"]: i for i in opencode_instances(cli_json("status", project=pool))}
     victim = before["oc-1"]
     os.kill(victim["pid"], signal.SIGKILL)
 
-    def back() -> dict[str, Any] | None:
-        out = cli("status", "--json", project=pool)
-        now = {i["name"]: i for i in opencode_instances(json.loads(out.stdout))}
-        inst = now["oc-1"]
-        if out.returncode == 0 and inst["pid"] != victim["pid"] and inst["state"] == "ready":
-            return inst
-        return None
+    def back() -> bool:
+        # The state file is what status reads; polling it is cheaper than the CLI.
+        state = read_state(pool / ".swarm" / "pool.json")
+        rec = state.child("oc-1") if state else None
+        return rec is not None and rec.state == "ready" and rec.pid != victim["pid"]
 
-    inst = wait_for(back, 60, interval=0.3)
+    wait_for(back, 60, interval=0.1)
+    out = cli("status", "--json", project=pool)
+    assert out.returncode == 0, out.stdout
+    inst = {i["name"]: i for i in json.loads(out.stdout)["instances"]}["oc-1"]
     assert inst["port"] == victim["port"]
     assert inst["restarts"] == victim["restarts"] + 1
     assert inst["last_exit"]["signal"] == signal.SIGKILL
@@ -118,7 +151,7 @@ def test_supervisor_sigkill_then_start_adopts_instances(pool: Path) -> None:
     assert json.loads(down.stdout)["supervisor"]["running"] is False
     assert all(psutil.pid_exists(pid) for pid in pids.values())
 
-    out = cli("start", "-n", "2", "--json", project=pool, session_scoped=True, timeout=180)
+    out = cli("start", "-n", "2", "--json", project=pool, env=ENV, session_scoped=True, timeout=180)
     assert out.returncode == 0, out.stderr
     after = json.loads(out.stdout)
     assert after["supervisor"]["pid"] != sup_pid

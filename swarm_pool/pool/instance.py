@@ -13,7 +13,6 @@ answers 200. This module also counts an instance's busy sessions (see
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ import httpx
 
 from swarm_pool.config import Config
 from swarm_pool.errors import OpenCodeError
-from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.opencode.client import USERNAME, OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import ChildKind
 
@@ -82,15 +81,13 @@ def build_instance_env(
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
     else:
         env.pop("OPENCODE_DISABLE_MODELS_FETCH", None)
-    try:
-        from swarm_pool.opencode.config import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
-            opencode_config,
-        )
-    except ImportError:
-        # The per-instance OpenCode config module is optional for the pool itself.
-        return env
-    oc_config = opencode_config(config, project_root=paths.root, model_url=model_url)
-    env["OPENCODE_CONFIG_CONTENT"] = json.dumps(oc_config)
+    # Imported here: the OpenCode config pulls in the MCP protocol, which the rest of the
+    # pool does not need.
+    from swarm_pool.opencode.config import CONFIG_ENV, opencode_config, serialize
+
+    env[CONFIG_ENV] = serialize(
+        opencode_config(config, project_root=paths.root, model_url=model_url)
+    )
     return env
 
 
@@ -121,9 +118,11 @@ def busy_sessions(url: str, password: str, timeout: float = 2.0) -> int | None:
     ``GET /experimental/session``, then asks ``/session/status?directory=D`` for each
     distinct directory that still exists. None when the instance does not answer.
     """
+    auth = httpx.BasicAuth(USERNAME, password)
     try:
-        with OpenCodeClient(url, password, timeout=timeout) as client:
-            resp = client._request("GET", "/experimental/session")
+        with httpx.Client(base_url=url, auth=auth, timeout=timeout) as http:
+            resp = http.get("/experimental/session")
+            resp.raise_for_status()
             sessions = resp.json()
             if not isinstance(sessions, list):
                 return None
@@ -139,10 +138,17 @@ def busy_sessions(url: str, password: str, timeout: float = 2.0) -> int | None:
                 # Asking about a deleted worktree would make the server set it up again.
                 if not os.path.isdir(directory):
                     continue
-                status = client.session_status(directory=directory)
-                busy.update(sid for sid, st in status.items() if st.get("type") != "idle")
+                resp = http.get("/session/status", params={"directory": directory})
+                resp.raise_for_status()
+                status = resp.json()
+                if isinstance(status, dict):
+                    busy.update(
+                        sid
+                        for sid, st in status.items()
+                        if not (isinstance(st, dict) and st.get("type") == "idle")
+                    )
             return len(busy)
-    except (OpenCodeError, ValueError):
+    except (httpx.HTTPError, ValueError):
         return None
 
 
@@ -185,6 +191,8 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
         argv = [sys.executable, "-m", "swarm_pool.scripted_model", "serve", "--port", str(port)]
         if config.model.scripts:
             argv += ["--scripts", str((paths.root / config.model.scripts).resolve())]
+        if config.model.default_delay_s:
+            argv += ["--delay", str(config.model.default_delay_s)]
         return argv
 
     def env(port: int) -> dict[str, str]:

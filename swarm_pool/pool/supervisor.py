@@ -1,35 +1,28 @@
 """The supervisor: starts, adopts, watches, restarts and stops the pool's children.
 
-One ``Supervisor`` runs in the background daemon. It holds ``.swarm/supervisor.lock`` for
-its whole life (so two supervisors never run one project), leases ports, and runs one
-thread per child (circus-style watchers), so a slow stop or start of one child never
-delays the checks of another. Each check period a child thread checks liveness (psutil:
-pid alive, not a zombie, same ``create_time``), readiness (HTTP probe with a timeout;
-``health_failures`` failures in a row -> restart) and memory (the tree's RSS over
-``max_rss_mb`` for ``memory_checks`` checks -> draining, restart once idle or after
-``memory_grace_s``); ``policy.ChildPolicy`` makes every decision. Failures restart with
-jittered exponential backoff; flapping makes a child ``fatal`` until a manual restart.
+One ``Supervisor`` runs in the background daemon (``daemon.py``). It holds
+``.swarm/supervisor.lock`` for its whole life, so two supervisors never run one project.
+Start-up brings up the scripted model first (when configured), then the opencode
+instances in parallel, each on its own ``Watcher`` thread (``watcher.py`` holds the
+per-child checks and restart logic); children left running by a supervisor that was
+SIGKILLed are adopted instead of replaced when their pid, ``create_time`` and probe
+match. Start-up fails as a whole (phase ``failed``, ``error`` in the state file, nothing
+left running) on a port error, a bad config, a fatal child or a deadline.
 
-A port taken by a foreign process between allocation and bind makes the child exit at
-once. During start-up that fails the whole start with ``PortInUseError`` (the CLI reports
-it and nothing is left running); later, in the loop, the child simply gets a new port.
-
-Every change is written to the state file, and lifecycle events go to the supervisor log
-and, through ``EventSink``, to the project's store when it is available.
+The supervisor writes the state file on every change, serves the control socket
+(``status``, ``restart``, ``scale``, ``stop``), and tells the router which instances are
+draining (``draining()``, also the ``draining`` flag of each child in the state file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import queue
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +31,8 @@ import filelock
 from swarm_pool.config import Config
 from swarm_pool.errors import (
     InstanceStartError,
-    OpenCodeError,
     PoolAlreadyRunningError,
     PoolError,
-    PortError,
-    PortInUseError,
     ProcessError,
     SwarmPoolError,
     UnknownInstanceError,
@@ -54,23 +44,22 @@ from swarm_pool.pool.instance import (
     MODEL_NAME,
     Program,
     instance_names,
-    log_tail,
     model_program,
     opencode_program,
-    rotate_log,
 )
-from swarm_pool.pool.policy import ChildPolicy, Clock, MemoryVerdict
-from swarm_pool.pool.ports import Owner, PortLeases, port_is_free
+from swarm_pool.pool.policy import Clock
+from swarm_pool.pool.ports import Owner, PortLeases
+from swarm_pool.pool.sink import EventSink
 from swarm_pool.pool.state import (
     ChildRecord,
     ErrorInfo,
-    ExitInfo,
     Phase,
     PoolState,
     SupervisorRecord,
     read_state,
     write_state,
 )
+from swarm_pool.pool.watcher import PoolContext, Watcher
 from swarm_pool.store import events as ev
 
 log = logging.getLogger("swarm_pool.pool")
@@ -80,76 +69,6 @@ ProgramsFn = Callable[[str, Callable[[], str | None]], Program]
 
 def lock_path(paths: ProjectPaths) -> Path:
     return paths.swarm_dir / "supervisor.lock"
-
-
-class EventSink:
-    """Lifecycle events to the log now, and to the store from one writer thread.
-
-    The store is optional for the pool: if it cannot be imported, opened or written, the
-    failure is logged once and the pool carries on.
-    """
-
-    def __init__(self, paths: ProjectPaths, config: Config) -> None:
-        self.paths = paths
-        self.config = config
-        self._queue: queue.Queue[ev.BaseEvent | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="event-sink", daemon=True)
-        self._thread.start()
-
-    def emit(self, event: ev.BaseEvent, line: str, level: int = logging.INFO) -> None:
-        log.log(level, line)
-        self._queue.put(event)
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        store: Any = None
-        broken = False
-        while True:
-            event = self._queue.get()
-            if event is None:
-                break
-            if broken:
-                continue
-            try:
-                if store is None:
-                    from swarm_pool.store import open_project_store
-
-                    store = open_project_store(self.paths, self.config)
-                store.append(event)
-            except Exception as e:  # the store is optional; never let it stop the pool
-                log.warning("event store unavailable, events go to this log only: %s", e)
-                broken = True
-        if store is not None:
-            with contextlib.suppress(Exception):
-                store.close()
-
-
-@dataclass(eq=False)
-class Child:
-    program: Program
-    record: ChildRecord
-    policy: ChildPolicy
-    launched: process.Launched | None = None
-    ref: process.ProcRef | None = None
-    port: int | None = None
-    launch_mono: float = 0.0
-    restart_at: float = 0.0
-    needs_launch: bool = True
-    new_port: bool = False
-    manual_restart: bool = False
-    removing: bool = False
-    finished: bool = False
-    adopt_from: ChildRecord | None = None
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    wake: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    @property
-    def name(self) -> str:
-        return self.program.name
 
 
 class Supervisor:
@@ -175,7 +94,7 @@ class Supervisor:
         self.socket_path = socket_path_for(paths)
         self.password = ""
         self.me: Owner | None = None
-        self._children: dict[str, Child] = {}
+        self._children: dict[str, Watcher] = {}
         self._rec_lock = threading.RLock()
         self._ops_lock = threading.Lock()  # one restart/scale at a time
         self._write_lock = threading.Lock()
@@ -185,7 +104,8 @@ class Supervisor:
         self._startup_error: SwarmPoolError | None = None
         self._error: ErrorInfo | None = None
         self._sink: EventSink | None = None
-        self._model: Child | None = None
+        self._model: Watcher | None = None
+        self._ctx: PoolContext | None = None
 
     # --- public API (thread-safe; the control socket calls these) -------------------
 
@@ -252,7 +172,7 @@ class Supervisor:
                     child.record.draining = True
                 child.wake.set()
             for child in added:
-                self._start_thread(child)
+                child.start()
             self._dirty.set()
             for child in removed:
                 if child.thread is not None:
@@ -355,7 +275,7 @@ class Supervisor:
             old_model = adoptable.pop(MODEL_NAME, None)
             model = self._new_child(MODEL_NAME, adopt_from=old_model)
             self._model = model
-            self._start_thread(model)
+            model.start()
             self._await_startup([model], deadline)
             if old_model is not None and old_model.port != model.port:
                 # Live instances talk to the old model URL: replace rather than adopt them.
@@ -366,7 +286,7 @@ class Supervisor:
             return
         children = [self._new_child(n, adopt_from=adoptable.pop(n, None)) for n in self._names()]
         for child in children:
-            self._start_thread(child)
+            child.start()
         # Leftovers of a bigger previous pool that still run: ours, so stop them.
         for rec in adoptable.values():
             self._stop_stray(rec)
@@ -381,7 +301,7 @@ class Supervisor:
     def _names(self) -> list[str]:
         return instance_names(self.size)
 
-    def _await_startup(self, children: list[Child], deadline: float) -> None:
+    def _await_startup(self, children: list[Watcher], deadline: float) -> None:
         while True:
             if self._startup_error is not None:
                 raise self._startup_error
@@ -421,15 +341,7 @@ class Supervisor:
                 child.thread.join(self.config.pool.stop_grace_s + 20)
         # Children whose thread never ran (or died) are stopped here.
         with ThreadPoolExecutor(max_workers=max(1, len(children))) as pool:
-            list(pool.map(self._final_stop, children))
-
-    def _final_stop(self, child: Child) -> None:
-        with child.lock:
-            if not child.finished:
-                self._terminate(child, reason="pool stopped")
-                self._release_port(child)
-                self._set(child, state="stopped", pid=None, create_time=None, draining=False)
-                child.finished = True
+            list(pool.map(lambda w: w.final_stop(), children))
 
     def _stop_stray(self, rec: ChildRecord) -> None:
         ref = rec.ref
@@ -443,7 +355,7 @@ class Supervisor:
 
     # --- state ----------------------------------------------------------------------
 
-    def _ordered(self) -> list[Child]:
+    def _ordered(self) -> list[Watcher]:
         kids = list(self._children.values())
         return sorted(kids, key=lambda c: (c.program.kind != "model", _name_key(c.name)))
 
@@ -452,12 +364,6 @@ class Supervisor:
         if model is None or model.port is None:
             return None
         return model.program.url(model.port)
-
-    def _set(self, child: Child, **fields: Any) -> None:
-        with self._rec_lock:
-            for key, value in fields.items():
-                setattr(child.record, key, value)
-        self._dirty.set()
 
     def _flush_state(self) -> None:
         if self._dirty.is_set():
@@ -491,21 +397,34 @@ class Supervisor:
 
     # --- children -------------------------------------------------------------------
 
-    def _new_child(self, name: str, adopt_from: ChildRecord | None = None) -> Child:
-        program = self._make_program(name)
-        child = Child(
-            program=program,
-            record=ChildRecord(name=name, kind=program.kind),
-            policy=ChildPolicy(self.config.supervisor, clock=self.clock),
-            adopt_from=adopt_from,
-        )
-        if adopt_from is not None and self._in_range(adopt_from.port):
-            # A replaced child prefers its old port (kept by the lease if still ours).
-            child.port = adopt_from.port
+    def _new_child(self, name: str, adopt_from: ChildRecord | None = None) -> Watcher:
+        child = Watcher(self._context(), self._make_program(name), adopt_from)
         with self._rec_lock:
             self._children[name] = child
         self._dirty.set()
         return child
+
+    def _context(self) -> PoolContext:
+        if self._ctx is None:
+            assert self.me is not None
+            self._ctx = PoolContext(
+                paths=self.paths,
+                config=self.config,
+                clock=self.clock,
+                leases=self.leases,
+                me=self.me,
+                sink=self._sink,
+                rec_lock=self._rec_lock,
+                dirty=self._dirty,
+                stop=self._stop,
+                starting=lambda: self._phase == "starting",
+                fail_startup=self._fail_startup,
+            )
+        return self._ctx
+
+    def _fail_startup(self, error: SwarmPoolError) -> None:
+        if self._startup_error is None:
+            self._startup_error = error
 
     def _make_program(self, name: str) -> Program:
         if self._program_factory is not None:
@@ -525,414 +444,8 @@ class Supervisor:
             model_url=self._model_url,
         )
 
-    def _start_thread(self, child: Child) -> None:
-        child.thread = threading.Thread(
-            target=self._child_main, args=(child,), name=f"child-{child.name}", daemon=True
-        )
-        child.thread.start()
-
-    def _child_main(self, child: Child) -> None:
-        interval = self.config.supervisor.check_interval_s
-        while True:
-            with child.lock:
-                if self._stop.is_set() or child.removing:
-                    self._retire(child)
-                    return
-                try:
-                    self._step(child)
-                except PortError as e:
-                    self._port_failure(child, e)
-                except SwarmPoolError as e:
-                    log.error("%s: %s", child.name, e)
-                    self._on_failure(child, str(e), None)
-                except Exception:  # a bug in one child's step must not kill its watcher
-                    log.exception("%s: unexpected error in the supervisor step", child.name)
-                starting = child.record.state == "starting"
-            # Poll fast while starting so `start` returns soon after the child is ready.
-            child.wake.wait(min(interval, 0.1) if starting else interval)
-            child.wake.clear()
-
-    def _retire(self, child: Child) -> None:
-        if child.removing and not self._stop.is_set():
-            self._terminate(child, reason="removed by scale")
-        else:
-            self._terminate(child, reason="pool stopped")
-        self._release_port(child)
-        self._set(child, state="stopped", pid=None, create_time=None, draining=False)
-        child.finished = True
-
-    def _step(self, child: Child) -> None:
-        if child.manual_restart:
-            child.manual_restart = False
-            self._manual_restart(child)
-            return
-        if child.needs_launch:
-            child.needs_launch = False
-            if child.adopt_from is not None and self._try_adopt(child, child.adopt_from):
-                return
-            child.adopt_from = None
-            self._launch(child)
-            return
-        state = child.record.state
-        if state == "starting":
-            self._check_starting(child)
-        elif state in ("ready", "unhealthy"):
-            self._check_running(child)
-        elif state == "backoff" and self.clock() >= child.restart_at:
-            self._relaunch(child)
-
-    def _manual_restart(self, child: Child) -> None:
-        if self._alive(child):
-            self._terminate(child, reason="manual restart")
-        child.policy.reset()
-        self._set(child, restarts=child.record.restarts + 1, reason="")
-        self._relaunch(child, reason="manual restart")
-
-    def _try_adopt(self, child: Child, rec: ChildRecord) -> bool:
-        ref = rec.ref
-        if ref is None or rec.port is None or not ref.alive():
-            return False
-        try:
-            child.program.probe(rec.port, self.config.supervisor.health_timeout_s)
-        except OpenCodeError as e:
-            log.info(
-                "%s: pid %s is alive but not healthy (%s); replacing it", child.name, ref.pid, e
-            )
-            with contextlib.suppress(ProcessError):
-                process.stop(ref, grace_s=self.config.pool.stop_grace_s, port=rec.port)
-            return False
-        assert self.me is not None
-        try:
-            self.leases.claim(
-                rec.port, [self.me, Owner(ref.pid, ref.create_time)], label=self._label(child)
-            )
-        except PortInUseError as e:
-            log.warning("%s: cannot re-lease port %s (%s); replacing it", child.name, rec.port, e)
-            with contextlib.suppress(ProcessError):
-                process.stop(ref, grace_s=self.config.pool.stop_grace_s, port=None)
-            return False
-        child.ref = ref
-        child.launched = None
-        child.port = rec.port
-        child.policy.started()
-        self._set(
-            child,
-            port=rec.port,
-            pid=ref.pid,
-            create_time=ref.create_time,
-            state="ready",
-            started_at=rec.started_at,
-            ready_at=rec.ready_at,
-            restarts=rec.restarts,
-            reason="",
-        )
-        log.info("%s: adopted pid %s on port %s", child.name, ref.pid, rec.port)
-        return True
-
-    def _label(self, child: Child) -> str:
-        return f"{self.paths.root} {child.name}"
-
-    def _lease_port(self, child: Child, prefer: int | None) -> int:
-        assert self.me is not None
-        if child.program.kind == "model" and self.config.model.port:
-            port = self.config.model.port
-            self.leases.claim(port, [self.me], label=self._label(child))
-            return port
-        return self.leases.acquire([self.me], prefer=prefer, label=self._label(child))
-
-    def _in_range(self, port: int | None) -> bool:
-        pool = self.config.pool
-        return port is not None and pool.port_min <= port <= pool.port_max
-
-    def _choose_port(self, child: Child) -> int:
-        """The child's previous port when it is still free, else a newly leased one."""
-        assert self.me is not None
-        if child.port is not None and not child.new_port and self._in_range(child.port):
-            if port_is_free(child.port):
-                try:
-                    self.leases.claim(child.port, [self.me], label=self._label(child))
-                    return child.port
-                except PortInUseError:
-                    pass
-            log.warning("%s: port %s is taken; leasing another", child.name, child.port)
-        if child.port is not None:
-            self.leases.release(child.port, [self.me])
-        child.new_port = False
-        return self._lease_port(child, prefer=None)
-
-    def _launch(self, child: Child) -> None:
-        assert self.me is not None
-        child.port = self._choose_port(child)
-        port = child.port
-        program = child.program
-        rotate_log(
-            program.log_path,
-            max_bytes=self.config.supervisor.log_max_bytes,
-            backups=self.config.supervisor.log_backups,
-            copy_truncate=False,
-        )
-        argv = program.command(port)
-        env = program.env(port)
-        _log_marker(program.log_path, f"swarm-pool: launching {' '.join(argv)}")
-        launched = process.launch(argv, env=env, cwd=program.cwd, log_path=program.log_path)
-        child.launched = launched
-        child.ref = launched.ref
-        child.launch_mono = self.clock()
-        child.policy.started()
-        self.leases.set_owners(port, [self.me, Owner(launched.ref.pid, launched.ref.create_time)])
-        self._set(
-            child,
-            port=port,
-            pid=launched.ref.pid,
-            create_time=launched.ref.create_time,
-            state="starting",
-            started_at=time.time(),
-            ready_at=None,
-            draining=False,
-            reason="",
-        )
-        self._emit(
-            child,
-            ev.InstanceStarted(instance=child.name, pid=launched.ref.pid, port=port),
-            f"{child.name}: started pid {launched.ref.pid} on port {port}",
-        )
-
-    def _relaunch(self, child: Child, reason: str = "") -> None:
-        self._launch(child)
-        self._emit(
-            child,
-            ev.InstanceRestarted(
-                instance=child.name,
-                pid=child.record.pid,
-                port=child.port,
-                restarts=child.record.restarts,
-                reason=reason or child.record.reason,
-            ),
-            f"{child.name}: restarted (restart #{child.record.restarts})",
-        )
-
-    def _alive(self, child: Child) -> bool:
-        if child.launched is not None and child.launched.popen.poll() is not None:
-            return False
-        return child.ref is not None and child.ref.alive()
-
-    def _exit_status(self, child: Child) -> process.ExitStatus:
-        if child.launched is not None:
-            return process.ExitStatus.from_returncode(child.launched.popen.poll())
-        return process.ExitStatus(None, None)
-
-    def _probe(self, child: Child, timeout: float) -> str | None:
-        """None when the probe answered healthy, else why not."""
-        assert child.port is not None
-        try:
-            child.program.probe(child.port, timeout)
-        except OpenCodeError as e:
-            return str(e)
-        return None
-
-    def _check_starting(self, child: Child) -> None:
-        if not self._alive(child):
-            status = self._exit_status(child)
-            self._died(child, status, during_start=True)
-            return
-        if self._probe(child, min(1.0, self.config.supervisor.health_timeout_s)) is None:
-            startup_ms = int((self.clock() - child.launch_mono) * 1000)
-            self._set(child, state="ready", ready_at=time.time(), reason="")
-            self._emit(
-                child,
-                ev.InstanceReady(
-                    instance=child.name,
-                    pid=child.record.pid,
-                    port=child.port,
-                    startup_ms=startup_ms,
-                ),
-                f"{child.name}: ready in {startup_ms} ms",
-            )
-            return
-        if self.clock() - child.launch_mono > self.config.pool.start_timeout_s:
-            reason = f"not ready within {self.config.pool.start_timeout_s:g}s"
-            self._terminate(child, reason=reason)
-            self._on_failure(child, reason, None)
-
-    def _check_running(self, child: Child) -> None:
-        if not self._alive(child):
-            self._died(child, self._exit_status(child), during_start=False)
-            return
-        sup = self.config.supervisor
-        problem = self._probe(child, sup.health_timeout_s)
-        if problem is not None:
-            if child.record.state != "unhealthy":
-                self._emit(
-                    child,
-                    ev.InstanceUnhealthy(
-                        instance=child.name, pid=child.record.pid, port=child.port, reason=problem
-                    ),
-                    f"{child.name}: unhealthy: {problem}",
-                    logging.WARNING,
-                )
-            self._set(child, state="unhealthy", reason=problem)
-            if child.policy.on_health(False):
-                reason = f"{child.policy.health_failures} failed health checks in a row"
-                self._terminate(child, reason=reason)
-                self._on_failure(child, reason, None)
-            return
-        child.policy.on_health(True)
-        if child.record.state == "unhealthy":
-            log.info("%s: healthy again", child.name)
-            self._set(child, state="ready", reason="")
-        self._check_memory(child)
-        rotate_log(
-            child.program.log_path,
-            max_bytes=sup.log_max_bytes,
-            backups=sup.log_backups,
-            copy_truncate=True,
-        )
-
-    def _check_memory(self, child: Child) -> None:
-        if child.ref is None:
-            return
-        stats = process.tree_stats(child.ref)
-        if stats is None:
-            return
-        rss_mb = stats[0]
-        busy_fn = child.program.busy
-        port = child.port
-
-        def busy() -> int | None:
-            if busy_fn is None or port is None:
-                return 0
-            return busy_fn(port, self.config.supervisor.health_timeout_s)
-
-        verdict = child.policy.on_memory(rss_mb, busy)
-        if verdict is MemoryVerdict.OK:
-            return
-        if verdict is MemoryVerdict.DRAINING:
-            if not child.record.draining:
-                log.warning(
-                    "%s: RSS %.0f MB over the %d MB limit; draining (no new work) until idle",
-                    child.name,
-                    rss_mb,
-                    self.config.supervisor.max_rss_mb,
-                )
-                self._set(child, draining=True)
-            return
-        reason = f"RSS {rss_mb:.0f} MB over the {self.config.supervisor.max_rss_mb} MB limit"
-        self._set(child, draining=True)
-        self._terminate(child, reason=reason)
-        self._on_failure(child, reason, None)
-
-    def _died(self, child: Child, status: process.ExitStatus, *, during_start: bool) -> None:
-        reason = status.describe()
-        tail = log_tail(child.program.log_path)
-        if during_start and tail:
-            reason = f"{reason} during start-up: {tail}"
-        self._emit(
-            child,
-            ev.InstanceExited(
-                instance=child.name,
-                pid=child.record.pid,
-                port=child.port,
-                exit_code=status.code,
-                signal=status.signal,
-                reason=reason,
-            ),
-            f"{child.name}: pid {child.record.pid} {reason}",
-            logging.WARNING,
-        )
-        if child.ref is not None:
-            orphans = process.reap_orphans(child.ref)
-            if orphans:
-                log.info("%s: killed %d orphaned processes of its group", child.name, orphans)
-        child.launched = None
-        child.ref = None
-        exit_info = _exit(status, reason)
-        if during_start and child.port is not None and not port_is_free(child.port):
-            # Nothing of ours is left in the tree, so a foreign process holds the port.
-            error = PortInUseError(
-                f"port {child.port} was taken by another process between allocation and "
-                f"bind ({child.name} exited: {status.describe()})"
-            )
-            if self._phase == "starting":
-                self._startup_error = error
-                self._set(child, state="fatal", reason=str(error), last_exit=exit_info, pid=None)
-                return
-            log.warning("%s: %s; it gets a new port", child.name, error)
-            child.new_port = True
-        self._on_failure(child, reason, exit_info)
-
-    def _on_failure(self, child: Child, reason: str, exit_info: ExitInfo | None) -> None:
-        if exit_info is not None:
-            self._set(child, last_exit=exit_info)
-        decision = child.policy.on_failure(reason)
-        if decision.fatal:
-            self._set(child, state="fatal", reason=decision.reason, pid=None, create_time=None)
-            self._emit(
-                child,
-                ev.InstanceFatal(instance=child.name, port=child.port, reason=decision.reason),
-                f"{child.name}: fatal: {decision.reason}; `swarm-pool restart {child.name}` "
-                "to try again",
-                logging.ERROR,
-            )
-            return
-        child.restart_at = self.clock() + decision.delay_s
-        self._set(
-            child,
-            state="backoff",
-            reason=reason,
-            restarts=child.record.restarts + 1,
-            pid=None,
-            create_time=None,
-            draining=False,
-        )
-        log.info("%s: restarting in %.2fs (%s)", child.name, decision.delay_s, reason)
-
-    def _port_failure(self, child: Child, error: PortError) -> None:
-        if self._phase == "starting":
-            self._startup_error = error
-            self._set(child, state="fatal", reason=str(error))
-            return
-        log.error("%s: %s", child.name, error)
-        self._on_failure(child, str(error), None)
-
-    def _terminate(self, child: Child, *, reason: str) -> None:
-        """Stop the child's tree if it runs; record how it ended."""
-        ref = child.ref
-        if ref is None:
-            return
-        popen = child.launched.popen if child.launched is not None else None
-        was_alive = self._alive(child)
-        try:
-            status = process.stop(
-                ref, grace_s=self.config.pool.stop_grace_s, port=child.port, popen=popen
-            )
-        except ProcessError as e:
-            log.error("%s: %s", child.name, e)
-            status = process.ExitStatus(None, None)
-        child.launched = None
-        child.ref = None
-        if was_alive:
-            self._emit(
-                child,
-                ev.InstanceStopped(instance=child.name, pid=ref.pid, port=child.port),
-                f"{child.name}: stopped pid {ref.pid} ({reason})",
-            )
-            self._set(child, last_exit=_exit(status, reason), pid=None, create_time=None)
-
-    def _release_port(self, child: Child) -> None:
-        if child.port is not None and self.me is not None:
-            with contextlib.suppress(PortError):
-                self.leases.release(child.port, [self.me])
-
-    def _emit(
-        self, child: Child, event: ev.BaseEvent, line: str, level: int = logging.INFO
-    ) -> None:
-        if self._sink is not None:
-            self._sink.emit(event, line, level)
-        else:
-            log.log(level, line)
-
     def _wait_ready(
-        self, children: Iterable[Child], timeout: float, *, not_pid: int | None = None
+        self, children: Iterable[Watcher], timeout: float, *, not_pid: int | None = None
     ) -> None:
         kids = list(children)
         deadline = time.monotonic() + timeout
@@ -956,23 +469,6 @@ class Supervisor:
         raise InstanceStartError(f"{names} not ready within {timeout:g}s")
 
 
-def _exit(status: process.ExitStatus | None, reason: str) -> ExitInfo:
-    if status is None:
-        return ExitInfo(reason=reason)
-    return ExitInfo(code=status.code, signal=status.signal, reason=reason)
-
-
 def _name_key(name: str) -> tuple[str, int]:
     prefix, _, num = name.rpartition("-")
     return (prefix, int(num)) if num.isdigit() else (name, 0)
-
-
-def _log_marker(path: Path, text: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, f"--- {stamp} {text}\n".encode())
-        finally:
-            os.close(fd)

@@ -1,0 +1,151 @@
+"""Bad input gets one clear stderr line, a non-zero exit, and nothing half-started.
+
+Also: two pools started at the same moment get disjoint ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from swarm_pool.opencode.binary import find_opencode
+from swarm_pool.pool.ports import port_is_free
+from tests.pool_cli import NO_MODEL_ENV, cli, make_project, pool_processes
+from tests.support import wait_for
+
+STEAL = Path(__file__).with_name("pool_steal.py")
+
+
+def assert_clean_failure(
+    out: subprocess.CompletedProcess[str], project: Path, text: str, foreign: int | None = None
+) -> None:
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("swarm-pool: error: ")
+    assert text in lines[0], lines[0]
+    assert [p for p in pool_processes(project) if p.pid != foreign] == []
+    status = cli("status", "--json", project=project)
+    assert status.returncode != 0
+
+
+def free_port() -> int:
+    for port in range(49500, 49600):
+        if port_is_free(port):
+            return port
+    raise AssertionError("no free port")
+
+
+def test_missing_binary(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    env = {**NO_MODEL_ENV, "SWARM_POOL_OPENCODE__BINARY": "/no/oc"}
+    out = cli("start", "-n", "1", project=project, env=env)
+    assert_clean_failure(out, project, "opencode binary from config opencode.binary not found")
+    assert "scripts/setup" in out.stderr
+    assert not (project / ".swarm" / "pool.json").exists()
+
+
+def test_unknown_config_key(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    out = cli("start", project=project, env={"SWARM_POOL_POOL__SIZ": "3"})
+    assert_clean_failure(out, project, "unknown config key 'pool.siz'")
+    conf = tmp_path / "bad.toml"
+    conf.write_text("[supervisor]\ncheck_every = 2\n")
+    out = cli("start", "--config", str(conf), project=project)
+    assert_clean_failure(out, project, "unknown config key 'supervisor.check_every'")
+
+
+def test_unwritable_project_dir(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        project = Path("/sys")  # root ignores mode bits; sysfs refuses mkdir even to root
+    else:
+        project = tmp_path / "ro"
+        project.mkdir()
+        project.chmod(0o555)
+    try:
+        (project / ".swarm").mkdir()
+    except OSError:
+        pass
+    else:
+        pytest.skip(f"{project} is writable here")
+    out = cli("start", "-n", "1", project=project, env=NO_MODEL_ENV)
+    assert out.returncode != 0
+    assert (
+        out.stderr.strip().splitlines() == [out.stderr.strip()]
+        and "project dir is not writable" in out.stderr
+    )
+
+
+def test_exhausted_port_range(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    port = free_port()
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", port))
+        foreign.listen()
+        env = {
+            **NO_MODEL_ENV,
+            "SWARM_POOL_POOL__PORT_MIN": str(port),
+            "SWARM_POOL_POOL__PORT_MAX": str(port),
+        }
+        out = cli("start", "-n", "1", project=project, env=env)
+    assert_clean_failure(out, project, f"no free port in {port}-{port}")
+
+
+def test_port_taken_between_allocation_and_bind(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    pidfile = tmp_path / "thief.pid"
+    env = {
+        **NO_MODEL_ENV,
+        "SWARM_POOL_OPENCODE__BINARY": str(STEAL),
+        "STEAL_REAL_BINARY": str(find_opencode()),
+        "STEAL_PIDFILE": str(pidfile),
+    }
+    out = cli("start", "-n", "1", project=project, env=env)
+    thief = int(pidfile.read_text())
+    try:
+        # The thief inherited the instance's environment, so it looks like the pool's.
+        text = "was taken by another process between allocation"
+        assert_clean_failure(out, project, text, foreign=thief)
+        port = int(out.stderr.split("port ")[1].split()[0])
+        # The thief is foreign: it must have been left alone, still holding the port.
+        assert psutil.pid_exists(thief) and not port_is_free(port)
+    finally:
+        os.kill(thief, signal.SIGKILL)
+    state = json.loads((project / ".swarm" / "pool.json").read_text())
+    assert state["error"]["type"] == "PortInUseError"
+
+
+@pytest.mark.e2e
+def test_two_pools_started_at_once_get_disjoint_ports(tmp_path: Path) -> None:
+    projects = [make_project(tmp_path / f"p{i}") for i in range(2)]
+    env = {**os.environ, **NO_MODEL_ENV}
+    argv = [sys.executable, "-m", "swarm_pool", "start", "-n", "1", "--json", "--project"]
+    procs = [
+        subprocess.Popen(
+            [*argv, str(p)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in projects
+    ]
+    try:
+        outs = [p.communicate(timeout=180) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        ports = [[i["port"] for i in json.loads(stdout)["instances"]] for stdout, _err in outs]
+        assert len(ports[0]) == len(ports[1]) == 1
+        assert not set(ports[0]) & set(ports[1])
+    finally:
+        for p in projects:
+            cli("stop", project=p)
+    for p in projects:
+        wait_for(lambda p=p: pool_processes(p) == [], 10)  # type: ignore[misc]
