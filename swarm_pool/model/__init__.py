@@ -1,0 +1,44 @@
+"""The scripted model: an offline OpenAI-compatible server that plays scripts of tool calls.
+
+``scripts`` owns what a script is and which step comes next; ``server`` owns the HTTP
+wire format, faults and stats. ``swarm_pool.scripted_model`` is the command-line entry
+point (``python -m swarm_pool.scripted_model serve``).
+"""
+
+from __future__ import annotations
+
+from swarm_pool.model.scripts import (
+    Context,
+    Script,
+    ScriptBook,
+    ScriptFile,
+    Step,
+    default_worker_script,
+    load_script_file,
+    parse_inline,
+)
+from swarm_pool.model.server import (
+    MODEL_ID,
+    ModelHTTPServer,
+    RunningServer,
+    ScriptedModel,
+    make_server,
+    start_in_thread,
+)
+
+__all__ = [
+    "MODEL_ID",
+    "Context",
+    "ModelHTTPServer",
+    "RunningServer",
+    "Script",
+    "ScriptBook",
+    "ScriptFile",
+    "ScriptedModel",
+    "Step",
+    "default_worker_script",
+    "load_script_file",
+    "make_server",
+    "parse_inline",
+    "start_in_thread",
+]
