@@ -84,6 +84,15 @@ class InstanceStopped(_InstanceEvent):
     type: Literal["instance_stopped"] = "instance_stopped"
 
 
+class InstanceStats(_InstanceEvent):
+    """A resource sample of an instance's process tree, kept for ``metrics`` (peak RSS,
+    mean CPU across restarts)."""
+
+    type: Literal["instance_stats"] = "instance_stats"
+    rss_mb: float = Field(ge=0)
+    cpu_percent: float | None = Field(None, ge=0)
+
+
 # --- hive -----------------------------------------------------------------------------
 
 CellStatus = Literal["open", "in_progress", "blocked", "closed"]
@@ -347,6 +356,7 @@ Event = Annotated[
     | InstanceRestarted
     | InstanceFatal
     | InstanceStopped
+    | InstanceStats
     | EpicCreated
     | CellCreated
     | CellStatusChanged
