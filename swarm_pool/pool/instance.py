@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,22 +92,48 @@ def build_instance_env(
     return env
 
 
+class _Clients:
+    """One kept-alive HTTP client per port: a fresh httpx client costs ~25 ms of CPU
+    (mostly its TLS context), which the once-a-second probes would pay every time."""
+
+    def __init__(self, factory: Callable[[int], httpx.Client | OpenCodeClient]) -> None:
+        self._factory = factory
+        self._clients: dict[int, httpx.Client | OpenCodeClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, port: int) -> httpx.Client | OpenCodeClient:
+        with self._lock:
+            client = self._clients.get(port)
+            if client is None:
+                client = self._clients[port] = self._factory(port)
+            return client
+
+
 def probe_opencode(password: str) -> Callable[[int, float], None]:
+    clients = _Clients(lambda port: OpenCodeClient(f"http://{HOST}:{port}", password))
+
     def probe(port: int, timeout: float) -> None:
-        with OpenCodeClient(f"http://{HOST}:{port}", password, timeout=timeout) as client:
-            client.health(timeout=timeout)
+        client = clients.get(port)
+        assert isinstance(client, OpenCodeClient)
+        client.health(timeout=timeout)
 
     return probe
 
 
-def probe_model(port: int, timeout: float) -> None:
-    url = f"http://{HOST}:{port}/v1/models"
-    try:
-        resp = httpx.get(url, timeout=timeout)
-    except httpx.HTTPError as e:
-        raise OpenCodeError(f"GET {url} failed: {e!r}") from e
-    if resp.status_code != 200:
-        raise OpenCodeError(f"GET {url} answered {resp.status_code}")
+def probe_model() -> Callable[[int, float], None]:
+    clients = _Clients(lambda port: httpx.Client(base_url=f"http://{HOST}:{port}"))
+
+    def probe(port: int, timeout: float) -> None:
+        client = clients.get(port)
+        assert isinstance(client, httpx.Client)
+        try:
+            resp = client.get("/v1/models", timeout=timeout)
+        except httpx.HTTPError as e:
+            raise OpenCodeError(f"GET http://{HOST}:{port}/v1/models failed: {e!r}") from e
+        if resp.status_code != 200:
+            raise OpenCodeError(f"GET http://{HOST}:{port}/v1/models answered {resp.status_code}")
+
+    return probe
 
 
 def busy_sessions(url: str, password: str, timeout: float = 2.0) -> int | None:
@@ -207,7 +234,7 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
         env=env,
         cwd=paths.root,
         log_path=paths.instance_dir(MODEL_NAME) / "model.log",
-        probe=probe_model,
+        probe=probe_model(),
     )
 
 
