@@ -261,3 +261,24 @@ def test_second_supervisor_refuses_the_project(
     other = Supervisor(pool.paths, make_config(), size=1, with_model=False)
     with pytest.raises(PoolAlreadyRunningError):
         other.run()
+
+
+def test_port_taken_while_down_gets_a_new_port(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    import socket
+
+    pool = start(Harness(tmp_path), size=1, backoff_initial_s=1.0, backoff_max_s=1.0)
+    before = pool.record("oc-1")
+    os.kill(before.pid, signal.SIGKILL)
+    wait_for(lambda: pool.record("oc-1").state == "backoff", 10)
+    with socket.socket() as foreign:
+        foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        foreign.bind(("127.0.0.1", before.port))
+        foreign.listen()
+        wait_for(lambda: pool.record("oc-1").state == "ready", 20)
+        after = pool.record("oc-1")
+        assert after.port != before.port
+        assert PORTS[0] <= after.port <= PORTS[1]
+        leases = PortLeases(*PORTS).snapshot()
+        assert after.port in leases and before.port not in leases
