@@ -160,11 +160,14 @@ def test_supervisor_sigkill_then_start_adopts_instances(pool: Path) -> None:
     assert "adopted pid" in (pool / ".swarm" / "supervisor.log").read_text()
 
 
-def test_stop_leaves_no_process_and_releases_ports(pool: Path) -> None:
+def test_stop_without_supervisor_leaves_no_process_and_releases_ports(pool: Path) -> None:
     status = cli_json("status", project=pool)
     ports = [i["port"] for i in status["instances"]]
     pids = [i["pid"] for i in status["instances"]] + [status["supervisor"]["pid"]]
     assert pool_processes(pool)
+    # The hardest case: nobody is supervising, stop works from the state file alone.
+    os.kill(status["supervisor"]["pid"], signal.SIGKILL)
+    wait_for(lambda: cli("status", project=pool).returncode == 1, 30)
     out = cli("stop", project=pool, session_scoped=True)
     assert out.returncode == 0, out.stderr
     assert pool_processes(pool) == []
