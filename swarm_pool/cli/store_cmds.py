@@ -8,6 +8,7 @@ error that says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,9 @@ from swarm_pool.errors import StoreError
 from swarm_pool.store import Store, StoredEvent, open_project_store
 from swarm_pool.store.events import EVENT_TYPES
 
+# `log --follow` without --limit/--since-seq first prints this many of the latest events.
+FOLLOW_BACKLOG = 20
+FOLLOW_WAIT_S = 1.0
 # Fields shown after the type in the human log line, in this order when present.
 _LOG_FIELDS = (
     "epic_id",
@@ -98,6 +102,13 @@ def format_event(stored: StoredEvent) -> str:
     help="At most N events: the latest N (the first N after --since-seq if given).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Then print new events as they are appended, until Ctrl-C "
+    f"(without --limit/--since-seq, starts with the last {FOLLOW_BACKLOG}).",
+)
 @project_options
 def log_cmd(
     app: AppContext,
@@ -108,23 +119,46 @@ def log_cmd(
     since_seq: int,
     limit: int | None,
     as_json: bool,
+    follow: bool,
 ) -> None:
     """Print the event log, oldest first."""
+    if follow and limit is None and since_seq == 0:
+        limit = FOLLOW_BACKLOG
+    filters: dict[str, Any] = {
+        "types": types or None,
+        "epic_id": epic_id,
+        "bead_id": bead_id,
+        "session_id": session_id,
+    }
     with existing_store(app) as store:
+        # Taken before the read: whatever is appended meanwhile is either in the read
+        # or after this cursor, never lost (and never printed twice: the cursor only
+        # moves past printed seqs).
+        cursor = store.last_seq()
         # With only --limit, the useful N are the latest ones; with --since-seq, the
         # next N (so a reader can page forward).
         latest = limit is not None and since_seq == 0
-        events = store.read(
-            types=types or None,
-            epic_id=epic_id,
-            bead_id=bead_id,
-            session_id=session_id,
-            after_seq=since_seq,
-            limit=limit,
-            descending=latest,
-        )
-    if latest:
-        events.reverse()
+        events = store.read(**filters, after_seq=since_seq, limit=limit, descending=latest)
+        if latest:
+            events.reverse()
+        _print_events(events, as_json)
+        if not follow:
+            return
+        if events and not latest and limit is not None and len(events) == limit:
+            cursor = events[-1].seq  # paging forward: go on right after this page
+        elif events:
+            cursor = max(cursor, events[-1].seq)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                seen = store.wait_for_change(cursor, FOLLOW_WAIT_S)
+                if seen == cursor:
+                    continue
+                new = store.read(**filters, after_seq=cursor)
+                _print_events(new, as_json)
+                cursor = max(seen, new[-1].seq if new else 0)
+
+
+def _print_events(events: Sequence[StoredEvent], as_json: bool) -> None:
     for stored in events:
         if as_json:
             click.echo(json.dumps(stored.to_dict(), separators=(",", ":")))
