@@ -186,7 +186,7 @@ def test_parallel_workers_really_run_in_parallel(ctx: SwarmContext) -> None:
     )
     started = time.monotonic()
     for cell in epic.cells:
-        assert spawn_async(ctx, cell.id).status == "running"
+        assert spawn_async(ctx, cell.id).status == "pending"  # the daemon dispatches it
     result = await_workers(ctx, epic.id, 180)
     wall = time.monotonic() - started
     assert result.counts["completed"] == 3, result.to_dict()
@@ -214,11 +214,14 @@ def test_kill_9_instance_retries_the_worker_elsewhere(ctx: SwarmContext) -> None
         "kill", [SubtaskSpec(title="survivor", files=["kill/k.txt"], script=slow(4))]
     )
     bead = epic.cells[0].id
-    first = spawn_async(ctx, bead)
+    spawn_async(ctx, bead)
+    # Kill its instance while the worker is mid-task: its MCP server is up, its 4 s
+    # wait runs.
+    wait_for(lambda: events(ctx, bead, "agent_registered"), 120)
+    first = ctx.store.workers.get(bead)
+    assert first is not None and first.status == "running"
     victim = ctx.instance(first.instance)
     assert victim.pid is not None
-    # Kill it while the worker is mid-task: its MCP server is up, its 4 s wait runs.
-    wait_for(lambda: events(ctx, bead, "agent_registered"), 120)
     os.kill(victim.pid, signal.SIGKILL)
     result = await_workers(ctx, epic.id, 240)
     w = ctx.store.workers.get(bead)
@@ -307,7 +310,7 @@ def test_hanging_model_times_out_and_fails(ctx: SwarmContext) -> None:
         "hangs", [SubtaskSpec(title="hang", files=["hang.txt"], script=[init(), {"hang": True}])]
     )
     bead = epic.cells[0].id
-    r = spawn_async(ctx, bead, timeout_s=6)
+    spawn_async(ctx, bead, timeout_s=6)
     result = await_workers(ctx, epic.id, 120)
     w = ctx.store.workers.get(bead)
     assert w is not None and w.status == "failed", result.to_dict()
@@ -315,9 +318,9 @@ def test_hanging_model_times_out_and_fails(ctx: SwarmContext) -> None:
     assert [getattr(f.event, "reason", "") for f in failed] == ["timeout"]
     assert not events(ctx, bead, "worker_retried")  # a hung model would hang again
     # the session was aborted on its instance
-    client = ctx.client(ctx.instance(r.instance))
+    client = ctx.client(ctx.instance(w.instance))
     try:
-        wait_for(lambda: r.session_id not in client.session_status(), 30)
+        wait_for(lambda: w.session_id not in client.session_status(), 30)
     finally:
         client.close()
     assert [x.bead_id for x in poll(ctx, epic.id).groups["failed"]] == [bead]

@@ -24,12 +24,14 @@ from swarm_pool.errors import (
     DependencyBlockedError,
     DuplicateSpawnError,
     MergeConflictError,
+    NotFoundError,
+    PoolNotRunningError,
     WorkerError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.protocol import find_contract
-from swarm_pool.store import Store, open_project_store
+from swarm_pool.store import Store, WorkerView, open_project_store
 from swarm_pool.store.events import (
     InstanceExited,
     SessionError,
@@ -176,6 +178,39 @@ def ctx(repo: Path, store: Store, pool: FakePool) -> SwarmContext:
     return make_ctx(repo, store, pool)
 
 
+def engine_for(ctx: SwarmContext, pool: FakePool) -> Engine:
+    """An engine driven by hand (tick) over the test's store and fake instances."""
+    engine = Engine(
+        ctx.paths,
+        ctx.config,
+        instances_fn=pool.instances,
+        client_fn=pool.client,
+        open_store=lambda: ctx.store,
+        watch=False,
+        recheck_s=3600,
+    )
+    engine._ctx = ctx
+    engine.tick(wait=True)  # learn the instances' pids
+    return engine
+
+
+@pytest.fixture
+def engine(ctx: SwarmContext, pool: FakePool) -> Iterator[Engine]:
+    e = engine_for(ctx, pool)
+    yield e
+    e._pool.shutdown(wait=True)
+
+
+def spawn(ctx: SwarmContext, engine: Engine, bead: str, **kw: Any) -> WorkerView:
+    """spawn_async, then one engine pass to dispatch it; the worker as the store has it."""
+    result = spawn_async(ctx, bead, **kw)
+    assert result.status == "pending" and result.session_id == ""
+    engine.tick(wait=True)
+    w = ctx.store.workers.get(bead)
+    assert w is not None
+    return w
+
+
 def epic(ctx: SwarmContext, *tasks: SubtaskSpec) -> list[str]:
     created = ctx.store.hive.create_epic("e", list(tasks))
     return [c.id for c in created.cells]
@@ -190,29 +225,34 @@ def complete(ctx: SwarmContext, bead: str) -> None:
     ctx.store.hive.set_status(bead, "closed", reason="done")
 
 
-def test_spawn_starts_a_session_in_the_worktree(ctx: SwarmContext, pool: FakePool) -> None:
+def test_spawn_queues_at_once_and_the_engine_starts_the_session(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     (bead,) = epic(ctx, SubtaskSpec(title="write a", files=["a.txt"]))
     started = time.perf_counter()
     result = spawn_async(ctx, bead, shared_context="the shared context")
     assert time.perf_counter() - started < 2.0
-    assert result.status == "running" and result.attempt == 1
+    assert result.status == "pending" and result.attempt == 1
+    assert not pool.sessions  # spawn never talks to an instance itself
     wt = Path(result.worktree)
     assert wt == ctx.paths.worktrees_dir / bead and wt.is_dir()
     assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == f"swarm/{bead}"
-    sess = pool.sessions[result.session_id]
-    assert sess["directory"] == str(wt) and sess["instance"] == result.instance
+    assert ctx.store.hive.get_cell(bead).status == "in_progress"
+    assert [w.bead_id for w in poll(ctx).groups["pending"]] == [bead]
+    engine.tick(wait=True)
+    w = ctx.store.workers.get(bead)
+    assert w is not None and w.status == "running" and w.session_id
+    sess = pool.sessions[w.session_id]
+    assert sess["directory"] == str(wt) and sess["instance"] == w.instance
     (prompt,) = sess["prompts"]
     contract = find_contract(prompt)
     assert contract is not None and contract.bead_id == bead and contract.files == ["a.txt"]
     assert "the shared context" in prompt
-    w = ctx.store.workers.get(bead)
-    assert w is not None and w.status == "running" and w.session_id == result.session_id
-    assert ctx.store.hive.get_cell(bead).status == "in_progress"
     spawned = ctx.store.read(types=["worker_spawned"], bead_id=bead)[-1].event
     assert getattr(spawned, "prompt_hash", "") == result.prompt_hash != ""
 
 
-def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext) -> None:
+def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext, engine: Engine) -> None:
     a, b = epic(ctx, SubtaskSpec(title="a", files=["a"]), SubtaskSpec(title="b", depends_on=["1"]))
     with pytest.raises(DependencyBlockedError) as info:
         spawn_async(ctx, b)
@@ -220,52 +260,67 @@ def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext) -> None:
     assert ctx.store.workers.get(b) is None
     spawn_async(ctx, a)
     with pytest.raises(DuplicateSpawnError):
-        spawn_async(ctx, a)
+        spawn_async(ctx, a)  # pending is live
+    engine.tick(wait=True)
+    with pytest.raises(DuplicateSpawnError):
+        spawn_async(ctx, a)  # so is running
     complete(ctx, a)
-    assert spawn_async(ctx, b).status == "running"
+    assert spawn(ctx, engine, b).status == "running"
 
 
-def test_full_pool_queues_and_the_engine_dispatches(ctx: SwarmContext, pool: FakePool) -> None:
+def test_no_running_pool_is_refused(ctx: SwarmContext, pool: FakePool) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    pool.slots.clear()
+    with pytest.raises(PoolNotRunningError):
+        spawn_async(ctx, a)
+    assert ctx.store.workers.get(a) is None
+
+
+def test_full_pool_queues_until_a_slot_frees(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     beads = epic(ctx, *(SubtaskSpec(title=f"t{i}", files=[f"f{i}"]) for i in range(3)))
-    results = [spawn_async(ctx, b) for b in beads]
-    assert [r.status for r in results] == ["running", "running", "pending"]
-    assert {results[0].instance, results[1].instance} == {"i1", "i2"}
+    for b in beads:
+        spawn_async(ctx, b)
+    engine.tick(wait=True)
+    ws = [ctx.store.workers.get(b) for b in beads]
+    assert [w.status for w in ws if w] == ["running", "running", "pending"]
+    assert {ws[0].instance, ws[1].instance} == {"i1", "i2"}  # type: ignore[union-attr]
     groups = poll(ctx).groups
     assert [w.bead_id for w in groups["pending"]] == [beads[2]]
     assert len(groups["in_progress"]) == 2
-    engine = Engine(
-        ctx.paths,
-        ctx.config,
-        instances_fn=pool.instances,
-        client_fn=pool.client,
-        open_store=lambda: ctx.store,
-        watch=False,
-    )
-    engine._ctx = ctx
-    engine.tick()
+    engine.tick(wait=True)
     assert ctx.store.workers.get(beads[2]).status == "pending"  # type: ignore[union-attr]
     complete(ctx, beads[0])
-    engine.tick()
+    engine.tick(wait=True)
     w = ctx.store.workers.get(beads[2])
-    assert w is not None and w.status == "running" and w.instance == results[0].instance
+    assert w is not None and w.status == "running" and w.instance == ws[0].instance  # type: ignore[union-attr]
 
 
-def test_draining_instance_gets_no_new_work(ctx: SwarmContext, pool: FakePool) -> None:
+def test_draining_instance_gets_no_new_work(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     pool.set("i1", draining=True)
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    assert spawn_async(ctx, a).instance == "i2"
+    assert spawn(ctx, engine, a).instance == "i2"
 
 
-def test_dead_instance_at_spawn_time_falls_over(ctx: SwarmContext, pool: FakePool) -> None:
+def test_dead_instance_at_dispatch_time_falls_over(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     pool.down.add("i1")
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    assert spawn_async(ctx, a).instance == "i2"
+    assert spawn(ctx, engine, a).instance == "i2"
 
 
-def test_fail_retries_elsewhere_then_gives_up(ctx: SwarmContext, pool: FakePool) -> None:
+def test_fail_retries_elsewhere_then_gives_up(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
-    first = spawn_async(ctx, a)
+    first = spawn(ctx, engine, a)
     assert fail(ctx, a, error="boom", reason="instance_exited") == "retried"
+    assert ctx.store.workers.get(a).status == "pending"  # type: ignore[union-attr]
+    engine.tick(wait=True)
     w = ctx.store.workers.get(a)
     assert w is not None and w.status == "running" and w.attempt == 2
     assert w.instance != first.instance and w.worktree == first.worktree
@@ -274,7 +329,14 @@ def test_fail_retries_elsewhere_then_gives_up(ctx: SwarmContext, pool: FakePool)
     contract = find_contract(prompt)
     assert contract is not None and contract.attempt == 2
     types = [e.type for e in ctx.store.read(bead_id=a) if e.type.startswith("worker_")]
-    assert types == ["worker_spawned", "worker_failed", "worker_retried", "worker_spawned"]
+    assert types == [
+        "worker_queued",
+        "worker_spawned",
+        "worker_failed",
+        "worker_retried",
+        "worker_queued",
+        "worker_spawned",
+    ]
     # a stale report about the first session changes nothing
     assert fail(ctx, a, error="late", reason="x", session_id=first.session_id) == "ignored"
     assert fail(ctx, a, error="boom again", reason="session_error") == "failed"
@@ -286,134 +348,124 @@ def test_fail_retries_elsewhere_then_gives_up(ctx: SwarmContext, pool: FakePool)
     assert load_spec(ctx, a).contract.attempt == 1
 
 
-def engine_for(ctx: SwarmContext, pool: FakePool) -> Engine:
-    engine = Engine(
-        ctx.paths,
-        ctx.config,
-        instances_fn=pool.instances,
-        client_fn=pool.client,
-        open_store=lambda: ctx.store,
-        watch=False,
-        recheck_s=3600,
-    )
-    engine._ctx = ctx
-    engine.tick()  # learn the instances' pids
-    return engine
-
-
-def test_engine_fails_workers_of_an_exited_instance(ctx: SwarmContext, pool: FakePool) -> None:
+def test_engine_fails_workers_of_an_exited_instance(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
-    engine = engine_for(ctx, pool)
-    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
-    assert {ra.instance, rb.instance} == {"i1", "i2"}
-    victim = ra.instance
+    wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
+    assert {wa.instance, wb.instance} == {"i1", "i2"}
+    victim = wa.instance
     # the supervisor records the death and restarts it with a new pid
     ctx.store.append(InstanceExited(instance=victim, pid=1, signal=9))
     pool.set(victim, pid=999)
-    engine.tick()
-    wa = ctx.store.workers.get(a)
-    assert wa is not None and wa.attempt == 2 and wa.status in ("running", "pending")
+    engine.tick(wait=True)
+    engine.tick(wait=True)
+    wa2 = ctx.store.workers.get(a)
+    assert wa2 is not None and wa2.attempt == 2 and wa2.status == "running"
     failed = ctx.store.read(types=["worker_failed"], bead_id=a)
     assert getattr(failed[-1].event, "reason", "") == "instance_exited"
-    wb = ctx.store.workers.get(b)
-    assert wb is not None and wb.attempt == 1 and wb.status == "running"
+    wb2 = ctx.store.workers.get(b)
+    assert wb2 is not None and wb2.attempt == 1 and wb2.status == "running"
 
 
-def test_engine_detects_a_pid_change_without_events(ctx: SwarmContext, pool: FakePool) -> None:
+def test_engine_detects_a_dead_state_without_events(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    engine = engine_for(ctx, pool)
-    r = spawn_async(ctx, a)
-    pool.set(r.instance, state="backoff")
-    engine.tick()
-    w = ctx.store.workers.get(a)
-    assert w is not None and w.attempt == 2
+    w = spawn(ctx, engine, a)
+    pool.set(w.instance, state="backoff")
+    engine.tick(wait=True)
+    w2 = ctx.store.workers.get(a)
+    assert w2 is not None and w2.attempt == 2
 
 
 def test_engine_session_error_and_timeout(repo: Path, store: Store, pool: FakePool) -> None:
     ctx = make_ctx(repo, store, pool, max_retries=0, timeout_s=0.5)
-    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
     engine = engine_for(ctx, pool)
-    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     ctx.store.append(
         SessionError(
-            session_id=ra.session_id,
-            instance=ra.instance,
+            session_id=wa.session_id or "",
+            instance=wa.instance,
             error="APIError: 500",
             bead_id=a,
-            epic_id=ra.epic_id,
+            epic_id=wa.epic_id,
         )
     )
-    engine.tick()
-    wa = ctx.store.workers.get(a)
-    assert wa is not None and wa.status == "failed" and "500" in (wa.error or "")
+    engine.tick(wait=True)
+    wa2 = ctx.store.workers.get(a)
+    assert wa2 is not None and wa2.status == "failed" and "500" in (wa2.error or "")
     time.sleep(0.6)  # past the (tiny) timeout on purpose
-    engine.tick()
-    wb = ctx.store.workers.get(b)
-    assert wb is not None and wb.status == "failed"
+    engine.tick(wait=True)
+    wb2 = ctx.store.workers.get(b)
+    assert wb2 is not None and wb2.status == "failed"
     reason = getattr(ctx.store.read(types=["worker_failed"], bead_id=b)[-1].event, "reason", "")
     assert reason == "timeout"
-    assert (rb.instance, "POST", f"/session/{rb.session_id}/abort") in pool.calls
+    assert (wb.instance, "POST", f"/session/{wb.session_id}/abort") in pool.calls
 
 
-def test_engine_needs_all_signals_before_needs_review(ctx: SwarmContext, pool: FakePool) -> None:
+def test_per_spawn_timeout(ctx: SwarmContext, pool: FakePool, engine: Engine) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    engine = engine_for(ctx, pool)
-    r = spawn_async(ctx, a)
+    spawn(ctx, engine, a, timeout_s=0.3)
+    time.sleep(0.4)
+    engine.tick(wait=True)
+    assert ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+
+
+def test_engine_needs_all_signals_before_needs_review(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    w = spawn(ctx, engine, a)
+    sid = w.session_id or ""
     ctx.store.append(
         SessionStatus(
-            session_id=r.session_id,
-            instance=r.instance,
-            status="idle",
-            bead_id=a,
-            epic_id=r.epic_id,
+            session_id=sid, instance=w.instance, status="idle", bead_id=a, epic_id=w.epic_id
         )
     )
-    engine.tick()  # SSE says idle but the server still lists it busy: not believed
+    engine.tick(wait=True)  # SSE says idle but the server still lists it busy: not believed
     assert ctx.store.workers.get(a).status == "running"  # type: ignore[union-attr]
-    pool.finish(r.session_id)
-    engine.tick()
-    w = ctx.store.workers.get(a)
-    assert w is not None
+    pool.finish(sid)
+    engine.tick(wait=True)
     assert [x.bead_id for x in poll(ctx).groups["completed_needs_review"]] == [a]
 
 
-def test_completion_wins_over_idle(ctx: SwarmContext, pool: FakePool) -> None:
+def test_completion_wins_over_idle(ctx: SwarmContext, pool: FakePool, engine: Engine) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    engine = engine_for(ctx, pool)
-    r = spawn_async(ctx, a)
+    w = spawn(ctx, engine, a)
+    sid = w.session_id or ""
     complete(ctx, a)
-    pool.finish(r.session_id)
+    pool.finish(sid)
     ctx.store.append(
         SessionStatus(
-            session_id=r.session_id,
-            instance=r.instance,
-            status="idle",
-            bead_id=a,
-            epic_id=r.epic_id,
+            session_id=sid, instance=w.instance, status="idle", bead_id=a, epic_id=w.epic_id
         )
     )
-    engine.tick()
+    engine.tick(wait=True)
     assert [x.bead_id for x in poll(ctx).groups["completed"]] == [a]
 
 
-def test_blocked_mail_and_permission_show_in_poll(ctx: SwarmContext, pool: FakePool) -> None:
+def test_blocked_mail_and_permission_show_in_poll(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
     a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
-    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
+    wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     ctx.store.mail.send(
-        f"worker-{a}", ["coordinator"], "BLOCKED: need the schema", bead_id=a, epic_id=ra.epic_id
+        f"worker-{a}", ["coordinator"], "BLOCKED: need the schema", bead_id=a, epic_id=wa.epic_id
     )
     ctx.store.append(
         WorkerBlocked(
             bead_id=b,
-            epic_id=rb.epic_id,
-            session_id=rb.session_id,
+            epic_id=wb.epic_id,
+            session_id=wb.session_id,
             reason="permission asked: bash",
             kind="permission",
             request_id="per_1",
-            instance=rb.instance,
+            instance=wb.instance,
         )
     )
-    groups = poll(ctx, ra.epic_id).groups
+    groups = poll(ctx, wa.epic_id).groups
     blocked = {w.bead_id: w.blocked_reason for w in groups["blocked"]}
     assert set(blocked) == {a, b}
     assert "BLOCKED" in blocked[a] and "bash" in blocked[b]
@@ -421,44 +473,43 @@ def test_blocked_mail_and_permission_show_in_poll(ctx: SwarmContext, pool: FakeP
         answer(ctx, b, text="an answer to a permission")
     out = answer(ctx, b, reply="once")
     assert out["request_id"] == "per_1"
-    assert (rb.instance, "POST", "/permission/per_1/reply") in pool.calls
+    assert (wb.instance, "POST", "/permission/per_1/reply") in pool.calls
     assert ctx.store.workers.get(b).status == "running"  # type: ignore[union-attr]
     with pytest.raises(WorkerError):
         answer(ctx, b, reply="once")  # not blocked any more
 
 
-def test_await_wakes_on_a_store_change(ctx: SwarmContext) -> None:
+def test_await_wakes_on_a_store_change(ctx: SwarmContext, engine: Engine) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    r = spawn_async(ctx, a)
-    timed = await_workers(ctx, r.epic_id, 0.3)
+    w = spawn(ctx, engine, a)
+    timed = await_workers(ctx, w.epic_id, 0.3)
     assert timed.timed_out and timed.active == 1
 
     def finish_later() -> None:
         time.sleep(0.5)
         s = open_project_store(ctx.paths)  # another connection, as another process would
         try:
-            s.append(WorkerCompleted(bead_id=a, epic_id=r.epic_id, session_id=r.session_id))
+            s.append(WorkerCompleted(bead_id=a, epic_id=w.epic_id, session_id=w.session_id))
         finally:
             s.close()
 
     t = threading.Thread(target=finish_later)
     started = time.monotonic()
     t.start()
-    result = await_workers(ctx, r.epic_id, 30)
+    result = await_workers(ctx, w.epic_id, 30)
     elapsed = time.monotonic() - started
     t.join()
     assert not result.timed_out and result.counts["completed"] == 1
     assert elapsed < 2.0
 
 
-def test_review_and_merge(ctx: SwarmContext, repo: Path, pool: FakePool) -> None:
+def test_review_and_merge(ctx: SwarmContext, repo: Path, pool: FakePool, engine: Engine) -> None:
     a, b = epic(
         ctx, SubtaskSpec(title="a", files=["src/a.txt"]), SubtaskSpec(title="b", files=["b.txt"])
     )
-    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
-    wa = Path(ra.worktree)
-    (wa / "src").mkdir()
-    (wa / "src" / "a.txt").write_text("A\n")
+    wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
+    (Path(wa.worktree) / "src").mkdir()
+    (Path(wa.worktree) / "src" / "a.txt").write_text("A\n")
     complete(ctx, a)
     verdict = review(ctx, a)
     assert verdict.approved and verdict.files_touched == ["src/a.txt"]
@@ -466,29 +517,32 @@ def test_review_and_merge(ctx: SwarmContext, repo: Path, pool: FakePool) -> None
     outcome = merge(ctx, a)
     assert outcome.leftovers_commit and outcome.files == ["src/a.txt"]
     assert (repo / "src" / "a.txt").read_text() == "A\n"
-    assert outcome.session_released and pool.sessions[ra.session_id].get("deleted")
-    assert (ra.instance, "POST", "/instance/dispose") in pool.calls
+    assert outcome.session_released and pool.sessions[wa.session_id or ""].get("deleted")
+    assert (wa.instance, "POST", "/instance/dispose") in pool.calls
     assert [w.bead_id for w in poll(ctx).groups["completed"] if w.merged] == [a]
     # b writes outside its files: the review says so and does not approve
-    wb = Path(rb.worktree)
-    (wb / "b.txt").write_text("B\n")
-    (wb / "README.md").write_text("changed\n")
+    (Path(wb.worktree) / "b.txt").write_text("B\n")
+    (Path(wb.worktree) / "README.md").write_text("changed\n")
     complete(ctx, b)
     verdict = review(ctx, b)
     assert not verdict.approved and verdict.outside_owned == ["README.md"]
     event = ctx.store.read(types=["review_completed"], bead_id=b)[-1].event
     assert getattr(event, "approved", True) is False
+    with pytest.raises(NotFoundError):
+        merge(ctx, epic(ctx, SubtaskSpec(title="c"))[0])  # no worker: nothing to merge
 
 
-def test_merge_conflict_leaves_the_base_untouched(ctx: SwarmContext, repo: Path) -> None:
+def test_merge_conflict_leaves_the_base_untouched(
+    ctx: SwarmContext, repo: Path, engine: Engine
+) -> None:
     a, b = epic(
         ctx,
         SubtaskSpec(title="a", files=["README.md"]),
         SubtaskSpec(title="b", files=["README.md"]),
     )
-    ra, rb = spawn_async(ctx, a), spawn_async(ctx, b)
-    Path(ra.worktree, "README.md").write_text("from a\n")
-    Path(rb.worktree, "README.md").write_text("from b\n")
+    wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
+    Path(wa.worktree, "README.md").write_text("from a\n")
+    Path(wb.worktree, "README.md").write_text("from b\n")
     complete(ctx, a)
     complete(ctx, b)
     merge(ctx, a)

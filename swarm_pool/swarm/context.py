@@ -96,6 +96,15 @@ class SwarmContext:
 
         return read_instances(self.paths)
 
+    def dispatcher_running(self) -> bool:
+        """Whether queued spawns will be dispatched: a supervisor (with its engine) runs
+        the pool. With injected instances (tests, embedding) the caller dispatches."""
+        if self.instances_fn is not None:
+            return bool(self.instances_fn())
+        from swarm_pool.swarm.pool_view import pool_running
+
+        return pool_running(self.paths)
+
     def instance(self, name: str) -> InstanceSlot:
         for slot in self.instances():
             if slot.name == name:

@@ -6,7 +6,8 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
 
 - keeps one SSE watcher per pool instance (``watch``), which records session status,
   errors and permission/question requests into the store;
-- dispatches queued spawns when an instance has room;
+- dispatches queued spawns (every spawn is queued first) when an instance has room,
+  several at once on a small thread pool;
 - fails the in-flight workers of an instance that exited (a store ``instance_exited`` /
   ``instance_started`` event, a new pid, or a dead state in the pool state) and retries
   them elsewhere under ``workers.max_retries``;
@@ -22,6 +23,7 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -69,6 +71,7 @@ class Engine:
         recheck_s: float = 5.0,
         watch: bool = True,
         owner_pid: int | None = None,
+        dispatch_threads: int = 8,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -91,6 +94,11 @@ class Engine:
         self._pids: dict[str, int | None] = {}
         self._instance_seq = 0
         self._last_check: dict[str, float] = {}
+        self._dispatching: set[str] = set()
+        self._futures: list[concurrent.futures.Future[None]] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=dispatch_threads, thread_name_prefix="swarm-dispatch"
+        )
         self._timeouts: dict[str, float] = {}
         self.ticks = 0
         self.errors = 0
@@ -154,6 +162,7 @@ class Engine:
         finally:
             if self._watch is not None:
                 self._watch.stop()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             with contextlib.suppress(Exception):
                 ctx.store.close()
 
@@ -181,7 +190,8 @@ class Engine:
         phase, pid = pool_owner(self.paths)
         return phase == "running" and pid == self._owner_pid
 
-    def tick(self) -> None:
+    def tick(self, wait: bool = False) -> None:
+        """One pass; ``wait`` also waits for the dispatches it started (tests)."""
         ctx = self._context()
         if not self._pool_is_ours():
             return
@@ -204,11 +214,30 @@ class Engine:
             (w for w in workers if w.status == "pending"), key=lambda w: w.updated_at or 0
         )
         for w in pending:
-            try:
-                if dispatch(ctx, w.bead_id) is None:
-                    break  # no room: later ones would not fit either (FIFO)
-            except SwarmPoolError as e:
-                log.warning("engine: dispatching %s failed: %s", w.bead_id, e)
+            if w.bead_id not in self._dispatching:
+                self._dispatching.add(w.bead_id)
+                self._futures.append(self._pool.submit(self._dispatch, w.bead_id))
+        if wait:
+            self.drain()
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait for the dispatches in flight (tests, shutdown)."""
+        futures, self._futures = self._futures, []
+        concurrent.futures.wait(futures, timeout=timeout)
+
+    def _dispatch(self, bead_id: str) -> None:
+        # Runs on a dispatcher thread (the store is thread-safe): OpenCode takes a second
+        # or more to bootstrap a session's new directory, and dispatches to different
+        # instances should overlap rather than queue behind each other.
+        try:
+            dispatch(self._context(), bead_id)
+        except SwarmPoolError as e:
+            log.warning("engine: dispatching %s failed: %s", bead_id, e)
+        except Exception:
+            log.exception("engine: dispatching %s crashed", bead_id)
+        finally:
+            self._dispatching.discard(bead_id)
+            self._wake.set()
 
     def _track_instances(self, ctx: SwarmContext, slots: list[InstanceSlot]) -> None:
         now = now_ms()

@@ -1,15 +1,18 @@
-"""Async workers: spawn without waiting, dispatch queued spawns, fail and retry, answer.
+"""Async workers: spawn without waiting, dispatch, fail and retry, answer.
 
 It owns the life of a worker up to its completion. ``spawn_async`` checks the bead's
 dependencies and that no live spawn of it exists, creates (or reuses) its git worktree,
-builds its prompt around a ``Contract``, asks the router for an instance and fires
-``prompt_async`` on a session pinned to the worktree, all in milliseconds; when the pool
-is full it records ``worker_queued`` instead, and ``dispatch`` (called by the engine)
-starts it once capacity frees. ``fail`` records ``worker_failed`` and, under
-``workers.max_retries``, re-spawns the worker in the same worktree with a note that the
-earlier attempt was interrupted. ``answer`` replies to a blocked worker's permission or
-question request. Watching lives in ``watch``/``engine``, the views in ``status``,
-review and merge in ``review``.
+keeps what its prompt is built from (a ``Contract`` plus the task text), records
+``worker_queued`` and returns: about a git worktree's worth of milliseconds. The engine
+in the supervisor daemon is the single dispatcher: ``dispatch`` asks the router for an
+instance, creates the session with ``directory=<worktree>`` (OpenCode bootstraps a new
+directory here, which takes one to a few seconds, so it is kept off the caller's path),
+fires ``prompt_async`` and records ``worker_spawned``; a worker stays queued while the
+pool is full. ``fail`` records ``worker_failed`` and, under ``workers.max_retries``,
+queues the worker again in the same worktree with a note that the earlier attempt was
+interrupted. ``answer`` replies to a blocked worker's permission or question request.
+Watching lives in ``watch``/``engine``, the views in ``status``, review and merge in
+``review``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -42,7 +46,13 @@ from swarm_pool.store.events import (
 )
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import build_worker_prompt, prompt_hash
-from swarm_pool.swarm.router import ROUTINGS, Routing, busy_counts, choose_instance
+from swarm_pool.swarm.router import (
+    ROUTINGS,
+    InstanceSlot,
+    Routing,
+    busy_counts,
+    choose_instance,
+)
 
 # A worker in one of these states owns its bead: a second spawn is refused.
 LIVE_STATUSES = frozenset({"running", "blocked", "pending"})
@@ -208,9 +218,9 @@ def spawn_async(
         )
     policy = _routing(ctx, routing)
     owned = list(files if files is not None else cell.files)
-    if not ctx.instances():
+    if not ctx.dispatcher_running():
         raise PoolNotRunningError(
-            f"no pool instance to run {bead_id} on; start the pool with `swarm-pool start`"
+            f"no running pool to run {bead_id} on; start it with `swarm-pool start`"
         )
     with ctx.lock(f"spawn-{bead_id}"):
         current = ctx.store.workers.get(bead_id)
@@ -245,46 +255,52 @@ def spawn_async(
             from swarm_pool.swarm.dedicated import request_instance
 
             request_instance(ctx, bead_id)
-        spawned = start_session(
-            ctx,
-            bead_id=bead_id,
-            epic_id=cell.epic_id,
-            attempt=attempt,
-            worktree=str(tree.path),
-            prompt=text,
-            files=owned,
-            title=contract.title,
-            routing=policy,
-        )
-        if spawned is None:
-            ctx.store.append(
-                WorkerQueued(
-                    bead_id=bead_id,
-                    epic_id=cell.epic_id,
-                    attempt=attempt,
-                    title=contract.title,
-                    worktree=str(tree.path),
-                    files=owned,
-                    prompt_hash=prompt_hash(text),
-                    routing=policy,
-                    reason="waiting for a dedicated instance"
-                    if policy == "dedicated"
-                    else "pool full",
-                )
+        ctx.store.append(
+            WorkerQueued(
+                bead_id=bead_id,
+                epic_id=cell.epic_id,
+                attempt=attempt,
+                title=contract.title,
+                worktree=str(tree.path),
+                files=owned,
+                prompt_hash=prompt_hash(text),
+                routing=policy,
+                reason="spawned",
             )
+        )
         ctx.store.hive.set_status(bead_id, "in_progress", reason=f"worker attempt {attempt}")
     return SpawnResult(
         bead_id=bead_id,
         epic_id=cell.epic_id,
-        status="running" if spawned else "pending",
+        status="pending",
         attempt=attempt,
         worktree=str(tree.path),
-        instance=spawned.instance if spawned else "",
-        session_id=(spawned.session_id or "") if spawned else "",
         prompt_hash=prompt_hash(text),
         routing=policy,
         elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+
+
+# In-process slot reservations: a dispatch holds one from routing until its
+# worker_spawned is in the store, so parallel dispatches never overfill an instance.
+_reserved_guard = threading.Lock()
+_reserved: dict[str, int] = {}
+
+
+def _reserve(name: str, delta: int) -> None:
+    with _reserved_guard:
+        _reserved[name] = _reserved.get(name, 0) + delta
+        if _reserved[name] <= 0:
+            del _reserved[name]
+
+
+def _busy(ctx: SwarmContext) -> dict[str, int]:
+    live = [w.instance for w in ctx.store.workers.list() if w.status in IN_FLIGHT_STATUSES]
+    busy = busy_counts(live)
+    with _reserved_guard:
+        for name, n in _reserved.items():
+            busy[name] = busy.get(name, 0) + n
+    return busy
 
 
 def start_session(
@@ -302,52 +318,69 @@ def start_session(
 ) -> WorkerSpawned | None:
     """Route, create the session in the worktree, fire the prompt, record worker_spawned.
 
-    Returns None when no instance can take the session now (the caller queues it).
-    The router lock makes choose-and-start atomic across processes, so two spawns never
-    both take an instance's last slot.
+    Returns None when no instance can take the session now (it stays queued). Only the
+    choice happens under the router lock (with a slot reserved in this process until
+    the spawn is recorded); the slow part, OpenCode bootstrapping a new directory for the
+    session, runs outside it, so dispatches to different instances overlap.
     """
     limit = ctx.config.pool.max_sessions_per_instance
     failed: set[str] = set()
-    with ctx.lock("router"):
-        slots = ctx.instances()
-        live = [w.instance for w in ctx.store.workers.list() if w.status in IN_FLIGHT_STATUSES]
-        busy = busy_counts(live)
-        while True:
-            usable = [s for s in slots if s.name not in failed]
+    while True:
+        with ctx.lock("router"):
+            usable = [s for s in ctx.instances() if s.name not in failed]
             slot = choose_instance(
-                usable, busy, limit, routing=routing, bead_id=bead_id, avoid=set(avoid)
+                usable, _busy(ctx), limit, routing=routing, bead_id=bead_id, avoid=set(avoid)
             )
             if slot is None:
                 return None
-            client = ctx.client(slot)
-            try:
-                session = client.create_session(worktree, title=f"{bead_id}: {title}"[:100])
-                session_id = str(session["id"])
-                try:
-                    client.prompt_async(session_id, prompt, directory=worktree)
-                except OpenCodeError:
-                    with contextlib.suppress(OpenCodeError):
-                        client.delete_session(session_id, directory=worktree)
-                    raise
-            except OpenCodeError:
-                # The instance died or hung since the supervisor last looked: try another.
-                failed.add(slot.name)
-                continue
-            finally:
-                client.close()
-            event = WorkerSpawned(
-                bead_id=bead_id,
-                epic_id=epic_id,
-                session_id=session_id,
-                attempt=attempt,
-                agent_name=f"worker-{bead_id}",
-                instance=slot.name,
-                worktree=worktree,
-                files=list(files),
-                prompt_hash=prompt_hash(prompt),
-            )
-            ctx.store.append(event)
-            return event
+            _reserve(slot.name, +1)
+        try:
+            event = _start_on(ctx, slot, bead_id, epic_id, attempt, worktree, prompt, files, title)
+        except OpenCodeError:
+            # The instance died or hung since the supervisor last looked: try another.
+            failed.add(slot.name)
+            continue
+        finally:
+            _reserve(slot.name, -1)
+        return event
+
+
+def _start_on(
+    ctx: SwarmContext,
+    slot: InstanceSlot,
+    bead_id: str,
+    epic_id: str,
+    attempt: int,
+    worktree: str,
+    prompt: str,
+    files: Sequence[str],
+    title: str,
+) -> WorkerSpawned:
+    client = ctx.client(slot)
+    try:
+        session = client.create_session(worktree, title=f"{bead_id}: {title}"[:100])
+        session_id = str(session["id"])
+        try:
+            client.prompt_async(session_id, prompt, directory=worktree)
+        except OpenCodeError:
+            with contextlib.suppress(OpenCodeError):
+                client.delete_session(session_id, directory=worktree)
+            raise
+    finally:
+        client.close()
+    event = WorkerSpawned(
+        bead_id=bead_id,
+        epic_id=epic_id,
+        session_id=session_id,
+        attempt=attempt,
+        agent_name=f"worker-{bead_id}",
+        instance=slot.name,
+        worktree=worktree,
+        files=list(files),
+        prompt_hash=prompt_hash(prompt),
+    )
+    ctx.store.append(event)
+    return event
 
 
 def _last_event(ctx: SwarmContext, bead_id: str, kind: str) -> Any | None:
@@ -422,8 +455,8 @@ def fail(
     """Fail the bead's current attempt; retry it under the policy.
 
     ``session_id`` guards against failing a newer attempt with news about an older
-    one. Returns "retried" (running again), "queued" (retry waits for capacity),
-    "failed" (no retry left) or "ignored" (nothing live to fail).
+    one. Returns "retried" (queued again for the dispatcher), "failed" (no retry
+    left) or "ignored" (nothing live to fail).
     """
     with ctx.lock(f"spawn-{bead_id}"):
         worker = ctx.store.workers.get(bead_id)
@@ -449,48 +482,32 @@ def fail(
             ctx.store.hive.set_status(bead_id, "blocked", reason=f"worker failed: {reason}")
             return "failed"
         attempt = worker.attempt + 1
-        ctx.store.append(
-            WorkerRetried(
-                bead_id=bead_id,
-                epic_id=worker.epic_id,
-                session_id=worker.session_id,
-                attempt=attempt,
-                reason=reason,
-            )
-        )
-        spec = load_spec(ctx, bead_id)
-        prompt = spec.render(attempt, reason)
         queued = _last_event(ctx, bead_id, "worker_queued")
-        routing: Routing = (
-            "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
+        # One transaction: the worker goes straight from failed to pending (queued for
+        # the dispatcher, which prefers another instance than the one that failed it).
+        ctx.store.append_many(
+            [
+                WorkerRetried(
+                    bead_id=bead_id,
+                    epic_id=worker.epic_id,
+                    session_id=worker.session_id,
+                    attempt=attempt,
+                    reason=reason,
+                ),
+                WorkerQueued(
+                    bead_id=bead_id,
+                    epic_id=worker.epic_id,
+                    attempt=attempt,
+                    title=getattr(queued, "title", ""),
+                    worktree=worker.worktree,
+                    files=list(worker.files),
+                    prompt_hash=getattr(queued, "prompt_hash", ""),
+                    routing=getattr(queued, "routing", "least_busy"),
+                    reason=f"retry after {reason}",
+                ),
+            ]
         )
-        spawned = start_session(
-            ctx,
-            bead_id=bead_id,
-            epic_id=worker.epic_id,
-            attempt=attempt,
-            worktree=worker.worktree,
-            prompt=prompt,
-            files=list(worker.files),
-            title=spec.contract.title or bead_id,
-            routing=routing,
-            avoid={worker.instance} if worker.instance else set(),
-        )
-        if spawned is not None:
-            return "retried"
-        ctx.store.append(
-            WorkerQueued(
-                bead_id=bead_id,
-                epic_id=worker.epic_id,
-                attempt=attempt,
-                worktree=worker.worktree,
-                files=list(worker.files),
-                prompt_hash=prompt_hash(prompt),
-                routing=routing,
-                reason=f"retry after {reason}",
-            )
-        )
-        return "queued"
+        return "retried"
 
 
 def _abort(ctx: SwarmContext, instance: str, session_id: str, worktree: str) -> None:
