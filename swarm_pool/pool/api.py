@@ -191,6 +191,13 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     if state is None:
         return {"was_running": False, "killed": [], "ports": []}
     was_running = state.supervisor_alive()
+    # Only ports something of ours held when we began must be free at the end; an old
+    # record's port may belong to another pool by now.
+    held = [
+        r.port
+        for r in state.instances
+        if r.port is not None and ((r.ref is not None and r.ref.alive()) or was_running)
+    ]
     if was_running and state.supervisor is not None:
         ref = state.supervisor.ref
         try:
@@ -212,8 +219,7 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
                 proc.kill()
     state = read_state(paths.state_file) or state
     killed = _kill_leftovers(state, config)
-    ports = [r.port for r in state.instances if r.port is not None]
-    busy = [p for p in ports if not wait_port_free(p, 5.0)]
+    busy = [p for p in held if not wait_port_free(p, 5.0)]
     for rec in state.instances:
         rec.state = "stopped"
         rec.pid = None
@@ -224,7 +230,7 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     write_state(paths.state_file, state)
     if busy:
         raise PoolError(f"ports still in use after stop: {', '.join(map(str, busy))}")
-    return {"was_running": was_running, "killed": killed, "ports": ports}
+    return {"was_running": was_running, "killed": killed, "ports": held}
 
 
 def pool_status(
