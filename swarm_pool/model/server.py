@@ -198,6 +198,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: ModelHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "swarm-pool-scripted-model/1"
+    # Idle keep-alive connections (non-streaming clients) must not pin a thread forever.
+    timeout = 120
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
