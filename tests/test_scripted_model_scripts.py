@@ -181,3 +181,5 @@ def test_context_from_a_contract_a_bare_bead_id_or_the_system_prompt() -> None:
         "/tmp/some dir",
     )
     assert context_from_texts(["hello"], []).bead_id == ""
+    in_system = context_from_texts(["go"], ["rules\n" + render_contract(contract)])
+    assert (in_system.bead_id, in_system.worktree) == ("bd-abc123.3", "/w")

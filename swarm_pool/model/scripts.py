@@ -359,7 +359,8 @@ def context_from_texts(
 ) -> Context:
     """What the conversation tells us: the contract (or a bare bead id) and the directory."""
     joined = "\n".join(user_texts)
-    contract = find_contract(joined)
+    # The worker prompt is a user message; a caller may also pass it as a system prompt.
+    contract = find_contract(joined) or find_contract("\n".join(system_texts))
     ctx = Context(session_id=session_id)
     if contract is not None:
         ctx.contract = contract

@@ -105,7 +105,7 @@ class Stats:
             if decision.script_name:
                 bead["script"] = decision.script_name
             if session_id and session_id not in bead["sessions"]:
-                bead["sessions"].append(session_id)
+                bead["sessions"] = [*bead["sessions"], session_id][-20:]
             self.recent.append(entry)
 
     def snapshot(self) -> dict[str, Any]:
