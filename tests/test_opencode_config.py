@@ -76,6 +76,7 @@ def test_permission_policy_never_asks(tmp_path: Path) -> None:
 
     assert all(a != "ask" for v in perm.values() for a in actions(v))
     assert cfg["share"] == "disabled" and cfg["autoupdate"] is False
+    assert cfg["default_agent"] == "build"
 
 
 def test_extra_config_is_deep_merged_last(tmp_path: Path) -> None:

@@ -130,6 +130,7 @@ def test_real_opencode_accepts_the_config(
     params = {"directory": str(repo)}
     config = httpx.get(f"{opencode.base_url}/config", params=params, auth=auth, timeout=30).json()
     assert config["model"] == "swarmpool/scripted"
+    assert config["default_agent"] == "build"
     assert config["provider"]["swarmpool"]["options"]["baseURL"] == model.url
     assert config["permission"]["question"] == "deny"
     assert config["permission"]["external_directory"] == "deny"
@@ -176,6 +177,7 @@ def test_inline_script_writes_a_file_through_opencode(
     assert target.read_text() == f"hello {bead}\n"
     msgs = wait_for(lambda: _finished(client, repo, session), timeout=RUN_TIMEOUT)
     wait_for(lambda: _idle(client, repo, session), timeout=RUN_TIMEOUT)
+    assert {m["info"]["agent"] for m in msgs} == {"build"}
     [write] = _tool_parts(msgs)
     assert write["tool"] == "write"
     assert write["state"]["status"] == "completed"

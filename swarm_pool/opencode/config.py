@@ -95,6 +95,9 @@ def opencode_config(config: Config, *, project_root: Path, model_url: str | None
         # A pool instance is headless: no sharing, no self-update behind the pool's back.
         "share": "disabled",
         "autoupdate": False,
+        # Workers edit files: pin the agent, whatever the user's own default is (plan is
+        # read-only). The prompt can still pick another agent per message.
+        "default_agent": "build",
     }
     out.update(_model_section(oc.model, model_url))
     if oc.mcp_enabled:
