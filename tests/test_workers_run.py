@@ -1,0 +1,90 @@
+"""``swarm-pool run``: bad plans are refused before anything starts; with no pool running,
+the shipped demo plan starts one, merges every task, and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.pool_cli import cli, pool_processes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def project(path: Path) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "tester")
+    git(path, "config", "user.email", "tester@example.invalid")
+    (path / "README.md").write_text("demo\n")
+    git(path, "add", "README.md")
+    git(path, "commit", "-q", "-m", "init")
+    return path.resolve()
+
+
+BAD_PLANS = {
+    "cycle": (
+        '[epic]\ntitle = "e"\n'
+        '[[tasks]]\nid = "a"\ntitle = "A"\ndepends_on = ["b"]\n'
+        '[[tasks]]\nid = "b"\ntitle = "B"\ndepends_on = ["a"]\n',
+        "cycle",
+    ),
+    "unknown dependency": (
+        '[epic]\ntitle = "e"\n[[tasks]]\nid = "a"\ntitle = "A"\ndepends_on = ["zz"]\n',
+        "unknown task",
+    ),
+    "parallel overlap": (
+        '[epic]\ntitle = "e"\n'
+        '[[tasks]]\nid = "a"\ntitle = "A"\nfiles = ["src/**"]\n'
+        '[[tasks]]\nid = "b"\ntitle = "B"\nfiles = ["src/x.py"]\n',
+        "in parallel",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_PLANS))
+def test_bad_plan_is_refused_before_anything_starts(tmp_path: Path, kind: str) -> None:
+    root = project(tmp_path / "proj")
+    text, expected = BAD_PLANS[kind]
+    plan = tmp_path / "plan.toml"
+    plan.write_text(text)
+    out = cli("run", str(plan), "--json", project=root)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], out.stderr
+    assert not (root / ".swarm" / "pool.json").exists()
+    assert not (root / ".swarm" / "swarm.db").exists()
+    assert pool_processes(root) == []
+
+
+@pytest.mark.e2e
+def test_demo_plan_starts_a_pool_merges_everything_and_stops_it(tmp_path: Path) -> None:
+    root = project(tmp_path / "proj")
+    plan = ROOT / "conf" / "demo-plan.toml"
+    out = cli("run", str(plan), "--json", "--size", "1", project=root, timeout=600)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    summary = json.loads(out.stdout)
+    assert summary["ok"] and summary["pool_started"]
+    assert summary["merged"] == summary["total"] == 4
+    for path in (
+        "wordcount/__init__.py",
+        "wordcount/core.py",
+        "wordcount/report.py",
+        "wordcount/__main__.py",
+        "wordcount/cli.py",
+        "docs/wordcount.md",
+    ):
+        assert git(root, "cat-file", "-t", f"main:{path}") == "blob", path
+    assert git(root, "status", "--porcelain") == ""
+    # the pool this run started is gone again, and merged worktrees were cleaned up
+    assert pool_processes(root) == []
+    assert not list((root / ".swarm" / "worktrees").glob("bd-*"))
