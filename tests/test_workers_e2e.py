@@ -23,6 +23,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.pool_view import dedicated_name
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import spawn_async
@@ -324,3 +325,22 @@ def test_hanging_model_times_out_and_fails(ctx: SwarmContext) -> None:
     finally:
         client.close()
     assert [x.bead_id for x in poll(ctx, epic.id).groups["failed"]] == [bead]
+
+
+def test_dedicated_routing_gets_a_fresh_instance_that_stops_after_merge(
+    ctx: SwarmContext, pool: Pool
+) -> None:
+    epic = ctx.store.hive.create_epic(
+        "dedicated", [SubtaskSpec(title="isolated", files=["alone/a.txt"])]
+    )
+    bead = epic.cells[0].id
+    name = dedicated_name(bead)
+    assert spawn_async(ctx, bead, routing="dedicated").routing == "dedicated"
+    result = await_workers(ctx, epic.id, 240)
+    w = ctx.store.workers.get(bead)
+    assert w is not None and w.status == "completed", result.to_dict()
+    assert w.instance == name
+    assert {s.name for s in ctx.instances()} == {"oc-1", "oc-2", name}
+    assert merge(ctx, bead).session_released
+    wait_for(lambda: {s.name for s in ctx.instances()} == {"oc-1", "oc-2"}, 60)
+    assert (pool.root / "alone" / "a.txt").is_file()

@@ -2,8 +2,9 @@
 
 As with supervisord's control socket, the supervisor listens on ``.swarm/supervisor.sock``
 (mode 0600; a path too long for a unix socket moves to the per-user folder). A client
-connects, sends one JSON object ``{"cmd": "status"|"restart"|"scale"|"stop", ...}`` on one
-line, and reads one line back: ``{"ok": true, "result": ...}`` or
+connects, sends one JSON object ``{"cmd": "status"|"restart"|"scale"|"stop", ...}`` (or
+``add``/``remove`` of one extra named instance) on one line, and reads one line back:
+``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "...", "type": "<SwarmPoolError subclass>"}``, which the client
 raises again as that class. One connection carries one command, so a slow ``restart``
 never blocks ``status``.
@@ -25,7 +26,8 @@ from swarm_pool import errors
 from swarm_pool.errors import PoolError, PoolNotRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths, user_state_dir
 
-COMMANDS = ("status", "restart", "scale", "stop")
+# "add"/"remove": one extra named instance outside the sized pool (dedicated routing).
+COMMANDS = ("status", "restart", "scale", "stop", "add", "remove")
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 100
 _MAX_LINE = 1 << 20

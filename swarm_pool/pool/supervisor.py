@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import threading
 import time
@@ -162,7 +163,11 @@ class Supervisor:
         with self._ops_lock:
             wanted = instance_names(size)
             with self._rec_lock:
-                current = [c for c in self._ordered() if c.program.kind == "opencode"]
+                current = [
+                    c
+                    for c in self._ordered()
+                    if c.program.kind == "opencode" and not is_extra_name(c.name)
+                ]
                 removed = [c for c in current if c.name not in wanted]
                 added = [self._new_child(n) for n in wanted if n not in self._children]
                 self.size = size
@@ -184,6 +189,53 @@ class Supervisor:
                 self._wait_ready(added, timeout or self.config.pool.start_timeout_s + 5)
             self._write_state()
             return self.snapshot()
+
+    def add_instance(
+        self, name: str, *, wait: bool = False, timeout: float | None = None
+    ) -> PoolState:
+        """Start one extra named instance outside the sized pool (``scale`` leaves it
+        alone), e.g. one dedicated to a single worker. Idempotent; with ``wait`` it
+        returns once the instance is ready."""
+        check_extra_name(name)
+        with self._ops_lock:
+            with self._rec_lock:
+                child = self._children.get(name)
+                created = child is None
+                if child is None:
+                    child = self._new_child(name)
+            if created:
+                child.start()
+            self._dirty.set()
+        if wait:
+            self._wait_ready([child], timeout or self.config.pool.start_timeout_s + 5)
+        return self.snapshot()
+
+    def remove_instance(self, name: str, *, wait: bool = False) -> PoolState:
+        """Stop and forget an extra instance added by ``add_instance``."""
+        check_extra_name(name)
+        with self._rec_lock:
+            child = self._children.get(name)
+        if child is None:
+            raise UnknownInstanceError(f"no instance named {name!r} in the pool")
+        with child.lock:
+            child.removing = True
+            child.record.draining = True
+        child.wake.set()
+        self._dirty.set()
+
+        def finish() -> None:
+            if child.thread is not None:
+                child.thread.join(self.config.pool.stop_grace_s + 15)
+            with self._rec_lock:
+                if self._children.get(name) is child:
+                    self._children.pop(name, None)
+            self._dirty.set()
+
+        if wait:
+            finish()
+        else:
+            threading.Thread(target=finish, name=f"remove-{name}", daemon=True).start()
+        return self.snapshot()
 
     # --- main -------------------------------------------------------------------------
 
@@ -391,6 +443,12 @@ class Supervisor:
             state = self.restart(request.get("name"), timeout)
         elif cmd == "scale":
             state = self.scale(int(request["size"]), timeout)
+        elif cmd == "add":
+            state = self.add_instance(
+                str(request["name"]), wait=bool(request.get("wait")), timeout=timeout
+            )
+        elif cmd == "remove":
+            state = self.remove_instance(str(request["name"]), wait=bool(request.get("wait")))
         else:
             raise PoolError(f"unknown command {cmd!r}")
         return state.model_dump(mode="json", exclude={"password"})
@@ -472,3 +530,20 @@ class Supervisor:
 def _name_key(name: str) -> tuple[str, int]:
     prefix, _, num = name.rpartition("-")
     return (prefix, int(num)) if num.isdigit() else (name, 0)
+
+
+_POOL_NAME_RE = re.compile(r"^oc-\d+$")
+_EXTRA_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def is_extra_name(name: str) -> bool:
+    """An instance added by name (``add``), not one of the sized pool's ``oc-N``."""
+    return name != MODEL_NAME and not _POOL_NAME_RE.match(name)
+
+
+def check_extra_name(name: str) -> None:
+    if not _EXTRA_NAME_RE.match(name) or not is_extra_name(name):
+        raise PoolError(
+            f"bad extra instance name {name!r}: lowercase letters, digits, - and _, "
+            "not 'model' and not the pool's own oc-N"
+        )

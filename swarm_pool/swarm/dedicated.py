@@ -1,17 +1,39 @@
 """Dedicated routing: one fresh instance per worker, started for it, stopped after merge.
 
-Placeholder until the supervisor can add and remove a named instance at runtime.
+For running a worker in complete isolation (its own OpenCode process, event loop and
+database). ``request_instance`` asks the supervisor, over its control socket, to add an
+extra instance named ``dw-<bead>`` (outside the sized pool, so ``scale`` leaves it
+alone) without waiting for it: the worker stays queued until that instance is ready,
+and the engine then dispatches it there and nowhere else. ``release_instance`` removes
+the instance once the worker is merged or has failed for good.
 """
 
 from __future__ import annotations
 
-from swarm_pool.errors import WorkerError
+import contextlib
+
+from swarm_pool.errors import UnknownInstanceError
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.pool_view import dedicated_name
 
 
 def request_instance(ctx: SwarmContext, bead_id: str) -> str:
-    raise WorkerError("dedicated routing is not available yet")
+    """Ask for the bead's own instance (idempotent); its name."""
+    name = dedicated_name(bead_id)
+    if any(slot.name == name for slot in ctx.instances()):
+        return name
+    from swarm_pool.pool import control
+
+    control.call(control.socket_path_for(ctx.paths), "add", name=name, wait=False)
+    return name
 
 
 def release_instance(ctx: SwarmContext, bead_id: str) -> None:
-    return None
+    """Stop the bead's own instance, if it still runs."""
+    name = dedicated_name(bead_id)
+    if not any(slot.name == name for slot in ctx.instances()):
+        return
+    from swarm_pool.pool import control
+
+    with contextlib.suppress(UnknownInstanceError):  # already gone
+        control.call(control.socket_path_for(ctx.paths), "remove", name=name, wait=False)

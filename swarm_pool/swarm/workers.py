@@ -33,6 +33,7 @@ from swarm_pool.errors import (
     NotFoundError,
     OpenCodeError,
     PoolNotRunningError,
+    SwarmPoolError,
     WorkerError,
 )
 from swarm_pool.protocol import Contract
@@ -404,6 +405,10 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             reason = getattr(retried, "reason", "") or "interrupted"
         spec = load_spec(ctx, bead_id)
         prompt = spec.render(worker.attempt, reason)
+        if routing == "dedicated":
+            from swarm_pool.swarm.dedicated import request_instance
+
+            request_instance(ctx, bead_id)
         return start_session(
             ctx,
             bead_id=bead_id,
@@ -480,6 +485,11 @@ def fail(
         )
         if not retry or retries_used(ctx, bead_id) >= ctx.config.workers.max_retries:
             ctx.store.hive.set_status(bead_id, "blocked", reason=f"worker failed: {reason}")
+            if getattr(_last_event(ctx, bead_id, "worker_queued"), "routing", "") == "dedicated":
+                from swarm_pool.swarm.dedicated import release_instance
+
+                with contextlib.suppress(SwarmPoolError):
+                    release_instance(ctx, bead_id)
             return "failed"
         attempt = worker.attempt + 1
         queued = _last_event(ctx, bead_id, "worker_queued")
