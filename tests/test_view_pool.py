@@ -1,106 +1,194 @@
-"""The view commands on a real pool (one ``opencode serve``, shared by the module): the
-dashboard shows its real pid, port and memory, quitting the live view leaves the pool
-running, ``metrics`` measures it live, ``logs`` prints its own output."""
+"""The view commands on a real pool after a finished demo run.
+
+One pool (one ``opencode serve`` plus the scripted model) is shared by the module; the
+shipped demo plan runs on it once (four workers, reviewed and merged). Then: the
+dashboard shows the real pid, port and memory, the finished epic and a reservation;
+quitting the live view leaves the pool running; ``metrics --json`` matches a hand
+computation over the same store plus psutil; ``logs`` prints the instance's output.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.pool_cli import NO_MODEL_ENV, cli, cli_json, make_project
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.store import open_project_store
+from tests.pool_cli import cli, cli_json
 from tests.support import wait_for
 from tests.test_view_live import HEADER, PtyDashboard
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@dataclass(frozen=True)
+class Demo:
+    root: Path
+    epic_id: str
+    beads: list[str]
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    project = make_project(tmp_path_factory.mktemp("view-pool") / "proj")
-    out = cli(
-        "start", "-n", "1", "--json", project=project, env=NO_MODEL_ENV, session_scoped=True,
-        timeout=180,
-    )  # fmt: skip
-    log = project / ".swarm" / "supervisor.log"
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    root = (tmp_path_factory.mktemp("view-pool") / "proj").resolve()
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "tester")
+    git(root, "config", "user.email", "tester@example.invalid")
+    (root / "README.md").write_text("demo\n")
+    git(root, "add", "README.md")
+    git(root, "commit", "-q", "-m", "init")
+    out = cli("start", "-n", "1", "--json", project=root, session_scoped=True, timeout=180)
+    log = root / ".swarm" / "supervisor.log"
     assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
-    yield project
-    cli("stop", project=project, session_scoped=True)
+    try:
+        plan = ROOT / "conf" / "demo-plan.toml"
+        run = cli("run", str(plan), "--json", project=root, session_scoped=True, timeout=600)
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+        summary = json.loads(run.stdout)
+        assert summary["merged"] == summary["total"] == 4
+        beads = sorted(t["bead_id"] for t in summary["tasks"])
+        yield Demo(root=root, epic_id=summary["epic_id"], beads=beads)
+    finally:
+        cli("stop", project=root, session_scoped=True)
 
 
-def instance(pool: Path) -> dict[str, Any]:
-    status = cli_json("status", project=pool)
+def instance(root: Path) -> dict[str, Any]:
+    status = cli_json("status", project=root)
     found: list[dict[str, Any]] = [i for i in status["instances"] if i["kind"] == "opencode"]
     [inst] = found
     assert inst["state"] == "ready"
     return inst
 
 
-def test_dashboard_once_shows_the_real_pid_port_and_memory(pool: Path) -> None:
-    inst = instance(pool)
-    status = cli_json("status", project=pool)
-    out = cli("dashboard", "--once", project=pool)
+def tree_rss_mb(pid: int) -> float:
+    leader = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [leader, *leader.children(recursive=True)]) / 2**20
+
+
+def test_dashboard_once_after_a_demo_run_shows_every_panel(demo: Demo) -> None:
+    inst = instance(demo.root)
+    status = cli_json("status", project=demo.root)
+    with open_project_store(ProjectPaths(demo.root)) as store:
+        held = store.reservations.reserve("coordinator", ["docs/**"], ttl_s=900)
+        assert held.granted
+        last_seq = store.last_seq()
+    try:
+        out = cli("dashboard", "--once", project=demo.root)
+    finally:
+        with open_project_store(ProjectPaths(demo.root)) as store:
+            store.reservations.release("coordinator")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert f"supervisor {status['supervisor']['pid']} running" in text.splitlines()[0]
-    [line] = [ln for ln in text.splitlines() if ln.startswith("│ oc-1 ")]
+    lines = text.splitlines()
+    assert f"supervisor {status['supervisor']['pid']} running" in lines[0]
+    assert f"seq {last_seq} " in lines[0]
+
+    # instances: the real opencode server and the scripted model
+    [line] = [ln for ln in lines if ln.startswith("│ oc-1 ")]
     values = line.strip("│ ").split()
     assert values[:4] == ["oc-1", "ready", str(inst["port"]), str(inst["pid"])]
-    rss = float(values[4])
-    leader = psutil.Process(inst["pid"])
-    real = sum(p.memory_info().rss for p in [leader, *leader.children(recursive=True)]) / 2**20
-    assert rss > 50 and abs(rss - real) < 50
-    assert float(values[5]) >= 0  # CPU % measured over --once's short sample
-    assert values[6:8] == ["0", "0"]  # no busy session, no restart
-    assert re.fullmatch(r"\d+(\.\d)?s|\d+m\d\ds", values[8])
-    # The supervisor's own events are in the last events panel.
-    assert "instance_ready" in text and "pool_started" in text
+    assert abs(float(values[4]) - tree_rss_mb(inst["pid"])) < 50
+    assert float(values[4]) > 50 and float(values[5]) >= 0
+    assert values[6:8] == ["0", "0"]  # nothing busy now, never restarted
+    assert any(ln.startswith("│ model (model) ") and " ready " in ln for ln in lines)
+
+    # workers: the demo's epic, all four merged on oc-1, with durations and summaries
+    assert re.search(rf"{demo.epic_id}\s+wordcount: a tiny word-frequency tool\s+4/4 done", text)
+    for bead in demo.beads:
+        [row] = [ln for ln in lines if ln.startswith(f"│ {bead} ")]
+        assert "completed merged" in row and "100%" in row and " oc-1 " in row
+        assert re.search(r" \d+(\.\d)?s ", row)
+        assert "scripted worker wrote" in row
+
+    # reservations: the coordinator's, with its expiry
+    [res] = [ln for ln in lines if ln.startswith("│ coordinator ")]
+    assert "docs/**" in res and "exclusive" in res
+    assert re.search(r"\b14m5\ds\b|\b15m00s\b", res)
+
+    # last events: the newest first (our reservation), merges among the last dozen
+    events = lines[lines.index(next(ln for ln in lines if "last events" in ln)) + 1 :]
+    assert events[0].startswith(f"│ {last_seq} ") and "file_reserved" in events[0]
 
 
-def test_quitting_the_live_dashboard_leaves_the_pool_running(pool: Path) -> None:
-    before = instance(pool)
-    dash = PtyDashboard(pool)
+def test_quitting_the_live_dashboard_leaves_the_pool_running(demo: Demo) -> None:
+    before = instance(demo.root)
+    dash = PtyDashboard(demo.root)
     try:
         wait_for(lambda: HEADER.search(dash.text) and f" {before['pid']} " in dash.text, 60)
+        assert "4/4 done" in dash.text
         dash.send(b"q")
         assert wait_for(lambda: dash.proc.poll() is not None, timeout=10)
         assert dash.proc.returncode == 0
     finally:
         dash.close()
-    after = instance(pool)
+    after = instance(demo.root)
     assert (after["pid"], after["port"]) == (before["pid"], before["port"])
-    assert cli("status", project=pool).returncode == 0
+    assert cli("status", project=demo.root).returncode == 0
 
 
-def test_metrics_measure_the_live_instance(pool: Path) -> None:
-    inst = instance(pool)
-    data = cli_json("metrics", project=pool)
-    assert data["epics"] == []
-    [m] = [i for i in data["instances"] if i["instance"] == "oc-1"]
-    assert m["restarts"] == 0 and m["sessions_served"] == 0 and m["rss_samples"] == 0
-    assert m["peak_rss_source"] == "live" and m["cpu_source"] == "live"
-    assert m["current_rss_mb"] > 50
-    # The high-water mark can only be at or above what is resident now.
-    assert m["peak_rss_mb"] >= m["current_rss_mb"] - 1
+def test_metrics_json_match_a_hand_computation(demo: Demo) -> None:
+    inst = instance(demo.root)
+    data = cli_json("metrics", project=demo.root)
+    # By hand, from the same store: one spawn and one success per bead, all on oc-1.
+    with open_project_store(ProjectPaths(demo.root)) as store:
+        spawned = {s.event.bead_id: s for s in store.read(types=["worker_spawned"])}  # type: ignore[union-attr]
+        done = {s.event.bead_id: s for s in store.read(types=["worker_completed"])}  # type: ignore[union-attr]
+        retried = store.read(types=["worker_retried"])
+    assert set(spawned) == set(done) == set(demo.beads)
+    durations = sorted(
+        d.event.duration_ms  # type: ignore[union-attr]
+        if d.event.duration_ms is not None  # type: ignore[union-attr]
+        else d.timestamp - spawned[b].timestamp
+        for b, d in done.items()
+    )
+    # Four samples: p50 halfway between the 2nd and 3rd; p95 at rank 2.85 (0-based).
+    p50 = (durations[1] + durations[2]) / 2
+    p95 = durations[2] + 0.85 * (durations[3] - durations[2])
+    [epic] = data["epics"]
+    assert epic["epic_id"] == demo.epic_id
+    assert (epic["workers"], epic["attempts"], epic["finished"], epic["succeeded"]) == (4, 4, 4, 4)
+    assert epic["success_rate"] == 1.0 and epic["retries"] == len(retried) == 0
+    assert epic["duration_p50_ms"] == pytest.approx(p50, abs=0.1)
+    assert epic["duration_p95_ms"] == pytest.approx(p95, abs=0.1)
+    assert epic["idle_samples"] == 4 and epic["idle_to_detected_max_ms"] is not None
+
+    [oc1] = [i for i in data["instances"] if i["instance"] == "oc-1"]
+    assert oc1["sessions_served"] == 4 and oc1["restarts"] == 0
+    assert oc1["peak_rss_source"] == "live" and oc1["cpu_source"] == "live"
+    assert abs(oc1["current_rss_mb"] - tree_rss_mb(inst["pid"])) < 50
+    assert oc1["peak_rss_mb"] >= oc1["current_rss_mb"] - 1  # a high-water mark
     # Mean CPU of the run = the tree's CPU time / its wall time; recompute it here.
     leader = psutil.Process(inst["pid"])
     cpu_s = leader.cpu_times().children_user + leader.cpu_times().children_system
     for proc in [leader, *leader.children(recursive=True)]:
         cpu_s += proc.cpu_times().user + proc.cpu_times().system
     mine = 100.0 * cpu_s / (time.time() - leader.create_time())
-    assert m["mean_cpu_percent"] > 0
-    assert abs(m["mean_cpu_percent"] - mine) < 10
+    assert oc1["mean_cpu_percent"] > 0
+    assert abs(oc1["mean_cpu_percent"] - mine) < 10
 
 
-def test_logs_prints_the_instance_output(pool: Path) -> None:
-    out = cli("logs", "oc-1", "-n", "20", project=pool)
+def test_logs_prints_the_instance_output(demo: Demo) -> None:
+    out = cli("logs", "oc-1", "-n", "100000", project=demo.root)
     assert out.returncode == 0, out.stderr
-    assert "opencode server listening on http://127.0.0.1:" in out.stdout
-    assert str(instance(pool)["port"]) in out.stdout
-    bad = cli("logs", "oc-7", project=pool)
-    assert bad.returncode == 1 and "known: oc-1" in bad.stderr
+    assert f"opencode server listening on http://127.0.0.1:{instance(demo.root)['port']}" in (
+        out.stdout
+    )
+    assert cli("logs", "model", project=demo.root).stdout.strip()
+    bad = cli("logs", "oc-7", project=demo.root)
+    assert bad.returncode == 1 and "known: model, oc-1" in bad.stderr
