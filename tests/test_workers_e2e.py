@@ -20,12 +20,14 @@ import pytest
 
 from swarm_pool.config import load_config
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.protocol import Contract, render_contract
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.pool_view import dedicated_name
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers, poll
+from swarm_pool.swarm.watch import session_finished
 from swarm_pool.swarm.workers import spawn_async
 from tests.pool_cli import cli
 from tests.support import wait_for
@@ -344,3 +346,53 @@ def test_dedicated_routing_gets_a_fresh_instance_that_stops_after_merge(
     assert merge(ctx, bead).session_released
     wait_for(lambda: {s.name for s in ctx.instances()} == {"oc-1", "oc-2"}, 60)
     assert (pool.root / "alone" / "a.txt").is_file()
+
+
+def test_coordinator_session_runs_the_flow_over_mcp(ctx: SwarmContext, pool: Pool) -> None:
+    """The ADR's coordinator workflow for real: an agent in an OpenCode session spawns
+    three workers through swarm_spawn_async, waits with swarm_await_workers, merges."""
+    epic = ctx.store.hive.create_epic(
+        "coordinated", [SubtaskSpec(title=f"c{i}", files=[f"coord/{i}.txt"]) for i in range(3)]
+    )
+    beads = [c.id for c in epic.cells]
+    steps: list[dict[str, Any]] = [
+        {"tool": "swarm_spawn_async", "args": {"bead_id": b, "shared_context": "coordinated"}}
+        for b in beads
+    ]
+    steps.append({"tool": "swarm_await_workers", "args": {"epic_id": epic.id, "timeout_s": 300}})
+    steps += [{"tool": "swarm_worktree_merge", "args": {"bead_id": b}} for b in beads]
+    # The scripted model plays the coordinator from the contract block in its prompt.
+    contract = Contract(bead_id=epic.id, epic_id=epic.id, title="coordinate", script=steps)
+    prompt = "You are the coordinator of this epic.\n\n" + render_contract(contract)
+    home = ctx.instance("oc-2")
+    client = ctx.client(home)
+    try:
+        session = client.create_session(str(pool.root), title="coordinator")
+        sid = session["id"]
+        started = time.time() * 1000
+        client.prompt_async(sid, prompt, directory=str(pool.root))
+        wait_for(lambda: session_finished(client, sid, str(pool.root)), 300, interval=0.5)
+        tools = [
+            part.get("tool")
+            for m in client.messages(sid, directory=str(pool.root))
+            for part in m.get("parts", [])
+            if part.get("type") == "tool"
+        ]
+    finally:
+        client.close()
+    assert tools == (
+        ["swarm_swarm_spawn_async"] * 3
+        + ["swarm_swarm_await_workers"]
+        + ["swarm_swarm_worktree_merge"] * 3
+    )
+    merged = {s.event.bead_id for s in ctx.store.read(types=["worktree_merged"], epic_id=epic.id)}  # type: ignore[union-attr]
+    assert merged == set(beads)
+    for i in range(3):
+        assert (pool.root / "coord" / f"{i}.txt").is_file()
+    workers = [ctx.store.workers.get(b) for b in beads]
+    assert all(w is not None and w.status == "completed" for w in workers)
+    # they ran while the coordinator's own session sat in swarm_await_workers, and not
+    # only on the coordinator's instance
+    assert {w.instance for w in workers if w} - {home.name}
+    spawned = [events(ctx, b, "worker_spawned")[0].timestamp for b in beads]
+    assert min(spawned) > started
