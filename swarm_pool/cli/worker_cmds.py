@@ -43,10 +43,16 @@ def _fmt_duration(ms: int | None) -> str:
     return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f}m"
 
 
+def _console() -> Console:
+    # Piped output is read by people and greps alike: do not cut bead ids at 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def print_poll(result: PollResult) -> None:
-    console = Console()
+    console = _console()
     table = Table(title=f"workers of {result.epic_id or 'all epics'}")
-    for col in ("bead", "group", "attempt", "progress", "instance", "duration", "last message"):
+    table.add_column("bead", no_wrap=True)
+    for col in ("group", "attempt", "progress", "instance", "duration", "last message"):
         table.add_column(col)
     for w in result.workers():
         message = w.blocked_reason or w.error or w.last_message or w.summary
