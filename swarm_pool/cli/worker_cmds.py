@@ -281,7 +281,7 @@ def run(
     )
     if as_json:
         echo_json(summary.to_dict())
-    elif not live:
+    else:
         _print_summary(summary.to_dict())
     if not summary.ok:
         sys.exit(2)

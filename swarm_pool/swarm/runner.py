@@ -308,7 +308,9 @@ class _LiveDisplay:
 
         infos = {w.bead_id: w for w in result.workers()} if result else {}
         table = Table(title=f"{runner.title} ({runner.epic_id})")
-        for col in ("task", "bead", "state", "worker", "progress", "instance", "note"):
+        table.add_column("task")
+        table.add_column("bead", no_wrap=True)
+        for col in ("state", "worker", "progress", "instance", "note"):
             table.add_column(col)
         for t in runner.tasks:
             info = infos.get(t.bead_id)
