@@ -137,7 +137,7 @@ def test_once_shows_every_panel_with_real_values(
     assert "tests fail: test_burst" in failed and " 19s " in failed
     review = row(text, f"│ {c[1]} ", "needs review")
     assert " 30s " in review and "oc-2" in review
-    merged = row(text, f"│ {c[0]} ", "completed merged")
+    merged = row(text, f"│ {c[0]} ", "merged")
     assert "100%" in merged and " 20s " in merged and "login form with validation" in merged
     retried = row(text, f"│ {c[2]} ", "completed")
     assert cells(retried)[cells(retried).index("completed") + 3] == "2"  # attempt
@@ -217,3 +217,11 @@ def test_once_without_a_store_or_pool(project: Path) -> None:
     text = dashboard_once(project)
     assert "no pool running" in text and "no store yet" in text
     assert not (project / ".swarm" / "swarm.db").exists()  # the dashboard only reads
+
+
+def test_a_corrupt_pool_state_is_shown_and_the_rest_still_drawn(project: Path) -> None:
+    history = build_history(project)
+    ProjectPaths(project).state_file.write_text("{not json")
+    text = dashboard_once(project)
+    assert "pool: pool state" in text and "corrupt" in text
+    assert f"{history.epic_id}  Add authentication" in text and "file_conflict" in text

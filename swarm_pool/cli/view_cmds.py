@@ -37,7 +37,9 @@ def _console() -> Console:
 
 
 @main.command()
-@click.option("--once", is_flag=True, help="Print one frame and exit (no TTY needed).")
+@click.option(
+    "--once", is_flag=True, help="Print one frame and exit (also what a non-TTY stdout gets)."
+)
 @click.option(
     "--refresh",
     type=click.FloatRange(0.1, 1.0),

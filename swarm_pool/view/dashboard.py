@@ -132,17 +132,16 @@ def _epic_title(block: EpicBlock) -> Text:
 def _workers_table(block: EpicBlock) -> Table:
     # Fixed widths, so the tables of several epics line up.
     table = Table(expand=True, box=None, pad_edge=False)
-    table.add_column("bead", ratio=1, no_wrap=True, overflow="ellipsis")
-    table.add_column("status", width=16, no_wrap=True, overflow="ellipsis")
-    table.add_column("progress", width=8, justify="right", no_wrap=True)
+    table.add_column("bead", ratio=2, no_wrap=True, overflow="ellipsis")
+    table.add_column("status", width=12, no_wrap=True, overflow="ellipsis")
+    table.add_column("%", width=4, justify="right", no_wrap=True)
     table.add_column("instance", width=10, no_wrap=True, overflow="ellipsis")
     table.add_column("attempt", width=7, justify="right", no_wrap=True)
     table.add_column("duration", width=8, justify="right", no_wrap=True)
-    table.add_column("last message", ratio=1, no_wrap=True, overflow="ellipsis")
+    table.add_column("last message", ratio=3, no_wrap=True, overflow="ellipsis")
     for w in block.workers:
-        label = GROUP_LABELS.get(w.group, w.group)
-        if w.merged:
-            label += " merged"
+        # Merged implies completed (and reviewed): say the most advanced state.
+        label = "merged" if w.merged else GROUP_LABELS.get(w.group, w.group)
         bead = Text(w.bead_id)
         if w.title:
             bead.append(f" {w.title}", style="dim")

@@ -24,6 +24,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.live import Live
 
+from swarm_pool.errors import SwarmPoolError
 from swarm_pool.view.dashboard import render
 from swarm_pool.view.snapshot import Limits, SnapshotSource
 
@@ -145,10 +146,12 @@ def run_live(
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                store = source.store()
+                try:
+                    store = source.store()
+                    if store is not None and store.wait_for_change(seq, min(0.1, remaining)) != seq:
+                        break
+                except SwarmPoolError:
+                    store = None  # take() shows the problem in the next frame
                 if store is None:
                     quit_now.wait(min(0.1, remaining))
-                    continue
-                if store.wait_for_change(seq, min(0.1, remaining)) != seq:
-                    break
     return frames

@@ -405,7 +405,11 @@ class SnapshotSource:
         except SwarmPoolError as e:
             problems.append(f"store: {e}")
         if store is not None:
-            running_workers = store.workers.list(status="running")
+            try:
+                running_workers = store.workers.list(status="running")
+            except SwarmPoolError as e:
+                problems.append(f"store: {e}")
+                store = None
         busy: dict[str, int] = {}
         for w in running_workers:
             if w.session_status in ("busy", "retry"):
@@ -424,18 +428,23 @@ class SnapshotSource:
         )
         if store is None:
             return snap
-        epics, other = self._epics(store, limits)
-        reservations, hidden = _reservation_rows(store, limits.reservations, now)
-        events = [
-            EventRow(
-                seq=s.seq,
-                timestamp=s.timestamp,
-                type=s.type,
-                level=event_level(s),
-                text=event_summary(s),
-            )
-            for s in store.read(descending=True, limit=limits.events)
-        ]
+        try:
+            epics, other = self._epics(store, limits)
+            reservations, hidden = _reservation_rows(store, limits.reservations, now)
+            events = [
+                EventRow(
+                    seq=s.seq,
+                    timestamp=s.timestamp,
+                    type=s.type,
+                    level=event_level(s),
+                    text=event_summary(s),
+                )
+                for s in store.read(descending=True, limit=limits.events)
+            ]
+            last_seq = store.last_seq()
+        except SwarmPoolError as e:  # shown in the frame; the next one tries again
+            problems.append(f"store: {e}")
+            return snap
         return Snapshot(
             project=snap.project,
             taken_at=now,
@@ -446,7 +455,7 @@ class SnapshotSource:
             reservations=reservations,
             reservations_hidden=hidden,
             events=events,
-            last_seq=store.last_seq(),
+            last_seq=last_seq,
             store_present=True,
             problems=problems,
         )
