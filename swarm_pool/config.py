@@ -68,6 +68,7 @@ class SupervisorSection(_Section):
     stable_after_s: float = Field(60.0, ge=0, description="uptime that resets backoff")
     flap_max_restarts: int = Field(5, ge=1, description="more than R restarts ...")
     flap_window_s: float = Field(120.0, gt=0, description="... within this window -> fatal")
+    stats_interval_s: float = Field(15.0, ge=0, description="instance_stats sample period")
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     log_backups: int = Field(3, ge=0)
 

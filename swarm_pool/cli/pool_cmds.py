@@ -19,6 +19,7 @@ from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, project_options
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool import api
+from swarm_pool.view.progress import pool_progress
 
 
 def _fmt(value: Any) -> str:
@@ -62,7 +63,9 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
 @project_options
 def start(app: AppContext, size: int | None, as_json: bool) -> None:
     """Start the supervisor and N opencode instances; return when all are ready."""
-    api.start_pool(app.paths, app.config, size=size, config_path=app.config_path)
+    total = size or app.config.pool.size
+    with pool_progress(app.paths, "start", total=total, as_json=as_json):
+        api.start_pool(app.paths, app.config, size=size, config_path=app.config_path)
     status = api.pool_status(app.paths)
     if as_json:
         echo_json(_public(status))
@@ -90,7 +93,8 @@ def status(app: AppContext, as_json: bool) -> None:
 @project_options
 def stop(app: AppContext, as_json: bool) -> None:
     """Stop the supervisor and every instance (also when the supervisor is dead)."""
-    result = api.stop_pool(app.paths, app.config)
+    with pool_progress(app.paths, "stop", as_json=as_json):
+        result = api.stop_pool(app.paths, app.config)
     if as_json:
         echo_json(result)
     elif not result["was_running"] and not result["killed"]:

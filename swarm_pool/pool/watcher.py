@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from swarm_pool.config import Config
 from swarm_pool.errors import (
     ConfigError,
@@ -82,6 +84,9 @@ class Watcher:
         self.removing = False
         self.finished = False
         self.adopt_from = adopt_from
+        # Resource samples for `metrics`: the last sample's clock and tree CPU seconds.
+        self._sample_at: float | None = None
+        self._sample_cpu_s = 0.0
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -254,6 +259,7 @@ class Watcher:
         self.launched = launched
         self.ref = launched.ref
         self.launch_mono = self.ctx.clock()
+        self._sample_at = None
         self.policy.started()
         owner = Owner(launched.ref.pid, launched.ref.create_time)
         self.ctx.leases.set_owners(port, [self.ctx.me, owner])
@@ -367,6 +373,7 @@ class Watcher:
         if stats is None:
             return
         rss_mb = stats[0]
+        self._sample(rss_mb, stats[1])
         busy_fn = self.program.busy
         port = self.port
 
@@ -392,6 +399,39 @@ class Watcher:
         self._set(draining=True)
         self._terminate(reason=reason)
         self._on_failure(reason, None)
+
+    def _sample(self, rss_mb: float, procs: list[psutil.Process]) -> None:
+        """Record an ``instance_stats`` event every ``stats_interval_s``, so peak RSS and
+        mean CPU survive restarts (live psutil only knows the current run)."""
+        interval = self.ctx.config.supervisor.stats_interval_s
+        if interval <= 0:
+            return
+        now = self.ctx.clock()
+        if self._sample_at is not None and now - self._sample_at < interval:
+            return
+        cpu_s = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                cpu_s += times.user + times.system
+        cpu_percent: float | None = None
+        if self._sample_at is not None and now > self._sample_at:
+            # Children that exited take their CPU time with them: clamp at zero.
+            cpu_percent = round(
+                max(0.0, (cpu_s - self._sample_cpu_s) / (now - self._sample_at)) * 100, 1
+            )
+        self._sample_at, self._sample_cpu_s = now, cpu_s
+        self._emit(
+            ev.InstanceStats(
+                instance=self.name,
+                pid=self.ref.pid if self.ref else None,
+                port=self.port,
+                rss_mb=round(rss_mb, 1),
+                cpu_percent=cpu_percent,
+            ),
+            f"{self.name}: rss {rss_mb:.0f} MB, cpu {cpu_percent}%",
+            logging.DEBUG,
+        )
 
     def _died(self, status: process.ExitStatus, *, during_start: bool) -> None:
         reason = status.describe()
