@@ -22,6 +22,7 @@ import argparse
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm_pool.config import load_config
+from swarm_pool.errors import OpenCodeError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import scale_pool, start_pool, stop_pool
 from swarm_pool.protocol import Contract
@@ -40,6 +42,7 @@ from swarm_pool.swarm.watch import session_finished
 from swarm_pool.swarm.workers import PromptSpec, spawn_async
 
 POLL_PERIOD_S = 5.0
+_DROPPED: list[str] = []  # blocking prompts whose connection the server dropped
 
 
 def _git(cwd: Path, *args: str) -> None:
@@ -56,8 +59,14 @@ def _project(base: Path, max_sessions: int) -> ProjectPaths:
     _git(root, "add", "README.md")
     _git(root, "commit", "-q", "-m", "init")
     paths = ProjectPaths(root).ensure()
+    # Every worker opens a new directory on its instance, which grows its RSS by ~60-100
+    # MB that dispose does not return; ~40 workers on one instance cross the default
+    # 2 GB limit and the supervisor restarts it mid-run. The memory limit is a separate
+    # concern from the orchestration measured here, so it is off.
     (paths.swarm_dir / "pool.toml").write_text(
-        f"[pool]\nmax_sessions_per_instance = {max_sessions}\n[workers]\ntimeout_s = 600.0\n"
+        f"[pool]\nmax_sessions_per_instance = {max_sessions}\n"
+        "[workers]\ntimeout_s = 600.0\n"
+        "[supervisor]\nmax_rss_mb = 0\n"
     )
     return paths
 
@@ -117,7 +126,17 @@ def _blocking_one(ctx: SwarmContext, bead: str, instance: str) -> float:
     try:
         started = time.perf_counter()
         session = client.create_session(str(tree.path), title=bead)
-        client.prompt(session["id"], prompt, directory=str(tree.path), timeout=600)
+        try:
+            client.prompt(session["id"], prompt, directory=str(tree.path), timeout=600)
+        except OpenCodeError:
+            # Seen under load: the server drops the long-held request. A blocking
+            # coordinator would then have to poll; count it and wait for the end.
+            _DROPPED.append(bead)
+            deadline = time.monotonic() + 600
+            while not session_finished(client, session["id"], str(tree.path)):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         return time.perf_counter() - started
     finally:
         client.close()
@@ -247,9 +266,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="swarm-bench-workers-"))
     paths = _project(base, max_sessions=n)
     config = load_config(None, project_root=paths.root)
-    results: dict[str, Any] = {"workers": n, "model_delay_s": delay_s}
+    results: dict[str, Any] = {
+        "workers": n,
+        "model_delay_s": delay_s,
+        "max_sessions_per_instance": n,
+        "memory_limit": "off",
+    }
     start_pool(paths, config, size=1)
     store = open_project_store(paths, config)
+    keep = False
     ctx = SwarmContext(paths=paths, config=config, store=store)
     try:
         # 1. spawn latency vs the blocking prompt (1 instance, no model delay)
@@ -281,8 +306,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "speedup_vs_sequential_4_instances": round(sequential / four["wall_s"], 2),
         }
         results["completion_detection_ms"] = four.get("detection_ms")
+        results["blocking_prompts_dropped"] = len(_DROPPED)
+    except BaseException:
+        keep = True
+        print(f"workers bench failed; its project is kept in {base}", file=sys.stderr)
+        raise
     finally:
         store.close()
         stop_pool(paths, config)
-        shutil.rmtree(base, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
     return results
