@@ -396,3 +396,43 @@ def test_coordinator_session_runs_the_flow_over_mcp(ctx: SwarmContext, pool: Poo
     assert {w.instance for w in workers if w} - {home.name}
     spawned = [events(ctx, b, "worker_spawned")[0].timestamp for b in beads]
     assert min(spawned) > started
+
+
+def test_idle_without_swarm_complete_needs_review(ctx: SwarmContext, pool: Pool) -> None:
+    epic = ctx.store.hive.create_epic(
+        "quiet",
+        [
+            SubtaskSpec(
+                title="forgets to complete",
+                files=["quiet/q.txt"],
+                script=[init(), write_files(), {"text": "All done, I think."}],
+            )
+        ],
+    )
+    bead = epic.cells[0].id
+    spawn_async(ctx, bead)
+    result = await_workers(ctx, epic.id, 180)
+    assert [w.bead_id for w in result.groups["completed_needs_review"]] == [bead], result.to_dict()
+    assert not events(ctx, bead, "worker_completed")
+    verdict = review(ctx, bead)
+    assert verdict.approved and verdict.files_touched == ["quiet/q.txt"]
+    merge(ctx, bead)
+    assert (pool.root / "quiet" / "q.txt").is_file()
+    assert ctx.store.hive.get_cell(bead).status == "closed"
+
+
+def test_session_error_fails_and_retries_then_gives_up(ctx: SwarmContext) -> None:
+    epic = ctx.store.hive.create_epic(
+        "broken model",
+        [SubtaskSpec(title="model says 400", files=["err.txt"], script=[{"http_error": 400}])],
+    )
+    bead = epic.cells[0].id
+    spawn_async(ctx, bead)
+    result = await_workers(ctx, epic.id, 180)
+    w = ctx.store.workers.get(bead)
+    assert w is not None and w.status == "failed", result.to_dict()
+    assert w.attempt == 2  # retried once (max_retries = 1), then given up
+    reasons = [getattr(f.event, "reason", "") for f in events(ctx, bead, "worker_failed")]
+    assert reasons == ["session_error", "session_error"]
+    assert events(ctx, bead, "session_error")
+    assert ctx.store.hive.get_cell(bead).status == "blocked"
