@@ -23,7 +23,12 @@ from swarm_pool.errors import (
     SwarmPoolError,
     WorkerError,
 )
-from swarm_pool.store.events import MergeConflict, ReviewCompleted, WorktreeMerged
+from swarm_pool.store.events import (
+    CellStatusChanged,
+    MergeConflict,
+    ReviewCompleted,
+    WorktreeMerged,
+)
 from swarm_pool.store.globs import matches
 from swarm_pool.swarm.context import SwarmContext
 
@@ -161,7 +166,7 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
             )
         )
         raise
-    ctx.store.append(
+    merged: list[Any] = [
         WorktreeMerged(
             bead_id=bead_id,
             epic_id=worker.epic_id,
@@ -169,10 +174,15 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
             base_branch=result.base,
             commit=result.commit,
         )
-    )
-    cell = ctx.store.hive.get_cell(bead_id)
-    if cell.status != "closed":
-        ctx.store.hive.set_status(bead_id, "closed", reason="merged")
+    ]
+    if ctx.store.hive.get_cell(bead_id).status != "closed":
+        # Work that went idle without swarm_complete is closed by its merge.
+        merged.append(
+            CellStatusChanged(
+                cell_id=bead_id, epic_id=worker.epic_id, status="closed", reason="merged"
+            )
+        )
+    ctx.store.append_many(merged)
     released = release_session(ctx, bead_id)
     return MergeOutcome(
         bead_id=bead_id,

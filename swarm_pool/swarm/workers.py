@@ -38,6 +38,7 @@ from swarm_pool.errors import (
 )
 from swarm_pool.protocol import Contract
 from swarm_pool.store.events import (
+    CellStatusChanged,
     WorkerFailed,
     WorkerProgress,
     WorkerQueued,
@@ -256,20 +257,28 @@ def spawn_async(
             from swarm_pool.swarm.dedicated import request_instance
 
             request_instance(ctx, bead_id)
-        ctx.store.append(
-            WorkerQueued(
-                bead_id=bead_id,
-                epic_id=cell.epic_id,
-                attempt=attempt,
-                title=contract.title,
-                worktree=str(tree.path),
-                files=owned,
-                prompt_hash=prompt_hash(text),
-                routing=policy,
-                reason="spawned",
-            )
+        # One transaction: nobody sees a queued worker on a bead that is not in progress.
+        ctx.store.append_many(
+            [
+                WorkerQueued(
+                    bead_id=bead_id,
+                    epic_id=cell.epic_id,
+                    attempt=attempt,
+                    title=contract.title,
+                    worktree=str(tree.path),
+                    files=owned,
+                    prompt_hash=prompt_hash(text),
+                    routing=policy,
+                    reason="spawned",
+                ),
+                CellStatusChanged(
+                    cell_id=bead_id,
+                    epic_id=cell.epic_id,
+                    status="in_progress",
+                    reason=f"worker attempt {attempt}",
+                ),
+            ]
         )
-        ctx.store.hive.set_status(bead_id, "in_progress", reason=f"worker attempt {attempt}")
     return SpawnResult(
         bead_id=bead_id,
         epic_id=cell.epic_id,
@@ -472,31 +481,43 @@ def fail(
         if abort and worker.session_id and worker.instance:
             _abort(ctx, worker.instance, worker.session_id, worker.worktree)
         duration = now_ms() - worker.spawned_at if worker.spawned_at else None
-        ctx.store.append(
-            WorkerFailed(
-                bead_id=bead_id,
-                epic_id=worker.epic_id,
-                session_id=worker.session_id,
-                attempt=worker.attempt,
-                error=error,
-                reason=reason,
-                duration_ms=duration,
-            )
+        failed = WorkerFailed(
+            bead_id=bead_id,
+            epic_id=worker.epic_id,
+            session_id=worker.session_id,
+            attempt=worker.attempt,
+            error=error,
+            reason=reason,
+            duration_ms=duration,
         )
+        queued = _last_event(ctx, bead_id, "worker_queued")
+        routing = getattr(queued, "routing", "least_busy")
+        # Each outcome is one transaction, so an observer never sees a failed worker
+        # whose bead is still "in progress", or a retry half recorded.
         if not retry or retries_used(ctx, bead_id) >= ctx.config.workers.max_retries:
-            ctx.store.hive.set_status(bead_id, "blocked", reason=f"worker failed: {reason}")
-            if getattr(_last_event(ctx, bead_id, "worker_queued"), "routing", "") == "dedicated":
+            ctx.store.append_many(
+                [
+                    failed,
+                    CellStatusChanged(
+                        cell_id=bead_id,
+                        epic_id=worker.epic_id,
+                        status="blocked",
+                        reason=f"worker failed: {reason}",
+                    ),
+                ]
+            )
+            if routing == "dedicated":
                 from swarm_pool.swarm.dedicated import release_instance
 
                 with contextlib.suppress(SwarmPoolError):
                     release_instance(ctx, bead_id)
             return "failed"
         attempt = worker.attempt + 1
-        queued = _last_event(ctx, bead_id, "worker_queued")
-        # One transaction: the worker goes straight from failed to pending (queued for
-        # the dispatcher, which prefers another instance than the one that failed it).
+        # Straight from failed to pending: queued for the dispatcher, which prefers
+        # another instance than the one that failed it.
         ctx.store.append_many(
             [
+                failed,
                 WorkerRetried(
                     bead_id=bead_id,
                     epic_id=worker.epic_id,
@@ -512,7 +533,7 @@ def fail(
                     worktree=worker.worktree,
                     files=list(worker.files),
                     prompt_hash=getattr(queued, "prompt_hash", ""),
-                    routing=getattr(queued, "routing", "least_busy"),
+                    routing=routing,
                     reason=f"retry after {reason}",
                 ),
             ]
