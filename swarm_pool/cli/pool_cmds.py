@@ -57,6 +57,14 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "ok"}
 
 
+def _show_status(app: AppContext, as_json: bool) -> None:
+    result = api.pool_status(app.paths)
+    if as_json:
+        echo_json(_public(result))
+    else:
+        _print_table(result)
+
+
 @main.command()
 @click.option("-n", "--size", type=click.IntRange(1, 64), default=None, help="Instances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
@@ -66,11 +74,7 @@ def start(app: AppContext, size: int | None, as_json: bool) -> None:
     total = size or app.config.pool.size
     with pool_progress(app.paths, "start", total=total, as_json=as_json):
         api.start_pool(app.paths, app.config, size=size, config_path=app.config_path)
-    status = api.pool_status(app.paths)
-    if as_json:
-        echo_json(_public(status))
-    else:
-        _print_table(status)
+    _show_status(app, as_json)
 
 
 @main.command()
@@ -110,11 +114,7 @@ def stop(app: AppContext, as_json: bool) -> None:
 def restart(app: AppContext, name: str | None, as_json: bool) -> None:
     """Restart instance NAME (also a fatal one), or every instance in turn."""
     api.restart_pool(app.paths, app.config, name)
-    result = api.pool_status(app.paths)
-    if as_json:
-        echo_json(_public(result))
-    else:
-        _print_table(result)
+    _show_status(app, as_json)
 
 
 @main.command()
@@ -124,11 +124,7 @@ def restart(app: AppContext, name: str | None, as_json: bool) -> None:
 def scale(app: AppContext, size: int, as_json: bool) -> None:
     """Grow or shrink the pool to SIZE instances."""
     api.scale_pool(app.paths, app.config, size)
-    result = api.pool_status(app.paths)
-    if as_json:
-        echo_json(_public(result))
-    else:
-        _print_table(result)
+    _show_status(app, as_json)
 
 
 @main.command()

@@ -25,7 +25,7 @@ from swarm_pool.errors import SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.process import ProcRef
 from swarm_pool.store import Store, StoredEvent, open_project_store
-from swarm_pool.store.events import now_ms
+from swarm_pool.store.events import EVENT_TYPES, now_ms
 from swarm_pool.view.metrics import LiveStats
 
 # Dashboard order of poll's groups: what needs attention first.
@@ -73,6 +73,10 @@ _SUMMARY_FIELDS = (
     "error",
 )
 _SKIP_IN_SUMMARY = {"epic_id"}  # the bead id already names its epic
+
+# Periodic resource samples would push every real event out of the "last events" panel;
+# they feed `metrics` and the instances panel instead.
+_EVENT_PANEL_TYPES = sorted(EVENT_TYPES - {"instance_stats"})
 
 
 @dataclass(frozen=True)
@@ -439,7 +443,7 @@ class SnapshotSource:
                     level=event_level(s),
                     text=event_summary(s),
                 )
-                for s in store.read(descending=True, limit=limits.events)
+                for s in store.read(types=_EVENT_PANEL_TYPES, descending=True, limit=limits.events)
             ]
             last_seq = store.last_seq()
         except SwarmPoolError as e:  # shown in the frame; the next one tries again
