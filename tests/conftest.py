@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -33,11 +34,11 @@ for _xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HO
 
 
 def _check_no_leak(env_name: str, tag: str, what: str) -> None:
-    deadline_procs = tagged_processes(env_name, tag)
-    if not deadline_procs:
+    procs = tagged_processes(env_name, tag)
+    if not procs:
         return
     # Children may still be exiting after a clean stop; give them a moment.
-    _gone, alive = psutil.wait_procs(deadline_procs, timeout=5)
+    _gone, alive = psutil.wait_procs(procs, timeout=5)
     if alive:
         text = describe(alive)
         for proc in alive:  # we started them (they carry our tag), so we may stop them
@@ -75,3 +76,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
             session.exitstatus = 1
+    # Only once nothing of ours runs any more: the per-user folder held their leases.
+    shutil.rmtree(_HOME, ignore_errors=True)
