@@ -1,10 +1,12 @@
-"""Test helpers: deadline waits and the process-leak check."""
+"""Test helpers: deadline waits, the process-leak check, and scratch git repositories."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import psutil
@@ -52,3 +54,34 @@ def describe(procs: list[psutil.Process]) -> str:
         except psutil.Error:
             out.append(f"{p.pid}: <gone>")
     return "; ".join(out)
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd``; its stdout, stripped. Fails the caller on a non-zero exit."""
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=60
+    )
+    return out.stdout.strip()
+
+
+def init_repo(
+    root: Path,
+    files: Mapping[str, str] | None = None,
+    *,
+    user: str = "tester",
+    message: str = "init",
+) -> Path:
+    """A git repo at ``root`` on branch main with one commit of ``files``
+    (relative path -> text; default a README.md), committed as ``user``."""
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", user)
+    git(root, "config", "user.email", f"{user.split()[0].lower()}@example.invalid")
+    git(root, "config", "commit.gpgsign", "false")
+    for rel, text in (files or {"README.md": "demo\n"}).items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+    return root

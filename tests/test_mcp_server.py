@@ -6,7 +6,6 @@ store), lists the tools, makes good and bad calls, and checks the store afterwar
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +22,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.protocol import COORDINATOR_TOOLS, WORKER_TOOLS
 from swarm_pool.store import Store, open_project_store
 from swarm_pool.store.events import SubtaskSpec
-from tests.support import SESSION_TAG_ENV, TEST_TAG_ENV
+from tests.support import SESSION_TAG_ENV, TEST_TAG_ENV, git, init_repo
 
 _PASS_ENV = (
     TEST_TAG_ENV,
@@ -34,13 +33,6 @@ _PASS_ENV = (
     "XDG_STATE_HOME",
     "XDG_CACHE_HOME",
 )
-
-
-def git(cwd: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
-    )
-    return out.stdout
 
 
 @dataclass
@@ -69,15 +61,7 @@ class Project:
 
 
 def make_project(root: Path, subtasks: list[SubtaskSpec] | None = None) -> Project:
-    root.mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "t@example.invalid")
-    git(root, "config", "user.name", "t")
-    (root / "README.md").write_text("demo\n")
-    (root / "src").mkdir()
-    (root / "src" / "keep.py").write_text("x = 1\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "init")
+    init_repo(root, {"README.md": "demo\n", "src/keep.py": "x = 1\n"})
     specs = subtasks or [
         SubtaskSpec(title="a", files=["src/a.py"]),
         SubtaskSpec(title="b", files=["src/b/**", "docs/b.md"]),

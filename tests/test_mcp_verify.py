@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import psutil
 
 from swarm_pool.mcp.verify import compare, owned_by, run_check, verify
-
-
-def git(cwd: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
-    )
-    return out.stdout
+from tests.support import git, init_repo
 
 
 def _repo(root: Path) -> Path:
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "t@example.invalid")
-    git(root, "config", "user.name", "t")
-    (root / "a.txt").write_text("a\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "init")
-    return root
+    return init_repo(root, {"a.txt": "a\n"})
 
 
 def test_owned_by_uses_the_reservation_glob_dialect() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,11 @@ import pytest
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import open_project_store
 from tests.pool_cli import cli, cli_json
-from tests.support import wait_for
+from tests.support import init_repo, wait_for
 from tests.test_view_live import HEADER, PtyDashboard
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def git(cwd: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -44,14 +38,7 @@ class Demo:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    root = (tmp_path_factory.mktemp("view-pool") / "proj").resolve()
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.name", "tester")
-    git(root, "config", "user.email", "tester@example.invalid")
-    (root / "README.md").write_text("demo\n")
-    git(root, "add", "README.md")
-    git(root, "commit", "-q", "-m", "init")
+    root = init_repo((tmp_path_factory.mktemp("view-pool") / "proj").resolve())
     # Sample often, so the run leaves instance_stats events with CPU figures to check.
     out = cli(
         "start",

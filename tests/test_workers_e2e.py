@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.watch import session_finished
 from swarm_pool.swarm.workers import spawn_async
 from tests.pool_cli import cli
-from tests.support import wait_for
+from tests.support import git, init_repo, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -55,12 +54,6 @@ doom_loop = "deny"
 """
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 @dataclass
 class Pool:
     root: Path
@@ -74,14 +67,9 @@ class Pool:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    root = (tmp_path_factory.mktemp("workers-e2e") / "proj").resolve()
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.name", "tester")
-    git(root, "config", "user.email", "tester@example.invalid")
-    (root / "README.md").write_text("project\n")
-    git(root, "add", "README.md")
-    git(root, "commit", "-q", "-m", "init")
+    root = init_repo(
+        (tmp_path_factory.mktemp("workers-e2e") / "proj").resolve(), {"README.md": "project\n"}
+    )
     paths = ProjectPaths(root).ensure()
     (paths.swarm_dir / "pool.toml").write_text(POOL_TOML)  # .swarm/ is git-ignored
     out = cli("start", "--json", project=root, session_scoped=True, timeout=240)

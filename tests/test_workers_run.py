@@ -4,31 +4,18 @@ the shipped demo plan starts one, merges every task, and leaves no process behin
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.pool_cli import cli, pool_processes
+from tests.support import git, init_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 def project(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.name", "tester")
-    git(path, "config", "user.email", "tester@example.invalid")
-    (path / "README.md").write_text("demo\n")
-    git(path, "add", "README.md")
-    git(path, "commit", "-q", "-m", "init")
-    return path.resolve()
+    return init_repo(path).resolve()
 
 
 BAD_PLANS = {

@@ -9,7 +9,6 @@ poll groups and BLOCKED mail, await woken by a store change, answer, review and 
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -46,25 +45,12 @@ from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
+from tests.support import git, init_repo
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.name", "t")
-    git(root, "config", "user.email", "t@example.invalid")
-    (root / "README.md").write_text("hello\n")
-    git(root, "add", "README.md")
-    git(root, "commit", "-q", "-m", "init")
-    return root
+    return init_repo(tmp_path / "proj", {"README.md": "hello\n"})
 
 
 class FakePool:

@@ -13,29 +13,19 @@ import pytest
 from swarm_pool.errors import DirtyWorktreeError, GitError, MergeConflictError
 from swarm_pool.swarm.gitlock import GitLock
 from swarm_pool.swarm.worktree import Worktrees, branch_name
+from tests.support import git, init_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "proj"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.name", "Test User")
-    git(root, "config", "user.email", "test@example.invalid")
-    git(root, "config", "commit.gpgsign", "false")
-    (root / "README.md").write_text("hello\n")
-    (root / "shared.txt").write_text("line 1\nline 2\n")
-    git(root, "add", ".")
-    git(root, "commit", "-q", "-m", "initial")
-    return root
+    return init_repo(
+        tmp_path / "proj",
+        {"README.md": "hello\n", "shared.txt": "line 1\nline 2\n"},
+        user="Test User",
+        message="initial",
+    )
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
