@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from swarm_pool.protocol import Contract, find_bead_id, find_contract
-from swarm_pool.swarm.prompt import build_prompt, build_worker_prompt, prompt_hash
+from swarm_pool.swarm.prompt import build_worker_prompt, prompt_hash
 
 CONTRACT = Contract(
     bead_id="bd-4f2a9c.2",
@@ -88,7 +88,7 @@ def test_retry_adds_the_interrupted_note() -> None:
 
 def test_no_owned_files_and_defaults() -> None:
     bare = Contract(bead_id="bd-aaaa.1", epic_id="bd-aaaa")
-    text = build_prompt(bare)
+    text = build_worker_prompt(bare)
     assert "You own no files" in text
     assert "paths=[]" not in text and "is not needed" in text
     assert "## Task: bd-aaaa.1" in text
@@ -102,4 +102,3 @@ def test_prompt_hash_is_short_stable_and_sensitive() -> None:
     assert re.fullmatch(r"[0-9a-f]{16}", h)
     assert prompt_hash(build()) == h
     assert prompt_hash(build(description="other")) != h
-    assert build_prompt(CONTRACT, description="d") == build_worker_prompt(CONTRACT, description="d")

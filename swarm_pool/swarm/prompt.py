@@ -107,23 +107,3 @@ def build_worker_prompt(
     )
     parts.append("## Contract (machine-readable)\n\n" + render_contract(contract))
     return "\n\n".join(parts) + "\n"
-
-
-def build_prompt(
-    contract: Contract,
-    *,
-    title: str | None = None,
-    description: str = "",
-    shared_context: str = "",
-    success_criteria: Sequence[str] | None = None,
-    retry_note: str | None = None,
-) -> str:
-    """Alias of ``build_worker_prompt``."""
-    return build_worker_prompt(
-        contract,
-        title=title,
-        description=description,
-        shared_context=shared_context,
-        success_criteria=success_criteria,
-        retry_note=retry_note,
-    )
