@@ -1,8 +1,9 @@
 """The pool's state file ``.swarm/pool.json``: what runs, where, and with which secret.
 
 The supervisor writes it on every change; the CLI, the router and the dashboard read it.
-It holds the supervisor's pid and ``create_time``, the pool password, the control socket,
-and for each child (opencode instances and the scripted model) its port, pid,
+It holds the supervisor's pid and ``create_time``, the pool password, the gateway's own
+password, the control socket, and for each child (opencode instances, the scripted model
+and the gateway) its port, pid,
 ``create_time``, state, restarts, start time, last exit and whether it is draining. It is
 created with mode 0600 (it holds the password) and replaced atomically (tmp + rename), so
 a reader never sees half a file. Readers use ``read_state``; ``live_view`` adds what only
@@ -23,7 +24,7 @@ from swarm_pool.errors import PoolError
 from swarm_pool.pool.process import ProcRef
 
 ChildState = Literal["starting", "ready", "unhealthy", "backoff", "fatal", "stopped"]
-ChildKind = Literal["opencode", "model"]
+ChildKind = Literal["opencode", "model", "gateway"]
 Phase = Literal["starting", "running", "stopping", "stopped", "failed"]
 STATE_VERSION = 1
 
@@ -88,6 +89,8 @@ class PoolState(_Model):
     size: int = 0
     supervisor: SupervisorRecord | None = None
     password: str
+    # The gateway's own Basic-auth password (user opencode); empty without a gateway.
+    gateway_password: str = ""
     socket: str | None = None
     model_url: str | None = None
     instances: list[ChildRecord] = Field(default_factory=list)
@@ -105,6 +108,9 @@ class PoolState(_Model):
 
     def opencode(self) -> list[ChildRecord]:
         return [rec for rec in self.instances if rec.kind == "opencode"]
+
+    def gateway(self) -> ChildRecord | None:
+        return next((rec for rec in self.instances if rec.kind == "gateway"), None)
 
 
 def read_state(path: Path) -> PoolState | None:
