@@ -22,7 +22,10 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── StoreError
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
-    │   └── NotFoundError           unknown epic, cell, message or reservation
+    │   ├── NotFoundError           unknown epic, cell, message or reservation
+    │   └── WorkerStateError        a worker event the lifecycle refuses (nothing written)
+    │       ├── IllegalTransitionError  the transition table forbids it
+    │       └── VersionConflictError    the bead changed since the caller read it
     ├── HiveError                   cycle, unknown dependency, bad id
     ├── ReservationError
     │   └── PathEscapeError         a path or pattern leaves the project
@@ -116,6 +119,33 @@ class EventValidationError(StoreError):
 
 class NotFoundError(StoreError):
     pass
+
+
+class WorkerStateError(StoreError):
+    """A worker event refused by the lifecycle; its whole transaction wrote nothing."""
+
+    def __init__(self, message: str, *, bead_id: str) -> None:
+        super().__init__(message)
+        self.bead_id = bead_id
+
+
+class IllegalTransitionError(WorkerStateError):
+    """The transition table forbids this event in the worker's current status."""
+
+    def __init__(self, message: str, *, bead_id: str, current: str | None, event_type: str) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.current = current
+        self.event_type = event_type
+
+
+class VersionConflictError(WorkerStateError):
+    """The bead's worker changed since the caller read it: re-read and decide again
+    (eventsourcing's RecordConflictError)."""
+
+    def __init__(self, message: str, *, bead_id: str, expected: int, actual: int) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.expected = expected
+        self.actual = actual
 
 
 class HiveError(SwarmPoolError):

@@ -206,6 +206,15 @@ class WorkerQueued(_WorkerEvent):
     reason: str = ""
 
 
+class WorkerSessionCreated(_WorkerEvent):
+    """The intent recorded before ``prompt_async``: this attempt's session exists on
+    ``instance`` and only it may be prompted for the attempt."""
+
+    type: Literal["worker_session_created"] = "worker_session_created"
+    instance: str = ""
+    worktree: str = ""
+
+
 class WorkerNeedsReview(_WorkerEvent):
     """The session went idle without ``swarm_complete`` (confirmed, not one signal alone)."""
 
@@ -368,6 +377,7 @@ Event = Annotated[
     | WorkerRetried
     | WorkerQueued
     | WorkerNeedsReview
+    | WorkerSessionCreated
     | SessionStatus
     | SessionError
     | FileReserved
