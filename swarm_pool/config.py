@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from swarm_pool.errors import ConfigError
 
@@ -36,7 +43,9 @@ _NON_CONFIG_ENV = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Strict: values come from TOML (and env overrides in TOML syntax), which are typed;
+    # the string "yes" is not a boolean and 2.0 is not an integer.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class PoolSection(_Section):
@@ -92,6 +101,14 @@ class OpenCodeSection(_Section):
     )
     extra_config: dict[str, Any] = Field(default_factory=dict)
     mcp_enabled: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        provider, sep, name = value.partition("/")
+        if value != "scripted" and not (sep and provider.strip() and name.strip()):
+            raise ValueError("use 'scripted' or 'provider/model'")
+        return value
 
 
 class ModelSection(_Section):

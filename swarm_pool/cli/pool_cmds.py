@@ -102,7 +102,7 @@ def stop(app: AppContext, as_json: bool) -> None:
     if as_json:
         echo_json(result)
     elif not result["was_running"] and not result["killed"]:
-        click.echo("pool is not running; nothing left to stop")
+        click.echo("no pool running")
     else:
         click.echo(f"pool stopped; ports released: {', '.join(map(str, result['ports']))}")
 
