@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from swarm_pool.config import Config, load_config
-from swarm_pool.errors import ProjectError
+from swarm_pool.errors import ProjectError, StoreError
 from swarm_pool.paths import ProjectPaths, find_project_root
+
+if TYPE_CHECKING:
+    from swarm_pool.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,6 +113,22 @@ def project_options(func: F) -> F:
         return func(*args, app=resolve_app(common_values(given)), **kw)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def existing_store(app: AppContext) -> Iterator[Store]:
+    """The project's store, which must exist: read-only commands never create one."""
+    from swarm_pool.store import open_project_store
+
+    if not app.paths.db.is_file():
+        raise StoreError(
+            f"no store at {app.paths.db}: nothing has been recorded in {app.paths.root} yet"
+        )
+    store = open_project_store(app.paths, app.config)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def echo_json(data: Any) -> None:

@@ -76,6 +76,7 @@ def start_pool(
             "opencode.model is 'scripted' but swarm_pool.scripted_model is not installed; "
             "set opencode.model to a provider/model"
         )
+    check_store(paths, config)
     size = size if size is not None else config.pool.size
     argv = [sys.executable, "-m", "swarm_pool.pool.daemon", "--project", str(paths.root)]
     argv += ["--size", str(size)]
@@ -108,6 +109,16 @@ def start_pool(
     except BaseException:
         _abort_start(paths, config, daemon)
         raise
+
+
+def check_store(paths: ProjectPaths, config: Config) -> None:
+    """Open the project's store if there is one, so a damaged store fails ``start`` with
+    its own error before anything is launched (the supervisor would only log it)."""
+    if not paths.db.exists():
+        return
+    from swarm_pool.store import open_project_store
+
+    open_project_store(paths, config).close()
 
 
 def _module_exists(name: str) -> bool:
