@@ -257,9 +257,12 @@ def pool_status(
             "ok": False,
         }
     running = state.supervisor_alive()
+    signs = _live_signs(state) if running and live else {}
     views = []
     refs = {}
     for rec in state.instances:
+        if rec.name in signs:
+            rec.last_sign_at = signs[rec.name]
         view = child_view(rec)
         ref = rec.ref
         alive = ref is not None and ref.alive()
@@ -295,6 +298,23 @@ def pool_status(
         "instances": views,
         "ok": ok,
     }
+
+
+def _live_signs(state: PoolState) -> dict[str, float | None]:
+    """Each child's last sign of life as the supervisor knows it now (the state file is
+    only written on changes); empty when the supervisor does not answer."""
+    if not state.socket:
+        return {}
+    try:
+        answer = control.call(Path(state.socket), "status", timeout=2.0)
+    except PoolError:
+        return {}
+    found: dict[str, float | None] = {}
+    for rec in answer.get("instances", []) if isinstance(answer, dict) else []:
+        if isinstance(rec, dict) and isinstance(rec.get("name"), str):
+            sign = rec.get("last_sign_at")
+            found[rec["name"]] = float(sign) if isinstance(sign, int | float) else None
+    return found
 
 
 def _control(paths: ProjectPaths) -> tuple[PoolState, Path]:
