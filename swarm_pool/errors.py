@@ -20,6 +20,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
     ├── StoreError
+    │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
     │   ├── NotFoundError           unknown epic, cell, message or reservation
@@ -107,6 +108,10 @@ class OpenCodeError(SwarmPoolError):
 
 class StoreError(SwarmPoolError):
     pass
+
+
+class StoreCorruptError(StoreError):
+    """The store file is not a database or is damaged; nothing can use it as it is."""
 
 
 class MigrationError(StoreError):

@@ -79,6 +79,7 @@ def start_pool(
             "opencode.model is 'scripted' but swarm_pool.scripted_model is not installed; "
             "set opencode.model to a provider/model"
         )
+    check_store(paths, config)
     size = size if size is not None else config.pool.size
     argv = [sys.executable, "-m", "swarm_pool.daemon", "--project", str(paths.root)]
     argv += ["--size", str(size)]
@@ -98,6 +99,16 @@ def start_pool(
     except BaseException:
         _abort_start(paths, config, daemon)
         raise
+
+
+def check_store(paths: ProjectPaths, config: Config) -> None:
+    """Open the project's store if there is one, so a damaged store fails ``start`` with
+    its own error before anything is launched (the supervisor would only log it)."""
+    if not paths.db.exists():
+        return
+    from swarm_pool.store import open_project_store
+
+    open_project_store(paths, config).close()
 
 
 def _module_exists(name: str) -> bool:
@@ -236,9 +247,12 @@ def pool_status(
             "ok": False,
         }
     running = state.supervisor_alive()
+    signs = _live_signs(state) if running and live else {}
     views = []
     refs = {}
     for rec in state.instances:
+        if rec.name in signs:
+            rec.last_sign_at = signs[rec.name]
         view = child_view(rec)
         ref = rec.ref
         alive = ref is not None and ref.alive()
@@ -274,6 +288,23 @@ def pool_status(
         "instances": views,
         "ok": ok,
     }
+
+
+def _live_signs(state: PoolState) -> dict[str, float | None]:
+    """Each child's last sign of life as the supervisor knows it now (the state file is
+    only written on changes); empty when the supervisor does not answer."""
+    if not state.socket:
+        return {}
+    try:
+        answer = control.call(Path(state.socket), "status", timeout=2.0)
+    except PoolError:
+        return {}
+    found: dict[str, float | None] = {}
+    for rec in answer.get("instances", []) if isinstance(answer, dict) else []:
+        if isinstance(rec, dict) and isinstance(rec.get("name"), str):
+            sign = rec.get("last_sign_at")
+            found[rec["name"]] = float(sign) if isinstance(sign, int | float) else None
+    return found
 
 
 def _control(paths: ProjectPaths) -> tuple[PoolState, Path]:

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,8 @@ class Program:
     probe: Callable[[int, float], None]  # raises OpenCodeError when not ready
     # Counts busy sessions (None when unknown); only opencode instances have sessions.
     busy: Callable[[int, float], int | None] | None = None
+    # The raw messages of its event stream (a sign of life); only opencode has one.
+    events: Callable[[int], Iterator[str]] | None = None
 
     def url(self, port: int) -> str:
         base = f"http://{HOST}:{port}"
@@ -199,6 +201,10 @@ def opencode_program(
     def busy(port: int, timeout: float) -> int | None:
         return busy_sessions(f"http://{HOST}:{port}", password, timeout)
 
+    def events(port: int) -> Iterator[str]:
+        with OpenCodeClient(f"http://{HOST}:{port}", password) as client:
+            yield from client.event_data()
+
     return Program(
         name=name,
         kind="opencode",
@@ -208,6 +214,7 @@ def opencode_program(
         log_path=paths.instance_dir(name) / LOG_NAME,
         probe=probe_opencode(password),
         busy=busy,
+        events=events,
     )
 
 

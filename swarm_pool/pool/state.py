@@ -57,6 +57,8 @@ class ChildRecord(_Model):
     last_exit: ExitInfo | None = None
     draining: bool = False
     reason: str = ""  # why it is unhealthy, in backoff or fatal
+    # Wall clock of its last sign of life (an answer or an event on its stream).
+    last_sign_at: float | None = None
 
     @property
     def url(self) -> str | None:
@@ -145,6 +147,9 @@ def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
     uptime = None
     if rec.started_at is not None and rec.state in ("starting", "ready", "unhealthy"):
         uptime = round(max(0.0, now - rec.started_at), 1)
+    last_sign = None
+    if rec.last_sign_at is not None and rec.state in ("ready", "unhealthy"):
+        last_sign = round(max(0.0, now - rec.last_sign_at), 1)
     return {
         "name": rec.name,
         "kind": rec.kind,
@@ -154,6 +159,7 @@ def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
         "state": rec.state,
         "restarts": rec.restarts,
         "uptime_s": uptime,
+        "last_sign_s": last_sign,
         "rss_mb": None,
         "cpu_percent": None,
         "busy_sessions": None,

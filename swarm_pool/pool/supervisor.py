@@ -133,7 +133,7 @@ class Supervisor:
                 password=self.password,
                 socket=str(self.socket_path),
                 model_url=self._model_url(),
-                instances=[c.record.model_copy(deep=True) for c in self._ordered()],
+                instances=[c.live_record() for c in self._ordered()],
                 error=self._error,
             )
 
