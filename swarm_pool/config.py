@@ -36,6 +36,8 @@ _NON_CONFIG_ENV = {
     "SWARM_POOL_PROJECT",
     # The MCP server's log level (stderr).
     "SWARM_POOL_MCP_LOG",
+    # The pool's own process tag (pool/orphans.py), inherited by all its processes.
+    "SWARM_POOL_TAG",
     # Process tags the test suite puts in every child's environment.
     "SWARM_POOL_TEST_ID",
     "SWARM_POOL_TEST_SESSION",
@@ -126,6 +128,17 @@ class WorkersSection(_Section):
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)
     base_branch: str = Field("", description="empty: the branch checked out at spawn")
+    sandbox: Literal["off", "bwrap"] = Field(
+        "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"
+    )
+    sandbox_network: bool = Field(True, description="false: no network in the sandbox")
+
+    def sandbox_label(self) -> str:
+        """How status, the dashboard and `run` name the sandbox: off, bwrap, or
+        bwrap (no network)."""
+        if self.sandbox == "off":
+            return "off"
+        return self.sandbox if self.sandbox_network else f"{self.sandbox} (no network)"
 
 
 class StoreSection(_Section):

@@ -12,6 +12,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PortsExhaustedError     no free port left in the configured range
     │   └── PortInUseError          a port was taken between allocation and bind
     ├── ProcessError                a child could not be launched or stopped
+    ├── SandboxError                workers.sandbox is on but bubblewrap is missing/broken
     ├── InstanceError
     │   └── InstanceStartError      an instance never became ready
     ├── PoolError
@@ -36,7 +37,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   └── MergeConflictError
     ├── WorkerError
     │   ├── DependencyBlockedError
-    │   └── DuplicateSpawnError
+    │   ├── DuplicateSpawnError
+    │   └── ReviewRequiredError     merge refused: no approving review of the branch head
     ├── PlanError                   bad plan file
     └── ScriptError                 bad scripted-model script
 """
@@ -75,6 +77,10 @@ class PortInUseError(PortError):
 
 
 class ProcessError(SwarmPoolError):
+    pass
+
+
+class SandboxError(SwarmPoolError):
     pass
 
 
@@ -207,6 +213,10 @@ class DependencyBlockedError(WorkerError):
 
 class DuplicateSpawnError(WorkerError):
     pass
+
+
+class ReviewRequiredError(WorkerError):
+    """A merge was refused: no approving ``review_completed`` for the branch's head."""
 
 
 class PlanError(SwarmPoolError):

@@ -37,6 +37,7 @@ def _print_table(status: dict[str, Any]) -> None:
         console = Console(width=160)
     running = "running" if sup["running"] else "not running"
     console.print(f"supervisor: pid {_fmt(sup['pid'])} ({running}) - {status['project']}")
+    console.print(f"sandbox: {sup.get('sandbox', 'off')}", markup=False)
     table = Table(show_header=True, header_style="bold")
     columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "last_sign_s"]
     columns += ["rss_mb", "cpu_percent", "busy_sessions"]

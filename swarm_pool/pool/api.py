@@ -5,8 +5,9 @@ The CLI is a thin layer over these functions (and scripts can call them directly
 supervisor), launches the daemon detached, waits on the state file until every child is
 ready, and on any failure stops everything it started before raising the daemon's own
 error. ``stop_pool`` asks the supervisor to stop and then, whether or not it was alive,
-kills whatever the state file still lists (verified by pid and ``create_time``), so
-``stop`` always leaves nothing behind. ``pool_status`` reads the state file plus live
+kills whatever the state file still lists (verified by pid and ``create_time``) and
+every process that carries the pool's tag (``orphans.py``), so ``stop`` always leaves
+nothing behind. ``pool_status`` reads the state file plus live
 psutil and HTTP figures, so it works when the supervisor is dead.
 """
 
@@ -34,9 +35,11 @@ from swarm_pool.errors import (
     UnknownInstanceError,
 )
 from swarm_pool.opencode.binary import find_opencode
+from swarm_pool.opencode.shell import check_bwrap
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import control, process
 from swarm_pool.pool.instance import busy_sessions
+from swarm_pool.pool.orphans import POOL_TAG_ENV, new_tag, sweep_tagged
 from swarm_pool.pool.ports import PortLeases, wait_port_free
 from swarm_pool.pool.state import PoolState, child_view, read_state, write_state
 
@@ -74,6 +77,8 @@ def start_pool(
             f"{running.supervisor.pid}); see `swarm-pool status`, or `swarm-pool stop` first"
         )
     find_opencode(config)
+    if config.workers.sandbox == "bwrap":
+        check_bwrap()  # a missing or broken bubblewrap fails here, never silently later
     if config.opencode.model == "scripted" and not _module_exists("swarm_pool.scripted_model"):
         raise SwarmPoolError(
             "opencode.model is 'scripted' but swarm_pool.scripted_model is not installed; "
@@ -86,6 +91,7 @@ def start_pool(
     if config_path is not None:
         argv += ["--config", str(config_path.resolve())]
     env = dict(os.environ if environ is None else environ)
+    env[POOL_TAG_ENV] = _pool_tag(paths)
     started = time.monotonic()
     try:
         daemon = process.launch(argv, env=env, cwd=paths.root, log_path=paths.supervisor_log).popen
@@ -109,6 +115,19 @@ def check_store(paths: ProjectPaths, config: Config) -> None:
     from swarm_pool.store import open_project_store
 
     open_project_store(paths, config).close()
+
+
+def _pool_tag(paths: ProjectPaths) -> str:
+    """The previous pool's tag while any of its children still runs (they will be
+    adopted, and must be swept with the rest), else a fresh one."""
+    previous = _read_quietly(paths)
+    if (
+        previous is not None
+        and previous.tag
+        and any(rec.ref is not None and rec.ref.alive() for rec in previous.instances)
+    ):
+        return previous.tag
+    return new_tag()
 
 
 def _module_exists(name: str) -> bool:
@@ -220,6 +239,9 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
                 proc.kill()
     state = read_state(paths.state_file) or state
     killed = _kill_leftovers(state, config)
+    # Whatever agents detached and the supervisor could not take down with it (or it
+    # was dead): every process still carrying the pool's tag.
+    swept = sweep_tagged(state.tag, config.pool.stop_grace_s)
     busy = [p for p in held if not wait_port_free(p, 5.0)]
     for rec in state.instances:
         rec.state = "stopped"
@@ -231,7 +253,7 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     write_state(paths.state_file, state)
     if busy:
         raise PoolError(f"ports still in use after stop: {', '.join(map(str, busy))}")
-    return {"was_running": was_running, "killed": killed, "ports": held}
+    return {"was_running": was_running, "killed": killed, "ports": held, "swept": swept}
 
 
 def pool_status(
@@ -242,7 +264,7 @@ def pool_status(
     if state is None:
         return {
             "project": str(paths.root),
-            "supervisor": {"pid": None, "running": False, "phase": None},
+            "supervisor": {"pid": None, "running": False, "phase": None, "sandbox": "off"},
             "instances": [],
             "ok": False,
         }
@@ -274,7 +296,10 @@ def pool_status(
         targets = [v for v in views if v["kind"] == "opencode" and v["name"] in refs]
         if targets:
             with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
-                counts = pool.map(lambda v: busy_sessions(v["url"], state.password), targets)
+                passwords = {r.name: r.password for r in state.instances}
+                counts = pool.map(
+                    lambda v: busy_sessions(v["url"], passwords.get(v["name"], "")), targets
+                )
                 for view, count in zip(targets, counts, strict=True):
                     view["busy_sessions"] = count
     ok = running and bool(views) and all(v["state"] == "ready" for v in views)
@@ -284,6 +309,7 @@ def pool_status(
             "pid": state.supervisor.pid if state.supervisor else None,
             "running": running,
             "phase": state.phase if running else "stopped",
+            "sandbox": state.sandbox,
         },
         "instances": views,
         "ok": ok,
@@ -343,4 +369,4 @@ def attach_info(paths: ProjectPaths, name: str) -> dict[str, str]:
     ref = rec.ref
     if rec.url is None or ref is None or not ref.alive():
         raise PoolNotRunningError(f"instance {name} is not running ({rec.state})")
-    return {"url": rec.url, "username": "opencode", "password": state.password}
+    return {"url": rec.url, "username": "opencode", "password": rec.password}

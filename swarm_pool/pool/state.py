@@ -1,12 +1,13 @@
 """The pool's state file ``.swarm/pool.json``: what runs, where, and with which secret.
 
 The supervisor writes it on every change; the CLI, the router and the dashboard read it.
-It holds the supervisor's pid and ``create_time``, the pool password, the control socket,
-and for each child (opencode instances and the scripted model) its port, pid,
-``create_time``, state, restarts, start time, last exit and whether it is draining. It is
-created with mode 0600 (it holds the password) and replaced atomically (tmp + rename), so
-a reader never sees half a file. Readers use ``read_state``; ``live_view`` adds what only
-psutil knows (is the supervisor alive, which recorded pids still run).
+It holds the supervisor's pid and ``create_time``, the pool's process tag, the control
+socket, and for each child (opencode instances and the scripted model) its port, pid,
+``create_time``, password (each instance has its own), state, restarts, start time, last
+exit and whether it is draining. It is created with mode 0600 (it holds the passwords)
+and replaced atomically (tmp + rename), so a reader never sees half a file. Readers use
+``read_state``; ``live_view`` adds what only psutil knows (is the supervisor alive,
+which recorded pids still run).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ChildRecord(_Model):
     reason: str = ""  # why it is unhealthy, in backoff or fatal
     # Wall clock of its last sign of life (an answer or an event on its stream).
     last_sign_at: float | None = None
+    password: str = ""  # this instance's own HTTP Basic password ("" for the model)
 
     @property
     def url(self) -> str | None:
@@ -89,7 +91,9 @@ class PoolState(_Model):
     phase: Phase = "starting"
     size: int = 0
     supervisor: SupervisorRecord | None = None
-    password: str
+    # The value of POOL_TAG_ENV every process of this pool inherits ("" when unknown).
+    tag: str = ""
+    sandbox: str = "off"  # the workers' sandbox, as WorkersSection.sandbox_label() says
     socket: str | None = None
     model_url: str | None = None
     instances: list[ChildRecord] = Field(default_factory=list)
@@ -171,3 +175,11 @@ def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
 
 def dump(state: PoolState) -> dict[str, Any]:
     return state.model_dump(mode="json")
+
+
+# What leaves the supervisor over the control socket: never a password.
+SECRET_FIELDS: dict[str, Any] = {"instances": {"__all__": {"password"}}}
+
+
+def public_dump(state: PoolState) -> dict[str, Any]:
+    return state.model_dump(mode="json", exclude=SECRET_FIELDS)

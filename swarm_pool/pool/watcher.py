@@ -75,7 +75,7 @@ class Watcher:
     ) -> None:
         self.ctx = ctx
         self.program = program
-        self.record = ChildRecord(name=program.name, kind=program.kind)
+        self.record = ChildRecord(name=program.name, kind=program.kind, password=program.password)
         self.policy = ChildPolicy(ctx.config.supervisor, clock=ctx.clock)
         self.launched: process.Launched | None = None
         self.ref: process.ProcRef | None = None

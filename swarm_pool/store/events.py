@@ -348,6 +348,10 @@ class ReviewCompleted(BaseEvent):
     diffstat: str = ""
     verification: dict[str, Any] | None = None
     notes: str = ""
+    # What was reviewed: the branch's head commit and the tree of the worktree's whole
+    # content (uncommitted work included). A merge needs an approving review of both.
+    head_commit: str = ""
+    tree: str = ""
 
 
 class WorktreeMerged(BaseEvent):
