@@ -146,6 +146,14 @@ class StoreSection(_Section):
     lock_timeout_s: float = Field(30.0, gt=0)
 
 
+class GatewaySection(_Section):
+    enabled: bool = Field(False, description="run the OpenCode-compatible gateway child")
+    port: int = Field(4096, ge=1, le=65535, description="fixed port on 127.0.0.1")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while restarting")
+    heartbeat_s: float = Field(10.0, gt=0, description="SSE heartbeat, as OpenCode sends")
+    state_poll_s: float = Field(0.2, gt=0, description="how often it rereads pool.json")
+
+
 class Config(_Section):
     pool: PoolSection = Field(default_factory=PoolSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
@@ -153,6 +161,7 @@ class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     workers: WorkersSection = Field(default_factory=WorkersSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
 
 def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:

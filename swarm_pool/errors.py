@@ -20,6 +20,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PoolNotRunningError
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
+    ├── GatewayError                the gateway cannot serve a request
+    │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
     │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
@@ -110,6 +112,19 @@ class UnknownInstanceError(PoolError):
 
 class OpenCodeError(SwarmPoolError):
     pass
+
+
+class GatewayError(SwarmPoolError):
+    pass
+
+
+class InstanceUnavailableError(GatewayError):
+    """The instance a request must go to is restarting (or none is ready): the caller
+    should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StoreError(SwarmPoolError):

@@ -65,9 +65,10 @@ def start_pool(
     config_path: Path | None = None,
     timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
+    gateway: bool = False,
 ) -> PoolState:
     """Start the daemon and wait until every child is ready; raise (with nothing left
-    running) otherwise."""
+    running) otherwise. ``gateway`` turns the gateway on for this run (``--gateway``)."""
     paths.ensure()
     running = _running_state(paths)
     if running is not None:
@@ -92,6 +93,8 @@ def start_pool(
         argv += ["--config", str(config_path.resolve())]
     env = dict(os.environ if environ is None else environ)
     env[POOL_TAG_ENV] = _pool_tag(paths)
+    if gateway:
+        env["SWARM_POOL_GATEWAY__ENABLED"] = "true"
     started = time.monotonic()
     try:
         daemon = process.launch(argv, env=env, cwd=paths.root, log_path=paths.supervisor_log).popen
@@ -358,10 +361,18 @@ def scale_pool(paths: ProjectPaths, config: Config, size: int) -> dict[str, Any]
 
 
 def attach_info(paths: ProjectPaths, name: str) -> dict[str, str]:
-    """``{"url", "username", "password"}`` of a running instance."""
+    """``{"url", "username", "password"}`` of a running instance, or of the gateway
+    (``name`` "gateway", with the gateway's own password)."""
     state = read_state(paths.state_file)
     if state is None:
         raise PoolNotRunningError(f"no pool in {paths.root}; `swarm-pool start` first")
+    if name == "gateway":
+        gw = state.gateway()
+        if gw is None or gw.url is None or gw.ref is None or not gw.ref.alive():
+            raise PoolNotRunningError(
+                f"the pool in {paths.root} runs no gateway; `swarm-pool start --gateway`"
+            )
+        return {"url": gw.url, "username": "opencode", "password": state.gateway_password}
     rec = state.child(name)
     if rec is None or rec.kind != "opencode":
         names = ", ".join(r.name for r in state.opencode()) or "none"

@@ -250,6 +250,16 @@ class Watcher:
             port = self.ctx.config.model.port
             self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
             return port
+        if self.program.kind == "gateway":
+            port = self.ctx.config.gateway.port
+            try:
+                self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
+            except PortInUseError as e:
+                raise PortInUseError(
+                    f"the gateway's port {port} on 127.0.0.1 is taken ({e}); is another "
+                    "`opencode serve` running? Stop it or set [gateway] port"
+                ) from e
+            return port
         return self.ctx.leases.acquire([self.ctx.me], prefer=prefer, label=self._label())
 
     def _in_range(self, port: int | None) -> bool:

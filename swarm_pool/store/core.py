@@ -26,6 +26,7 @@ from swarm_pool.store.mail import Mail
 from swarm_pool.store.projections import check_versions, dump
 from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
 from swarm_pool.store.reservations import Reservations
+from swarm_pool.store.sessions import SessionMap
 from swarm_pool.store.workers import Workers
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
@@ -45,6 +46,7 @@ class Store:
         self.hive = Hive(recorder, self.reservations.normalize)
         self.mail = Mail(recorder)
         self.workers = Workers(recorder)
+        self.sessions = SessionMap(recorder)
 
     def __enter__(self) -> Store:
         return self

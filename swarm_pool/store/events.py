@@ -247,6 +247,18 @@ class SessionStatus(BaseEvent):
     epic_id: str | None = None
 
 
+class SessionRouted(BaseEvent):
+    """The gateway's session map: ``session_id`` lives on ``instance``. ``origin`` says
+    whether the gateway placed it (``gateway``) or learned it from an instance's events or
+    session list (``learned``)."""
+
+    type: Literal["session_routed"] = "session_routed"
+    session_id: str = Field(min_length=1)
+    instance: str = Field(min_length=1)
+    directory: str = ""
+    origin: Literal["gateway", "learned"] = "learned"
+
+
 class SessionError(BaseEvent):
     type: Literal["session_error"] = "session_error"
     session_id: str
@@ -397,6 +409,7 @@ Event = Annotated[
     | WorkerSessionCreated
     | SessionStatus
     | SessionError
+    | SessionRouted
     | FileReserved
     | FileReleased
     | FileRenewed
