@@ -206,7 +206,6 @@ def test_auth_and_health_without_ready_instances(tmp_path: Path) -> None:
     paths = ProjectPaths(tmp_path).ensure()
     state = PoolState(
         project_root=str(tmp_path),
-        password="instances-secret",
         gateway_password="gw-secret",
         instances=[ChildRecord(name="oc-1", port=47001, state="backoff")],
     )

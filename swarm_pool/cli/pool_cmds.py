@@ -37,9 +37,10 @@ def _print_table(status: dict[str, Any]) -> None:
         console = Console(width=160)
     running = "running" if sup["running"] else "not running"
     console.print(f"supervisor: pid {_fmt(sup['pid'])} ({running}) - {status['project']}")
+    console.print(f"sandbox: {sup.get('sandbox', 'off')}", markup=False)
     table = Table(show_header=True, header_style="bold")
-    columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "rss_mb"]
-    columns += ["cpu_percent", "busy_sessions"]
+    columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "last_sign_s"]
+    columns += ["rss_mb", "cpu_percent", "busy_sessions"]
     for col in columns:
         table.add_column(col)
     for inst in status["instances"]:
@@ -109,7 +110,7 @@ def stop(app: AppContext, as_json: bool) -> None:
     if as_json:
         echo_json(result)
     elif not result["was_running"] and not result["killed"]:
-        click.echo("pool is not running; nothing left to stop")
+        click.echo("no pool running")
     else:
         click.echo(f"pool stopped; ports released: {', '.join(map(str, result['ports']))}")
 

@@ -157,7 +157,7 @@ class EventHub:
             delay = min(self.reconnect_max_s, delay * 2)
 
     async def _stream(self, up: Upstream) -> None:
-        headers = {"authorization": self.view.auth_header}
+        headers = {"authorization": up.auth}
         async with aconnect_sse(
             self.view.client, "GET", f"{up.url}/global/event", headers=headers
         ) as source:
@@ -172,7 +172,7 @@ class EventHub:
     async def _reconcile(self, up: Upstream) -> None:
         """Learn the sessions an instance already holds (created while no gateway ran)."""
         resp = await self.view.client.get(
-            f"{up.url}/experimental/session", headers={"authorization": self.view.auth_header}
+            f"{up.url}/experimental/session", headers={"authorization": up.auth}
         )
         resp.raise_for_status()
         sessions = resp.json()

@@ -62,7 +62,7 @@ async def send(
     """Send upstream and return the response with its body not read yet."""
     url = httpx.URL(up.url + path, query=query)
     req = view.client.build_request(
-        method, url, headers=upstream_headers(headers, view.auth_header), content=body
+        method, url, headers=upstream_headers(headers, up.auth), content=body
     )
     try:
         return await view.client.send(req, stream=True)

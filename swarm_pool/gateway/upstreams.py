@@ -2,7 +2,7 @@
 reach them.
 
 It owns the reading of the private state file ``.swarm/pool.json`` (reread when it
-changes, every ``state_poll_s``), which is where the gateway gets the instances'
+changes, every ``state_poll_s``), which is where the gateway gets each instance's
 password and its own: never from its environment, which an agent could read. It also
 owns the one shared ``httpx.AsyncClient`` (kept-alive connections to every instance,
 ``trust_env`` off so no proxy variable reroutes loopback traffic).
@@ -37,6 +37,7 @@ class Upstream:
     url: str
     state: str
     draining: bool = False
+    auth: str = ""  # this instance's own Basic credentials
 
     @property
     def ready(self) -> bool:
@@ -47,7 +48,6 @@ class PoolView:
     def __init__(self, state_file: Path) -> None:
         self.state_file = state_file
         self.instances: dict[str, Upstream] = {}
-        self.auth_header = ""  # the instances' Basic credentials
         self.gateway_auth = ""  # what clients must send to the gateway
         self.generation = 0  # bumped on every change of the instance set
         self._mtime: int | None = None
@@ -77,20 +77,14 @@ class PoolView:
 
     def apply(self, state: PoolState) -> bool:
         instances = {
-            rec.name: Upstream(rec.name, rec.url, rec.state, rec.draining)
+            rec.name: Upstream(rec.name, rec.url, rec.state, rec.draining, basic_auth(rec.password))
             for rec in state.opencode()
             if rec.url is not None
         }
-        auth = basic_auth(state.password)
         gateway_auth = basic_auth(state.gateway_password) if state.gateway_password else ""
-        changed = (instances, auth, gateway_auth) != (
-            self.instances,
-            self.auth_header,
-            self.gateway_auth,
-        )
+        changed = (instances, gateway_auth) != (self.instances, self.gateway_auth)
         if changed:
             self.instances = instances
-            self.auth_header = auth
             self.gateway_auth = gateway_auth
             self.generation += 1
         return changed

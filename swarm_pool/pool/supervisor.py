@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import secrets
 import threading
@@ -52,6 +53,7 @@ from swarm_pool.pool.instance import (
     model_program,
     opencode_program,
 )
+from swarm_pool.pool.orphans import POOL_TAG_ENV, OrphanReaper
 from swarm_pool.pool.policy import Clock
 from swarm_pool.pool.ports import Owner, PortLeases
 from swarm_pool.pool.sink import EventSink
@@ -61,6 +63,7 @@ from swarm_pool.pool.state import (
     Phase,
     PoolState,
     SupervisorRecord,
+    public_dump,
     read_state,
     write_state,
 )
@@ -87,6 +90,7 @@ class Supervisor:
         clock: Clock = time.monotonic,
         program_factory: ProgramsFn | None = None,
         with_model: bool | None = None,
+        reaper: OrphanReaper | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -97,7 +101,7 @@ class Supervisor:
         self.with_model = config.opencode.model == "scripted" if with_model is None else with_model
         self.leases = PortLeases(config.pool.port_min, config.pool.port_max)
         self.socket_path = socket_path_for(paths)
-        self.password = ""
+        self.tag = ""
         self.gateway_password = ""
         self.me: Owner | None = None
         self._children: dict[str, Watcher] = {}
@@ -112,6 +116,8 @@ class Supervisor:
         self._sink: EventSink | None = None
         self._model: Watcher | None = None
         self._ctx: PoolContext | None = None
+        # Set by the daemon, which made itself the child subreaper (orphans.py).
+        self.reaper = reaper
 
     # --- public API (thread-safe; the control socket calls these) -------------------
 
@@ -135,11 +141,12 @@ class Supervisor:
                 phase=self._phase,
                 size=self.size,
                 supervisor=SupervisorRecord(pid=self.me.pid, create_time=self.me.create_time),
-                password=self.password,
+                tag=self.tag,
+                sandbox=self.config.workers.sandbox_label(),
                 gateway_password=self.gateway_password,
                 socket=str(self.socket_path),
                 model_url=self._model_url(),
-                instances=[c.record.model_copy(deep=True) for c in self._ordered()],
+                instances=[c.live_record() for c in self._ordered()],
                 error=self._error,
             )
 
@@ -248,7 +255,7 @@ class Supervisor:
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 if start-up failed."""
         self.paths.ensure()
-        lock = filelock.FileLock(str(lock_path(self.paths)), thread_local=False)
+        lock = filelock.FileLock(str(lock_path(self.paths)), mode=0o600, thread_local=False)
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout as e:
@@ -263,7 +270,7 @@ class Supervisor:
     def _run_locked(self) -> int:
         self.me = Owner.me()
         previous = self._read_previous()
-        self.password = self._choose_password(previous)
+        self.tag = os.environ.get(POOL_TAG_ENV, "")
         self.gateway_password = self._choose_gateway_password(previous)
         self._sink = EventSink(self.paths, self.config)
         control = ControlServer(self.socket_path, self._handle_command)
@@ -317,15 +324,6 @@ class Supervisor:
         except PoolError as e:
             log.warning("ignoring the previous state file: %s", e)
             return None
-
-    def _choose_password(self, previous: PoolState | None) -> str:
-        # Live children of a dead supervisor were started with the old password; keep it
-        # so they can be adopted. A fresh pool gets a fresh secret.
-        if previous is not None and any(
-            rec.ref is not None and rec.ref.alive() for rec in previous.instances
-        ):
-            return previous.password
-        return secrets.token_urlsafe(24)
 
     def _choose_gateway_password(self, previous: PoolState | None) -> str:
         if not self.config.gateway.enabled:
@@ -402,8 +400,12 @@ class Supervisor:
             time.sleep(0.05)
 
     def _loop(self) -> None:
+        next_reap = 0.0
         while not self._stop.is_set():
             self._flush_state()
+            if self.reaper is not None and time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + self.config.supervisor.check_interval_s
+                self.reaper.reap()
             self._stop.wait(0.1)
 
     def _shutdown(self) -> None:
@@ -418,6 +420,11 @@ class Supervisor:
         # Children whose thread never ran (or died) are stopped here.
         with ThreadPoolExecutor(max_workers=max(1, len(children))) as pool:
             list(pool.map(lambda w: w.final_stop(), children))
+        if self.reaper is not None:
+            # What agents detached was re-parented to us: it goes with the pool.
+            killed = self.reaper.kill_all(self.config.pool.stop_grace_s)
+            if killed:
+                log.info("stopped %d detached process(es): %s", len(killed), killed)
 
     def _stop_stray(self, rec: ChildRecord) -> None:
         ref = rec.ref
@@ -457,7 +464,7 @@ class Supervisor:
     def _handle_command(self, request: dict[str, Any]) -> Any:
         cmd = request["cmd"]
         if cmd == "status":
-            return self.snapshot().model_dump(mode="json", exclude={"password", "gateway_password"})
+            return public_dump(self.snapshot())
         if cmd == "stop":
             self.request_stop()
             return {"stopping": True}
@@ -476,12 +483,15 @@ class Supervisor:
             state = self.remove_instance(str(request["name"]), wait=bool(request.get("wait")))
         else:
             raise PoolError(f"unknown command {cmd!r}")
-        return state.model_dump(mode="json", exclude={"password", "gateway_password"})
+        return public_dump(state)
 
     # --- children -------------------------------------------------------------------
 
     def _new_child(self, name: str, adopt_from: ChildRecord | None = None) -> Watcher:
-        child = Watcher(self._context(), self._make_program(name), adopt_from)
+        # A live child of a dead supervisor was started with its old password; keep it
+        # so the child can be adopted. Anything new gets a fresh secret of its own.
+        password = adopt_from.password if adopt_from and adopt_from.password else ""
+        child = Watcher(self._context(), self._make_program(name, password), adopt_from)
         with self._rec_lock:
             self._children[name] = child
         self._dirty.set()
@@ -509,7 +519,7 @@ class Supervisor:
         if self._startup_error is None:
             self._startup_error = error
 
-    def _make_program(self, name: str) -> Program:
+    def _make_program(self, name: str, password: str = "") -> Program:
         if self._program_factory is not None:
             return self._program_factory(name, self._model_url)
         if name == MODEL_NAME:
@@ -525,7 +535,7 @@ class Supervisor:
             config=self.config,
             paths=self.paths,
             binary=self.binary,
-            password=self.password,
+            password=password or secrets.token_urlsafe(24),
             model_url=self._model_url,
         )
 
