@@ -19,6 +19,11 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PoolNotRunningError
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
+    │   ├── OpenCodeNotSentError    never reached the server (connect refused, pool slot
+    │   │                           gone): nothing happened, another instance may take it
+    │   ├── OpenCodeUnknownOutcomeError  sent, then no answer (read timeout, cut off):
+    │   │                           it may have happened; look before acting again
+    │   └── OpenCodeStatusError     the server answered with an error status
     ├── StoreError
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
@@ -103,6 +108,22 @@ class UnknownInstanceError(PoolError):
 
 class OpenCodeError(SwarmPoolError):
     pass
+
+
+class OpenCodeNotSentError(OpenCodeError):
+    """The request never reached the server (httpx's ConnectError and kin)."""
+
+
+class OpenCodeUnknownOutcomeError(OpenCodeError):
+    """The request was sent but no answer came back (httpx's ReadTimeout and kin)."""
+
+
+class OpenCodeStatusError(OpenCodeError):
+    """The server answered with an error status (httpx's HTTPStatusError)."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class StoreError(SwarmPoolError):
