@@ -4,9 +4,11 @@ It is the composition root that joins the process manager (``pool/``) and the wo
 engine (``swarm/``), so that nothing in ``pool/`` imports ``swarm/``. ``swarm-pool start``
 launches it detached (own session, stdio to the supervisor log). It
 logs plain lines to ``.swarm/supervisor.log``, turns SIGTERM, SIGINT and SIGHUP into a
-clean stop of the whole pool, and exits 0 after a clean stop, 1 when start-up failed (the
-reason is in the state file's ``error``), 3 when another supervisor already runs the
-project. SIGKILL leaves the instances serving; the next ``start`` adopts them.
+clean stop of the whole pool, makes itself the child subreaper of everything below it
+(so what an agent detaches is re-parented here, reaped, and killed on stop), and exits 0
+after a clean stop, 1 when start-up failed (the reason is in the state file's
+``error``), 3 when another supervisor already runs the project. SIGKILL leaves the
+instances serving; the next ``start`` adopts them.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swarm-pool supervisor: {e}", file=sys.stderr)
         return EXIT_FAILED
 
+    from swarm_pool.pool.orphans import OrphanReaper, set_child_subreaper
+    from swarm_pool.pool.process import launched_pids
     from swarm_pool.pool.supervisor import Supervisor
 
-    supervisor = Supervisor(paths, config, size=args.size)
+    reaper = OrphanReaper(launched_pids) if set_child_subreaper() else None
+    supervisor = Supervisor(paths, config, size=args.size, reaper=reaper)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s; stopping the pool", signal.Signals(signum).name)

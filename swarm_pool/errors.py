@@ -12,6 +12,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PortsExhaustedError     no free port left in the configured range
     │   └── PortInUseError          a port was taken between allocation and bind
     ├── ProcessError                a child could not be launched or stopped
+    ├── SandboxError                workers.sandbox is on but bubblewrap is missing/broken
     ├── InstanceError
     │   └── InstanceStartError      an instance never became ready
     ├── PoolError
@@ -24,7 +25,10 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── OpenCodeUnknownOutcomeError  sent, then no answer (read timeout, cut off):
     │   │                           it may have happened; look before acting again
     │   └── OpenCodeStatusError     the server answered with an error status
+    ├── GatewayError                the gateway cannot serve a request
+    │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
+    │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
     │   ├── NotFoundError           unknown epic, cell, message or reservation
@@ -40,7 +44,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   └── MergeConflictError
     ├── WorkerError
     │   ├── DependencyBlockedError
-    │   └── DuplicateSpawnError
+    │   ├── DuplicateSpawnError
+    │   └── ReviewRequiredError     merge refused: no approving review of the branch head
     ├── PlanError                   bad plan file
     └── ScriptError                 bad scripted-model script
 """
@@ -79,6 +84,10 @@ class PortInUseError(PortError):
 
 
 class ProcessError(SwarmPoolError):
+    pass
+
+
+class SandboxError(SwarmPoolError):
     pass
 
 
@@ -126,8 +135,25 @@ class OpenCodeStatusError(OpenCodeError):
         self.status_code = status_code
 
 
+class GatewayError(SwarmPoolError):
+    pass
+
+
+class InstanceUnavailableError(GatewayError):
+    """The instance a request must go to is restarting (or none is ready): the caller
+    should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class StoreError(SwarmPoolError):
     pass
+
+
+class StoreCorruptError(StoreError):
+    """The store file is not a database or is damaged; nothing can use it as it is."""
 
 
 class MigrationError(StoreError):
@@ -223,6 +249,10 @@ class DependencyBlockedError(WorkerError):
 
 class DuplicateSpawnError(WorkerError):
     pass
+
+
+class ReviewRequiredError(WorkerError):
+    """A merge was refused: no approving ``review_completed`` for the branch's head."""
 
 
 class PlanError(SwarmPoolError):

@@ -27,6 +27,7 @@ from swarm_pool.store.mail import Mail
 from swarm_pool.store.projections import check_versions, dump
 from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
 from swarm_pool.store.reservations import Reservations
+from swarm_pool.store.sessions import SessionMap
 from swarm_pool.store.workers import Workers, WorkerView
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
@@ -46,6 +47,7 @@ class Store:
         self.hive = Hive(recorder, self.reservations.normalize)
         self.mail = Mail(recorder)
         self.workers = Workers(recorder)
+        self.sessions = SessionMap(recorder)
 
     def __enter__(self) -> Store:
         return self
@@ -212,24 +214,25 @@ def open_project_store(paths: ProjectPaths, config: Config | None = None) -> Sto
     )
 
 
-def find_project_store(start: Path) -> Store:
+def find_project_store(start: Path, *, config_path: Path | None = None) -> Store:
     """``$SWARM_POOL_PROJECT`` if set, else the first folder at or above ``start`` that
-    holds ``.swarm/swarm.db`` (worktrees live under ``<root>/.swarm/worktrees/``)."""
+    holds ``.swarm/swarm.db`` (worktrees live under ``<root>/.swarm/worktrees/``).
+    ``config_path``: the config file (default: the project's own, as ``load_config``)."""
     env = os.environ.get(PROJECT_ENV)
     if env:
         root = Path(env).expanduser().resolve()
         if not root.is_dir():
             raise StoreError(f"${PROJECT_ENV} points to {root}, which is not a directory")
-        return _open_found(root)
+        return _open_found(root, config_path)
     here = Path(start).expanduser().resolve()
     for folder in (here, *here.parents):
         if (folder / SWARM_DIR / DB_NAME).is_file():
-            return _open_found(folder)
+            return _open_found(folder, config_path)
     raise StoreError(
         f"no swarm store found at or above {here}: no .swarm/{DB_NAME} there "
         f"(set ${PROJECT_ENV} to the project root)"
     )
 
 
-def _open_found(root: Path) -> Store:
-    return open_project_store(ProjectPaths(root), load_config(project_root=root))
+def _open_found(root: Path, config_path: Path | None) -> Store:
+    return open_project_store(ProjectPaths(root), load_config(config_path, project_root=root))

@@ -9,6 +9,7 @@ events keep the fields of the upstream ADR (``session_id``, ``bead_id``, ``epic_
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -68,10 +69,22 @@ class InstanceExited(_InstanceEvent):
     reason: str = ""
 
 
+class RestartCause(StrEnum):
+    """Why the supervisor restarted an instance (``instance_restarted.cause``)."""
+
+    EXITED = "exited"  # the process died
+    UNHEALTHY = "unhealthy"  # no answer and no event for the no-progress window
+    MEMORY = "memory"  # over supervisor.max_rss_mb
+    START_TIMEOUT = "start_timeout"  # never became ready
+    ERROR = "error"  # the supervisor could not check or launch it
+    MANUAL = "manual"  # `swarm-pool restart`
+
+
 class InstanceRestarted(_InstanceEvent):
     type: Literal["instance_restarted"] = "instance_restarted"
     restarts: int = 0
     reason: str = ""
+    cause: RestartCause | None = None
     backoff_s: float = 0.0
 
 
@@ -234,6 +247,18 @@ class SessionStatus(BaseEvent):
     epic_id: str | None = None
 
 
+class SessionRouted(BaseEvent):
+    """The gateway's session map: ``session_id`` lives on ``instance``. ``origin`` says
+    whether the gateway placed it (``gateway``) or learned it from an instance's events or
+    session list (``learned``)."""
+
+    type: Literal["session_routed"] = "session_routed"
+    session_id: str = Field(min_length=1)
+    instance: str = Field(min_length=1)
+    directory: str = ""
+    origin: Literal["gateway", "learned"] = "learned"
+
+
 class SessionError(BaseEvent):
     type: Literal["session_error"] = "session_error"
     session_id: str
@@ -335,6 +360,10 @@ class ReviewCompleted(BaseEvent):
     diffstat: str = ""
     verification: dict[str, Any] | None = None
     notes: str = ""
+    # What was reviewed: the branch's head commit and the tree of the worktree's whole
+    # content (uncommitted work included). A merge needs an approving review of both.
+    head_commit: str = ""
+    tree: str = ""
 
 
 class WorktreeMerged(BaseEvent):
@@ -380,6 +409,7 @@ Event = Annotated[
     | WorkerSessionCreated
     | SessionStatus
     | SessionError
+    | SessionRouted
     | FileReserved
     | FileReleased
     | FileRenewed

@@ -145,6 +145,19 @@ WORKER_LIFECYCLE = (
     "CREATE INDEX worker_stale_bead ON worker_stale (bead_id, seq)",
 )
 
+# Migration 6: the gateway's session -> instance map (one row per session, last routing).
+SESSION_INSTANCES = (
+    """CREATE TABLE session_instances (
+        session_id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        directory TEXT NOT NULL DEFAULT '',
+        origin TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX session_instances_directory ON session_instances (directory, seq)",
+)
+
 
 # Time spent blocked (waiting for a human), migration 5: a worker's timeout counts its
 # running time only. ``blocked_since`` is set while blocked, ``blocked_ms`` sums the
@@ -176,6 +189,7 @@ TABLES: dict[str, str] = {
     "messages": "id",
     "message_recipients": "message_id, agent",
     "worker_stale": "seq",
+    "session_instances": "session_id",
 }
 
 # Worker events plus the session events that annotate a worker's row.
@@ -583,6 +597,17 @@ def _message_acked(w: Writer, seq: int, e: ev.Event) -> None:
     )
 
 
+def _session_routed(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.SessionRouted)
+    w.execute(
+        "INSERT INTO session_instances (session_id, instance, directory, origin, updated_at, seq)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET"
+        " instance = excluded.instance, directory = excluded.directory,"
+        " origin = excluded.origin, updated_at = excluded.updated_at, seq = excluded.seq",
+        (e.session_id, e.instance, e.directory, e.origin, e.timestamp, seq),
+    )
+
+
 _HANDLERS = {
     "epic_created": _epic_created,
     "cell_created": _cell_created,
@@ -604,4 +629,5 @@ _HANDLERS = {
     "message_sent": _message_sent,
     "message_read": _message_read,
     "message_acked": _message_acked,
+    "session_routed": _session_routed,
 }

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from swarm_pool import faults
 from swarm_pool.errors import OpenCodeStatusError, SwarmPoolError, WorkerStateError
 from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.opencode.client import unwrap_event as unwrap
 from swarm_pool.store.events import (
     BaseEvent,
     SessionError,
@@ -61,20 +62,6 @@ class WorkerLookup(Protocol):
     def by_session(self, session_id: str, *, fresh: bool = False) -> WorkerRef | None: ...
 
     def live_on(self, instance: str) -> list[WorkerRef]: ...
-
-
-def unwrap(raw: Any) -> tuple[str, dict[str, Any]] | None:
-    """``(type, properties)`` of a bus event from ``/event`` or ``/global/event``."""
-    if not isinstance(raw, dict):
-        return None
-    payload = raw.get("payload") if isinstance(raw.get("payload"), dict) else raw
-    if not isinstance(payload, dict):
-        return None
-    kind = payload.get("type")
-    props = payload.get("properties")
-    if not isinstance(kind, str):
-        return None
-    return kind, props if isinstance(props, dict) else {}
 
 
 def _error_text(error: Any) -> str:
