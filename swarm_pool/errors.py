@@ -18,6 +18,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── PoolError
     │   ├── PoolAlreadyRunningError
     │   ├── PoolNotRunningError
+    │   │   └── EngineNotRunningError  the pool runs, its worker engine does not
+    │   ├── EngineStartError        the worker engine cannot start (the daemon exits)
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
     │   ├── OpenCodeNotSentError    never reached the server (connect refused, pool slot
@@ -109,6 +111,14 @@ class PoolAlreadyRunningError(PoolError):
 
 class PoolNotRunningError(PoolError):
     pass
+
+
+class EngineNotRunningError(PoolNotRunningError):
+    """The pool runs but its worker engine does not: queued work would never start."""
+
+
+class EngineStartError(PoolError):
+    """The worker engine cannot start, so the daemon refuses to run the pool."""
 
 
 class UnknownInstanceError(PoolError):

@@ -5,10 +5,10 @@ Production code calls ``point("name")`` where a crash or a competing writer matt
 its failure, ...). Normally nothing happens. A test in the same process registers a
 callback with ``inject``; a test driving other processes sets ``SWARM_POOL_FAULTS`` in
 their environment, ``name=action`` pairs separated by commas, where action is
-``kill`` (SIGKILL this process), ``wait:PATH`` (block until PATH exists: the test
-decides when to go on) or ``mark:PATH`` (create PATH, then go on) and the two combined
-as ``mark:A+wait:B``. An unknown point or action is a no-op, so a stale variable never
-breaks a run.
+``kill`` (SIGKILL this process), ``raise`` (raise ``InjectedFault``), ``wait:PATH``
+(block until PATH exists: the test decides when to go on) or ``mark:PATH`` (create
+PATH, then go on), several joined by ``+`` (``mark:A+wait:B``). An unknown point or
+action is a no-op, so a stale variable never breaks a run.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ from pathlib import Path
 
 ENV = "SWARM_POOL_FAULTS"
 _WAIT_LIMIT_S = 120.0
+
+
+class InjectedFault(RuntimeError):
+    """Raised at an armed point: stands for an unexpected failure (a bug, a broken
+    import), which is why it is not one of our own errors."""
+
 
 _guard = threading.Lock()
 _hooks: dict[str, Callable[[], None]] = {}
@@ -59,6 +65,8 @@ def point(name: str) -> None:
         kind, _, arg = action.partition(":")
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "raise":
+            raise InjectedFault(f"fault injected at {name}")
         elif kind == "mark" and arg:
             Path(arg).touch()
         elif kind == "wait" and arg:

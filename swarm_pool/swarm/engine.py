@@ -29,19 +29,24 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
+from swarm_pool import faults
 from swarm_pool.config import Config
-from swarm_pool.errors import OpenCodeError, SwarmPoolError, WorkerStateError
+from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import WorkerNeedsReview, now_ms
 from swarm_pool.store.lifecycle import ACTIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
 from swarm_pool.swarm.dispatch import dispatch
+from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.failure import fail
 from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching
 from swarm_pool.swarm.router import InstanceSlot
@@ -110,6 +115,7 @@ class Engine:
         )
         self._timeouts: dict[str, float] = {}
         self._reconciled = False
+        self._acting = False
         self.intent_grace_s = 10.0
         self.ticks = 0
         self.errors = 0
@@ -145,11 +151,46 @@ class Engine:
             )
         return self._ctx
 
+    def open(self) -> Engine:
+        """Open the store now, so a daemon whose engine cannot work fails its start with
+        the reason instead of running a pool whose workers never move."""
+        try:
+            faults.point("engine.open")
+            self._context()
+        except Exception as e:
+            self._beat(error=f"cannot open the store: {e}")
+            raise EngineStartError(f"the worker engine cannot start: {e}") from e
+        return self
+
+    def _beat(self, *, acting: bool = False, error: str = "") -> None:
+        if self._owner_pid is None:
+            return  # tests and embedding: no daemon to report for
+        queue = 0
+        if self._ctx is not None and not error:
+            with contextlib.suppress(Exception):
+                queue = len(self._ctx.store.workers.list(status=WorkerStatus.PENDING.value))
+        me = psutil.Process(os.getpid())
+        with contextlib.suppress(OSError):
+            write_beat(
+                self.paths,
+                EngineBeat(
+                    pid=me.pid,
+                    create_time=me.create_time(),
+                    last_tick_ms=now_ms(),
+                    queue=queue,
+                    ticks=self.ticks,
+                    errors=self.errors,
+                    acting=acting,
+                    error=error,
+                ),
+            )
+
     def _run(self) -> None:
         try:
             ctx = self._context()
-        except Exception:
+        except Exception as e:
             log.exception("engine: cannot open the store; workers are not watched")
+            self._beat(error=f"cannot open the store: {e}")
             return
         if self._watch_enabled:
             self._watch = WatchManager(self._make_watcher)
@@ -161,6 +202,7 @@ class Engine:
                 except Exception:  # the engine must outlive any one bad tick
                     self.errors += 1
                     log.exception("engine tick failed")
+                self._beat(acting=self._acting)
                 self._wake.clear()
                 deadline = time.monotonic() + self.tick_s
                 while not self._stop.is_set() and not self._wake.is_set():
@@ -205,7 +247,8 @@ class Engine:
     def tick(self, wait: bool = False) -> None:
         """One pass; ``wait`` also waits for the dispatches it started (tests)."""
         ctx = self._context()
-        if not self._pool_is_ours():
+        self._acting = self._pool_is_ours()
+        if not self._acting:
             return
         self.ticks += 1
         self.last_tick_ms = now_ms()

@@ -17,7 +17,6 @@ from swarm_pool.errors import (
     DependencyBlockedError,
     DuplicateSpawnError,
     NotFoundError,
-    PoolNotRunningError,
     WorkerError,
     WorkerStateError,
 )
@@ -109,10 +108,7 @@ def spawn_async(
         )
     policy = _routing(ctx, routing)
     owned = list(files if files is not None else cell.files)
-    if not ctx.dispatcher_running():
-        raise PoolNotRunningError(
-            f"no running pool to run {bead_id} on; start it with `swarm-pool start`"
-        )
+    ctx.require_dispatcher(bead_id)
     with ctx.lock(f"spawn-{bead_id}"):
         current = ctx.store.workers.get(bead_id)
         if current is not None and current.status in LIVE_STATUSES:
