@@ -12,6 +12,7 @@ unanswered request leaves half done, ``reconcile`` finishes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import InstanceSlot, Routing, busy_counts, choose_instance
 from swarm_pool.swarm.spec import PromptSpec, load_spec
+
+log = logging.getLogger(__name__)
 
 # In-process slot reservations: a dispatch holds one from routing until its
 # worker_spawned is in the store, so parallel dispatches never overfill an instance.
@@ -159,10 +162,14 @@ def _start_on(
         except OpenCodeUnknownOutcomeError:
             # Maybe prompted: the reconciler looks at its messages and decides.
             return None
-        except OpenCodeError:
+        except OpenCodeError as e:
+            # Not prompted (never sent, or refused): the session goes, the attempt goes
+            # back to the queue, and the next tick dispatches it afresh (its version moved
+            # on, so no failover from here).
+            log.info("dispatch of %s: prompt failed, queued again: %s", a.bead_id, e)
             _delete(client, session_id, a.worktree)
             requeue(ctx, a.bead_id, a.attempt, session_id)
-            raise
+            return None
         return record_spawn(ctx, a.bead_id, session_id, slot.name, prompt)
     finally:
         client.close()
