@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from swarm_pool import faults
 from swarm_pool.config import Config
 from swarm_pool.errors import (
     DependencyBlockedError,
@@ -67,6 +68,8 @@ class FakePool:
         self.status: dict[str, dict[str, Any]] = {}  # id -> status entry (absent = idle)
         self.calls: list[tuple[str, str, str]] = []  # (instance, method, path)
         self.down: set[str] = set()
+        # Instances that create the session, then never answer (outcome unknown).
+        self.create_times_out: set[str] = set()
 
     def set(self, name: str, **kw: Any) -> None:
         old = self.slots[name]
@@ -94,10 +97,25 @@ class FakePool:
                 self.sessions[sid] = {
                     "instance": name,
                     "directory": request.url.params.get("directory"),
+                    "title": json.loads(request.content or b"{}").get("title", ""),
                     "prompts": [],
                     "messages": [],
                 }
+                if name in self.create_times_out:
+                    raise httpx.ReadTimeout("no answer")
                 return httpx.Response(200, json={"id": sid})
+            if path == "/session" and request.method == "GET":
+                directory = request.url.params.get("directory")
+                return httpx.Response(
+                    200,
+                    json=[
+                        {"id": sid, "directory": x["directory"], "title": x["title"]}
+                        for sid, x in self.sessions.items()
+                        if x["instance"] == name
+                        and not x.get("deleted")
+                        and (directory is None or x["directory"] == directory)
+                    ],
+                )
             if path == "/session/status":
                 return httpx.Response(200, json=self.status)
             parts = path.strip("/").split("/")
@@ -111,10 +129,13 @@ class FakePool:
                     self.status[sid] = {"type": "busy"}
                     return httpx.Response(204)
                 if parts[-1] == "message":
-                    return httpx.Response(200, json=sess["messages"])
+                    prompted = [{"info": {"role": "user"}, "parts": []}] if sess["prompts"] else []
+                    return httpx.Response(200, json=sess["messages"] or prompted)
                 if parts[-1] == "abort":
                     self.status.pop(sid, None)
                     return httpx.Response(200, json=True)
+                if sess.get("deleted"):
+                    return httpx.Response(404)
                 if request.method == "DELETE":
                     sess["deleted"] = True
                     return httpx.Response(200, json=True)
@@ -603,3 +624,84 @@ def test_merge_needs_an_approving_review_of_the_current_head(
     outcome = merge(ctx, a)
     assert (repo / "a.txt").read_text() == "A, edited after the review\n"
     assert outcome.files == ["a.txt"]
+
+
+# --- unknown outcomes, crashes between intent and prompt ------------------------------
+
+
+def live_sessions(pool: FakePool, worktree: str) -> list[str]:
+    return [
+        sid
+        for sid, x in pool.sessions.items()
+        if x["directory"] == worktree and not x.get("deleted")
+    ]
+
+
+def test_unknown_outcome_of_session_create_is_looked_up_not_failed_over(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    pool.set("i2", state="starting")  # only i1 takes work
+    pool.create_times_out.add("i1")
+    w = spawn(ctx, engine, a)
+    # The session was created but its answer never came: found by listing and deleted;
+    # nothing was tried elsewhere, and the worker waits in the queue.
+    assert w.status == "pending" and live_sessions(pool, w.worktree) == []
+    assert [c for c in pool.calls if c[1] == "POST" and c[2] == "/session"] == [
+        ("i1", "POST", "/session")
+    ]
+    pool.create_times_out.clear()
+    engine.tick(wait=True)
+    w2 = ctx.store.workers.get(a)
+    assert w2 is not None and w2.status == "running"
+    assert live_sessions(pool, w2.worktree) == [w2.session_id]
+
+
+def test_connect_refused_fails_over_to_another_instance(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    pool.down.add("i1")
+    w = spawn(ctx, engine, a, routing="least_busy")
+    assert w.status == "running" and w.instance == "i2"
+
+
+def test_restarted_engine_prompts_the_intent_that_never_was(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    """A dispatcher died between recording its session and prompting it; the next
+    engine prompts that very session, and also removes a session in a queued worker's
+    worktree that nobody recorded (the same crash, one step earlier)."""
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    with faults.inject("dispatch.before_prompt", _crash), pytest.raises(_Crash):
+        from swarm_pool.swarm.dispatch import dispatch
+
+        spawn_async(ctx, a)
+        dispatch(ctx, a)
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.status == "dispatching" and wa.session_id
+    assert pool.sessions[wa.session_id]["prompts"] == []
+    spawn_async(ctx, b)
+    wb = ctx.store.workers.get(b)
+    assert wb is not None
+    orphan = pool.client(pool.slots["i2"]).create_session(wb.worktree, title="lost")["id"]
+    fresh = engine_for(ctx, pool)  # a new engine: reconciles on its first pass
+    try:
+        fresh.tick(wait=True)
+    finally:
+        fresh._pool.shutdown(wait=True)
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.status == "running"
+    assert live_sessions(pool, wa.worktree) == [wa.session_id]
+    assert len(pool.sessions[wa.session_id]["prompts"]) == 1
+    assert pool.sessions[orphan].get("deleted")
+    wb = ctx.store.workers.get(b)
+    assert wb is not None and live_sessions(pool, wb.worktree) == [wb.session_id]
+
+
+class _Crash(BaseException):
+    """Stands for the dispatcher's process dying at the fault point."""
+
+
+def _crash() -> None:
+    raise _Crash
