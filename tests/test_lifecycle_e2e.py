@@ -36,7 +36,7 @@ from swarm_pool.swarm.workers import spawn_async
 from tests.pool_cli import cli, pool_processes
 from tests.support import git, init_repo, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 CONFIG = """
 [pool]
