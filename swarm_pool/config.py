@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from swarm_pool.errors import ConfigError
 
@@ -38,7 +45,9 @@ _NON_CONFIG_ENV = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Strict: values come from TOML (and env overrides in TOML syntax), which are typed;
+    # the string "yes" is not a boolean and 2.0 is not an integer.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class PoolSection(_Section):
@@ -61,6 +70,9 @@ class SupervisorSection(_Section):
     check_interval_s: float = Field(1.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
     health_failures: int = Field(3, ge=1, description="K failed health checks -> restart")
+    slow_answer_s: float = Field(15.0, gt=0, description="a health answer this late is alive")
+    no_progress_s: float = Field(15.0, ge=0, description="silence before restart, idle")
+    no_progress_per_busy_s: float = Field(30.0, ge=0, description="... plus this per busy")
     max_rss_mb: int = Field(2048, ge=0, description="0 disables the memory limit")
     memory_checks: int = Field(3, ge=1, description="K checks over the limit -> restart")
     memory_grace_s: float = Field(300.0, ge=0, description="restart even if busy after")
@@ -95,6 +107,14 @@ class OpenCodeSection(_Section):
     extra_config: dict[str, Any] = Field(default_factory=dict)
     mcp_enabled: bool = True
 
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        provider, sep, name = value.partition("/")
+        if value != "scripted" and not (sep and provider.strip() and name.strip()):
+            raise ValueError("use 'scripted' or 'provider/model'")
+        return value
+
 
 class ModelSection(_Section):
     port: int = Field(0, ge=0, le=65535, description="0: allocate from the pool's range")
@@ -126,6 +146,14 @@ class StoreSection(_Section):
     lock_timeout_s: float = Field(30.0, gt=0)
 
 
+class GatewaySection(_Section):
+    enabled: bool = Field(False, description="run the OpenCode-compatible gateway child")
+    port: int = Field(4096, ge=1, le=65535, description="fixed port on 127.0.0.1")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while restarting")
+    heartbeat_s: float = Field(10.0, gt=0, description="SSE heartbeat, as OpenCode sends")
+    state_poll_s: float = Field(0.2, gt=0, description="how often it rereads pool.json")
+
+
 class Config(_Section):
     pool: PoolSection = Field(default_factory=PoolSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
@@ -133,6 +161,7 @@ class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     workers: WorkersSection = Field(default_factory=WorkersSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
 
 def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:

@@ -20,10 +20,16 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PoolNotRunningError
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
+    ├── GatewayError                the gateway cannot serve a request
+    │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
+    │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
-    │   └── NotFoundError           unknown epic, cell, message or reservation
+    │   ├── NotFoundError           unknown epic, cell, message or reservation
+    │   └── WorkerStateError        a worker event the lifecycle refuses (nothing written)
+    │       ├── IllegalTransitionError  the transition table forbids it
+    │       └── VersionConflictError    the bead changed since the caller read it
     ├── HiveError                   cycle, unknown dependency, bad id
     ├── ReservationError
     │   └── PathEscapeError         a path or pattern leaves the project
@@ -108,8 +114,25 @@ class OpenCodeError(SwarmPoolError):
     pass
 
 
+class GatewayError(SwarmPoolError):
+    pass
+
+
+class InstanceUnavailableError(GatewayError):
+    """The instance a request must go to is restarting (or none is ready): the caller
+    should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class StoreError(SwarmPoolError):
     pass
+
+
+class StoreCorruptError(StoreError):
+    """The store file is not a database or is damaged; nothing can use it as it is."""
 
 
 class MigrationError(StoreError):
@@ -122,6 +145,33 @@ class EventValidationError(StoreError):
 
 class NotFoundError(StoreError):
     pass
+
+
+class WorkerStateError(StoreError):
+    """A worker event refused by the lifecycle; its whole transaction wrote nothing."""
+
+    def __init__(self, message: str, *, bead_id: str) -> None:
+        super().__init__(message)
+        self.bead_id = bead_id
+
+
+class IllegalTransitionError(WorkerStateError):
+    """The transition table forbids this event in the worker's current status."""
+
+    def __init__(self, message: str, *, bead_id: str, current: str | None, event_type: str) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.current = current
+        self.event_type = event_type
+
+
+class VersionConflictError(WorkerStateError):
+    """The bead's worker changed since the caller read it: re-read and decide again
+    (eventsourcing's RecordConflictError)."""
+
+    def __init__(self, message: str, *, bead_id: str, expected: int, actual: int) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.expected = expected
+        self.actual = actual
 
 
 class HiveError(SwarmPoolError):

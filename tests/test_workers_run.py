@@ -21,12 +21,13 @@ def project(path: Path) -> Path:
 BAD_PLANS = {
     "cycle": (
         '[epic]\ntitle = "e"\n'
-        '[[tasks]]\nid = "a"\ntitle = "A"\ndepends_on = ["b"]\n'
-        '[[tasks]]\nid = "b"\ntitle = "B"\ndepends_on = ["a"]\n',
+        '[[tasks]]\nid = "a"\ntitle = "A"\nfiles = ["a"]\ndepends_on = ["b"]\n'
+        '[[tasks]]\nid = "b"\ntitle = "B"\nfiles = ["b"]\ndepends_on = ["a"]\n',
         "cycle",
     ),
     "unknown dependency": (
-        '[epic]\ntitle = "e"\n[[tasks]]\nid = "a"\ntitle = "A"\ndepends_on = ["zz"]\n',
+        '[epic]\ntitle = "e"\n[[tasks]]\nid = "a"\ntitle = "A"\nfiles = ["a"]\n'
+        'depends_on = ["zz"]\n',
         "unknown task",
     ),
     "parallel overlap": (

@@ -20,20 +20,25 @@ from rich.console import Console
 from rich.table import Table
 
 from swarm_pool.cli import main
-from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import GROUPS, PollResult
 
 
 @contextmanager
-def swarm_context(app: AppContext) -> Iterator[SwarmContext]:
-    from swarm_pool.store import open_project_store
+def swarm_context(app: AppContext, *, create: bool = False) -> Iterator[SwarmContext]:
+    """The core's context over the project's store; only ``create`` makes a new store."""
+    if create:
+        from swarm_pool.store import open_project_store
 
-    store = open_project_store(app.paths, app.config)
-    try:
+        store = open_project_store(app.paths, app.config)
+        try:
+            yield SwarmContext(paths=app.paths, config=app.config, store=store)
+        finally:
+            store.close()
+        return
+    with existing_store(app) as store:
         yield SwarmContext(paths=app.paths, config=app.config, store=store)
-    finally:
-        store.close()
 
 
 def _fmt_duration(ms: int | None) -> str:
@@ -100,7 +105,7 @@ def spawn(
     """Start a worker for BEAD_ID without waiting for it."""
     from swarm_pool.swarm.workers import spawn_async
 
-    with swarm_context(app) as ctx:
+    with swarm_context(app, create=True) as ctx:
         result = spawn_async(
             ctx,
             bead_id,

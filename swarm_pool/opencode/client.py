@@ -8,6 +8,7 @@ injectable: unit tests pass ``httpx.MockTransport``; integration tests use a rea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,15 +188,16 @@ class OpenCodeClient:
 
     # --- events ---------------------------------------------------------------------
 
-    def events(self, *, global_stream: bool = True, read_timeout: float = 30.0) -> Iterator[Any]:
-        """Yield decoded bus events (dicts) until the stream ends or fails.
+    def event_data(
+        self, *, global_stream: bool = True, read_timeout: float = 30.0
+    ) -> Iterator[str]:
+        """Yield the raw ``data`` of each SSE message until the stream ends or fails
+        (cheap: a caller that only needs to know the server is alive parses nothing).
 
         ``/global/event`` carries every directory's events; the server sends heartbeats,
         so a read timeout longer than the heartbeat period detects a dead stream.
         Raises OpenCodeError when the stream cannot be opened or breaks.
         """
-        import json
-
         path = "/global/event" if global_stream else "/event"
         timeout = httpx.Timeout(10.0, read=read_timeout)
         try:
@@ -203,11 +205,30 @@ class OpenCodeClient:
                 if source.response.status_code != 200:
                     raise OpenCodeError(f"GET {path} answered {source.response.status_code}")
                 for sse in source.iter_sse():
-                    if not sse.data:
-                        continue
-                    try:
-                        yield json.loads(sse.data)
-                    except ValueError:
-                        continue
+                    if sse.data:
+                        yield sse.data
         except (httpx.HTTPError, SSEError) as e:
             raise OpenCodeError(f"event stream {self.base_url}{path} broke: {e!r}") from e
+
+    def events(self, *, global_stream: bool = True, read_timeout: float = 30.0) -> Iterator[Any]:
+        """Yield decoded bus events (dicts) of ``event_data`` (same errors)."""
+        for data in self.event_data(global_stream=global_stream, read_timeout=read_timeout):
+            try:
+                yield json.loads(data)
+            except ValueError:
+                continue
+
+
+def unwrap_event(raw: Any) -> tuple[str, dict[str, Any]] | None:
+    """``(type, properties)`` of a bus event from ``/event`` or ``/global/event`` (whose
+    events wrap the bus event in ``payload``)."""
+    if not isinstance(raw, dict):
+        return None
+    payload = raw.get("payload") if isinstance(raw.get("payload"), dict) else raw
+    if not isinstance(payload, dict):
+        return None
+    kind = payload.get("type")
+    props = payload.get("properties")
+    if not isinstance(kind, str):
+        return None
+    return kind, props if isinstance(props, dict) else {}

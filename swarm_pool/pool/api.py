@@ -38,13 +38,16 @@ from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.opencode.shell import check_bwrap
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import control, process
-from swarm_pool.pool.daemon import EXIT_ALREADY_RUNNING
 from swarm_pool.pool.instance import busy_sessions
 from swarm_pool.pool.orphans import POOL_TAG_ENV, new_tag, sweep_tagged
-from swarm_pool.pool.ports import Owner, PortLeases, wait_port_free
+from swarm_pool.pool.ports import PortLeases, wait_port_free
 from swarm_pool.pool.state import PoolState, child_view, read_state, write_state
 
 _POLL_S = 0.05
+# The daemon's exit statuses (``swarm_pool.daemon``), which ``start_pool`` interprets.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_ALREADY_RUNNING = 3
 
 
 def _running_state(paths: ProjectPaths) -> PoolState | None:
@@ -62,9 +65,10 @@ def start_pool(
     config_path: Path | None = None,
     timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
+    gateway: bool = False,
 ) -> PoolState:
     """Start the daemon and wait until every child is ready; raise (with nothing left
-    running) otherwise."""
+    running) otherwise. ``gateway`` turns the gateway on for this run (``--gateway``)."""
     paths.ensure()
     running = _running_state(paths)
     if running is not None:
@@ -81,31 +85,21 @@ def start_pool(
             "opencode.model is 'scripted' but swarm_pool.scripted_model is not installed; "
             "set opencode.model to a provider/model"
         )
+    check_store(paths, config)
     size = size if size is not None else config.pool.size
-    argv = [sys.executable, "-m", "swarm_pool.pool.daemon", "--project", str(paths.root)]
+    argv = [sys.executable, "-m", "swarm_pool.daemon", "--project", str(paths.root)]
     argv += ["--size", str(size)]
     if config_path is not None:
         argv += ["--config", str(config_path.resolve())]
     env = dict(os.environ if environ is None else environ)
     env[POOL_TAG_ENV] = _pool_tag(paths)
+    if gateway:
+        env["SWARM_POOL_GATEWAY__ENABLED"] = "true"
     started = time.monotonic()
     try:
-        log_fd = os.open(paths.supervisor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as e:
-        raise PoolError(f"cannot open {paths.supervisor_log}: {e.strerror}") from e
-    try:
-        daemon = subprocess.Popen(
-            argv,
-            cwd=paths.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        os.close(log_fd)
+        daemon = process.launch(argv, env=env, cwd=paths.root, log_path=paths.supervisor_log).popen
+    except ProcessError as e:
+        raise PoolError(str(e)) from e
     # The daemon's own start-up deadline is 2 * start_timeout + 5 s; give it room to
     # report and to stop what it started before giving up on it.
     limit = timeout or (2 * config.pool.start_timeout_s + 5 + config.pool.stop_grace_s + 15)
@@ -114,6 +108,16 @@ def start_pool(
     except BaseException:
         _abort_start(paths, config, daemon)
         raise
+
+
+def check_store(paths: ProjectPaths, config: Config) -> None:
+    """Open the project's store if there is one, so a damaged store fails ``start`` with
+    its own error before anything is launched (the supervisor would only log it)."""
+    if not paths.db.exists():
+        return
+    from swarm_pool.store import open_project_store
+
+    open_project_store(paths, config).close()
 
 
 def _pool_tag(paths: ProjectPaths) -> str:
@@ -200,7 +204,7 @@ def _kill_leftovers(state: PoolState, config: Config) -> list[str]:
         if rec.port is not None:
             refs = [*owners, *([ref] if ref else [])]
             with contextlib.suppress(SwarmPoolError):
-                leases.release(rec.port, [Owner(r.pid, r.create_time) for r in refs])
+                leases.release(rec.port, refs)
     return killed
 
 
@@ -268,9 +272,12 @@ def pool_status(
             "ok": False,
         }
     running = state.supervisor_alive()
+    signs = _live_signs(state) if running and live else {}
     views = []
     refs = {}
     for rec in state.instances:
+        if rec.name in signs:
+            rec.last_sign_at = signs[rec.name]
         view = child_view(rec)
         ref = rec.ref
         alive = ref is not None and ref.alive()
@@ -312,6 +319,23 @@ def pool_status(
     }
 
 
+def _live_signs(state: PoolState) -> dict[str, float | None]:
+    """Each child's last sign of life as the supervisor knows it now (the state file is
+    only written on changes); empty when the supervisor does not answer."""
+    if not state.socket:
+        return {}
+    try:
+        answer = control.call(Path(state.socket), "status", timeout=2.0)
+    except PoolError:
+        return {}
+    found: dict[str, float | None] = {}
+    for rec in answer.get("instances", []) if isinstance(answer, dict) else []:
+        if isinstance(rec, dict) and isinstance(rec.get("name"), str):
+            sign = rec.get("last_sign_at")
+            found[rec["name"]] = float(sign) if isinstance(sign, int | float) else None
+    return found
+
+
 def _control(paths: ProjectPaths) -> tuple[PoolState, Path]:
     state = _running_state(paths)
     if state is None or not state.socket:
@@ -337,10 +361,18 @@ def scale_pool(paths: ProjectPaths, config: Config, size: int) -> dict[str, Any]
 
 
 def attach_info(paths: ProjectPaths, name: str) -> dict[str, str]:
-    """``{"url", "username", "password"}`` of a running instance."""
+    """``{"url", "username", "password"}`` of a running instance, or of the gateway
+    (``name`` "gateway", with the gateway's own password)."""
     state = read_state(paths.state_file)
     if state is None:
         raise PoolNotRunningError(f"no pool in {paths.root}; `swarm-pool start` first")
+    if name == "gateway":
+        gw = state.gateway()
+        if gw is None or gw.url is None or gw.ref is None or not gw.ref.alive():
+            raise PoolNotRunningError(
+                f"the pool in {paths.root} runs no gateway; `swarm-pool start --gateway`"
+            )
+        return {"url": gw.url, "username": "opencode", "password": state.gateway_password}
     rec = state.child(name)
     if rec is None or rec.kind != "opencode":
         names = ", ".join(r.name for r in state.opencode()) or "none"

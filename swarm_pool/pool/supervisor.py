@@ -2,12 +2,14 @@
 
 One ``Supervisor`` runs in the background daemon (``daemon.py``). It holds
 ``.swarm/supervisor.lock`` for its whole life, so two supervisors never run one project.
-Start-up brings up the scripted model first (when configured), then the opencode
-instances in parallel, each on its own ``Watcher`` thread (``watcher.py`` holds the
-per-child checks and restart logic); children left running by a supervisor that was
-SIGKILLed are adopted instead of replaced when their pid, ``create_time`` and probe
-match. Start-up fails as a whole (phase ``failed``, ``error`` in the state file, nothing
-left running) on a port error, a bad config, a fatal child or a deadline.
+Start-up brings up the scripted model first (when configured), then the gateway (when
+enabled; its fixed port taken by anything else fails the start before any instance
+runs), then the opencode instances in parallel, each on its own ``Watcher`` thread
+(``watcher.py`` holds the per-child checks and restart logic); children left running by
+a supervisor that was SIGKILLed are adopted instead of replaced when their pid,
+``create_time`` and probe match. Start-up fails as a whole (phase ``failed``, ``error``
+in the state file, nothing left running) on a port error, a bad config, a fatal child or
+a deadline.
 
 The supervisor writes the state file on every change, serves the control socket
 (``status``, ``restart``, ``scale``, ``stop``), and tells the router which instances are
@@ -43,8 +45,10 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import process
 from swarm_pool.pool.control import ControlServer, socket_path_for
 from swarm_pool.pool.instance import (
+    GATEWAY_NAME,
     MODEL_NAME,
     Program,
+    gateway_program,
     instance_names,
     model_program,
     opencode_program,
@@ -98,6 +102,7 @@ class Supervisor:
         self.leases = PortLeases(config.pool.port_min, config.pool.port_max)
         self.socket_path = socket_path_for(paths)
         self.tag = ""
+        self.gateway_password = ""
         self.me: Owner | None = None
         self._children: dict[str, Watcher] = {}
         self._rec_lock = threading.RLock()
@@ -138,9 +143,10 @@ class Supervisor:
                 supervisor=SupervisorRecord(pid=self.me.pid, create_time=self.me.create_time),
                 tag=self.tag,
                 sandbox=self.config.workers.sandbox_label(),
+                gateway_password=self.gateway_password,
                 socket=str(self.socket_path),
                 model_url=self._model_url(),
-                instances=[c.record.model_copy(deep=True) for c in self._ordered()],
+                instances=[c.live_record() for c in self._ordered()],
                 error=self._error,
             )
 
@@ -265,6 +271,7 @@ class Supervisor:
         self.me = Owner.me()
         previous = self._read_previous()
         self.tag = os.environ.get(POOL_TAG_ENV, "")
+        self.gateway_password = self._choose_gateway_password(previous)
         self._sink = EventSink(self.paths, self.config)
         control = ControlServer(self.socket_path, self._handle_command)
         rc = 0
@@ -318,6 +325,14 @@ class Supervisor:
             log.warning("ignoring the previous state file: %s", e)
             return None
 
+    def _choose_gateway_password(self, previous: PoolState | None) -> str:
+        if not self.config.gateway.enabled:
+            return ""
+        old = previous.gateway() if previous is not None else None
+        if previous is not None and old is not None and old.ref is not None and old.ref.alive():
+            return previous.gateway_password
+        return secrets.token_urlsafe(24)
+
     def _start_up(self, previous: PoolState | None) -> None:
         adoptable = {rec.name: rec for rec in previous.instances} if previous else {}
         deadline = self.clock() + 2 * self.config.pool.start_timeout_s + 5
@@ -332,6 +347,15 @@ class Supervisor:
                 for rec in adoptable.values():
                     self._stop_stray(rec)
                 adoptable = {}
+        old_gateway = adoptable.pop(GATEWAY_NAME, None)
+        if self.config.gateway.enabled and not self._stop.is_set():
+            # Before any instance: a port taken by the user's own server fails the start
+            # with nothing else launched.
+            gateway = self._new_child(GATEWAY_NAME, adopt_from=old_gateway)
+            gateway.start()
+            self._await_startup([gateway], deadline)
+        elif old_gateway is not None:
+            self._stop_stray(old_gateway)
         if self._stop.is_set():
             return
         children = [self._new_child(n, adopt_from=adoptable.pop(n, None)) for n in self._names()]
@@ -416,7 +440,8 @@ class Supervisor:
 
     def _ordered(self) -> list[Watcher]:
         kids = list(self._children.values())
-        return sorted(kids, key=lambda c: (c.program.kind != "model", _name_key(c.name)))
+        order = {"model": 0, "gateway": 1}
+        return sorted(kids, key=lambda c: (order.get(c.program.kind, 2), _name_key(c.name)))
 
     def _model_url(self) -> str | None:
         model = self._model
@@ -499,6 +524,8 @@ class Supervisor:
             return self._program_factory(name, self._model_url)
         if name == MODEL_NAME:
             return model_program(self.config, self.paths)
+        if name == GATEWAY_NAME:
+            return gateway_program(self.config, self.paths, self.gateway_password)
         if self.binary is None:
             from swarm_pool.opencode.binary import find_opencode
 
@@ -548,12 +575,12 @@ _EXTRA_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 def is_extra_name(name: str) -> bool:
     """An instance added by name (``add``), not one of the sized pool's ``oc-N``."""
-    return name != MODEL_NAME and not _POOL_NAME_RE.match(name)
+    return name not in (MODEL_NAME, GATEWAY_NAME) and not _POOL_NAME_RE.match(name)
 
 
 def check_extra_name(name: str) -> None:
     if not _EXTRA_NAME_RE.match(name) or not is_extra_name(name):
         raise PoolError(
             f"bad extra instance name {name!r}: lowercase letters, digits, - and _, "
-            "not 'model' and not the pool's own oc-N"
+            "not 'model' or 'gateway' and not the pool's own oc-N"
         )

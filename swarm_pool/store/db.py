@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import filelock
 
-from swarm_pool.errors import MigrationError, StoreError
+from swarm_pool.errors import MigrationError, StoreCorruptError, StoreError
 from swarm_pool.paths import FILE_MODE, make_private
 
 Params = Sequence[Any] | Mapping[str, Any]
@@ -127,6 +127,22 @@ class Migration:
     statements: tuple[str, ...]
 
 
+# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGED_CODES = frozenset({11, 26})
+
+
+def is_damaged(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _DAMAGED_CODES
+
+
+def damaged(path: Path, error: sqlite3.Error) -> StoreCorruptError:
+    return StoreCorruptError(
+        f"store {path} is damaged ({error}); `swarm-pool db check` reports on it; "
+        "move it aside to start afresh"
+    )
+
+
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
@@ -198,7 +214,12 @@ class Database:
             self._conn.close()
             self._filelock.close()
             if isinstance(e, sqlite3.Error):
+                if is_damaged(e):
+                    raise damaged(path, e) from e
                 raise StoreError(f"cannot open store {path}: {e}") from e
+            cause = e.__cause__
+            if isinstance(cause, sqlite3.Error) and is_damaged(cause):
+                raise damaged(path, cause) from e
             raise
 
     # --- locking ----------------------------------------------------------------------
@@ -289,6 +310,8 @@ class Database:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as e:
+                if is_damaged(e):
+                    raise damaged(self.path, e) from e
                 raise StoreError(f"query failed on {self.path}: {e}") from e
 
     def scalar(self, sql: str, params: Params = ()) -> Any:

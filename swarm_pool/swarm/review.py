@@ -79,11 +79,6 @@ def _owned(path: str, patterns: list[str]) -> bool:
     return any(matches(p, path) or path == p for p in patterns)
 
 
-def _last(ctx: SwarmContext, bead_id: str, kind: str) -> Any | None:
-    events = ctx.store.read(types=[kind], bead_id=bead_id)
-    return events[-1].event if events else None
-
-
 def check_passed(verification: dict[str, Any] | None) -> bool:
     check = (verification or {}).get("check")
     return not isinstance(check, dict) or bool(check.get("passed", True))
@@ -100,7 +95,7 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     tree = ctx.worktrees.content_tree(bead_id)
     touched = sorted({*diff.files, *diff.uncommitted})
     outside = [f for f in touched if not _owned(f, owned)]
-    completed = _last(ctx, bead_id, "worker_completed")
+    completed = ctx.last_event(bead_id, "worker_completed")
     verification = getattr(completed, "verification", None) if completed else None
     violations = list(getattr(completed, "violations", []) or []) if completed else []
     held = [
@@ -213,7 +208,7 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
     """
     branch = f"swarm/{bead_id}"
     head = ctx.worktrees.head(bead_id)
-    last = _last(ctx, bead_id, "review_completed")
+    last = ctx.last_event(bead_id, "review_completed")
     fix = f"run `swarm-pool review {bead_id}` (or swarm_review) and merge once it approves"
     if last is None:
         raise ReviewRequiredError(

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.opencode.client import unwrap_event as unwrap
 from swarm_pool.store.events import (
     BaseEvent,
     SessionError,
@@ -32,6 +33,7 @@ from swarm_pool.store.events import (
     WorkerBlocked,
     WorkerProgress,
 )
+from swarm_pool.swarm.context import default_client
 from swarm_pool.swarm.router import InstanceSlot
 
 log = logging.getLogger(__name__)
@@ -58,20 +60,6 @@ class WorkerLookup(Protocol):
     def by_session(self, session_id: str, *, fresh: bool = False) -> WorkerRef | None: ...
 
     def live_on(self, instance: str) -> list[WorkerRef]: ...
-
-
-def unwrap(raw: Any) -> tuple[str, dict[str, Any]] | None:
-    """``(type, properties)`` of a bus event from ``/event`` or ``/global/event``."""
-    if not isinstance(raw, dict):
-        return None
-    payload = raw.get("payload") if isinstance(raw.get("payload"), dict) else raw
-    if not isinstance(payload, dict):
-        return None
-    kind = payload.get("type")
-    props = payload.get("properties")
-    if not isinstance(kind, str):
-        return None
-    return kind, props if isinstance(props, dict) else {}
 
 
 def _error_text(error: Any) -> str:
@@ -304,10 +292,6 @@ def session_finished(client: OpenCodeClient, session_id: str, directory: str | N
 
 Sink = Callable[[list[BaseEvent]], None]
 ClientFactory = Callable[[InstanceSlot], OpenCodeClient]
-
-
-def default_client(slot: InstanceSlot) -> OpenCodeClient:
-    return OpenCodeClient(slot.url, slot.password, timeout=5.0)
 
 
 class InstanceWatcher:
