@@ -52,6 +52,7 @@ from swarm_pool.swarm.router import (
     ROUTINGS,
     InstanceSlot,
     Routing,
+    Steadiness,
     busy_counts,
     choose_instance,
 )
@@ -339,7 +340,13 @@ def start_session(
         with ctx.lock("router"):
             usable = [s for s in ctx.instances() if s.name not in failed]
             slot = choose_instance(
-                usable, _busy(ctx), limit, routing=routing, bead_id=bead_id, avoid=set(avoid)
+                usable,
+                _busy(ctx),
+                limit,
+                routing=routing,
+                bead_id=bead_id,
+                avoid=set(avoid),
+                steadiness=Steadiness.from_config(ctx.config),
             )
             if slot is None:
                 return None
