@@ -36,6 +36,8 @@ _NON_CONFIG_ENV = {
     "SWARM_POOL_PROJECT",
     # The MCP server's log level (stderr).
     "SWARM_POOL_MCP_LOG",
+    # The pool's own process tag (pool/orphans.py), inherited by all its processes.
+    "SWARM_POOL_TAG",
     # Process tags the test suite puts in every child's environment.
     "SWARM_POOL_TEST_ID",
     "SWARM_POOL_TEST_SESSION",
@@ -128,11 +130,30 @@ class WorkersSection(_Section):
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)
     base_branch: str = Field("", description="empty: the branch checked out at spawn")
+    sandbox: Literal["off", "bwrap"] = Field(
+        "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"
+    )
+    sandbox_network: bool = Field(True, description="false: no network in the sandbox")
+
+    def sandbox_label(self) -> str:
+        """How status, the dashboard and `run` name the sandbox: off, bwrap, or
+        bwrap (no network)."""
+        if self.sandbox == "off":
+            return "off"
+        return self.sandbox if self.sandbox_network else f"{self.sandbox} (no network)"
 
 
 class StoreSection(_Section):
     busy_timeout_ms: int = Field(10000, ge=0)
     lock_timeout_s: float = Field(30.0, gt=0)
+
+
+class GatewaySection(_Section):
+    enabled: bool = Field(False, description="run the OpenCode-compatible gateway child")
+    port: int = Field(4096, ge=1, le=65535, description="fixed port on 127.0.0.1")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while restarting")
+    heartbeat_s: float = Field(10.0, gt=0, description="SSE heartbeat, as OpenCode sends")
+    state_poll_s: float = Field(0.2, gt=0, description="how often it rereads pool.json")
 
 
 class Config(_Section):
@@ -142,6 +163,7 @@ class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     workers: WorkersSection = Field(default_factory=WorkersSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
 
 def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:

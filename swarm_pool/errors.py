@@ -12,6 +12,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PortsExhaustedError     no free port left in the configured range
     │   └── PortInUseError          a port was taken between allocation and bind
     ├── ProcessError                a child could not be launched or stopped
+    ├── SandboxError                workers.sandbox is on but bubblewrap is missing/broken
     ├── InstanceError
     │   └── InstanceStartError      an instance never became ready
     ├── PoolError
@@ -19,11 +20,16 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PoolNotRunningError
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
+    ├── GatewayError                the gateway cannot serve a request
+    │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
     │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
-    │   └── NotFoundError           unknown epic, cell, message or reservation
+    │   ├── NotFoundError           unknown epic, cell, message or reservation
+    │   └── WorkerStateError        a worker event the lifecycle refuses (nothing written)
+    │       ├── IllegalTransitionError  the transition table forbids it
+    │       └── VersionConflictError    the bead changed since the caller read it
     ├── HiveError                   cycle, unknown dependency, bad id
     ├── ReservationError
     │   └── PathEscapeError         a path or pattern leaves the project
@@ -33,7 +39,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   └── MergeConflictError
     ├── WorkerError
     │   ├── DependencyBlockedError
-    │   └── DuplicateSpawnError
+    │   ├── DuplicateSpawnError
+    │   └── ReviewRequiredError     merge refused: no approving review of the branch head
     ├── PlanError                   bad plan file
     └── ScriptError                 bad scripted-model script
 """
@@ -75,6 +82,10 @@ class ProcessError(SwarmPoolError):
     pass
 
 
+class SandboxError(SwarmPoolError):
+    pass
+
+
 class InstanceError(SwarmPoolError):
     pass
 
@@ -103,6 +114,19 @@ class OpenCodeError(SwarmPoolError):
     pass
 
 
+class GatewayError(SwarmPoolError):
+    pass
+
+
+class InstanceUnavailableError(GatewayError):
+    """The instance a request must go to is restarting (or none is ready): the caller
+    should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class StoreError(SwarmPoolError):
     pass
 
@@ -121,6 +145,33 @@ class EventValidationError(StoreError):
 
 class NotFoundError(StoreError):
     pass
+
+
+class WorkerStateError(StoreError):
+    """A worker event refused by the lifecycle; its whole transaction wrote nothing."""
+
+    def __init__(self, message: str, *, bead_id: str) -> None:
+        super().__init__(message)
+        self.bead_id = bead_id
+
+
+class IllegalTransitionError(WorkerStateError):
+    """The transition table forbids this event in the worker's current status."""
+
+    def __init__(self, message: str, *, bead_id: str, current: str | None, event_type: str) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.current = current
+        self.event_type = event_type
+
+
+class VersionConflictError(WorkerStateError):
+    """The bead's worker changed since the caller read it: re-read and decide again
+    (eventsourcing's RecordConflictError)."""
+
+    def __init__(self, message: str, *, bead_id: str, expected: int, actual: int) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.expected = expected
+        self.actual = actual
 
 
 class HiveError(SwarmPoolError):
@@ -177,6 +228,10 @@ class DependencyBlockedError(WorkerError):
 
 class DuplicateSpawnError(WorkerError):
     pass
+
+
+class ReviewRequiredError(WorkerError):
+    """A merge was refused: no approving ``review_completed`` for the branch's head."""
 
 
 class PlanError(SwarmPoolError):

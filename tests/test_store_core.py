@@ -17,6 +17,7 @@ from swarm_pool.errors import StoreError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store, find_project_store, open_project_store, open_store
 from swarm_pool.store.events import InstanceReady, WorkerProgress, WorkerSpawned
+from swarm_pool.store.recorder import MIGRATIONS
 
 EPIC = "bd-abc123"
 
@@ -89,12 +90,18 @@ def test_wal_mode_and_migrations_recorded(store: Store) -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
-        assert rows == [(1, "events"), (2, "projections"), (3, "reservation_prefix")]
+        assert rows == [(m.version, m.name) for m in MIGRATIONS]
+        assert rows[:4] == [
+            (1, "events"),
+            (2, "projections"),
+            (3, "reservation_prefix"),
+            (4, "worker_lifecycle"),
+        ]
     finally:
         conn.close()
     report = store.check()
     assert report["integrity"] == "ok"
-    assert report["migrations"] == [1, 2, 3]
+    assert report["migrations"] == [m.version for m in MIGRATIONS]
 
 
 def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
@@ -103,7 +110,7 @@ def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
         s.append(InstanceReady(instance="i1"))
     with open_store(paths.db) as s:
         assert s.last_seq() == 1
-        assert s.check()["migrations"] == [1, 2, 3]
+        assert s.check()["migrations"] == [m.version for m in MIGRATIONS]
 
 
 def _events_in_main_file_only(db: Path, tmp: Path) -> int:

@@ -37,6 +37,7 @@ def _print_table(status: dict[str, Any]) -> None:
         console = Console(width=160)
     running = "running" if sup["running"] else "not running"
     console.print(f"supervisor: pid {_fmt(sup['pid'])} ({running}) - {status['project']}")
+    console.print(f"sandbox: {sup.get('sandbox', 'off')}", markup=False)
     table = Table(show_header=True, header_style="bold")
     columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "last_sign_s"]
     columns += ["rss_mb", "cpu_percent", "busy_sessions"]
@@ -68,12 +69,19 @@ def _show_status(app: AppContext, as_json: bool) -> None:
 @main.command()
 @click.option("-n", "--size", type=click.IntRange(1, 64), default=None, help="Instances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--gateway",
+    is_flag=True,
+    help="Also run the OpenCode-compatible gateway (one URL for the pool; [gateway] port).",
+)
 @project_options
-def start(app: AppContext, size: int | None, as_json: bool) -> None:
+def start(app: AppContext, size: int | None, as_json: bool, gateway: bool) -> None:
     """Start the supervisor and N opencode instances; return when all are ready."""
     total = size or app.config.pool.size
     with pool_progress(app.paths, "start", total=total, as_json=as_json):
-        api.start_pool(app.paths, app.config, size=size, config_path=app.config_path)
+        api.start_pool(
+            app.paths, app.config, size=size, config_path=app.config_path, gateway=gateway
+        )
     _show_status(app, as_json)
 
 
@@ -132,7 +140,8 @@ def scale(app: AppContext, size: int, as_json: bool) -> None:
 @click.option("--print", "print_only", is_flag=True, help="Print url/username/password JSON.")
 @project_options
 def attach(app: AppContext, name: str, print_only: bool) -> None:
-    """Open OpenCode's TUI on instance NAME (``--print``: its connection details)."""
+    """Open OpenCode's TUI on instance NAME, or on the pool's gateway with NAME
+    ``gateway`` (``--print``: the connection details)."""
     info = api.attach_info(app.paths, name)
     if print_only:
         click.echo(json.dumps(info))

@@ -293,7 +293,10 @@ def run(
 
 
 def _print_summary(data: dict[str, Any]) -> None:
-    click.echo(f"epic {data['epic_id']}: {data['merged']}/{data['total']} tasks merged")
+    click.echo(
+        f"epic {data['epic_id']}: {data['merged']}/{data['total']} tasks merged "
+        f"(sandbox: {data.get('sandbox', 'off')})"
+    )
     for task in data["tasks"]:
         click.echo(
             f"  {task['bead_id']} {task['title'][:40]:40} {task['state']:10} "

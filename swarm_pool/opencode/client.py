@@ -1,6 +1,6 @@
 """A typed httpx client for one ``opencode serve`` instance.
 
-It owns auth (HTTP Basic as ``opencode`` with the pool password), the few routes swarm-pool
+It owns auth (HTTP Basic as ``opencode`` with the instance's password), the few routes swarm-pool
 uses, and the SSE event stream. Transport errors and bad answers are mapped to
 ``OpenCodeError`` here, so callers never see httpx exceptions. The transport is
 injectable: unit tests pass ``httpx.MockTransport``; integration tests use a real server.
@@ -18,6 +18,11 @@ from httpx_sse import SSEError, connect_sse
 from swarm_pool.errors import OpenCodeError
 
 USERNAME = "opencode"
+# OpenCode takes its server password only from this env var (checked against 1.18.33).
+PASSWORD_ENV = "OPENCODE_SERVER_PASSWORD"
+# What an instance holds in its env that no process started for an agent may inherit
+# (the MCP server, the bash tool's shell): opencode/config.py and opencode/shell.py drop it.
+SECRET_ENV = (PASSWORD_ENV,)
 
 
 class OpenCodeClient:
@@ -31,8 +36,14 @@ class OpenCodeClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         auth = httpx.BasicAuth(USERNAME, password) if password else None
+        # trust_env=False: an instance is on loopback, and HTTP_PROXY would otherwise
+        # carry our Authorization header to the proxy.
         self._http = httpx.Client(
-            base_url=self.base_url, auth=auth, timeout=timeout, transport=transport
+            base_url=self.base_url,
+            auth=auth,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
         )
 
     def close(self) -> None:

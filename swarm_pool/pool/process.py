@@ -16,7 +16,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,30 +26,20 @@ from pathlib import Path
 import psutil
 
 from swarm_pool.errors import ProcessError
-from swarm_pool.pool.ports import wait_port_free
+from swarm_pool.pool.ports import CT_TOLERANCE, ProcRef, wait_port_free
 
-_CT_TOLERANCE = 0.05
+__all__ = ["ExitStatus", "Launched", "ProcRef", "launch", "launched_pids", "stop"]
+
+# Children launched here whose exit status their Popen has not collected yet: the orphan
+# reaper (orphans.py) must leave those to their Popen.
+_launched: weakref.WeakValueDictionary[int, subprocess.Popen[bytes]] = weakref.WeakValueDictionary()
+_launched_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
-class ProcRef:
-    pid: int
-    create_time: float
-
-    def process(self) -> psutil.Process | None:
-        """The live, non-zombie process this ref names, or None."""
-        try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > _CT_TOLERANCE:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return None
-
-    def alive(self) -> bool:
-        return self.process() is not None
+def launched_pids() -> set[int]:
+    """Pids of children launched by ``launch`` that their Popen has not reaped yet."""
+    with _launched_lock:
+        return {pid for pid, popen in _launched.items() if popen.returncode is None}
 
 
 @dataclass(frozen=True)
@@ -107,6 +99,8 @@ def launch(
         raise ProcessError(f"cannot launch {argv[0]}: {e.strerror or e}") from e
     finally:
         os.close(fd)
+    with _launched_lock:
+        _launched[popen.pid] = popen
     try:
         ct = psutil.Process(popen.pid).create_time()
     except psutil.NoSuchProcess:
@@ -122,7 +116,7 @@ def _group_members(pgid: int, leader: ProcRef) -> list[psutil.Process]:
     # so nothing there is ours.
     try:
         other = psutil.Process(pgid)
-        if abs(other.create_time() - leader.create_time) > _CT_TOLERANCE:
+        if abs(other.create_time() - leader.create_time) > CT_TOLERANCE:
             return []
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         pass

@@ -75,7 +75,7 @@ class Watcher:
     ) -> None:
         self.ctx = ctx
         self.program = program
-        self.record = ChildRecord(name=program.name, kind=program.kind)
+        self.record = ChildRecord(name=program.name, kind=program.kind, password=program.password)
         self.policy = ChildPolicy(ctx.config.supervisor, clock=ctx.clock)
         self.launched: process.Launched | None = None
         self.ref: process.ProcRef | None = None
@@ -249,6 +249,16 @@ class Watcher:
         if self.program.kind == "model" and self.ctx.config.model.port:
             port = self.ctx.config.model.port
             self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
+            return port
+        if self.program.kind == "gateway":
+            port = self.ctx.config.gateway.port
+            try:
+                self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
+            except PortInUseError as e:
+                raise PortInUseError(
+                    f"the gateway's port {port} on 127.0.0.1 is taken ({e}); is another "
+                    "`opencode serve` running? Stop it or set [gateway] port"
+                ) from e
             return port
         return self.ctx.leases.acquire([self.ctx.me], prefer=prefer, label=self._label())
 

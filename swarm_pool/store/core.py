@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,9 +23,10 @@ from swarm_pool.paths import SWARM_DIR, ProjectPaths
 from swarm_pool.store.events import BaseEvent
 from swarm_pool.store.hive import Hive
 from swarm_pool.store.mail import Mail
-from swarm_pool.store.projections import dump
+from swarm_pool.store.projections import check_versions, dump
 from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
 from swarm_pool.store.reservations import Reservations
+from swarm_pool.store.sessions import SessionMap
 from swarm_pool.store.workers import Workers
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
@@ -45,6 +46,7 @@ class Store:
         self.hive = Hive(recorder, self.reservations.normalize)
         self.mail = Mail(recorder)
         self.workers = Workers(recorder)
+        self.sessions = SessionMap(recorder)
 
     def __enter__(self) -> Store:
         return self
@@ -66,18 +68,31 @@ class Store:
 
     # --- events -----------------------------------------------------------------------
 
-    def append(self, event: BaseEvent | dict[str, Any]) -> int:
-        """Validate and record one event (and its projection changes); returns its seq."""
-        checked = validate_event(event)
-        with self.recorder.writing() as w:
-            return w.append(checked)
+    def append(
+        self, event: BaseEvent | dict[str, Any], *, expect: Mapping[str, int] | None = None
+    ) -> int:
+        """Validate and record one event (and its projection changes); returns its seq.
 
-    def append_many(self, events: Sequence[BaseEvent | dict[str, Any]]) -> list[int]:
-        """Record several events in one transaction: all of them or none."""
+        ``expect`` maps bead ids to the worker version the caller read (0: no worker):
+        if any changed since, VersionConflictError and nothing is written. A worker
+        event the lifecycle forbids raises IllegalTransitionError, also writing nothing.
+        """
+        return self.append_many([event], expect=expect)[0]
+
+    def append_many(
+        self,
+        events: Sequence[BaseEvent | dict[str, Any]],
+        *,
+        expect: Mapping[str, int] | None = None,
+    ) -> list[int]:
+        """Record several events in one transaction: all of them or none (``expect`` as
+        for ``append``, checked inside that transaction)."""
         checked = [validate_event(e) for e in events]
         if not checked:
             return []
         with self.recorder.writing() as w:
+            if expect:
+                check_versions(w, dict(expect))
             return [w.append(e) for e in checked]
 
     def read(

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import filelock
 
 from swarm_pool.errors import MigrationError, StoreCorruptError, StoreError
+from swarm_pool.paths import FILE_MODE, make_private
 
 Params = Sequence[Any] | Mapping[str, Any]
 Row = dict[str, Any]
@@ -45,6 +46,10 @@ LOCK_POLL_MIN_S = 0.0001
 
 class LockTimeout(Exception):
     pass
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
 class _FileLock(Protocol):
@@ -172,6 +177,15 @@ class Database:
             self._filelock: _FileLock = impl(self.lock_path, lock_timeout_s)
         except OSError as e:
             raise StoreError(f"cannot open the store's lock file {self.lock_path}: {e}") from e
+        try:
+            # SQLite gives the -wal and -shm files the database file's mode: born 0600.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            # A store made before its files were private: fix the modes on open.
+            for private in (path, self.lock_path, *_sidecars(path)):
+                make_private(private)
+        except OSError as e:
+            self._filelock.close()
+            raise StoreError(f"cannot open store {path}: {e}") from e
         try:
             self._conn = sqlite3.connect(
                 str(path),

@@ -53,6 +53,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events", EVENTS_SCHEMA),
     Migration(2, "projections", projections.SCHEMA),
     Migration(3, "reservation_prefix", projections.RESERVATION_PREFIX),
+    Migration(4, "worker_lifecycle", projections.WORKER_LIFECYCLE),
+    Migration(6, "session_instances", projections.SESSION_INSTANCES),
 )
 
 

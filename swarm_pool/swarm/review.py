@@ -3,7 +3,10 @@
 ``review`` compares what the worker really changed in its worktree (committed and not)
 with the patterns it owns, reads the verification that ``swarm_complete`` recorded, the
 state of its file reservations, and records ``review_completed`` with a verdict.
-``merge`` commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
+The review records what it saw: the branch's head commit and the tree of the worktree's
+whole content. ``merge`` refuses (``ReviewRequiredError``, before touching anything)
+unless the bead's latest ``review_completed`` approved exactly that head and content;
+then it commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
 branch under the git lock (``Worktrees.merge``), records ``worktree_merged`` (or
 ``merge_conflict``, with the base left untouched), closes the bead, and releases the
 worker's OpenCode session: the session is deleted and its directory disposed on its
@@ -20,6 +23,7 @@ from swarm_pool.errors import (
     MergeConflictError,
     NotFoundError,
     OpenCodeError,
+    ReviewRequiredError,
     SwarmPoolError,
     WorkerError,
 )
@@ -75,11 +79,6 @@ def _owned(path: str, patterns: list[str]) -> bool:
     return any(matches(p, path) or path == p for p in patterns)
 
 
-def _last(ctx: SwarmContext, bead_id: str, kind: str) -> Any | None:
-    events = ctx.store.read(types=[kind], bead_id=bead_id)
-    return events[-1].event if events else None
-
-
 def check_passed(verification: dict[str, Any] | None) -> bool:
     check = (verification or {}).get("check")
     return not isinstance(check, dict) or bool(check.get("passed", True))
@@ -93,9 +92,10 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     cell = ctx.store.hive.get_cell(bead_id)
     owned = list(worker.files or cell.files)
     diff = ctx.worktrees.diff(bead_id)
+    tree = ctx.worktrees.content_tree(bead_id)
     touched = sorted({*diff.files, *diff.uncommitted})
     outside = [f for f in touched if not _owned(f, owned)]
-    completed = _last(ctx, bead_id, "worker_completed")
+    completed = ctx.last_event(bead_id, "worker_completed")
     verification = getattr(completed, "verification", None) if completed else None
     violations = list(getattr(completed, "violations", []) or []) if completed else []
     held = [
@@ -126,6 +126,8 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
             diffstat=diff.stat,
             verification=verification,
             notes=notes,
+            head_commit=diff.head,
+            tree=tree,
         )
     )
     return ReviewResult(
@@ -152,6 +154,7 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
     if worker.status not in MERGEABLE:
         raise WorkerError(f"worker {bead_id} is {worker.status}; only finished work is merged")
     trees = ctx.worktrees
+    require_approval(ctx, bead_id)
     leftovers = trees.commit_all(bead_id, f"swarm-pool: uncommitted work of {bead_id}")
     try:
         result = trees.merge(bead_id, base)
@@ -195,6 +198,33 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
         up_to_date=result.up_to_date,
         session_released=released,
     )
+
+
+def require_approval(ctx: SwarmContext, bead_id: str) -> None:
+    """ReviewRequiredError unless the bead's latest review approved its current work.
+
+    "Current" is the branch's head commit and the worktree's whole content, so neither a
+    commit nor an uncommitted edit made after the review slips into the merge.
+    """
+    branch = f"swarm/{bead_id}"
+    head = ctx.worktrees.head(bead_id)
+    last = ctx.last_event(bead_id, "review_completed")
+    fix = f"run `swarm-pool review {bead_id}` (or swarm_review) and merge once it approves"
+    if last is None:
+        raise ReviewRequiredError(
+            f"merge of {bead_id} refused: no review_completed for {branch} at {head[:12]}; {fix}"
+        )
+    if not last.approved:
+        raise ReviewRequiredError(
+            f"merge of {bead_id} refused: its last review rejected {branch} "
+            f"({last.notes}); no approving review_completed for {head[:12]}"
+        )
+    if last.head_commit != head or last.tree != ctx.worktrees.content_tree(bead_id):
+        seen = last.head_commit[:12] or "an unknown commit"
+        raise ReviewRequiredError(
+            f"merge of {bead_id} refused: the approving review saw {branch} at {seen}, "
+            f"but it is now at {head[:12]} (or its uncommitted work changed); {fix}"
+        )
 
 
 def release_session(ctx: SwarmContext, bead_id: str) -> bool:

@@ -59,6 +59,7 @@ class RunSummary:
     pool_started: bool
     timed_out: bool = False
     errors: list[str] = field(default_factory=list)
+    sandbox: str = "off"  # WorkersSection.sandbox_label() of the config the run used
 
     @property
     def merged(self) -> int:
@@ -77,6 +78,7 @@ class RunSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "pool_started": self.pool_started,
             "timed_out": self.timed_out,
+            "sandbox": self.sandbox,
             "errors": self.errors,
             "tasks": [t.to_dict() for t in self.tasks],
         }
@@ -303,6 +305,7 @@ def _run(
         pool_started=started_pool,
         timed_out=timed_out,
         errors=runner.errors,
+        sandbox=config.workers.sandbox_label(),
     )
 
 
