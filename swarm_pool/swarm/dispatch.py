@@ -17,7 +17,13 @@ from swarm_pool.errors import OpenCodeError
 from swarm_pool.store.events import WorkerSpawned
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import prompt_hash
-from swarm_pool.swarm.router import InstanceSlot, Routing, busy_counts, choose_instance
+from swarm_pool.swarm.router import (
+    InstanceSlot,
+    Routing,
+    Steadiness,
+    busy_counts,
+    choose_instance,
+)
 from swarm_pool.swarm.spawn import IN_FLIGHT_STATUSES
 from swarm_pool.swarm.spec import load_spec
 
@@ -69,7 +75,13 @@ def start_session(
         with ctx.lock("router"):
             usable = [s for s in ctx.instances() if s.name not in failed]
             slot = choose_instance(
-                usable, _busy(ctx), limit, routing=routing, bead_id=bead_id, avoid=set(avoid)
+                usable,
+                _busy(ctx),
+                limit,
+                routing=routing,
+                bead_id=bead_id,
+                avoid=set(avoid),
+                steadiness=Steadiness.from_config(ctx.config),
             )
             if slot is None:
                 return None
