@@ -157,8 +157,16 @@ def scale(app: AppContext, size: int, as_json: bool) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--print", "print_only", is_flag=True, help="Print url/username/password JSON.")
+@click.option("--session", "session_id", default=None, help="Open this session in the TUI.")
+@click.option("--dir", "directory", default=None, help="Directory the TUI works in.")
 @project_options
-def attach(app: AppContext, name: str, print_only: bool) -> None:
+def attach(
+    app: AppContext,
+    name: str,
+    print_only: bool,
+    session_id: str | None,
+    directory: str | None,
+) -> None:
     """Open OpenCode's TUI on instance NAME, or on the pool's gateway with NAME
     ``gateway`` (``--print``: the connection details)."""
     info = api.attach_info(app.paths, name)
@@ -170,4 +178,9 @@ def attach(app: AppContext, name: str, print_only: bool) -> None:
     # The password goes through the environment, never argv (visible to `ps`).
     env["OPENCODE_SERVER_PASSWORD"] = info["password"]
     env["OPENCODE_SERVER_USERNAME"] = info["username"]
-    os.execve(binary, [binary, "attach", info["url"]], env)
+    argv = [binary, "attach", info["url"]]
+    if session_id:
+        argv += ["--session", session_id]
+    if directory:
+        argv += ["--dir", directory]
+    os.execve(binary, argv, env)

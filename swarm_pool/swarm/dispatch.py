@@ -30,7 +30,13 @@ from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import prompt_hash
-from swarm_pool.swarm.router import InstanceSlot, Routing, busy_counts, choose_instance
+from swarm_pool.swarm.router import (
+    InstanceSlot,
+    Routing,
+    Steadiness,
+    busy_counts,
+    choose_instance,
+)
 from swarm_pool.swarm.spec import PromptSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -87,7 +93,13 @@ def start_session(
         with ctx.lock("router"):
             usable = [s for s in ctx.instances() if s.name not in failed]
             slot = choose_instance(
-                usable, _busy(ctx), limit, routing=routing, bead_id=bead_id, avoid=set(avoid)
+                usable,
+                _busy(ctx),
+                limit,
+                routing=routing,
+                bead_id=bead_id,
+                avoid=set(avoid),
+                steadiness=Steadiness.from_config(ctx.config),
             )
             if slot is None:
                 return None
