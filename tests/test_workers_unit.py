@@ -40,6 +40,8 @@ from swarm_pool.store.events import (
     SubtaskSpec,
     WorkerBlocked,
     WorkerCompleted,
+    WorkerProgress,
+    now_ms,
 )
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine import Engine
@@ -47,7 +49,7 @@ from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
-from tests.support import git, init_repo
+from tests.support import git, init_repo, wait_for
 
 
 @pytest.fixture
@@ -424,6 +426,46 @@ def test_per_spawn_timeout(ctx: SwarmContext, pool: FakePool, engine: Engine) ->
     time.sleep(0.4)
     engine.tick(wait=True)
     assert ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+
+
+def test_time_blocked_on_a_human_does_not_count_towards_the_timeout(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    wa = spawn(ctx, engine, a, timeout_s=3.0)
+    wb = spawn(ctx, engine, b, timeout_s=3.0)
+    # a waits for a permission for a while, then resumes; b just runs.
+    ctx.store.append(
+        WorkerBlocked(
+            bead_id=a,
+            epic_id=wa.epic_id,
+            session_id=wa.session_id,
+            reason="permission asked: bash",
+            kind="permission",
+            request_id="per_1",
+        )
+    )
+    time.sleep(3.2)  # longer than the timeout, nearly all of it blocked for a
+    engine.tick(wait=True)
+    assert ctx.store.workers.get(a).status == "blocked"  # type: ignore[union-attr]
+    assert ctx.store.workers.get(b).status == "failed"  # type: ignore[union-attr]
+    ctx.store.append(
+        WorkerProgress(bead_id=a, epic_id=wa.epic_id, session_id=wa.session_id, progress_percent=10)
+    )
+    engine.tick(wait=True)
+    resumed = ctx.store.workers.get(a)
+    assert resumed is not None and resumed.status == "running"
+    assert resumed.blocked_ms >= 3200 and resumed.running_ms(now_ms()) < 3000
+
+    def timed_out() -> bool:
+        engine.tick(wait=True)
+        return ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+
+    wait_for(timed_out, 20, interval=0.2)  # once its running time passes the limit
+    assert getattr(ctx.store.read(types=["worker_failed"], bead_id=a)[-1].event, "reason", "") == (
+        "timeout"
+    )
+    assert wb.bead_id == b
 
 
 def test_engine_needs_all_signals_before_needs_review(
