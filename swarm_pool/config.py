@@ -136,6 +136,12 @@ class WorkersSection(_Section):
         "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"
     )
     sandbox_network: bool = Field(True, description="false: no network in the sandbox")
+    intent_grace_s: float = Field(
+        10.0, gt=0, description="a recorded session not yet known prompted is settled after"
+    )
+    engine_stale_s: float = Field(
+        30.0, gt=0, description="an engine heartbeat older than this: the engine is down"
+    )
 
     def sandbox_label(self) -> str:
         """How status, the dashboard and `run` name the sandbox: off, bwrap, or

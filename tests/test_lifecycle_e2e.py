@@ -341,6 +341,7 @@ INSTANCE_KILLS = int(os.environ.get("LIFECYCLE_INSTANCE_KILLS", "2"))
 KILLS_PER_RUN = 3
 
 
+@pytest.mark.timeout(max(600, 150 * INSTANCE_KILLS))
 def test_instance_kill_9s_spread_over_runs_lose_no_task(pool: Pool, ctx: SwarmContext) -> None:
     kills = 0
     run = 0
