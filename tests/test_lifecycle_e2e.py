@@ -45,6 +45,9 @@ max_sessions_per_instance = 4
 
 [supervisor]
 check_interval_s = 0.5
+# Each worktree grows an instance by 60-100 MB; a memory-limit restart would fail work
+# for a reason other than the crashes under test.
+max_rss_mb = 0
 
 [workers]
 # Instance kills (the chaos test) are retried; no retry budget for infrastructure yet.
@@ -168,6 +171,7 @@ def six_tasks(ctx: SwarmContext, name: str, delay_s: float = 1.0) -> list[str]:
 def prompted_sessions(ctx: SwarmContext, worktree: str) -> list[str]:
     """Sessions of ``worktree`` that got a prompt, on every instance (OpenCode's list)."""
     found = []
+    wait_for(lambda: all(s.state == "ready" for s in ctx.instances()), 120)
     for slot in ctx.instances():
         client = OpenCodeClient(slot.url, slot.password, timeout=15)
         try:
