@@ -58,10 +58,16 @@ check_command = "test ! -e CHECK_FAILS"
 
 [opencode.permission]
 edit = "allow"
-bash = "allow"
 webfetch = "ask"
 external_directory = "deny"
 doom_loop = "deny"
+
+[opencode.permission.bash]
+"*" = "allow"
+# Asked for (one test's worker runs it). Not webfetch: OpenCode 1.18.33 answers GET
+# /permission with a 400 while a webfetch request is pending (its metadata.timeout is
+# undefined), so no catch-up can list one.
+"touch *" = "ask"
 """
 
 
@@ -266,9 +272,9 @@ def test_permission_pending_while_the_stream_is_down_still_blocks_and_answer_unb
 ) -> None:
     """Nobody listens (the supervisor, with its watchers, is dead) when the worker asks
     for a permission: the restarted watcher's catch-up still records worker_blocked."""
-    fetch = {"tool": "webfetch", "args": {"url": "http://127.0.0.1:9/x", "format": "text"}}
+    touch = {"tool": "bash", "args": {"command": "touch asked.txt", "description": "touch"}}
     steps = script()
-    steps.insert(1, {**fetch, "delay_s": 6.0})
+    steps.insert(1, {**touch, "delay_s": 6.0})
     epic = ctx.store.hive.create_epic(
         "asks", [SubtaskSpec(title="asker", files=["ask/a.txt"], script=steps)]
     )
@@ -296,7 +302,7 @@ def test_permission_pending_while_the_stream_is_down_still_blocks_and_answer_unb
     blocked = wait_for(
         lambda: (v := ctx.store.workers.get(bead)) is not None and v.status == "blocked" and v, 120
     )
-    assert "webfetch" in (blocked.blocked_reason or "")
+    assert "bash" in (blocked.blocked_reason or "")
     assert len(ctx.store.read(types=["worker_blocked"], bead_id=bead)) == 1  # deduped
     out = cli("answer", bead, "--reply", "once", "--json", project=pool.root)
     assert out.returncode == 0, out.stderr
