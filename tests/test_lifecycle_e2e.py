@@ -272,11 +272,11 @@ def test_permission_pending_while_the_stream_is_down_still_blocks_and_answer_unb
 ) -> None:
     """Nobody listens (the supervisor, with its watchers, is dead) when the worker asks
     for a permission: the restarted watcher's catch-up still records worker_blocked."""
-    touch = {"tool": "bash", "args": {"command": "touch asked.txt", "description": "touch"}}
+    touch = {"tool": "bash", "args": {"command": "touch ask/asked.txt", "description": "touch"}}
     steps = script()
     steps.insert(1, {**touch, "delay_s": 6.0})
     epic = ctx.store.hive.create_epic(
-        "asks", [SubtaskSpec(title="asker", files=["ask/a.txt"], script=steps)]
+        "asks", [SubtaskSpec(title="asker", files=["ask/a.txt", "ask/asked.txt"], script=steps)]
     )
     bead = epic.cells[0].id
     spawn_async(ctx, bead)
