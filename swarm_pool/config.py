@@ -36,6 +36,8 @@ _NON_CONFIG_ENV = {
     "SWARM_POOL_PROJECT",
     # The MCP server's log level (stderr).
     "SWARM_POOL_MCP_LOG",
+    # Fault points armed by tests (swarm_pool.faults).
+    "SWARM_POOL_FAULTS",
     # The pool's own process tag (pool/orphans.py), inherited by all its processes.
     "SWARM_POOL_TAG",
     # Process tags the test suite puts in every child's environment.
@@ -58,6 +60,8 @@ class PoolSection(_Section):
     stop_grace_s: float = Field(5.0, ge=0)
     routing: Literal["least_busy", "dedicated"] = "least_busy"
     max_sessions_per_instance: int = Field(4, ge=1)
+    avoid_restarted_s: float = Field(30.0, ge=0, description="new work avoids it this long")
+    avoid_flapping_restarts: int = Field(2, ge=0, description="restarts in flap_window_s")
 
     @model_validator(mode="after")
     def _range(self) -> PoolSection:
@@ -215,6 +219,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+            f"offset {e.start})"
+        ) from e
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
 

@@ -272,7 +272,7 @@ def pool_status(
             "ok": False,
         }
     running = state.supervisor_alive()
-    signs = _live_signs(state) if running and live else {}
+    signs = _live_signs(state) if running else {}
     views = []
     refs = {}
     for rec in state.instances:

@@ -322,6 +322,9 @@ class Watcher:
         # Taken before the launch, which clears the record's reason.
         cause, reason = self.restart_cause, self.restart_reason or self.record.reason
         self.restart_cause, self.restart_reason = None, ""
+        now, window = time.time(), self.ctx.config.supervisor.flap_window_s
+        recent = [t for t in self.record.restarted_at if now - t < window]
+        self._set(restarted_at=[*recent[-self.ctx.config.supervisor.flap_max_restarts :], now])
         self._launch()
         self._emit(
             ev.InstanceRestarted(
