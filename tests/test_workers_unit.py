@@ -747,3 +747,16 @@ class _Crash(BaseException):
 
 def _crash() -> None:
     raise _Crash
+
+
+def test_review_rejects_a_symlink_leaving_the_worktree(
+    ctx: SwarmContext, repo: Path, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a.txt", "link"]))
+    wa = spawn(ctx, engine, a)
+    Path(wa.worktree, "a.txt").write_text("A\n")
+    Path(wa.worktree, "link").symlink_to(repo / ".swarm" / "pool.json")
+    complete(ctx, a)
+    verdict = review(ctx, a)
+    assert not verdict.approved
+    assert "symlinks leaving the worktree: link" in verdict.problems
