@@ -176,8 +176,12 @@ class Watcher:
 
     def _step(self) -> None:
         if self.manual_restart:
-            self.manual_restart = False
-            self._manual_restart()
+            # Cleared only once the new run is launched: `restart` waits on this flag,
+            # and must not see the old (maybe fatal) state in between.
+            try:
+                self._manual_restart()
+            finally:
+                self.manual_restart = False
             return
         if self.needs_launch:
             self.needs_launch = False
@@ -399,7 +403,11 @@ class Watcher:
                     logging.WARNING,
                 )
             self._set(state="unhealthy", reason=problem)
+            # No stream at all (the model server): no sessions. A stream that is down:
+            # unknown, which the policy counts as busy.
             busy = self.pulse.busy if self.pulse is not None else None
+            if self.program.events is None:
+                busy = 0
             if self.policy.on_health(False, busy=busy):
                 reason = (
                     f"unhealthy with no progress for {self.policy.silent_for():.0f}s "
