@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks: ``scripts/bench.py {pool,store,workers} [--json]``.
+"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway} [--json]``.
 
 Each suite lives in ``scripts/benches/<name>.py`` and exposes ``run(args) -> dict``.
 Results are compared side by side within one run, as ratios, never against constants.
@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("pool", "store", "workers")
+SUITES = ("pool", "store", "workers", "gateway")
 
 
 def machine() -> dict[str, Any]:

@@ -36,6 +36,8 @@ _NON_CONFIG_ENV = {
     "SWARM_POOL_PROJECT",
     # The MCP server's log level (stderr).
     "SWARM_POOL_MCP_LOG",
+    # Fault points armed by tests (swarm_pool.faults).
+    "SWARM_POOL_FAULTS",
     # The pool's own process tag (pool/orphans.py), inherited by all its processes.
     "SWARM_POOL_TAG",
     # Process tags the test suite puts in every child's environment.

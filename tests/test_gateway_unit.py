@@ -136,6 +136,7 @@ def test_learn_reports_only_changes() -> None:
     assert p.learn("s", "oc-2")
     assert resolve_directory(None, "/root") == "/root"
     assert resolve_directory("/x/../y/", "/root") == "/y"
+    assert resolve_directory("%2Ftmp%2Fd%201", "/root") == "/tmp/d 1"  # as the SDK sends it
 
 
 # --- merges ----------------------------------------------------------------------------

@@ -91,11 +91,12 @@ def test_wal_mode_and_migrations_recorded(store: Store) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
         assert rows == [(m.version, m.name) for m in MIGRATIONS]
-        assert rows[:4] == [
+        assert rows[:5] == [
             (1, "events"),
             (2, "projections"),
             (3, "reservation_prefix"),
             (4, "worker_lifecycle"),
+            (5, "worker_blocked_time"),
         ]
     finally:
         conn.close()

@@ -321,10 +321,12 @@ def test_fail_retries_elsewhere_then_gives_up(
     types = [e.type for e in ctx.store.read(bead_id=a) if e.type.startswith("worker_")]
     assert types == [
         "worker_queued",
+        "worker_session_created",
         "worker_spawned",
         "worker_failed",
         "worker_retried",
         "worker_queued",
+        "worker_session_created",
         "worker_spawned",
     ]
     # a stale report about the first session changes nothing

@@ -198,7 +198,9 @@ class Gateway:
         tried: set[str] = set()
         while True:
             candidates = [u for u in self.view.instances.values() if u.name not in tried]
-            up = self.placement.place_new(directory, candidates)
+            # Claim the directory now: concurrent creations in other directories then
+            # see this instance's load and spread.
+            up = self.placement.home_of(directory, candidates)
             try:
                 response = await proxy.forward(self.view, up, request, body)
             except InstanceUnavailableError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 from swarm_pool.errors import InstanceUnavailableError
 from swarm_pool.gateway.upstreams import Upstream
@@ -24,8 +25,9 @@ from swarm_pool.swarm.router import InstanceSlot, choose_instance
 
 def resolve_directory(raw: str | None, default: str) -> str:
     """The directory a request is about, resolved the way OpenCode resolves it (the
-    ``directory`` query or ``x-opencode-directory`` header, else the server's cwd)."""
-    return os.path.abspath(raw) if raw else default
+    ``directory`` query or ``x-opencode-directory`` header, percent-decoded because the
+    SDK encodes the header, else the server's cwd)."""
+    return os.path.abspath(unquote(raw)) if raw else default
 
 
 class Placement:

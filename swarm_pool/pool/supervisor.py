@@ -118,6 +118,9 @@ class Supervisor:
         self._ctx: PoolContext | None = None
         # Set by the daemon, which made itself the child subreaper (orphans.py).
         self.reaper = reaper
+        # Set by the daemon: runs once this supervisor holds the pool lock, before any
+        # child starts (the worker engine joins here); a SwarmPoolError fails the start.
+        self.on_locked: Callable[[], None] | None = None
 
     # --- public API (thread-safe; the control socket calls these) -------------------
 
@@ -284,6 +287,8 @@ class Supervisor:
                 f"supervisor {self.me.pid} starting a pool of {self.size} in {self.paths.root}",
             )
             try:
+                if self.on_locked is not None:
+                    self.on_locked()
                 self._start_up(previous)
             except SwarmPoolError as e:
                 rc = 1

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from swarm_pool import faults
 from swarm_pool.config import Config, load_config
-from swarm_pool.errors import StoreError
+from swarm_pool.errors import StoreError, VersionConflictError
 from swarm_pool.paths import SWARM_DIR, ProjectPaths
 from swarm_pool.store.events import BaseEvent
 from swarm_pool.store.hive import Hive
@@ -27,7 +28,7 @@ from swarm_pool.store.projections import check_versions, dump
 from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
 from swarm_pool.store.reservations import Reservations
 from swarm_pool.store.sessions import SessionMap
-from swarm_pool.store.workers import Workers
+from swarm_pool.store.workers import Workers, WorkerView
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
 DB_NAME = "swarm.db"
@@ -94,6 +95,35 @@ class Store:
             if expect:
                 check_versions(w, dict(expect))
             return [w.append(e) for e in checked]
+
+    def change_worker(
+        self,
+        bead_id: str,
+        build: Callable[[WorkerView | None], Sequence[BaseEvent] | None],
+        *,
+        tries: int = 8,
+    ) -> list[int] | None:
+        """Read the bead's worker, let ``build`` decide what to append given what it read
+        (None or nothing: no change), and append that only if the worker is still at the
+        version read; after a conflict, read again and let ``build`` decide again.
+
+        Returns the seqs, or None when ``build`` chose to change nothing. Raises
+        VersionConflictError after ``tries`` lost races in a row, and whatever the
+        lifecycle raises for an illegal transition.
+        """
+        conflict: VersionConflictError | None = None
+        for _ in range(tries):
+            worker = self.workers.get(bead_id)
+            events = build(worker)
+            if not events:
+                return None
+            faults.point("store.before_conditional_append")
+            try:
+                return self.append_many(events, expect={bead_id: worker.version if worker else 0})
+            except VersionConflictError as e:
+                conflict = e
+        assert conflict is not None
+        raise conflict
 
     def read(
         self,
