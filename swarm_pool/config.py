@@ -32,6 +32,8 @@ _NON_CONFIG_ENV = {
     # Process tags the test suite puts in every child's environment.
     "SWARM_POOL_TEST_ID",
     "SWARM_POOL_TEST_SESSION",
+    # Tests: fail instead of skipping when no PostgreSQL server binaries are found.
+    "SWARM_POOL_REQUIRE_PG",
 }
 
 
@@ -109,8 +111,13 @@ class WorkersSection(_Section):
 
 
 class StoreSection(_Section):
+    url: str = Field(
+        "", description="empty: <project>/.swarm/swarm.db; sqlite:///PATH; postgresql://..."
+    )
     busy_timeout_ms: int = Field(10000, ge=0)
     lock_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0, description="PostgreSQL connect timeout")
+    synchronous_commit: bool = Field(True, description="PostgreSQL: commit waits for fsync")
 
 
 class Config(_Section):

@@ -20,6 +20,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
     ├── StoreError
+    │   ├── StoreUnavailableError   the store's server cannot be reached (retry later)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
     │   └── NotFoundError           unknown epic, cell, message or reservation
@@ -104,6 +105,11 @@ class OpenCodeError(SwarmPoolError):
 
 class StoreError(SwarmPoolError):
     pass
+
+
+class StoreUnavailableError(StoreError):
+    """The store's database server refused or dropped the connection: nothing was
+    written by the call that raised this, unless it was a commit whose answer was lost."""
 
 
 class MigrationError(StoreError):
