@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from swarm_pool.errors import ConfigError
 
 ENV_PREFIX = "SWARM_POOL_"
+# The store URL's env override, which `start` also hands to the daemon it launches.
+STORE_URL_ENV = "SWARM_POOL_STORE__URL"
 # Env vars with this prefix that are not config overrides.
 _NON_CONFIG_ENV = {
     "SWARM_POOL_OPENCODE",

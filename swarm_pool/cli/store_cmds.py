@@ -21,6 +21,7 @@ from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, project_options
 from swarm_pool.errors import StoreError
 from swarm_pool.store import Store, StoredEvent, open_project_store
+from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES
 
 # `log --follow` without --limit/--since-seq first prints this many of the latest events.
@@ -53,7 +54,7 @@ _LOG_FIELDS = (
 
 @contextmanager
 def existing_store(app: AppContext) -> Iterator[Store]:
-    if not app.paths.db.is_file():
+    if not project_store_exists(app.paths, app.config):
         raise StoreError(
             f"no store at {app.paths.db}: nothing has been recorded in {app.paths.root} yet"
         )
@@ -212,14 +213,15 @@ def db_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @project_options
 def db_check(app: AppContext, as_json: bool) -> None:
-    """Run SQLite's integrity check and count the events by type (exit 1 if damaged)."""
+    """Check the store (SQLite's integrity check; PostgreSQL's append-only triggers), that
+    seq has no gap, and count the events by type (exit 1 if damaged)."""
     with existing_store(app) as store:
         report: dict[str, Any] = store.check()
     ok = report["integrity"] == "ok" and report["seq_gap_free"]
     if as_json:
         echo_json(report)
     else:
-        click.echo(f"store:      {report['path']}")
+        click.echo(f"store:      {report['path']} ({report['backend']})")
         click.echo(f"integrity:  {report['integrity']}")
         click.echo(f"events:     {report['events']} (last seq {report['last_seq']})")
         click.echo(f"gap-free:   {'yes' if report['seq_gap_free'] else 'NO'}")

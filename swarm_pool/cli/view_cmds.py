@@ -118,8 +118,9 @@ def metrics(app: AppContext, as_json: bool, epic_id: str | None) -> None:
     """Per epic: durations, success rate, retries, idle-to-detected; per instance:
     restarts, peak RSS, mean CPU, sessions served."""
     from swarm_pool.store import open_project_store
+    from swarm_pool.store.core import project_store_exists
 
-    if not app.paths.db.is_file():
+    if not project_store_exists(app.paths, app.config):
         raise StoreError(
             f"no store at {app.paths.db}: nothing has been recorded in {app.paths.root} yet"
         )

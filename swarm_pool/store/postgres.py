@@ -92,7 +92,9 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _int32(value: int) -> int:
+def lock_key(schema: str) -> int:
+    """The second key of the schema's advisory write lock (a signed 32-bit int)."""
+    value = zlib.crc32(schema.encode())
     return value - 2**32 if value >= 2**31 else value
 
 
@@ -167,7 +169,7 @@ class PostgresRecorder:
                 "(create it first, or drop options=-csearch_path from the URL)"
             )
         self.schema: str = schema["s"]
-        self._key = _int32(zlib.crc32(self.schema.encode()))
+        self._key = lock_key(self.schema)
         self.channel = f"swarm_pool_{zlib.crc32(self.schema.encode()):08x}"
         try:
             self._migrate(migrations)
