@@ -119,7 +119,9 @@ class StoreSection(_Section):
     busy_timeout_ms: int = Field(10000, ge=0)
     lock_timeout_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0, description="PostgreSQL connect timeout")
-    synchronous_commit: bool = Field(True, description="PostgreSQL: commit waits for fsync")
+    synchronous_commit: bool = Field(
+        False, description="PostgreSQL: a commit waits for its WAL flush (off: as SQLite's NORMAL)"
+    )
 
 
 class Config(_Section):

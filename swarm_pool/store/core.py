@@ -75,9 +75,7 @@ class Store:
 
     def append(self, event: BaseEvent | dict[str, Any]) -> int:
         """Validate and record one event (and its projection changes); returns its seq."""
-        checked = validate_event(event)
-        with self.recorder.writing() as w:
-            return w.append(checked)
+        return self.recorder.append_one(validate_event(event))
 
     def append_many(self, events: Sequence[BaseEvent | dict[str, Any]]) -> list[int]:
         """Record several events in one transaction: all of them or none."""

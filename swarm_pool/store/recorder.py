@@ -76,6 +76,23 @@ EVENTS_SCHEMA_POSTGRES = (
        FOR EACH ROW EXECUTE FUNCTION events_append_only()""",
     """CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
        FOR EACH STATEMENT EXECUTE FUNCTION events_append_only()""",
+    # One event that touches no projection, in one round trip: lock, insert, notify, and
+    # (called in autocommit) commit, with the lock held only inside the server. Each
+    # statement of a volatile function takes a fresh snapshot, so max(seq) is read
+    # after the lock is granted.
+    """CREATE FUNCTION swarm_pool_append(lock_class integer, lock_key integer, channel text,
+           etype text, ts bigint, epic text, bead text, sess text, body text)
+       RETURNS bigint LANGUAGE plpgsql AS $$
+       DECLARE s bigint;
+       BEGIN
+           PERFORM pg_advisory_xact_lock(lock_class, lock_key);
+           INSERT INTO events (seq, type, timestamp, epic_id, bead_id, session_id, data)
+               VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM events),
+                       etype, ts, epic, bead, sess, body)
+               RETURNING seq INTO s;
+           PERFORM pg_notify(channel, s::text);
+           RETURN s;
+       END $$""",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -115,6 +132,10 @@ class Writer(Reader, Protocol):
 
 class Recorder(Protocol):
     """What the store needs from a database backend."""
+
+    def append_one(self, event: Event) -> int:
+        """Record one event (and its projection changes) in a transaction of its own."""
+        ...
 
     def writing(self) -> AbstractContextManager[Writer]:
         """One atomic write transaction, serialized with every other writer."""
@@ -211,11 +232,15 @@ class EventWriter(ABC):
         """Insert ``(type, timestamp, epic_id, bead_id, session_id, data)``; its seq."""
 
     def append(self, event: Event) -> int:
-        epic_id, bead_id, session_id = _index_columns(event)
-        row = (event.type, event.timestamp, epic_id, bead_id, session_id, event.model_dump_json())
-        seq = self._insert_event(event, row)
+        seq = self._insert_event(event, event_row(event))
         projections.apply(self, seq, event)
         return seq
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    """``(type, timestamp, epic_id, bead_id, session_id, data)`` of the events table."""
+    epic_id, bead_id, session_id = _index_columns(event)
+    return (event.type, event.timestamp, epic_id, bead_id, session_id, event.model_dump_json())
 
 
 INSERT_EVENT = (
@@ -362,6 +387,10 @@ class SQLiteRecorder:
             lock_timeout_s=lock_timeout_s,
             lock_impl=lock_impl,
         )
+
+    def append_one(self, event: Event) -> int:
+        with self.writing() as w:
+            return w.append(event)
 
     @contextmanager
     def writing(self) -> Iterator[Writer]:
