@@ -66,7 +66,7 @@ def pool_processes(project: Path) -> list[psutil.Process]:
             cmd = proc.cmdline()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        is_daemon = "swarm_pool.pool.daemon" in cmd and str(project) in cmd
+        is_daemon = "swarm_pool.daemon" in cmd and str(project) in cmd
         if is_daemon or env.get("SWARM_POOL_PROJECT") == str(project):
             found.append(proc)
     return found

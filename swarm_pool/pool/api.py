@@ -36,12 +36,15 @@ from swarm_pool.errors import (
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import control, process
-from swarm_pool.pool.daemon import EXIT_ALREADY_RUNNING
 from swarm_pool.pool.instance import busy_sessions
-from swarm_pool.pool.ports import Owner, PortLeases, wait_port_free
+from swarm_pool.pool.ports import PortLeases, wait_port_free
 from swarm_pool.pool.state import PoolState, child_view, read_state, write_state
 
 _POLL_S = 0.05
+# The daemon's exit statuses (``swarm_pool.daemon``), which ``start_pool`` interprets.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_ALREADY_RUNNING = 3
 
 
 def _running_state(paths: ProjectPaths) -> PoolState | None:
@@ -77,7 +80,7 @@ def start_pool(
             "set opencode.model to a provider/model"
         )
     size = size if size is not None else config.pool.size
-    argv = [sys.executable, "-m", "swarm_pool.pool.daemon", "--project", str(paths.root)]
+    argv = [sys.executable, "-m", "swarm_pool.daemon", "--project", str(paths.root)]
     argv += ["--size", str(size)]
     if config_path is not None:
         argv += ["--config", str(config_path.resolve())]
@@ -88,22 +91,9 @@ def start_pool(
         env[STORE_URL_ENV] = config.store.url
     started = time.monotonic()
     try:
-        log_fd = os.open(paths.supervisor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    except OSError as e:
-        raise PoolError(f"cannot open {paths.supervisor_log}: {e.strerror}") from e
-    try:
-        daemon = subprocess.Popen(
-            argv,
-            cwd=paths.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        os.close(log_fd)
+        daemon = process.launch(argv, env=env, cwd=paths.root, log_path=paths.supervisor_log).popen
+    except ProcessError as e:
+        raise PoolError(str(e)) from e
     # The daemon's own start-up deadline is 2 * start_timeout + 5 s; give it room to
     # report and to stop what it started before giving up on it.
     limit = timeout or (2 * config.pool.start_timeout_s + 5 + config.pool.stop_grace_s + 15)
@@ -185,7 +175,7 @@ def _kill_leftovers(state: PoolState, config: Config) -> list[str]:
         if rec.port is not None:
             refs = [*owners, *([ref] if ref else [])]
             with contextlib.suppress(SwarmPoolError):
-                leases.release(rec.port, [Owner(r.pid, r.create_time) for r in refs])
+                leases.release(rec.port, refs)
     return killed
 
 

@@ -32,35 +32,49 @@ from swarm_pool.paths import user_state_dir
 
 HOST = "127.0.0.1"
 # pid create_time as psutil reports it can differ in the last digits between readings.
-_CT_TOLERANCE = 0.05
+CT_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
-class Owner:
-    """A process identity that survives pid reuse: pid plus its start time."""
+class ProcRef:
+    """A process identity that survives pid reuse: pid plus its start time.
+
+    One class for both jobs: a port lease's owner and a reference to a child we started
+    (``process`` re-exports it), so a recycled pid is never taken for ours.
+    """
 
     pid: int
     create_time: float
 
     @classmethod
-    def of(cls, pid: int) -> Owner:
+    def of(cls, pid: int) -> ProcRef:
         return cls(pid, psutil.Process(pid).create_time())
 
     @classmethod
-    def me(cls) -> Owner:
+    def me(cls) -> ProcRef:
         return cls.of(os.getpid())
 
-    def alive(self) -> bool:
+    def process(self) -> psutil.Process | None:
+        """The live, non-zombie process this ref names, or None."""
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > _CT_TOLERANCE:
-                return False
-            return proc.status() != psutil.STATUS_ZOMBIE
+            if abs(proc.create_time() - self.create_time) > CT_TOLERANCE:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
+            return None
+
+    def alive(self) -> bool:
+        return self.process() is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "create_time": self.create_time}
+
+
+# A lease's owner is a process identity; the lease vocabulary keeps its own word for it.
+Owner = ProcRef
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -236,7 +250,7 @@ def _lease_alive(lease: Any) -> bool:
 def _shares_owner(lease: dict[str, Any], owners: Sequence[Owner]) -> bool:
     theirs = _owners(lease)
     return any(
-        o.pid == t.pid and abs(o.create_time - t.create_time) <= _CT_TOLERANCE
+        o.pid == t.pid and abs(o.create_time - t.create_time) <= CT_TOLERANCE
         for o in owners
         for t in theirs
     )

@@ -24,30 +24,9 @@ from pathlib import Path
 import psutil
 
 from swarm_pool.errors import ProcessError
-from swarm_pool.pool.ports import wait_port_free
+from swarm_pool.pool.ports import CT_TOLERANCE, ProcRef, wait_port_free
 
-_CT_TOLERANCE = 0.05
-
-
-@dataclass(frozen=True)
-class ProcRef:
-    pid: int
-    create_time: float
-
-    def process(self) -> psutil.Process | None:
-        """The live, non-zombie process this ref names, or None."""
-        try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > _CT_TOLERANCE:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return None
-
-    def alive(self) -> bool:
-        return self.process() is not None
+__all__ = ["ExitStatus", "Launched", "ProcRef", "launch", "stop"]
 
 
 @dataclass(frozen=True)
@@ -122,7 +101,7 @@ def _group_members(pgid: int, leader: ProcRef) -> list[psutil.Process]:
     # so nothing there is ours.
     try:
         other = psutil.Process(pgid)
-        if abs(other.create_time() - leader.create_time) > _CT_TOLERANCE:
+        if abs(other.create_time() - leader.create_time) > CT_TOLERANCE:
             return []
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         pass

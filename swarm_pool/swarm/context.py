@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
@@ -61,6 +61,7 @@ def file_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
 
 
 def default_client(slot: InstanceSlot) -> OpenCodeClient:
+    """The one way the engine, its watchers and the workers reach an instance."""
     return OpenCodeClient(slot.url, slot.password, timeout=10.0)
 
 
@@ -113,6 +114,11 @@ class SwarmContext:
 
     def client(self, slot: InstanceSlot) -> OpenCodeClient:
         return self.client_fn(slot)
+
+    def last_event(self, bead_id: str, kind: str) -> Any | None:
+        """The bead's latest event of type ``kind`` (the typed event), or None."""
+        events = self.store.read(types=[kind], bead_id=bead_id, descending=True, limit=1)
+        return events[0].event if events else None
 
     @contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:

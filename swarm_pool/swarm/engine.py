@@ -1,7 +1,7 @@
 """The background engine: the loop that keeps workers moving without anyone polling.
 
-It runs inside the supervisor daemon (started from ``pool/daemon.py``, the composition
-root, so the rest of ``pool/`` never imports ``swarm/``), acting only while that
+It runs inside the supervisor daemon (started from ``swarm_pool/daemon.py``, the
+composition root, so ``pool/`` never imports ``swarm/``), acting only while that
 supervisor's pool is running. Each tick, woken by store changes or every ``tick_s``, it:
 
 - keeps one SSE watcher per pool instance (``watch``), which records session status,

@@ -75,11 +75,6 @@ def _owned(path: str, patterns: list[str]) -> bool:
     return any(matches(p, path) or path == p for p in patterns)
 
 
-def _last(ctx: SwarmContext, bead_id: str, kind: str) -> Any | None:
-    events = ctx.store.read(types=[kind], bead_id=bead_id)
-    return events[-1].event if events else None
-
-
 def check_passed(verification: dict[str, Any] | None) -> bool:
     check = (verification or {}).get("check")
     return not isinstance(check, dict) or bool(check.get("passed", True))
@@ -95,7 +90,7 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     diff = ctx.worktrees.diff(bead_id)
     touched = sorted({*diff.files, *diff.uncommitted})
     outside = [f for f in touched if not _owned(f, owned)]
-    completed = _last(ctx, bead_id, "worker_completed")
+    completed = ctx.last_event(bead_id, "worker_completed")
     verification = getattr(completed, "verification", None) if completed else None
     violations = list(getattr(completed, "violations", []) or []) if completed else []
     held = [

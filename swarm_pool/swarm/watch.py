@@ -32,6 +32,7 @@ from swarm_pool.store.events import (
     WorkerBlocked,
     WorkerProgress,
 )
+from swarm_pool.swarm.context import default_client
 from swarm_pool.swarm.router import InstanceSlot
 
 log = logging.getLogger(__name__)
@@ -304,10 +305,6 @@ def session_finished(client: OpenCodeClient, session_id: str, directory: str | N
 
 Sink = Callable[[list[BaseEvent]], None]
 ClientFactory = Callable[[InstanceSlot], OpenCodeClient]
-
-
-def default_client(slot: InstanceSlot) -> OpenCodeClient:
-    return OpenCodeClient(slot.url, slot.password, timeout=5.0)
 
 
 class InstanceWatcher:

@@ -1,6 +1,8 @@
-"""The background supervisor process: ``python -m swarm_pool.pool.daemon --project DIR``.
+"""The background supervisor process: ``python -m swarm_pool.daemon --project DIR``.
 
-``swarm-pool start`` launches this detached (own session, stdio to the supervisor log). It
+It is the composition root that joins the process manager (``pool/``) and the worker
+engine (``swarm/``), so that nothing in ``pool/`` imports ``swarm/``. ``swarm-pool start``
+launches it detached (own session, stdio to the supervisor log). It
 logs plain lines to ``.swarm/supervisor.log``, turns SIGTERM, SIGINT and SIGHUP into a
 clean stop of the whole pool, and exits 0 after a clean stop, 1 when start-up failed (the
 reason is in the state file's ``error``), 3 when another supervisor already runs the
@@ -21,10 +23,7 @@ from typing import Any
 from swarm_pool.config import Config, load_config
 from swarm_pool.errors import PoolAlreadyRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_ALREADY_RUNNING = 3
+from swarm_pool.pool.api import EXIT_ALREADY_RUNNING, EXIT_FAILED
 
 
 def setup_logging(path: Path) -> None:
@@ -40,7 +39,7 @@ def setup_logging(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="swarm_pool.pool.daemon", description=__doc__)
+    parser = argparse.ArgumentParser(prog="swarm_pool.daemon", description=__doc__)
     parser.add_argument("--project", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--size", type=int, default=None)
@@ -85,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def start_worker_engine(paths: ProjectPaths, config: Config) -> Any:
     """The hook where the worker engine (``swarm/``) joins the supervisor process.
 
-    This entry point is the composition root: the only place in ``pool/`` that imports
-    ``swarm/``. The engine (SSE watchers, queued spawns, failure detection and retries)
+    The engine (SSE watchers, queued spawns, failure detection and retries)
     acts only while this process's supervisor runs the pool.
     """
     try:

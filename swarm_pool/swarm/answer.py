@@ -1,0 +1,62 @@
+"""Answering a blocked worker's permission or question request: ``answer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swarm_pool.errors import NotFoundError, WorkerError
+from swarm_pool.store.events import WorkerProgress
+from swarm_pool.swarm.context import SwarmContext
+
+
+def answer(
+    ctx: SwarmContext,
+    bead_id: str,
+    *,
+    reply: str | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """Reply to the permission (``reply`` once|always|reject) or question (``text``)."""
+    if (reply is None) == (text is None):
+        raise WorkerError("give exactly one of a permission reply or a question answer")
+    worker = ctx.store.workers.get(bead_id)
+    if worker is None:
+        raise NotFoundError(f"bead {bead_id} has no worker")
+    blocked = ctx.last_event(bead_id, "worker_blocked")
+    if worker.status != "blocked" or blocked is None or not blocked.request_id:
+        raise WorkerError(f"worker {bead_id} is not waiting for an answer (status {worker.status})")
+    if reply is not None and blocked.kind != "permission":
+        raise WorkerError(f"worker {bead_id} asked a question; answer it with text")
+    if text is not None and blocked.kind != "question":
+        raise WorkerError(f"worker {bead_id} asked for a permission; reply once|always|reject")
+    slot = ctx.instance(blocked.instance or worker.instance)
+    client = ctx.client(slot)
+    try:
+        if reply is not None:
+            client.reply_permission(blocked.request_id, reply, directory=worker.worktree or None)
+        else:
+            client.reply_question(
+                blocked.request_id, [[text or ""]], directory=worker.worktree or None
+            )
+    finally:
+        client.close()
+    with ctx.lock(f"spawn-{bead_id}"):
+        current = ctx.store.workers.get(bead_id)
+        if current is not None and current.status == "blocked":
+            ctx.store.append(
+                WorkerProgress(
+                    bead_id=bead_id,
+                    epic_id=worker.epic_id,
+                    session_id=worker.session_id,
+                    attempt=worker.attempt,
+                    progress_percent=current.progress_percent or 0,
+                    message=f"resumed after {blocked.kind} reply",
+                )
+            )
+    return {
+        "bead_id": bead_id,
+        "kind": blocked.kind,
+        "request_id": blocked.request_id,
+        "reply": reply,
+        "answer": text,
+    }

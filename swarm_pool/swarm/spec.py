@@ -1,0 +1,92 @@
+"""What a worker's prompt is built from, kept on disk: ``PromptSpec`` and its file.
+
+The spec (a ``Contract`` plus the task text) lives under ``.swarm/prompts/<bead>.json``,
+not in the worktree, where the worker would commit it: the engine, in another process,
+needs it to dispatch a queued spawn or to retry a failed one with a new attempt number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from swarm_pool.errors import WorkerError
+from swarm_pool.protocol import Contract
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.prompt import build_worker_prompt
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    contract: Contract
+    description: str = ""
+    shared_context: str = ""
+    success_criteria: tuple[str, ...] = ()
+    # Per-spawn override of workers.timeout_s (None: the config's).
+    timeout_s: float | None = None
+
+    def render(self, attempt: int | None = None, reason: str = "") -> str:
+        contract = self.contract
+        if attempt is not None and attempt != contract.attempt:
+            contract = contract.model_copy(update={"attempt": attempt})
+        note = None
+        if contract.attempt > 1 and reason:
+            note = (
+                f"Attempt {contract.attempt}: an earlier attempt at this task was interrupted "
+                f"({reason}). Your worktree may already hold part of that work: inspect it "
+                "first (git status, the files) and build on it rather than starting over."
+            )
+        return build_worker_prompt(
+            contract,
+            description=self.description,
+            shared_context=self.shared_context,
+            success_criteria=list(self.success_criteria),
+            retry_note=note,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "contract": self.contract.model_dump(mode="json"),
+                "description": self.description,
+                "shared_context": self.shared_context,
+                "success_criteria": list(self.success_criteria),
+                "timeout_s": self.timeout_s,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PromptSpec:
+        data = json.loads(text)
+        return cls(
+            contract=Contract.model_validate(data["contract"]),
+            description=data.get("description", ""),
+            shared_context=data.get("shared_context", ""),
+            success_criteria=tuple(data.get("success_criteria", ())),
+            timeout_s=data.get("timeout_s"),
+        )
+
+
+def _spec_path(ctx: SwarmContext, bead_id: str) -> Path:
+    return ctx.prompts_dir / f"{bead_id}.json"
+
+
+def save_spec(ctx: SwarmContext, bead_id: str, spec: PromptSpec) -> None:
+    path = _spec_path(ctx, bead_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(spec.to_json())
+    os.replace(tmp, path)
+
+
+def load_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec:
+    try:
+        return PromptSpec.from_json(_spec_path(ctx, bead_id).read_text())
+    except OSError as e:
+        raise WorkerError(f"the prompt of {bead_id} is missing ({e.strerror})") from e
+    except (ValueError, KeyError) as e:
+        raise WorkerError(f"the prompt of {bead_id} is unreadable: {e}") from e
