@@ -68,11 +68,10 @@ from swarm_pool.store.recorder import (
 # The first key of every advisory lock swarm-pool takes ("SWMP"); the second is the
 # schema's, so stores in different schemas of one database never wait on each other.
 LOCK_CLASS = 0x53574D50
+# seq is given by the writer: the maximum read when the write lock was taken, plus one
+# per append of the transaction.
 _INSERT_EVENT = POSTGRESQL.sql(
-    INSERT_EVENT.replace("(type,", "(seq, type,").replace(
-        "VALUES (", "VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM events), "
-    )
-    + " RETURNING seq"
+    INSERT_EVENT.replace("(type,", "(seq, type,").replace("VALUES (", "VALUES (?, ")
 )
 # A waiter re-reads last_seq at least this often, whatever the notifications say (a
 # reconnect of the listener may have missed one).
@@ -119,9 +118,14 @@ class _PgReader:
 
 
 class _PgWriter(_PgReader, EventWriter):
-    def __init__(self, conn: psycopg.Connection[Row], where: str) -> None:
+    """Inside a write transaction in pipeline mode: statements whose result nobody reads
+    (projection writes, event inserts) travel together with the next read or the
+    commit, instead of one round trip each while the write lock is held."""
+
+    def __init__(self, conn: psycopg.Connection[Row], where: str, last_seq: int) -> None:
         super().__init__(conn, where)
-        self.last_appended = 0
+        self.last_seq = last_seq
+        self.appended = 0
 
     def execute(self, sql: str, params: Params = ()) -> None:
         try:
@@ -130,13 +134,14 @@ class _PgWriter(_PgReader, EventWriter):
             raise StoreError(f"write failed on {self._where}: {_first_line(e)}") from e
 
     def _insert_event(self, event: Event, row: tuple[Any, ...]) -> int:
+        seq = self.last_seq + 1
         try:
-            found = self._conn.execute(_INSERT_EVENT, row).fetchone()
+            self._conn.execute(_INSERT_EVENT, (seq, *row))
         except psycopg.Error as e:
             raise StoreError(f"append failed on {self._where}: {_first_line(e)}") from e
-        assert found is not None
-        self.last_appended = int(found["seq"])
-        return self.last_appended
+        self.last_seq = seq
+        self.appended += 1
+        return seq
 
 
 class PostgresRecorder:
@@ -159,7 +164,7 @@ class PostgresRecorder:
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self._listen_lock = threading.Lock()
-        self._depth = 0
+        self._writer: _PgWriter | None = None
         self._closed = False
         self._listener: psycopg.Connection[Row] | None = None
         self._conn = self._connect()
@@ -210,6 +215,10 @@ class PostgresRecorder:
             raise StoreUnavailableError(
                 f"cannot connect to the store {self._where}: {_first_line(e)}"
             ) from e
+        # No server-side prepared statements: a pipeline that aborts (a lost race under
+        # SERIALIZABLE, a projection refusing an event) can leave psycopg believing a
+        # statement is prepared when the server never kept it.
+        conn.prepare_threshold = None
         return conn
 
     def _check_open(self) -> None:
@@ -232,8 +241,8 @@ class PostgresRecorder:
                 return w.append(event)
         with self._lock:
             self._check_open()
-            if self._depth:  # inside a caller's transaction: join it
-                return _PgWriter(self._conn, self._where).append(event)
+            if self._writer is not None:  # inside a caller's transaction: join it
+                return self._writer.append(event)
             conn = self._healthy()
             try:
                 row = conn.execute(
@@ -247,9 +256,10 @@ class PostgresRecorder:
             assert row is not None
             return int(row["seq"])
 
-    # The connection runs in autocommit mode and opens its transactions itself, so that
-    # BEGIN travels with the lock and NOTIFY with COMMIT: three round trips per append
-    # instead of five, which is most of the time the write lock is held.
+    # The connection runs in autocommit mode and opens its transactions itself; a write
+    # transaction runs in pipeline mode, so BEGIN travels with the lock and the last seq,
+    # and writes nobody reads back travel with the next read or with NOTIFY and COMMIT:
+    # round trips while the write lock is held are most of its cost.
 
     @contextmanager
     def writing(self) -> Iterator[Writer]:
@@ -257,25 +267,19 @@ class PostgresRecorder:
         thread join the outer one."""
         with self._lock:
             self._check_open()
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield _PgWriter(self._conn, self._where)
-                finally:
-                    self._depth -= 1
+            if self._writer is not None:
+                yield self._writer
                 return
             conn = self._healthy()
-            writer = _PgWriter(conn, self._where)
-            self._depth = 1
             try:
-                self._begin_write(conn)
-                yield writer
-                if writer.last_appended:
-                    # Both literals are ours (a hex name, an int): no quoting to get wrong.
-                    conn.execute(
-                        f"SELECT pg_notify('{self.channel}', '{writer.last_appended}'); COMMIT"
-                    )
-                else:
+                with conn.pipeline():
+                    writer = _PgWriter(conn, self._where, self._begin_write(conn))
+                    self._writer = writer
+                    yield writer
+                    if writer.appended:
+                        conn.execute(
+                            "SELECT pg_notify(%s, %s)", (self.channel, str(writer.last_seq))
+                        )
                     conn.execute("COMMIT")
             except BaseException as e:
                 self._rollback(conn)
@@ -283,13 +287,22 @@ class PostgresRecorder:
                     raise self._mapped(e, "commit") from e
                 raise
             finally:
-                self._depth = 0
+                self._writer = None
 
-    def _begin_write(self, conn: psycopg.Connection[Row]) -> None:
+    def _begin_write(self, conn: psycopg.Connection[Row], *, read_seq: bool = True) -> int:
+        """BEGIN, take the write lock, and read the last seq (one round trip in a
+        pipeline); 0 without ``read_seq`` (before the events table exists)."""
         try:
-            conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {self._key})")
+            conn.execute("BEGIN")
+            locked = conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, self._key))
+            if not read_seq:
+                locked.fetchone()
+                return 0
+            row = conn.execute("SELECT coalesce(max(seq), 0) AS last FROM events").fetchone()
         except psycopg.errors.LockNotAvailable as e:
             raise self._lock_timeout() from e
+        assert row is not None
+        return int(row["last"])
 
     def _lock_timeout(self) -> StoreError:
         return StoreError(
@@ -314,8 +327,8 @@ class PostgresRecorder:
         """One snapshot for several queries (or the open write transaction)."""
         with self._lock:
             self._check_open()
-            if self._depth:
-                yield _PgReader(self._conn, self._where)
+            if self._writer is not None:
+                yield self._writer
                 return
             conn = self._healthy()
             try:
@@ -331,8 +344,8 @@ class PostgresRecorder:
         """One statement: its own snapshot, no transaction needed."""
         with self._lock:
             self._check_open()
-            if self._depth:
-                return _PgReader(self._conn, self._where).query(sql, params)
+            if self._writer is not None:
+                return self._writer.query(sql, params)
             conn = self._healthy()
             try:
                 return _PgReader(conn, self._where).query(sql, params)
@@ -349,7 +362,7 @@ class PostgresRecorder:
             raise MigrationError(f"migrations must have increasing unique versions: {versions}")
         conn = self._conn
         try:
-            self._begin_write(conn)
+            self._begin_write(conn, read_seq=False)
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
