@@ -24,6 +24,7 @@ from swarm_pool.store.core import open_url, parse_store_url
 from swarm_pool.store.events import InstanceReady, WorkerProgress, WorkerSpawned
 from tests.pg_server import ScratchPostgres
 from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
+from tests.support import wait_for
 
 EPIC = "bd-abc123"
 
@@ -429,5 +430,39 @@ def test_postgres_store_survives_a_dropped_connection(
                 s.append(InstanceReady(instance="i2"))
             assert s.append(InstanceReady(instance="i3")) == 2  # reconnected
             assert s.check()["seq_gap_free"]
+    finally:
+        pg_server.drop_schema(schema)
+
+
+def test_postgres_wait_is_woken_by_notify(
+    tmp_path: Path, pg_server: ScratchPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import swarm_pool.store.postgres as pg
+
+    # Without NOTIFY a waiter would only notice at its next re-check, 2 minutes away.
+    monkeypatch.setattr(pg, "LISTEN_RECHECK_S", 120.0)
+    schema = pg_server.new_schema()
+    try:
+        with (
+            open_url(pg_server.url(schema=schema), project_root=tmp_path) as waiter,
+            open_url(pg_server.url(schema=schema, via="socket"), project_root=tmp_path) as other,
+        ):
+            waiter.append(InstanceReady(instance="i0"))
+            woke: list[float] = []
+
+            def wait() -> None:
+                waiter.wait_for_change(1, timeout=100)
+                woke.append(time.monotonic())
+
+            t = threading.Thread(target=wait)
+            t.start()
+            recorder = waiter.recorder
+            assert isinstance(recorder, pg.PostgresRecorder)
+            wait_for(lambda: recorder._listener is not None, timeout=30)
+            time.sleep(0.3)  # past LISTEN and the re-read of last_seq
+            appended = time.monotonic()
+            other.append(InstanceReady(instance="i1"))
+            t.join(timeout=110)
+            assert woke and woke[0] - appended < 30
     finally:
         pg_server.drop_schema(schema)
