@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from swarm_pool.errors import ConfigError
 
@@ -31,6 +38,10 @@ _NON_CONFIG_ENV = {
     "SWARM_POOL_PROJECT",
     # The MCP server's log level (stderr).
     "SWARM_POOL_MCP_LOG",
+    # Fault points armed by tests (swarm_pool.faults).
+    "SWARM_POOL_FAULTS",
+    # The pool's own process tag (pool/orphans.py), inherited by all its processes.
+    "SWARM_POOL_TAG",
     # Process tags the test suite puts in every child's environment.
     "SWARM_POOL_TEST_ID",
     "SWARM_POOL_TEST_SESSION",
@@ -40,7 +51,9 @@ _NON_CONFIG_ENV = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Strict: values come from TOML (and env overrides in TOML syntax), which are typed;
+    # the string "yes" is not a boolean and 2.0 is not an integer.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class PoolSection(_Section):
@@ -51,6 +64,8 @@ class PoolSection(_Section):
     stop_grace_s: float = Field(5.0, ge=0)
     routing: Literal["least_busy", "dedicated"] = "least_busy"
     max_sessions_per_instance: int = Field(4, ge=1)
+    avoid_restarted_s: float = Field(30.0, ge=0, description="new work avoids it this long")
+    avoid_flapping_restarts: int = Field(2, ge=0, description="restarts in flap_window_s")
 
     @model_validator(mode="after")
     def _range(self) -> PoolSection:
@@ -63,6 +78,9 @@ class SupervisorSection(_Section):
     check_interval_s: float = Field(1.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
     health_failures: int = Field(3, ge=1, description="K failed health checks -> restart")
+    slow_answer_s: float = Field(15.0, gt=0, description="a health answer this late is alive")
+    no_progress_s: float = Field(15.0, ge=0, description="silence before restart, idle")
+    no_progress_per_busy_s: float = Field(30.0, ge=0, description="... plus this per busy")
     max_rss_mb: int = Field(2048, ge=0, description="0 disables the memory limit")
     memory_checks: int = Field(3, ge=1, description="K checks over the limit -> restart")
     memory_grace_s: float = Field(300.0, ge=0, description="restart even if busy after")
@@ -97,6 +115,14 @@ class OpenCodeSection(_Section):
     extra_config: dict[str, Any] = Field(default_factory=dict)
     mcp_enabled: bool = True
 
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        provider, sep, name = value.partition("/")
+        if value != "scripted" and not (sep and provider.strip() and name.strip()):
+            raise ValueError("use 'scripted' or 'provider/model'")
+        return value
+
 
 class ModelSection(_Section):
     port: int = Field(0, ge=0, le=65535, description="0: allocate from the pool's range")
@@ -110,6 +136,17 @@ class WorkersSection(_Section):
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)
     base_branch: str = Field("", description="empty: the branch checked out at spawn")
+    sandbox: Literal["off", "bwrap"] = Field(
+        "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"
+    )
+    sandbox_network: bool = Field(True, description="false: no network in the sandbox")
+
+    def sandbox_label(self) -> str:
+        """How status, the dashboard and `run` name the sandbox: off, bwrap, or
+        bwrap (no network)."""
+        if self.sandbox == "off":
+            return "off"
+        return self.sandbox if self.sandbox_network else f"{self.sandbox} (no network)"
 
 
 class StoreSection(_Section):
@@ -124,6 +161,14 @@ class StoreSection(_Section):
     )
 
 
+class GatewaySection(_Section):
+    enabled: bool = Field(False, description="run the OpenCode-compatible gateway child")
+    port: int = Field(4096, ge=1, le=65535, description="fixed port on 127.0.0.1")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while restarting")
+    heartbeat_s: float = Field(10.0, gt=0, description="SSE heartbeat, as OpenCode sends")
+    state_poll_s: float = Field(0.2, gt=0, description="how often it rereads pool.json")
+
+
 class Config(_Section):
     pool: PoolSection = Field(default_factory=PoolSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
@@ -131,6 +176,7 @@ class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     workers: WorkersSection = Field(default_factory=WorkersSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
 
 def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:
@@ -184,6 +230,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+            f"offset {e.start})"
+        ) from e
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
 

@@ -4,9 +4,11 @@ It is the composition root that joins the process manager (``pool/``) and the wo
 engine (``swarm/``), so that nothing in ``pool/`` imports ``swarm/``. ``swarm-pool start``
 launches it detached (own session, stdio to the supervisor log). It
 logs plain lines to ``.swarm/supervisor.log``, turns SIGTERM, SIGINT and SIGHUP into a
-clean stop of the whole pool, and exits 0 after a clean stop, 1 when start-up failed (the
-reason is in the state file's ``error``), 3 when another supervisor already runs the
-project. SIGKILL leaves the instances serving; the next ``start`` adopts them.
+clean stop of the whole pool, makes itself the child subreaper of everything below it
+(so what an agent detaches is re-parented here, reaped, and killed on stop), and exits 0
+after a clean stop, 1 when start-up failed (the reason is in the state file's
+``error``), 3 when another supervisor already runs the project. SIGKILL leaves the
+instances serving; the next ``start`` adopts them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from swarm_pool.config import Config, load_config
-from swarm_pool.errors import PoolAlreadyRunningError, SwarmPoolError
+from swarm_pool.errors import EngineStartError, PoolAlreadyRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import EXIT_ALREADY_RUNNING, EXIT_FAILED
 
@@ -53,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     except SwarmPoolError as e:
         print(f"swarm-pool supervisor: {e}", file=sys.stderr)
         return EXIT_FAILED
+    if args.config is not None:
+        # Every process of the pool that reads config (instances pass their env on to the
+        # MCP servers they start) must read this one, not the project's default.
+        os.environ["SWARM_POOL_CONFIG"] = str(args.config.resolve())
 
+    from swarm_pool.pool.orphans import OrphanReaper, set_child_subreaper
+    from swarm_pool.pool.process import launched_pids
     from swarm_pool.pool.supervisor import Supervisor
 
-    supervisor = Supervisor(paths, config, size=args.size)
+    reaper = OrphanReaper(launched_pids) if set_child_subreaper() else None
+    supervisor = Supervisor(paths, config, size=args.size, reaper=reaper)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s; stopping the pool", signal.Signals(signum).name)
@@ -64,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    engine = start_worker_engine(paths, config)
+    engines: list[Any] = []
+    # The engine starts once this supervisor holds the pool lock (a second daemon that
+    # loses the race never runs one); if it cannot start, the start fails with why.
+    supervisor.on_locked = lambda: engines.append(start_worker_engine(paths, config))
     try:
         return supervisor.run()
     except PoolAlreadyRunningError as e:
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("supervisor crashed")
         return EXIT_FAILED
     finally:
-        if engine is not None:
+        for engine in engines:
             engine.stop()
 
 
@@ -89,9 +101,9 @@ def start_worker_engine(paths: ProjectPaths, config: Config) -> Any:
     """
     try:
         from swarm_pool.swarm.engine import Engine
-    except ImportError:
-        return None
-    return Engine(paths, config, owner_pid=os.getpid()).start()
+    except ImportError as e:
+        raise EngineStartError(f"the worker engine cannot be imported: {e}") from e
+    return Engine(paths, config, owner_pid=os.getpid()).open().start()
 
 
 if __name__ == "__main__":

@@ -12,18 +12,32 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── PortsExhaustedError     no free port left in the configured range
     │   └── PortInUseError          a port was taken between allocation and bind
     ├── ProcessError                a child could not be launched or stopped
+    ├── SandboxError                workers.sandbox is on but bubblewrap is missing/broken
     ├── InstanceError
     │   └── InstanceStartError      an instance never became ready
     ├── PoolError
     │   ├── PoolAlreadyRunningError
     │   ├── PoolNotRunningError
+    │   │   └── EngineNotRunningError  the pool runs, its worker engine does not
+    │   ├── EngineStartError        the worker engine cannot start (the daemon exits)
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
+    │   ├── OpenCodeNotSentError    never reached the server (connect refused, pool slot
+    │   │                           gone): nothing happened, another instance may take it
+    │   ├── OpenCodeUnknownOutcomeError  sent, then no answer (read timeout, cut off):
+    │   │                           it may have happened; look before acting again
+    │   └── OpenCodeStatusError     the server answered with an error status
+    ├── GatewayError                the gateway cannot serve a request
+    │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
     │   ├── StoreUnavailableError   the store's server cannot be reached (retry later)
+    │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
-    │   └── NotFoundError           unknown epic, cell, message or reservation
+    │   ├── NotFoundError           unknown epic, cell, message or reservation
+    │   └── WorkerStateError        a worker event the lifecycle refuses (nothing written)
+    │       ├── IllegalTransitionError  the transition table forbids it
+    │       └── VersionConflictError    the bead changed since the caller read it
     ├── HiveError                   cycle, unknown dependency, bad id
     ├── ReservationError
     │   └── PathEscapeError         a path or pattern leaves the project
@@ -33,7 +47,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   └── MergeConflictError
     ├── WorkerError
     │   ├── DependencyBlockedError
-    │   └── DuplicateSpawnError
+    │   ├── DuplicateSpawnError
+    │   └── ReviewRequiredError     merge refused: no approving review of the branch head
     ├── PlanError                   bad plan file
     └── ScriptError                 bad scripted-model script
 """
@@ -75,6 +90,10 @@ class ProcessError(SwarmPoolError):
     pass
 
 
+class SandboxError(SwarmPoolError):
+    pass
+
+
 class InstanceError(SwarmPoolError):
     pass
 
@@ -95,12 +114,49 @@ class PoolNotRunningError(PoolError):
     pass
 
 
+class EngineNotRunningError(PoolNotRunningError):
+    """The pool runs but its worker engine does not: queued work would never start."""
+
+
+class EngineStartError(PoolError):
+    """The worker engine cannot start, so the daemon refuses to run the pool."""
+
+
 class UnknownInstanceError(PoolError):
     pass
 
 
 class OpenCodeError(SwarmPoolError):
     pass
+
+
+class OpenCodeNotSentError(OpenCodeError):
+    """The request never reached the server (httpx's ConnectError and kin)."""
+
+
+class OpenCodeUnknownOutcomeError(OpenCodeError):
+    """The request was sent but no answer came back (httpx's ReadTimeout and kin)."""
+
+
+class OpenCodeStatusError(OpenCodeError):
+    """The server answered with an error status (httpx's HTTPStatusError)."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class GatewayError(SwarmPoolError):
+    pass
+
+
+class InstanceUnavailableError(GatewayError):
+    """The instance a request must go to is restarting (or none is ready): the caller
+    should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StoreError(SwarmPoolError):
@@ -110,6 +166,10 @@ class StoreError(SwarmPoolError):
 class StoreUnavailableError(StoreError):
     """The store's database server refused or dropped the connection: nothing was
     written by the call that raised this, unless it was a commit whose answer was lost."""
+
+
+class StoreCorruptError(StoreError):
+    """The store file is not a database or is damaged; nothing can use it as it is."""
 
 
 class MigrationError(StoreError):
@@ -122,6 +182,33 @@ class EventValidationError(StoreError):
 
 class NotFoundError(StoreError):
     pass
+
+
+class WorkerStateError(StoreError):
+    """A worker event refused by the lifecycle; its whole transaction wrote nothing."""
+
+    def __init__(self, message: str, *, bead_id: str) -> None:
+        super().__init__(message)
+        self.bead_id = bead_id
+
+
+class IllegalTransitionError(WorkerStateError):
+    """The transition table forbids this event in the worker's current status."""
+
+    def __init__(self, message: str, *, bead_id: str, current: str | None, event_type: str) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.current = current
+        self.event_type = event_type
+
+
+class VersionConflictError(WorkerStateError):
+    """The bead's worker changed since the caller read it: re-read and decide again
+    (eventsourcing's RecordConflictError)."""
+
+    def __init__(self, message: str, *, bead_id: str, expected: int, actual: int) -> None:
+        super().__init__(message, bead_id=bead_id)
+        self.expected = expected
+        self.actual = actual
 
 
 class HiveError(SwarmPoolError):
@@ -178,6 +265,10 @@ class DependencyBlockedError(WorkerError):
 
 class DuplicateSpawnError(WorkerError):
     pass
+
+
+class ReviewRequiredError(WorkerError):
+    """A merge was refused: no approving ``review_completed`` for the branch's head."""
 
 
 class PlanError(SwarmPoolError):

@@ -2,7 +2,8 @@
 
 The project folder holds the store, the pool state file, each instance's data and logs,
 and the worktrees. The per-user folder holds what every pool on the machine shares
-(port leases).
+(port leases). ``.swarm/`` is private (0700), and so is every state file in it (0600):
+``ensure`` creates it that way and fixes the modes of a project made before.
 """
 
 from __future__ import annotations
@@ -16,6 +17,30 @@ from pathlib import Path
 from swarm_pool.errors import ProjectError
 
 SWARM_DIR = ".swarm"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# State files directly under .swarm/ whose modes `ensure` fixes (the store's files
+# with their lock and SQLite's -wal/-shm, the state file, the supervisor's files).
+_PRIVATE_FILES = (
+    "swarm.db",
+    "swarm.db.lock",
+    "swarm.db-wal",
+    "swarm.db-shm",
+    "pool.json",
+    "supervisor.log",
+    "supervisor.lock",
+    "supervisor.sock",
+    "git.lock",
+)
+
+
+def make_private(path: Path, mode: int = FILE_MODE) -> None:
+    """chmod ``path`` to ``mode`` if it exists and has any other bits."""
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
 
 
 def user_state_dir() -> Path:
@@ -81,7 +106,10 @@ class ProjectPaths:
         if not self.root.is_dir():
             raise ProjectError(f"project dir does not exist: {self.root}")
         try:
-            self.swarm_dir.mkdir(exist_ok=True)
+            self.swarm_dir.mkdir(exist_ok=True, mode=DIR_MODE)
+            make_private(self.swarm_dir, DIR_MODE)
+            for name in _PRIVATE_FILES:
+                make_private(self.swarm_dir / name)
             gitignore = self.swarm_dir / ".gitignore"
             if not gitignore.exists():
                 gitignore.write_text("*\n")

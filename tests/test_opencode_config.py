@@ -54,7 +54,13 @@ def test_mcp_server_block(tmp_path: Path) -> None:
     assert list(cfg["mcp"]) == [MCP_SERVER_NAME]
     server = cfg["mcp"][MCP_SERVER_NAME]
     assert server["type"] == "local"
-    assert server["command"] == [sys.executable, "-m", "swarm_pool.mcp_server"]
+    # env -u: the MCP server never holds the instance's password, not even in its
+    # /proc/PID/environ (OpenCode's `environment` can only add variables).
+    env, *drop, python, flag, module = server["command"]
+    assert Path(env).name == "env" and drop == ["-u", "OPENCODE_SERVER_PASSWORD"]
+    assert [python, flag, module] == [sys.executable, "-m", "swarm_pool.mcp_server"]
+    # The bash tool's shell is our wrapper (opencode/shell.py).
+    assert cfg["shell"] == str(tmp_path.resolve() / ".swarm" / "bin" / "bash")
     assert server["enabled"] is True
     assert server["environment"] == {"SWARM_POOL_PROJECT": str(tmp_path.resolve())}
     # Longer than a check command may run inside swarm_complete.

@@ -19,7 +19,8 @@ DEMO = ROOT / "conf" / "demo-plan.toml"
 def task(
     tid: str, files: list[str] | None = None, deps: list[str] | None = None, **kw: Any
 ) -> dict[str, Any]:
-    return {"id": tid, "title": f"task {tid}", "files": files or [], "depends_on": deps or [], **kw}
+    owned = files or [f"{tid.replace(' ', '_')}.txt"]
+    return {"id": tid, "title": f"task {tid}", "files": owned, "depends_on": deps or [], **kw}
 
 
 def plan(*tasks: dict[str, Any]) -> dict[str, Any]:
@@ -145,8 +146,8 @@ def test_load_plan_file_errors(tmp_path: Path) -> None:
     cyclic = tmp_path / "cyclic.toml"
     cyclic.write_text(
         '[epic]\ntitle = "e"\n'
-        '[[tasks]]\nid = "a"\ntitle = "A"\ndepends_on = ["b"]\n'
-        '[[tasks]]\nid = "b"\ntitle = "B"\ndepends_on = ["a"]\n'
+        '[[tasks]]\nid = "a"\ntitle = "A"\nfiles = ["a"]\ndepends_on = ["b"]\n'
+        '[[tasks]]\nid = "b"\ntitle = "B"\nfiles = ["b"]\ndepends_on = ["a"]\n'
     )
     with pytest.raises(PlanError, match=r"cyclic\.toml: dependency cycle"):
         load_plan(cyclic)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-import psutil
 import pytest
 
 from swarm_pool.opencode.binary import find_opencode
@@ -101,24 +100,40 @@ def test_exhausted_port_range(tmp_path: Path) -> None:
 
 def test_port_taken_between_allocation_and_bind(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
-    pidfile = tmp_path / "thief.pid"
+    portfile = tmp_path / "port"
     env = {
         **NO_MODEL_ENV,
         "SWARM_POOL_OPENCODE__BINARY": str(STEAL),
         "STEAL_REAL_BINARY": str(find_opencode()),
-        "STEAL_PIDFILE": str(pidfile),
+        "STEAL_PORTFILE": str(portfile),
     }
-    out = cli("start", "-n", "1", project=project, env=env)
-    thief = int(pidfile.read_text())
+    result: list[subprocess.CompletedProcess[str]] = []
+    starter = threading.Thread(
+        target=lambda: result.append(cli("start", "-n", "1", project=project, env=env))
+    )
+    starter.start()
+    thief: subprocess.Popen[bytes] | None = None
     try:
-        # The thief inherited the instance's environment, so it looks like the pool's.
+        wait_for(lambda: portfile.exists() and portfile.read_text().strip(), timeout=60)
+        port = int(portfile.read_text())
+        listen = (
+            "import socket, time; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(300)"
+        )
+        thief = subprocess.Popen([sys.executable, "-c", listen], start_new_session=True)
+        starter.join(timeout=180)
+        out = result[0]
         text = "was taken by another process between allocation"
-        assert_clean_failure(out, project, text, foreign=thief)
-        port = int(out.stderr.split("port ")[1].split()[0])
+        assert_clean_failure(out, project, text, foreign=thief.pid)
+        assert int(out.stderr.split("port ")[1].split()[0]) == port
         # The thief is foreign: it must have been left alone, still holding the port.
-        assert psutil.pid_exists(thief) and not port_is_free(port)
+        assert thief.poll() is None and not port_is_free(port)
     finally:
-        os.kill(thief, signal.SIGKILL)
+        if thief is not None:
+            thief.kill()
+            thief.wait(timeout=10)
+        starter.join(timeout=180)
     state = json.loads((project / ".swarm" / "pool.json").read_text())
     assert state["error"]["type"] == "PortInUseError"
 

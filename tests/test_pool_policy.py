@@ -137,7 +137,8 @@ def test_manual_reset_clears_fatal_history() -> None:
 
 
 def test_k_health_failures_in_a_row_restart() -> None:
-    p = policy(FakeClock(), health_failures=3)
+    # No no-progress window: the count alone decides.
+    p = policy(FakeClock(), health_failures=3, no_progress_s=0.0, no_progress_per_busy_s=0.0)
     assert not p.on_health(False)
     assert not p.on_health(False)
     assert not p.on_health(True)  # a success resets the count
@@ -231,3 +232,62 @@ def test_a_new_run_clears_drain_and_counts() -> None:
     p.started()
     assert not p.draining
     assert p.on_memory(150, busy) is MemoryVerdict.OK
+
+
+# --- busy is not dead -------------------------------------------------------------------
+
+
+def test_no_progress_window_grows_with_busy_sessions() -> None:
+    p = policy(FakeClock(), no_progress_s=15.0, no_progress_per_busy_s=30.0)
+    assert p.no_progress_window(0) == 15.0
+    assert p.no_progress_window(1) == 45.0
+    assert p.no_progress_window(3) == 105.0
+    assert p.no_progress_window(None) == 45.0  # unknown counts as busy
+
+
+def test_failed_checks_alone_do_not_restart_an_instance_that_streams_events() -> None:
+    clock = FakeClock()
+    p = policy(clock, health_failures=3, no_progress_s=15.0, no_progress_per_busy_s=30.0)
+    p.started()
+    # Ten minutes of timed-out health checks (about 3 s each), while the instance's
+    # stream keeps delivering events: busy, not dead.
+    for _ in range(200):
+        clock.advance(3.0)
+        p.note_life()
+        assert not p.on_health(False, busy=2)
+    assert p.health_failures == 200
+    # Then silence: no restart before the window of 2 busy sessions (75 s) is over...
+    for _ in range(24):
+        clock.advance(3.0)
+        assert not p.on_health(False, busy=2)
+    assert p.silent_for() == pytest.approx(72.0)
+    clock.advance(3.0)
+    assert p.on_health(False, busy=2)
+
+
+def test_idle_silent_instance_restarts_after_the_short_window() -> None:
+    clock = FakeClock()
+    p = policy(clock, health_failures=3, no_progress_s=15.0, no_progress_per_busy_s=30.0)
+    p.started()
+    results = []
+    for _ in range(6):
+        clock.advance(3.0)
+        results.append(p.on_health(False, busy=0))
+    # K=3 failures reached at 9 s, but the 15 s window of silence only at 15 s.
+    assert results == [False, False, False, False, True, True]
+
+
+def test_an_answer_is_a_sign_of_life_and_resets_the_count() -> None:
+    clock = FakeClock()
+    p = policy(clock, health_failures=2, no_progress_s=10.0, no_progress_per_busy_s=0.0)
+    p.started()
+    clock.advance(20.0)
+    assert p.silent_for() == 20.0
+    assert not p.on_health(True)  # a (possibly slow) answer
+    assert p.silent_for() == 0.0 and p.health_failures == 0
+    clock.advance(5.0)
+    assert not p.on_health(False) and not p.on_health(False)  # silent 5 s < 10 s
+    clock.advance(5.0)
+    assert p.on_health(False)
+    p.started()  # a new run starts with a clean slate
+    assert p.silent_for() == 0.0 and p.health_failures == 0

@@ -26,8 +26,12 @@ from swarm_pool.pool.state import ChildRecord, PoolState, read_state, write_stat
 def sample_state(root: Path) -> PoolState:
     return PoolState(
         project_root=str(root),
-        password="s3cret",
-        instances=[ChildRecord(name="oc-1", port=47123, pid=1, create_time=1.0, state="ready")],
+        tag="t4g",
+        instances=[
+            ChildRecord(
+                name="oc-1", port=47123, pid=1, create_time=1.0, state="ready", password="s3cret"
+            )
+        ],
     )
 
 
@@ -41,9 +45,9 @@ def test_state_file_is_0600_and_round_trips(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     state = read_state(path)
     assert state is not None
-    assert state.password == "s3cret"
     rec = state.child("oc-1")
     assert rec is not None and rec.url == "http://127.0.0.1:47123"
+    assert rec.password == "s3cret" and state.tag == "t4g"
     assert not list(tmp_path.glob(".*.tmp"))
 
 

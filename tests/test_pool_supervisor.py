@@ -76,6 +76,9 @@ def make_config(**supervisor: Any) -> Config:
         "check_interval_s": 0.1,
         "health_timeout_s": 0.5,
         "health_failures": 2,
+        "no_progress_s": 0.3,
+        "no_progress_per_busy_s": 0.0,
+        "slow_answer_s": 0.5,
         "backoff_initial_s": 0.05,
         "backoff_max_s": 0.2,
         "backoff_jitter": 0.1,
@@ -154,6 +157,7 @@ def test_kill9_restarts_on_the_same_port_then_stop_cleans_up(
     again = pool.record("oc-1")
     assert again.port == first.port
     assert again.restarts == 1
+    assert len(again.restarted_at) == 1  # the router avoids it while it settles
     assert again.last_exit.signal == signal.SIGKILL
     assert pool.record("oc-2").restarts == 0
     # The state file follows the supervisor.
@@ -161,6 +165,7 @@ def test_kill9_restarts_on_the_same_port_then_stop_cleans_up(
     ports = [first.port, pool.record("oc-2").port]
     pool.stop()
     assert pool.rc == [0]
+    assert restarts_of(pool.paths, "oc-1") == [("exited", "killed by SIGKILL")]
     state = read_state(pool.paths.state_file)
     assert state is not None and state.phase == "stopped"
     assert all(r.state == "stopped" and r.pid is None for r in state.instances)
@@ -214,6 +219,19 @@ def test_failed_health_checks_restart(tmp_path: Path, start: Callable[..., Runni
     wait_for(lambda: pool.record("oc-1").state == "ready", 20)
     assert pool.record("oc-1").restarts >= 1
     assert "health checks" in pool.record("oc-1").last_exit.reason
+    pool.stop()
+    causes = restarts_of(pool.paths, "oc-1")
+    assert causes and all(c == "unhealthy" for c, _ in causes), causes
+    assert "unhealthy with no progress for" in causes[0][1]
+
+
+def restarts_of(paths: ProjectPaths, name: str) -> list[tuple[str, str]]:
+    """(cause, reason) of every instance_restarted event of ``name``."""
+    from swarm_pool.store import open_project_store
+
+    with open_project_store(paths) as store:
+        found = [s.event for s in store.read(types=["instance_restarted"])]
+    return [(str(e.cause), e.reason) for e in found if getattr(e, "instance", "") == name]
 
 
 def test_memory_limit_drains_then_restarts_when_idle(

@@ -22,6 +22,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store, find_project_store, open_project_store, open_store
 from swarm_pool.store.core import open_url, parse_store_url
 from swarm_pool.store.events import InstanceReady, WorkerProgress, WorkerSpawned
+from swarm_pool.store.recorder import MIGRATIONS
 from tests.pg_server import ScratchPostgres
 from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
 from tests.support import wait_for
@@ -103,17 +104,21 @@ class CoreContract(StoreFixtures):
         report = store.check()
         assert report["integrity"] == "ok"
         assert report["backend"] == backend.name
-        assert report["migrations"] == [1, 2, 3]
+        assert report["migrations"] == [m.version for m in MIGRATIONS]
         with backend.raw(url, root) as conn:
             rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1")
-            assert [tuple(r) for r in rows.fetchall()] == [
-                (1, "events"),
-                (2, "projections"),
-                (3, "reservation_prefix"),
-            ]
+            found = [tuple(r) for r in rows.fetchall()]
+        assert found == [(m.version, m.name) for m in MIGRATIONS]
+        assert found[:5] == [
+            (1, "events"),
+            (2, "projections"),
+            (3, "reservation_prefix"),
+            (4, "worker_lifecycle"),
+            (5, "worker_blocked_time"),
+        ]
         with backend.open(url, root) as again:
             assert again.last_seq() == 1
-            assert again.check()["migrations"] == [1, 2, 3]
+            assert again.check()["migrations"] == [m.version for m in MIGRATIONS]
 
     def test_unknown_future_migration_is_refused(
         self, store: Store, backend: StoreBackend, url: str, root: Path

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swarm_pool.errors import HiveError, MailError, NotFoundError, PathEscapeError
+from swarm_pool.errors import (
+    HiveError,
+    IllegalTransitionError,
+    MailError,
+    NotFoundError,
+    PathEscapeError,
+)
 from swarm_pool.store import Store
 from swarm_pool.store.events import (
     SessionStatus,
@@ -309,9 +315,13 @@ class DomainContract(StoreFixtures):
             1234,
             100,
         )
-        # A late progress report must not turn finished work back into "running".
-        store.append(WorkerProgress(bead_id=B, epic_id=E, progress_percent=90))
+        # A late progress report must not turn finished work back into "running": refused,
+        # and nothing is written.
+        seq = store.last_seq()
+        with pytest.raises(IllegalTransitionError):
+            store.append(WorkerProgress(bead_id=B, epic_id=E, progress_percent=90))
         assert w.get(B).status == "completed"  # type: ignore[union-attr]
+        assert store.last_seq() == seq
         assert [v.bead_id for v in w.list(epic_id=E)] == [B]
         assert w.list(epic_id="bd-other1") == []
 
@@ -323,14 +333,16 @@ class DomainContract(StoreFixtures):
         store.append(WorkerRetried(bead_id=B, epic_id=E, attempt=2, reason="instance died"))
         view = w.get(B)
         assert view is not None
-        assert (view.status, view.attempt, view.error) == ("running", 2, None)
+        assert (view.status, view.attempt, view.error) == ("pending", 2, None)
         store.append(WorkerSpawned(bead_id=B, epic_id=E, attempt=2, session_id="s2"))
-        # The old session going idle, or a late event of attempt 1, changes nothing.
+        # The old session going idle, or a late event of attempt 1, changes nothing: the
+        # event is recorded as stale.
         store.append(SessionStatus(session_id="s1", instance="i1", status="idle", bead_id=B))
         store.append(WorkerCompleted(bead_id=B, epic_id=E, attempt=1, status="failed"))
         view = w.get(B)
         assert view is not None
         assert (view.status, view.session_id, view.session_status) == ("running", "s2", None)
+        assert [(r["type"], r["attempt"]) for r in w.stale(B)] == [("worker_completed", 1)]
         store.append(WorkerCompleted(bead_id=B, epic_id=E, attempt=2, status="blocked", error="?"))
         assert w.get(B).status == "blocked"  # type: ignore[union-attr]
         store.append(WorkerSpawned(bead_id=f"{E}.2", epic_id=E, session_id="s3"))

@@ -60,7 +60,6 @@ def write_pool_state(root: Path, procs: list[subprocess.Popen[bytes]]) -> None:
         phase="running",
         size=len(children),
         supervisor=SupervisorRecord(pid=me.pid, create_time=me.create_time()),
-        password="not-used",
         instances=children,
     )
     write_state(ProjectPaths(root).state_file, state)

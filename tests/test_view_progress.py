@@ -72,7 +72,6 @@ def state_with(root: Path, procs: list[subprocess.Popen[bytes]], ready: int) -> 
         phase="running" if ready == len(procs) else "starting",
         size=len(procs),
         supervisor=SupervisorRecord(pid=me.pid, create_time=me.create_time()),
-        password="x",
         instances=[
             ChildRecord(
                 name=f"oc-{i}",

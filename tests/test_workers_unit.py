@@ -25,6 +25,7 @@ from swarm_pool.errors import (
     MergeConflictError,
     NotFoundError,
     PoolNotRunningError,
+    ReviewRequiredError,
     WorkerError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
@@ -320,10 +321,12 @@ def test_fail_retries_elsewhere_then_gives_up(
     types = [e.type for e in ctx.store.read(bead_id=a) if e.type.startswith("worker_")]
     assert types == [
         "worker_queued",
+        "worker_session_created",
         "worker_spawned",
         "worker_failed",
         "worker_retried",
         "worker_queued",
+        "worker_session_created",
         "worker_spawned",
     ]
     # a stale report about the first session changes nothing
@@ -534,6 +537,7 @@ def test_merge_conflict_leaves_the_base_untouched(
     Path(wb.worktree, "README.md").write_text("from b\n")
     complete(ctx, a)
     complete(ctx, b)
+    assert review(ctx, a).approved and review(ctx, b).approved
     merge(ctx, a)
     head = git(repo, "rev-parse", "HEAD")
     with pytest.raises(MergeConflictError):
@@ -543,3 +547,59 @@ def test_merge_conflict_leaves_the_base_untouched(
     assert git(repo, "status", "--porcelain") == ""
     conflict = ctx.store.read(types=["merge_conflict"], bead_id=b)
     assert conflict and getattr(conflict[-1].event, "files", []) == ["README.md"]
+
+
+def base_bytes(repo: Path) -> dict[str, bytes]:
+    """Every file of the base checkout (not .git, not .swarm), its branch and commit, and
+    its status."""
+    files = {
+        str(f.relative_to(repo)): f.read_bytes()
+        for f in sorted(repo.rglob("*"))
+        if f.is_file() and f.relative_to(repo).parts[0] not in (".git", ".swarm")
+    }
+    files["<HEAD>"] = git(repo, "symbolic-ref", "HEAD").encode()
+    files["<base>"] = git(repo, "rev-parse", "HEAD").encode()
+    files["<status>"] = git(repo, "status", "--porcelain").encode()
+    return files
+
+
+def test_merge_needs_an_approving_review_of_the_current_head(
+    ctx: SwarmContext, repo: Path, engine: Engine
+) -> None:
+    a, b = epic(
+        ctx, SubtaskSpec(title="a", files=["a.txt"]), SubtaskSpec(title="b", files=["b.txt"])
+    )
+    wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
+    Path(wa.worktree, "a.txt").write_text("A\n")
+    complete(ctx, a)
+    before = base_bytes(repo)
+    # Unreviewed: refused, naming the missing review, and nothing changed anywhere.
+    with pytest.raises(ReviewRequiredError, match=rf"no review_completed for swarm/{a}"):
+        merge(ctx, a)
+    assert base_bytes(repo) == before
+    assert git(Path(wa.worktree), "status", "--porcelain") == "?? a.txt"  # not committed
+    # Rejected (a file outside what b owns): refused too.
+    Path(wb.worktree, "b.txt").write_text("B\n")
+    Path(wb.worktree, "README.md").write_text("changed\n")
+    complete(ctx, b)
+    assert not review(ctx, b).approved
+    with pytest.raises(ReviewRequiredError, match="last review rejected"):
+        merge(ctx, b)
+    assert base_bytes(repo) == before
+    # Approved, then the work changes (uncommitted, then committed): the approval no
+    # longer covers it.
+    assert review(ctx, a).approved
+    Path(wa.worktree, "a.txt").write_text("A, edited after the review\n")
+    with pytest.raises(ReviewRequiredError, match="the approving review saw"):
+        merge(ctx, a)
+    git(Path(wa.worktree), "add", "a.txt")
+    git(Path(wa.worktree), "commit", "-qm", "sneaky")
+    with pytest.raises(ReviewRequiredError, match="the approving review saw"):
+        merge(ctx, a)
+    assert base_bytes(repo) == before
+    assert not ctx.store.read(types=["worktree_merged"])
+    # Reviewed again, as it is now: merged.
+    assert review(ctx, a).approved
+    outcome = merge(ctx, a)
+    assert (repo / "a.txt").read_text() == "A, edited after the review\n"
+    assert outcome.files == ["a.txt"]

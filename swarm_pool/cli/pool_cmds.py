@@ -18,6 +18,7 @@ from rich.table import Table
 from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, project_options
 from swarm_pool.opencode.binary import find_opencode
+from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import api
 from swarm_pool.view.progress import pool_progress
 
@@ -37,9 +38,16 @@ def _print_table(status: dict[str, Any]) -> None:
         console = Console(width=160)
     running = "running" if sup["running"] else "not running"
     console.print(f"supervisor: pid {_fmt(sup['pid'])} ({running}) - {status['project']}")
+    console.print(f"sandbox: {sup.get('sandbox', 'off')}", markup=False)
+    engine = status.get("engine")
+    if engine is not None:
+        state = "alive" if engine["alive"] else "NOT RUNNING"
+        detail = f", queue {engine['queue']}, last tick {_fmt(engine['last_tick_s'])}s ago"
+        error = f" ({engine['error']})" if engine.get("error") else ""
+        console.print(f"engine: {state}{detail if engine['pid'] else ''}{error}", markup=False)
     table = Table(show_header=True, header_style="bold")
-    columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "rss_mb"]
-    columns += ["cpu_percent", "busy_sessions"]
+    columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "last_sign_s"]
+    columns += ["rss_mb", "cpu_percent", "busy_sessions"]
     for col in columns:
         table.add_column(col)
     for inst in status["instances"]:
@@ -57,8 +65,19 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "ok"}
 
 
+def _with_engine(paths: ProjectPaths, result: dict[str, Any]) -> dict[str, Any]:
+    """The pool's status plus its worker engine's (alive, queue, last tick), when a
+    supervisor runs: queued work only moves while the engine does."""
+    from swarm_pool.swarm.engine_state import engine_status
+
+    if result["supervisor"].get("running"):
+        result["engine"] = engine_status(paths)
+        result["ok"] = result["ok"] and result["engine"]["alive"]
+    return result
+
+
 def _show_status(app: AppContext, as_json: bool) -> None:
-    result = api.pool_status(app.paths)
+    result = _with_engine(app.paths, api.pool_status(app.paths))
     if as_json:
         echo_json(_public(result))
     else:
@@ -68,12 +87,19 @@ def _show_status(app: AppContext, as_json: bool) -> None:
 @main.command()
 @click.option("-n", "--size", type=click.IntRange(1, 64), default=None, help="Instances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--gateway",
+    is_flag=True,
+    help="Also run the OpenCode-compatible gateway (one URL for the pool; [gateway] port).",
+)
 @project_options
-def start(app: AppContext, size: int | None, as_json: bool) -> None:
+def start(app: AppContext, size: int | None, as_json: bool, gateway: bool) -> None:
     """Start the supervisor and N opencode instances; return when all are ready."""
     total = size or app.config.pool.size
     with pool_progress(app.paths, "start", total=total, as_json=as_json):
-        api.start_pool(app.paths, app.config, size=size, config_path=app.config_path)
+        api.start_pool(
+            app.paths, app.config, size=size, config_path=app.config_path, gateway=gateway
+        )
     _show_status(app, as_json)
 
 
@@ -81,8 +107,9 @@ def start(app: AppContext, size: int | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @project_options
 def status(app: AppContext, as_json: bool) -> None:
-    """Show the pool; exit 0 only when it runs and every instance is ready."""
-    result = api.pool_status(app.paths)
+    """Show the pool; exit 0 only when it runs, every instance is ready and the worker
+    engine is alive."""
+    result = _with_engine(app.paths, api.pool_status(app.paths))
     if as_json:
         echo_json(_public(result))
     elif not result["instances"] and result["supervisor"]["pid"] is None:
@@ -102,7 +129,7 @@ def stop(app: AppContext, as_json: bool) -> None:
     if as_json:
         echo_json(result)
     elif not result["was_running"] and not result["killed"]:
-        click.echo("pool is not running; nothing left to stop")
+        click.echo("no pool running")
     else:
         click.echo(f"pool stopped; ports released: {', '.join(map(str, result['ports']))}")
 
@@ -130,9 +157,18 @@ def scale(app: AppContext, size: int, as_json: bool) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--print", "print_only", is_flag=True, help="Print url/username/password JSON.")
+@click.option("--session", "session_id", default=None, help="Open this session in the TUI.")
+@click.option("--dir", "directory", default=None, help="Directory the TUI works in.")
 @project_options
-def attach(app: AppContext, name: str, print_only: bool) -> None:
-    """Open OpenCode's TUI on instance NAME (``--print``: its connection details)."""
+def attach(
+    app: AppContext,
+    name: str,
+    print_only: bool,
+    session_id: str | None,
+    directory: str | None,
+) -> None:
+    """Open OpenCode's TUI on instance NAME, or on the pool's gateway with NAME
+    ``gateway`` (``--print``: the connection details)."""
     info = api.attach_info(app.paths, name)
     if print_only:
         click.echo(json.dumps(info))
@@ -142,4 +178,9 @@ def attach(app: AppContext, name: str, print_only: bool) -> None:
     # The password goes through the environment, never argv (visible to `ps`).
     env["OPENCODE_SERVER_PASSWORD"] = info["password"]
     env["OPENCODE_SERVER_USERNAME"] = info["username"]
-    os.execve(binary, [binary, "attach", info["url"]], env)
+    argv = [binary, "attach", info["url"]]
+    if session_id:
+        argv += ["--session", session_id]
+    if directory:
+        argv += ["--dir", directory]
+    os.execve(binary, argv, env)

@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from swarm_pool.cli import main
-from swarm_pool.cli.common import AppContext, echo_json, project_options
-from swarm_pool.errors import StoreError
-from swarm_pool.store import Store, StoredEvent, open_project_store
-from swarm_pool.store.core import project_store_exists
+from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
+from swarm_pool.errors import StoreCorruptError, StoreError
+from swarm_pool.store import StoredEvent
 from swarm_pool.store.events import EVENT_TYPES
 
 # `log --follow` without --limit/--since-seq first prints this many of the latest events.
@@ -50,19 +48,6 @@ _LOG_FIELDS = (
     "reason",
     "error",
 )
-
-
-@contextmanager
-def existing_store(app: AppContext) -> Iterator[Store]:
-    if not project_store_exists(app.paths, app.config):
-        raise StoreError(
-            f"no store at {app.paths.db}: nothing has been recorded in {app.paths.root} yet"
-        )
-    store = open_project_store(app.paths, app.config)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _clock(ms: int) -> str:
@@ -215,8 +200,18 @@ def db_group() -> None:
 def db_check(app: AppContext, as_json: bool) -> None:
     """Check the store (SQLite's integrity check; PostgreSQL's append-only triggers), that
     seq has no gap, and count the events by type (exit 1 if damaged)."""
-    with existing_store(app) as store:
-        report: dict[str, Any] = store.check()
+    try:
+        with existing_store(app) as store:
+            report: dict[str, Any] = store.check()
+    except StoreCorruptError as e:
+        cause = e.__cause__
+        detail = str(cause) if cause is not None else "damaged"
+        if as_json:
+            echo_json({"path": str(app.paths.db), "integrity": detail, "events": None})
+        else:
+            click.echo(f"store:      {app.paths.db}")
+            click.echo(f"integrity:  {detail}")
+        raise StoreError(f"store {app.paths.db} is damaged: {detail}") from e
     ok = report["integrity"] == "ok" and report["seq_gap_free"]
     if as_json:
         echo_json(report)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swarm_pool.cli import main
-from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.errors import StoreError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.view import logtail
@@ -117,14 +117,7 @@ def _ms(value: float | None) -> str:
 def metrics(app: AppContext, as_json: bool, epic_id: str | None) -> None:
     """Per epic: durations, success rate, retries, idle-to-detected; per instance:
     restarts, peak RSS, mean CPU, sessions served."""
-    from swarm_pool.store import open_project_store
-    from swarm_pool.store.core import project_store_exists
-
-    if not project_store_exists(app.paths, app.config):
-        raise StoreError(
-            f"no store at {app.paths.db}: nothing has been recorded in {app.paths.root} yet"
-        )
-    with open_project_store(app.paths, app.config) as store:
+    with existing_store(app) as store:
         events = store.read(types=METRIC_EVENT_TYPES)
     result = compute(events, _live_stats(app.paths), epic_id=epic_id)
     if epic_id is not None and not result["epics"]:

@@ -20,20 +20,17 @@ from rich.console import Console
 from rich.table import Table
 
 from swarm_pool.cli import main
-from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import GROUPS, PollResult
 
 
 @contextmanager
 def swarm_context(app: AppContext) -> Iterator[SwarmContext]:
-    from swarm_pool.store import open_project_store
-
-    store = open_project_store(app.paths, app.config)
-    try:
+    """The core's context over the project's store, which must exist already: even
+    ``spawn`` needs the bead's cell, so no worker command creates a store."""
+    with existing_store(app) as store:
         yield SwarmContext(paths=app.paths, config=app.config, store=store)
-    finally:
-        store.close()
 
 
 def _fmt_duration(ms: int | None) -> str:
@@ -288,7 +285,10 @@ def run(
 
 
 def _print_summary(data: dict[str, Any]) -> None:
-    click.echo(f"epic {data['epic_id']}: {data['merged']}/{data['total']} tasks merged")
+    click.echo(
+        f"epic {data['epic_id']}: {data['merged']}/{data['total']} tasks merged "
+        f"(sandbox: {data.get('sandbox', 'off')})"
+    )
     for task in data["tasks"]:
         click.echo(
             f"  {task['bead_id']} {task['title'][:40]:40} {task['state']:10} "

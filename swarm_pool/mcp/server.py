@@ -8,6 +8,7 @@ diverts fd 1 so a stray print cannot corrupt the stream.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -26,6 +27,7 @@ from swarm_pool.mcp.registry import Registry, ToolSpec
 from swarm_pool.mcp.runtime import Runtime
 from swarm_pool.mcp.worker_tools import WORKER_SPECS
 from swarm_pool.protocol import MCP_SERVER_NAME
+from swarm_pool.store import find_project_store
 
 log = logging.getLogger("swarm_pool.mcp")
 
@@ -92,10 +94,13 @@ def configure_logging() -> None:
     )
 
 
-def run(cwd: Path | None = None) -> None:
+def run(cwd: Path | None = None, *, config_path: Path | None = None) -> None:
     """Serve MCP on stdio until the client closes stdin."""
     configure_logging()
-    runtime = Runtime(cwd)
+    if config_path is None:
+        runtime = Runtime(cwd)
+    else:
+        runtime = Runtime(cwd, functools.partial(find_project_store, config_path=config_path))
     log.info("serving %s in %s", MCP_SERVER_NAME, runtime.cwd)
     try:
         anyio.run(serve_stdio, runtime)

@@ -1,10 +1,12 @@
 """The per-instance OpenCode config, passed as ``OPENCODE_CONFIG_CONTENT`` (never written
 into the user's repo).
 
-It owns three choices: the model (the built-in scripted one, served on loopback, or the
+It owns four choices: the model (the built-in scripted one, served on loopback, or the
 user's own ``provider/model`` so their credentials keep working), the swarm MCP server
-(started by OpenCode once per session directory), and a permission policy under which a
-background worker never waits for a human (from ``[opencode].permission``). OpenCode
+(started by OpenCode once per session directory, through ``env -u`` so it never holds
+the instance's password), the bash tool's ``shell`` (our wrapper, ``opencode/shell.py``),
+and a permission policy under which a background worker never waits for a human (from
+``[opencode].permission``). OpenCode
 merges this over the user's global and project config, so keys we do not set stay
 theirs. ``[opencode].extra_config`` is deep-merged last and wins.
 """
@@ -12,6 +14,7 @@ theirs. ``[opencode].extra_config`` is deep-merged last and wins.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +22,8 @@ from typing import Any
 
 from swarm_pool.config import Config
 from swarm_pool.errors import ConfigError
+from swarm_pool.opencode.client import SECRET_ENV
+from swarm_pool.opencode.shell import shell_path
 from swarm_pool.protocol import MCP_SERVER_NAME
 
 SCRIPTED = "scripted"
@@ -76,8 +81,14 @@ def _model_section(model: str, model_url: str | None) -> dict[str, Any]:
 
 
 def mcp_command() -> list[str]:
-    """How OpenCode starts our MCP server: this interpreter, so the venv's packages load."""
-    return [sys.executable, "-m", MCP_MODULE]
+    """How OpenCode starts our MCP server: this interpreter, so the venv's packages load.
+
+    OpenCode gives a local MCP server its own whole environment plus ``environment``,
+    which can add or override a variable but not remove one; ``env -u`` removes the
+    secrets before our server starts (so not even its /proc/PID/environ holds them).
+    """
+    drop = [arg for var in SECRET_ENV for arg in ("-u", var)]
+    return [shutil.which("env") or "/usr/bin/env", *drop, sys.executable, "-m", MCP_MODULE]
 
 
 def mcp_timeout_ms(config: Config) -> int:
@@ -98,6 +109,8 @@ def opencode_config(config: Config, *, project_root: Path, model_url: str | None
         # Workers edit files: pin the agent, whatever the user's own default is (plan is
         # read-only). The prompt can still pick another agent per message.
         "default_agent": "build",
+        # The bash tool's shell: drops the secrets, and boxes the worker when configured.
+        "shell": str(shell_path(project_root.resolve())),
     }
     out.update(_model_section(oc.model, model_url))
     if oc.mcp_enabled:

@@ -5,8 +5,9 @@ The CLI is a thin layer over these functions (and scripts can call them directly
 supervisor), launches the daemon detached, waits on the state file until every child is
 ready, and on any failure stops everything it started before raising the daemon's own
 error. ``stop_pool`` asks the supervisor to stop and then, whether or not it was alive,
-kills whatever the state file still lists (verified by pid and ``create_time``), so
-``stop`` always leaves nothing behind. ``pool_status`` reads the state file plus live
+kills whatever the state file still lists (verified by pid and ``create_time``) and
+every process that carries the pool's tag (``orphans.py``), so ``stop`` always leaves
+nothing behind. ``pool_status`` reads the state file plus live
 psutil and HTTP figures, so it works when the supervisor is dead.
 """
 
@@ -34,9 +35,11 @@ from swarm_pool.errors import (
     UnknownInstanceError,
 )
 from swarm_pool.opencode.binary import find_opencode
+from swarm_pool.opencode.shell import check_bwrap
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import control, process
 from swarm_pool.pool.instance import busy_sessions
+from swarm_pool.pool.orphans import POOL_TAG_ENV, new_tag, sweep_tagged
 from swarm_pool.pool.ports import PortLeases, wait_port_free
 from swarm_pool.pool.state import PoolState, child_view, read_state, write_state
 
@@ -62,9 +65,10 @@ def start_pool(
     config_path: Path | None = None,
     timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
+    gateway: bool = False,
 ) -> PoolState:
     """Start the daemon and wait until every child is ready; raise (with nothing left
-    running) otherwise."""
+    running) otherwise. ``gateway`` turns the gateway on for this run (``--gateway``)."""
     paths.ensure()
     running = _running_state(paths)
     if running is not None:
@@ -74,11 +78,14 @@ def start_pool(
             f"{running.supervisor.pid}); see `swarm-pool status`, or `swarm-pool stop` first"
         )
     find_opencode(config)
+    if config.workers.sandbox == "bwrap":
+        check_bwrap()  # a missing or broken bubblewrap fails here, never silently later
     if config.opencode.model == "scripted" and not _module_exists("swarm_pool.scripted_model"):
         raise SwarmPoolError(
             "opencode.model is 'scripted' but swarm_pool.scripted_model is not installed; "
             "set opencode.model to a provider/model"
         )
+    check_store(paths, config)
     size = size if size is not None else config.pool.size
     argv = [sys.executable, "-m", "swarm_pool.daemon", "--project", str(paths.root)]
     argv += ["--size", str(size)]
@@ -89,6 +96,9 @@ def start_pool(
         # The daemon, its instances and their MCP servers open the same store; an env
         # entry keeps a password off every command line (`ps` shows those).
         env[STORE_URL_ENV] = config.store.url
+    env[POOL_TAG_ENV] = _pool_tag(paths)
+    if gateway:
+        env["SWARM_POOL_GATEWAY__ENABLED"] = "true"
     started = time.monotonic()
     try:
         daemon = process.launch(argv, env=env, cwd=paths.root, log_path=paths.supervisor_log).popen
@@ -102,6 +112,29 @@ def start_pool(
     except BaseException:
         _abort_start(paths, config, daemon)
         raise
+
+
+def check_store(paths: ProjectPaths, config: Config) -> None:
+    """Open the project's store if there is one, so a damaged store fails ``start`` with
+    its own error before anything is launched (the supervisor would only log it)."""
+    if not paths.db.exists():
+        return
+    from swarm_pool.store import open_project_store
+
+    open_project_store(paths, config).close()
+
+
+def _pool_tag(paths: ProjectPaths) -> str:
+    """The previous pool's tag while any of its children still runs (they will be
+    adopted, and must be swept with the rest), else a fresh one."""
+    previous = _read_quietly(paths)
+    if (
+        previous is not None
+        and previous.tag
+        and any(rec.ref is not None and rec.ref.alive() for rec in previous.instances)
+    ):
+        return previous.tag
+    return new_tag()
 
 
 def _module_exists(name: str) -> bool:
@@ -213,6 +246,9 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
                 proc.kill()
     state = read_state(paths.state_file) or state
     killed = _kill_leftovers(state, config)
+    # Whatever agents detached and the supervisor could not take down with it (or it
+    # was dead): every process still carrying the pool's tag.
+    swept = sweep_tagged(state.tag, config.pool.stop_grace_s)
     busy = [p for p in held if not wait_port_free(p, 5.0)]
     for rec in state.instances:
         rec.state = "stopped"
@@ -224,7 +260,7 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     write_state(paths.state_file, state)
     if busy:
         raise PoolError(f"ports still in use after stop: {', '.join(map(str, busy))}")
-    return {"was_running": was_running, "killed": killed, "ports": held}
+    return {"was_running": was_running, "killed": killed, "ports": held, "swept": swept}
 
 
 def pool_status(
@@ -235,14 +271,17 @@ def pool_status(
     if state is None:
         return {
             "project": str(paths.root),
-            "supervisor": {"pid": None, "running": False, "phase": None},
+            "supervisor": {"pid": None, "running": False, "phase": None, "sandbox": "off"},
             "instances": [],
             "ok": False,
         }
     running = state.supervisor_alive()
+    signs = _live_signs(state) if running else {}
     views = []
     refs = {}
     for rec in state.instances:
+        if rec.name in signs:
+            rec.last_sign_at = signs[rec.name]
         view = child_view(rec)
         ref = rec.ref
         alive = ref is not None and ref.alive()
@@ -264,7 +303,10 @@ def pool_status(
         targets = [v for v in views if v["kind"] == "opencode" and v["name"] in refs]
         if targets:
             with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
-                counts = pool.map(lambda v: busy_sessions(v["url"], state.password), targets)
+                passwords = {r.name: r.password for r in state.instances}
+                counts = pool.map(
+                    lambda v: busy_sessions(v["url"], passwords.get(v["name"], "")), targets
+                )
                 for view, count in zip(targets, counts, strict=True):
                     view["busy_sessions"] = count
     ok = running and bool(views) and all(v["state"] == "ready" for v in views)
@@ -274,10 +316,28 @@ def pool_status(
             "pid": state.supervisor.pid if state.supervisor else None,
             "running": running,
             "phase": state.phase if running else "stopped",
+            "sandbox": state.sandbox,
         },
         "instances": views,
         "ok": ok,
     }
+
+
+def _live_signs(state: PoolState) -> dict[str, float | None]:
+    """Each child's last sign of life as the supervisor knows it now (the state file is
+    only written on changes); empty when the supervisor does not answer."""
+    if not state.socket:
+        return {}
+    try:
+        answer = control.call(Path(state.socket), "status", timeout=2.0)
+    except PoolError:
+        return {}
+    found: dict[str, float | None] = {}
+    for rec in answer.get("instances", []) if isinstance(answer, dict) else []:
+        if isinstance(rec, dict) and isinstance(rec.get("name"), str):
+            sign = rec.get("last_sign_at")
+            found[rec["name"]] = float(sign) if isinstance(sign, int | float) else None
+    return found
 
 
 def _control(paths: ProjectPaths) -> tuple[PoolState, Path]:
@@ -305,10 +365,18 @@ def scale_pool(paths: ProjectPaths, config: Config, size: int) -> dict[str, Any]
 
 
 def attach_info(paths: ProjectPaths, name: str) -> dict[str, str]:
-    """``{"url", "username", "password"}`` of a running instance."""
+    """``{"url", "username", "password"}`` of a running instance, or of the gateway
+    (``name`` "gateway", with the gateway's own password)."""
     state = read_state(paths.state_file)
     if state is None:
         raise PoolNotRunningError(f"no pool in {paths.root}; `swarm-pool start` first")
+    if name == "gateway":
+        gw = state.gateway()
+        if gw is None or gw.url is None or gw.ref is None or not gw.ref.alive():
+            raise PoolNotRunningError(
+                f"the pool in {paths.root} runs no gateway; `swarm-pool start --gateway`"
+            )
+        return {"url": gw.url, "username": "opencode", "password": state.gateway_password}
     rec = state.child(name)
     if rec is None or rec.kind != "opencode":
         names = ", ".join(r.name for r in state.opencode()) or "none"
@@ -316,4 +384,4 @@ def attach_info(paths: ProjectPaths, name: str) -> dict[str, str]:
     ref = rec.ref
     if rec.url is None or ref is None or not ref.alive():
         raise PoolNotRunningError(f"instance {name} is not running ({rec.state})")
-    return {"url": rec.url, "username": "opencode", "password": state.password}
+    return {"url": rec.url, "username": "opencode", "password": rec.password}

@@ -4,20 +4,26 @@ Every child, an ``opencode serve`` instance or the scripted model server, is des
 the same way, so the supervisor treats them alike. ``opencode_program`` builds an
 instance: ``opencode serve --hostname 127.0.0.1 --port P`` with its own database
 (``OPENCODE_DB`` under ``.swarm/instances/NAME/``; ``XDG_DATA_HOME`` is left alone so the
-user's provider credentials keep working), the pool password, and the per-instance
+user's provider credentials keep working), its own password, and the per-instance
 OpenCode config; ready means ``GET /global/health`` answers healthy with Basic auth.
+Loopback traffic never goes through a proxy: our HTTP clients ignore the proxy env
+(``trust_env=False``) and the instance gets ``127.0.0.1`` in ``NO_PROXY``.
 ``model_program`` builds the scripted model server; ready means ``GET /v1/models``
-answers 200. This module also counts an instance's busy sessions (see
-``busy_sessions``) and rotates the logs children append to.
+answers 200. ``gateway_program`` builds the OpenCode-compatible gateway on its fixed port;
+it reads every secret from the private state file, never from its environment, and is
+ready when it answers ``GET /global/health`` to its own password. This module also
+counts an instance's busy sessions (see ``busy_sessions``) and rotates the logs
+children append to.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +31,17 @@ import httpx
 
 from swarm_pool.config import Config
 from swarm_pool.errors import OpenCodeError
-from swarm_pool.opencode.client import USERNAME, OpenCodeClient
+from swarm_pool.opencode.client import PASSWORD_ENV, USERNAME, OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import ChildKind
 
 HOST = "127.0.0.1"
 LOG_NAME = "opencode.log"
 MODEL_NAME = "model"
+GATEWAY_NAME = "gateway"
 # Env a parent may carry that would change how an instance authenticates or stores data.
 _DROPPED_ENV = ("OPENCODE_SERVER_USERNAME", "OPENCODE_DB", "OPENCODE_CONFIG_CONTENT")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,9 @@ class Program:
     probe: Callable[[int, float], None]  # raises OpenCodeError when not ready
     # Counts busy sessions (None when unknown); only opencode instances have sessions.
     busy: Callable[[int, float], int | None] | None = None
+    # The raw messages of its event stream (a sign of life); only opencode has one.
+    events: Callable[[int], Iterator[str]] | None = None
+    password: str = ""  # the instance's own HTTP Basic password ("" for the model)
 
     def url(self, port: int) -> str:
         base = f"http://{HOST}:{port}"
@@ -76,7 +87,8 @@ def build_instance_env(
     # opencode dies with "unable to open database file" if the folder is missing.
     inst_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     env["OPENCODE_DB"] = str(inst_dir / "opencode.db")
-    env["OPENCODE_SERVER_PASSWORD"] = password
+    env[PASSWORD_ENV] = password
+    with_no_proxy(env)
     env["SWARM_POOL_PROJECT"] = str(paths.root)
     if config.opencode.disable_models_fetch:
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
@@ -85,10 +97,26 @@ def build_instance_env(
     # Imported here: the OpenCode config pulls in the MCP protocol, which the rest of the
     # pool does not need.
     from swarm_pool.opencode.config import CONFIG_ENV, opencode_config, serialize
+    from swarm_pool.opencode.shell import install_shell
+
+    install_shell(
+        paths.root.resolve(),
+        sandbox=config.workers.sandbox == "bwrap",
+        network=config.workers.sandbox_network,
+    )
 
     env[CONFIG_ENV] = serialize(
         opencode_config(config, project_root=paths.root, model_url=model_url)
     )
+    return env
+
+
+def with_no_proxy(env: dict[str, str]) -> dict[str, str]:
+    """Add loopback to ``NO_PROXY``/``no_proxy`` (kept otherwise): an instance reaches the
+    scripted model on 127.0.0.1, and a user's ``HTTP_PROXY`` must not carry that."""
+    for var in ("NO_PROXY", "no_proxy"):
+        current = [h.strip() for h in env.get(var, "").split(",") if h.strip()]
+        env[var] = ",".join([*current, *(h for h in _LOOPBACK if h not in current)])
     return env
 
 
@@ -121,7 +149,7 @@ def probe_opencode(password: str) -> Callable[[int, float], None]:
 
 
 def probe_model() -> Callable[[int, float], None]:
-    clients = _Clients(lambda port: httpx.Client(base_url=f"http://{HOST}:{port}"))
+    clients = _Clients(lambda port: httpx.Client(base_url=f"http://{HOST}:{port}", trust_env=False))
 
     def probe(port: int, timeout: float) -> None:
         client = clients.get(port)
@@ -147,7 +175,7 @@ def busy_sessions(url: str, password: str, timeout: float = 2.0) -> int | None:
     """
     auth = httpx.BasicAuth(USERNAME, password)
     try:
-        with httpx.Client(base_url=url, auth=auth, timeout=timeout) as http:
+        with httpx.Client(base_url=url, auth=auth, timeout=timeout, trust_env=False) as http:
             resp = http.get("/experimental/session")
             resp.raise_for_status()
             sessions = resp.json()
@@ -199,6 +227,10 @@ def opencode_program(
     def busy(port: int, timeout: float) -> int | None:
         return busy_sessions(f"http://{HOST}:{port}", password, timeout)
 
+    def events(port: int) -> Iterator[str]:
+        with OpenCodeClient(f"http://{HOST}:{port}", password) as client:
+            yield from client.event_data()
+
     return Program(
         name=name,
         kind="opencode",
@@ -208,6 +240,8 @@ def opencode_program(
         log_path=paths.instance_dir(name) / LOG_NAME,
         probe=probe_opencode(password),
         busy=busy,
+        events=events,
+        password=password,
     )
 
 
@@ -225,7 +259,7 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
     def env(port: int) -> dict[str, str]:
         out = dict(os.environ)
         out["SWARM_POOL_PROJECT"] = str(paths.root)
-        return out
+        return with_no_proxy(out)
 
     return Program(
         name=MODEL_NAME,
@@ -235,6 +269,79 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
         cwd=paths.root,
         log_path=paths.instance_dir(MODEL_NAME) / "model.log",
         probe=probe_model(),
+    )
+
+
+def probe_gateway(password: str) -> Callable[[int, float], None]:
+    clients = _Clients(
+        lambda port: httpx.Client(
+            base_url=f"http://{HOST}:{port}",
+            auth=httpx.BasicAuth(USERNAME, password),
+            trust_env=False,
+        )
+    )
+
+    def probe(port: int, timeout: float) -> None:
+        client = clients.get(port)
+        assert isinstance(client, httpx.Client)
+        try:
+            resp = client.get("/global/health", timeout=timeout)
+        except httpx.HTTPError as e:
+            raise OpenCodeError(f"GET http://{HOST}:{port}/global/health failed: {e!r}") from e
+        # 503 means no instance is ready behind it: the gateway itself is up, and
+        # restarting it would not help the instances.
+        if resp.status_code not in (200, 503):
+            raise OpenCodeError(
+                f"gateway GET http://{HOST}:{port}/global/health answered {resp.status_code}"
+            )
+
+    return probe
+
+
+def gateway_settings(config: Config) -> str:
+    return json.dumps(
+        {
+            "gateway": config.gateway.model_dump(),
+            "pool": {"max_sessions_per_instance": config.pool.max_sessions_per_instance},
+            "store": config.store.model_dump(),
+        },
+        separators=(",", ":"),
+    )
+
+
+def gateway_program(config: Config, paths: ProjectPaths, password: str) -> Program:
+    """The gateway (kind ``gateway``): one OpenCode-compatible URL for the whole pool."""
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "swarm_pool.gateway",
+            "--project",
+            str(paths.root),
+            "--port",
+            str(port),
+            # Only the sections it uses (no secrets live in them): the daemon may have
+            # been given a config file the gateway could not find on its own.
+            "--settings",
+            gateway_settings(config),
+        ]
+
+    def env(port: int) -> dict[str, str]:
+        out = dict(os.environ)
+        # It reads the instances' and its own password from .swarm/pool.json (0600).
+        out.pop("OPENCODE_SERVER_PASSWORD", None)
+        out["SWARM_POOL_PROJECT"] = str(paths.root)
+        return out
+
+    return Program(
+        name=GATEWAY_NAME,
+        kind="gateway",
+        command=command,
+        env=env,
+        cwd=paths.root,
+        log_path=paths.instance_dir(GATEWAY_NAME) / "gateway.log",
+        probe=probe_gateway(password),
     )
 
 

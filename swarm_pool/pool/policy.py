@@ -4,10 +4,12 @@
 later (how long: capped exponential backoff with jitter, reset once a run has been stable
 for ``stable_after_s``), or never (flapping: more than ``flap_max_restarts`` restarts
 within ``flap_window_s`` makes the child ``fatal`` until a manual restart); after a health
-check, is it time to restart (``health_failures`` failures in a row); after a memory
-sample, is the child fine, draining (over ``max_rss_mb`` for ``memory_checks`` samples in
-a row: no new work, restart once idle) or due for a restart now (idle, or draining for
-longer than ``memory_grace_s``). Tests drive it with a fake clock and a fixed random.
+check, is it time to restart (``health_failures`` failures in a row *and* no sign of
+life, neither an answer nor an event on the instance's SSE stream, for a window that
+grows with its busy sessions: busy is not dead); after a memory sample, is the child
+fine, draining (over ``max_rss_mb`` for ``memory_checks`` samples in a row: no new work,
+restart once idle) or due for a restart now (idle, or draining for longer than
+``memory_grace_s``). Tests drive it with a fake clock and a fixed random.
 """
 
 from __future__ import annotations
@@ -71,12 +73,14 @@ class ChildPolicy:
         self._health_failures = 0
         self._over_limit = 0
         self.draining_since: float | None = None
+        self._last_life: float | None = None
 
     # --- run lifetime -------------------------------------------------------------
 
     def started(self) -> None:
         """A new run began (a launch, or the adoption of a live child)."""
         self._started_at = self.clock()
+        self._last_life = self._started_at
         self._health_failures = 0
         self._over_limit = 0
         self.draining_since = None
@@ -124,13 +128,32 @@ class ChildPolicy:
 
     # --- readiness ----------------------------------------------------------------
 
-    def on_health(self, ok: bool) -> bool:
-        """Record one health check; True when the child must be restarted."""
+    def note_life(self) -> None:
+        """A sign of life: an answer, or an event on the child's stream (any thread)."""
+        self._last_life = self.clock()
+
+    def silent_for(self) -> float:
+        """Seconds since the last sign of life (since the run began if none yet)."""
+        return 0.0 if self._last_life is None else max(0.0, self.clock() - self._last_life)
+
+    def no_progress_window(self, busy: int | None) -> float:
+        """How long a child must stay silent before a restart: longer the more busy
+        sessions it carries (an unknown count counts as one)."""
+        sessions = 1 if busy is None else max(0, busy)
+        return self.s.no_progress_s + self.s.no_progress_per_busy_s * sessions
+
+    def on_health(self, ok: bool, *, busy: int | None = 0) -> bool:
+        """Record one health check; True when the child must be restarted: the last
+        ``health_failures`` checks failed and it showed no sign of life for its window.
+        A busy instance answers slowly; as long as it streams events it is not dead."""
         if ok:
             self._health_failures = 0
+            self.note_life()
             return False
         self._health_failures += 1
-        return self._health_failures >= self.s.health_failures
+        if self._health_failures < self.s.health_failures:
+            return False
+        return self.silent_for() >= self.no_progress_window(busy)
 
     @property
     def health_failures(self) -> int:

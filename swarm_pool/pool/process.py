@@ -16,7 +16,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,18 @@ import psutil
 from swarm_pool.errors import ProcessError
 from swarm_pool.pool.ports import CT_TOLERANCE, ProcRef, wait_port_free
 
-__all__ = ["ExitStatus", "Launched", "ProcRef", "launch", "stop"]
+__all__ = ["ExitStatus", "Launched", "ProcRef", "launch", "launched_pids", "stop"]
+
+# Children launched here whose exit status their Popen has not collected yet: the orphan
+# reaper (orphans.py) must leave those to their Popen.
+_launched: weakref.WeakValueDictionary[int, subprocess.Popen[bytes]] = weakref.WeakValueDictionary()
+_launched_lock = threading.Lock()
+
+
+def launched_pids() -> set[int]:
+    """Pids of children launched by ``launch`` that their Popen has not reaped yet."""
+    with _launched_lock:
+        return {pid for pid, popen in _launched.items() if popen.returncode is None}
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,8 @@ def launch(
         raise ProcessError(f"cannot launch {argv[0]}: {e.strerror or e}") from e
     finally:
         os.close(fd)
+    with _launched_lock:
+        _launched[popen.pid] = popen
     try:
         ct = psutil.Process(popen.pid).create_time()
     except psutil.NoSuchProcess:

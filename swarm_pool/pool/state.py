@@ -1,12 +1,14 @@
 """The pool's state file ``.swarm/pool.json``: what runs, where, and with which secret.
 
-The supervisor writes it on every change; the CLI, the router and the dashboard read it.
-It holds the supervisor's pid and ``create_time``, the pool password, the control socket,
-and for each child (opencode instances and the scripted model) its port, pid,
-``create_time``, state, restarts, start time, last exit and whether it is draining. It is
-created with mode 0600 (it holds the password) and replaced atomically (tmp + rename), so
-a reader never sees half a file. Readers use ``read_state``; ``live_view`` adds what only
-psutil knows (is the supervisor alive, which recorded pids still run).
+The supervisor writes it on every change; the CLI, the router, the gateway and the
+dashboard read it. It holds the supervisor's pid and ``create_time``, the pool's process
+tag, the gateway's own password, the control socket, and for each child (opencode
+instances, the scripted model and the gateway) its port, pid, ``create_time``, password
+(each instance has its own), state, restarts, start time, last exit and whether it is
+draining. It is created with mode 0600 (it holds the passwords) and replaced atomically
+(tmp + rename), so a reader never sees half a file. Readers use ``read_state``;
+``live_view`` adds what only psutil knows (is the supervisor alive, which recorded pids
+still run).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from swarm_pool.errors import PoolError
 from swarm_pool.pool.process import ProcRef
 
 ChildState = Literal["starting", "ready", "unhealthy", "backoff", "fatal", "stopped"]
-ChildKind = Literal["opencode", "model"]
+ChildKind = Literal["opencode", "model", "gateway"]
 Phase = Literal["starting", "running", "stopping", "stopped", "failed"]
 STATE_VERSION = 1
 
@@ -57,6 +59,11 @@ class ChildRecord(_Model):
     last_exit: ExitInfo | None = None
     draining: bool = False
     reason: str = ""  # why it is unhealthy, in backoff or fatal
+    # Wall clock of its last sign of life (an answer or an event on its stream).
+    last_sign_at: float | None = None
+    # Wall clock of its restarts within the supervisor's flap window (for the router).
+    restarted_at: list[float] = Field(default_factory=list)
+    password: str = ""  # this instance's own HTTP Basic password ("" for the model)
 
     @property
     def url(self) -> str | None:
@@ -87,7 +94,11 @@ class PoolState(_Model):
     phase: Phase = "starting"
     size: int = 0
     supervisor: SupervisorRecord | None = None
-    password: str
+    # The value of POOL_TAG_ENV every process of this pool inherits ("" when unknown).
+    tag: str = ""
+    sandbox: str = "off"  # the workers' sandbox, as WorkersSection.sandbox_label() says
+    # The gateway's own Basic-auth password (user opencode); empty without a gateway.
+    gateway_password: str = ""
     socket: str | None = None
     model_url: str | None = None
     instances: list[ChildRecord] = Field(default_factory=list)
@@ -105,6 +116,9 @@ class PoolState(_Model):
 
     def opencode(self) -> list[ChildRecord]:
         return [rec for rec in self.instances if rec.kind == "opencode"]
+
+    def gateway(self) -> ChildRecord | None:
+        return next((rec for rec in self.instances if rec.kind == "gateway"), None)
 
 
 def read_state(path: Path) -> PoolState | None:
@@ -145,6 +159,9 @@ def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
     uptime = None
     if rec.started_at is not None and rec.state in ("starting", "ready", "unhealthy"):
         uptime = round(max(0.0, now - rec.started_at), 1)
+    last_sign = None
+    if rec.last_sign_at is not None and rec.state in ("ready", "unhealthy"):
+        last_sign = round(max(0.0, now - rec.last_sign_at), 1)
     return {
         "name": rec.name,
         "kind": rec.kind,
@@ -154,6 +171,7 @@ def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
         "state": rec.state,
         "restarts": rec.restarts,
         "uptime_s": uptime,
+        "last_sign_s": last_sign,
         "rss_mb": None,
         "cpu_percent": None,
         "busy_sessions": None,
@@ -165,3 +183,11 @@ def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
 
 def dump(state: PoolState) -> dict[str, Any]:
     return state.model_dump(mode="json")
+
+
+# What leaves the supervisor over the control socket: never a password.
+SECRET_FIELDS: dict[str, Any] = {"gateway_password": True, "instances": {"__all__": {"password"}}}
+
+
+def public_dump(state: PoolState) -> dict[str, Any]:
+    return state.model_dump(mode="json", exclude=SECRET_FIELDS)

@@ -2,12 +2,14 @@
 
 One ``Supervisor`` runs in the background daemon (``daemon.py``). It holds
 ``.swarm/supervisor.lock`` for its whole life, so two supervisors never run one project.
-Start-up brings up the scripted model first (when configured), then the opencode
-instances in parallel, each on its own ``Watcher`` thread (``watcher.py`` holds the
-per-child checks and restart logic); children left running by a supervisor that was
-SIGKILLed are adopted instead of replaced when their pid, ``create_time`` and probe
-match. Start-up fails as a whole (phase ``failed``, ``error`` in the state file, nothing
-left running) on a port error, a bad config, a fatal child or a deadline.
+Start-up brings up the scripted model first (when configured), then the gateway (when
+enabled; its fixed port taken by anything else fails the start before any instance
+runs), then the opencode instances in parallel, each on its own ``Watcher`` thread
+(``watcher.py`` holds the per-child checks and restart logic); children left running by
+a supervisor that was SIGKILLed are adopted instead of replaced when their pid,
+``create_time`` and probe match. Start-up fails as a whole (phase ``failed``, ``error``
+in the state file, nothing left running) on a port error, a bad config, a fatal child or
+a deadline.
 
 The supervisor writes the state file on every change, serves the control socket
 (``status``, ``restart``, ``scale``, ``stop``), and tells the router which instances are
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import secrets
 import threading
@@ -42,12 +45,15 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import process
 from swarm_pool.pool.control import ControlServer, socket_path_for
 from swarm_pool.pool.instance import (
+    GATEWAY_NAME,
     MODEL_NAME,
     Program,
+    gateway_program,
     instance_names,
     model_program,
     opencode_program,
 )
+from swarm_pool.pool.orphans import POOL_TAG_ENV, OrphanReaper
 from swarm_pool.pool.policy import Clock
 from swarm_pool.pool.ports import Owner, PortLeases
 from swarm_pool.pool.sink import EventSink
@@ -57,6 +63,7 @@ from swarm_pool.pool.state import (
     Phase,
     PoolState,
     SupervisorRecord,
+    public_dump,
     read_state,
     write_state,
 )
@@ -83,6 +90,7 @@ class Supervisor:
         clock: Clock = time.monotonic,
         program_factory: ProgramsFn | None = None,
         with_model: bool | None = None,
+        reaper: OrphanReaper | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -93,7 +101,8 @@ class Supervisor:
         self.with_model = config.opencode.model == "scripted" if with_model is None else with_model
         self.leases = PortLeases(config.pool.port_min, config.pool.port_max)
         self.socket_path = socket_path_for(paths)
-        self.password = ""
+        self.tag = ""
+        self.gateway_password = ""
         self.me: Owner | None = None
         self._children: dict[str, Watcher] = {}
         self._rec_lock = threading.RLock()
@@ -107,6 +116,11 @@ class Supervisor:
         self._sink: EventSink | None = None
         self._model: Watcher | None = None
         self._ctx: PoolContext | None = None
+        # Set by the daemon, which made itself the child subreaper (orphans.py).
+        self.reaper = reaper
+        # Set by the daemon: runs once this supervisor holds the pool lock, before any
+        # child starts (the worker engine joins here); a SwarmPoolError fails the start.
+        self.on_locked: Callable[[], None] | None = None
 
     # --- public API (thread-safe; the control socket calls these) -------------------
 
@@ -130,10 +144,12 @@ class Supervisor:
                 phase=self._phase,
                 size=self.size,
                 supervisor=SupervisorRecord(pid=self.me.pid, create_time=self.me.create_time),
-                password=self.password,
+                tag=self.tag,
+                sandbox=self.config.workers.sandbox_label(),
+                gateway_password=self.gateway_password,
                 socket=str(self.socket_path),
                 model_url=self._model_url(),
-                instances=[c.record.model_copy(deep=True) for c in self._ordered()],
+                instances=[c.live_record() for c in self._ordered()],
                 error=self._error,
             )
 
@@ -242,7 +258,7 @@ class Supervisor:
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 if start-up failed."""
         self.paths.ensure()
-        lock = filelock.FileLock(str(lock_path(self.paths)), thread_local=False)
+        lock = filelock.FileLock(str(lock_path(self.paths)), mode=0o600, thread_local=False)
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout as e:
@@ -257,7 +273,8 @@ class Supervisor:
     def _run_locked(self) -> int:
         self.me = Owner.me()
         previous = self._read_previous()
-        self.password = self._choose_password(previous)
+        self.tag = os.environ.get(POOL_TAG_ENV, "")
+        self.gateway_password = self._choose_gateway_password(previous)
         self._sink = EventSink(self.paths, self.config)
         control = ControlServer(self.socket_path, self._handle_command)
         rc = 0
@@ -270,6 +287,8 @@ class Supervisor:
                 f"supervisor {self.me.pid} starting a pool of {self.size} in {self.paths.root}",
             )
             try:
+                if self.on_locked is not None:
+                    self.on_locked()
                 self._start_up(previous)
             except SwarmPoolError as e:
                 rc = 1
@@ -311,13 +330,12 @@ class Supervisor:
             log.warning("ignoring the previous state file: %s", e)
             return None
 
-    def _choose_password(self, previous: PoolState | None) -> str:
-        # Live children of a dead supervisor were started with the old password; keep it
-        # so they can be adopted. A fresh pool gets a fresh secret.
-        if previous is not None and any(
-            rec.ref is not None and rec.ref.alive() for rec in previous.instances
-        ):
-            return previous.password
+    def _choose_gateway_password(self, previous: PoolState | None) -> str:
+        if not self.config.gateway.enabled:
+            return ""
+        old = previous.gateway() if previous is not None else None
+        if previous is not None and old is not None and old.ref is not None and old.ref.alive():
+            return previous.gateway_password
         return secrets.token_urlsafe(24)
 
     def _start_up(self, previous: PoolState | None) -> None:
@@ -334,6 +352,15 @@ class Supervisor:
                 for rec in adoptable.values():
                     self._stop_stray(rec)
                 adoptable = {}
+        old_gateway = adoptable.pop(GATEWAY_NAME, None)
+        if self.config.gateway.enabled and not self._stop.is_set():
+            # Before any instance: a port taken by the user's own server fails the start
+            # with nothing else launched.
+            gateway = self._new_child(GATEWAY_NAME, adopt_from=old_gateway)
+            gateway.start()
+            self._await_startup([gateway], deadline)
+        elif old_gateway is not None:
+            self._stop_stray(old_gateway)
         if self._stop.is_set():
             return
         children = [self._new_child(n, adopt_from=adoptable.pop(n, None)) for n in self._names()]
@@ -378,8 +405,12 @@ class Supervisor:
             time.sleep(0.05)
 
     def _loop(self) -> None:
+        next_reap = 0.0
         while not self._stop.is_set():
             self._flush_state()
+            if self.reaper is not None and time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + self.config.supervisor.check_interval_s
+                self.reaper.reap()
             self._stop.wait(0.1)
 
     def _shutdown(self) -> None:
@@ -394,6 +425,11 @@ class Supervisor:
         # Children whose thread never ran (or died) are stopped here.
         with ThreadPoolExecutor(max_workers=max(1, len(children))) as pool:
             list(pool.map(lambda w: w.final_stop(), children))
+        if self.reaper is not None:
+            # What agents detached was re-parented to us: it goes with the pool.
+            killed = self.reaper.kill_all(self.config.pool.stop_grace_s)
+            if killed:
+                log.info("stopped %d detached process(es): %s", len(killed), killed)
 
     def _stop_stray(self, rec: ChildRecord) -> None:
         ref = rec.ref
@@ -409,7 +445,8 @@ class Supervisor:
 
     def _ordered(self) -> list[Watcher]:
         kids = list(self._children.values())
-        return sorted(kids, key=lambda c: (c.program.kind != "model", _name_key(c.name)))
+        order = {"model": 0, "gateway": 1}
+        return sorted(kids, key=lambda c: (order.get(c.program.kind, 2), _name_key(c.name)))
 
     def _model_url(self) -> str | None:
         model = self._model
@@ -432,7 +469,7 @@ class Supervisor:
     def _handle_command(self, request: dict[str, Any]) -> Any:
         cmd = request["cmd"]
         if cmd == "status":
-            return self.snapshot().model_dump(mode="json", exclude={"password"})
+            return public_dump(self.snapshot())
         if cmd == "stop":
             self.request_stop()
             return {"stopping": True}
@@ -451,12 +488,15 @@ class Supervisor:
             state = self.remove_instance(str(request["name"]), wait=bool(request.get("wait")))
         else:
             raise PoolError(f"unknown command {cmd!r}")
-        return state.model_dump(mode="json", exclude={"password"})
+        return public_dump(state)
 
     # --- children -------------------------------------------------------------------
 
     def _new_child(self, name: str, adopt_from: ChildRecord | None = None) -> Watcher:
-        child = Watcher(self._context(), self._make_program(name), adopt_from)
+        # A live child of a dead supervisor was started with its old password; keep it
+        # so the child can be adopted. Anything new gets a fresh secret of its own.
+        password = adopt_from.password if adopt_from and adopt_from.password else ""
+        child = Watcher(self._context(), self._make_program(name, password), adopt_from)
         with self._rec_lock:
             self._children[name] = child
         self._dirty.set()
@@ -484,11 +524,13 @@ class Supervisor:
         if self._startup_error is None:
             self._startup_error = error
 
-    def _make_program(self, name: str) -> Program:
+    def _make_program(self, name: str, password: str = "") -> Program:
         if self._program_factory is not None:
             return self._program_factory(name, self._model_url)
         if name == MODEL_NAME:
             return model_program(self.config, self.paths)
+        if name == GATEWAY_NAME:
+            return gateway_program(self.config, self.paths, self.gateway_password)
         if self.binary is None:
             from swarm_pool.opencode.binary import find_opencode
 
@@ -498,7 +540,7 @@ class Supervisor:
             config=self.config,
             paths=self.paths,
             binary=self.binary,
-            password=self.password,
+            password=password or secrets.token_urlsafe(24),
             model_url=self._model_url,
         )
 
@@ -538,12 +580,12 @@ _EXTRA_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 def is_extra_name(name: str) -> bool:
     """An instance added by name (``add``), not one of the sized pool's ``oc-N``."""
-    return name != MODEL_NAME and not _POOL_NAME_RE.match(name)
+    return name not in (MODEL_NAME, GATEWAY_NAME) and not _POOL_NAME_RE.match(name)
 
 
 def check_extra_name(name: str) -> None:
     if not _EXTRA_NAME_RE.match(name) or not is_extra_name(name):
         raise PoolError(
             f"bad extra instance name {name!r}: lowercase letters, digits, - and _, "
-            "not 'model' and not the pool's own oc-N"
+            "not 'model' or 'gateway' and not the pool's own oc-N"
         )

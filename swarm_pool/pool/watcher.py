@@ -5,12 +5,14 @@ previous one when still free), or adopts it from a dead supervisor (pid, ``creat
 and the readiness probe must all match), then checks it every ``check_interval_s`` on its
 own thread, so a slow stop or start of one child never delays the checks of another:
 liveness (psutil; a dead child's leftover group members are reaped), readiness
-(``health_failures`` failed probes in a row -> restart) and memory (``ChildPolicy``
-decides: fine, draining, or restart). Failures restart after the policy's backoff, or
+(``health_failures`` failed probes in a row and no sign of life for the policy's
+no-progress window -> restart; a late answer and every event on the instance's stream,
+read by its ``Pulse``, are signs of life) and memory (``ChildPolicy`` decides: fine,
+draining, or restart). Failures restart after the policy's backoff, or
 make the child ``fatal``. A port taken between allocation and bind fails the pool's
 start (``PortInUseError``); later the child just gets a new port. Every change goes to
 the child's ``ChildRecord`` (under the pool's lock) and every lifecycle event to the log
-and the store.
+and the store; each restart records its cause and reason.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from swarm_pool.pool import process
 from swarm_pool.pool.instance import Program, log_tail, rotate_log
 from swarm_pool.pool.policy import ChildPolicy, Clock, MemoryVerdict
 from swarm_pool.pool.ports import Owner, PortLeases, port_is_free
+from swarm_pool.pool.pulse import Pulse
 from swarm_pool.pool.sink import EventSink
 from swarm_pool.pool.state import ChildRecord, ExitInfo
 from swarm_pool.store import events as ev
+from swarm_pool.store.events import RestartCause
 
 log = logging.getLogger("swarm_pool.pool")
 
@@ -71,7 +75,7 @@ class Watcher:
     ) -> None:
         self.ctx = ctx
         self.program = program
-        self.record = ChildRecord(name=program.name, kind=program.kind)
+        self.record = ChildRecord(name=program.name, kind=program.kind, password=program.password)
         self.policy = ChildPolicy(ctx.config.supervisor, clock=ctx.clock)
         self.launched: process.Launched | None = None
         self.ref: process.ProcRef | None = None
@@ -84,6 +88,10 @@ class Watcher:
         self.removing = False
         self.finished = False
         self.adopt_from = adopt_from
+        self.pulse: Pulse | None = None
+        # Why the pending restart happens, for its instance_restarted event.
+        self.restart_cause: RestartCause | None = None
+        self.restart_reason = ""
         # Resource samples for `metrics`: the last sample's clock and tree CPU seconds.
         self._sample_at: float | None = None
         self._sample_cpu_s = 0.0
@@ -101,6 +109,25 @@ class Watcher:
     def start(self) -> None:
         self.thread = threading.Thread(target=self._main, name=f"watch-{self.name}", daemon=True)
         self.thread.start()
+
+    def live_record(self) -> ChildRecord:
+        """A copy of the record with the live time of the last sign of life."""
+        rec = self.record.model_copy(deep=True)
+        if rec.pid is not None and rec.state in ("ready", "unhealthy"):
+            rec.last_sign_at = time.time() - self.policy.silent_for()
+        return rec
+
+    def _start_pulse(self) -> None:
+        self._stop_pulse()
+        events, port = self.program.events, self.port
+        if events is None or port is None:
+            return
+        self.pulse = Pulse(self.name, lambda: events(port), self.policy.note_life).start()
+
+    def _stop_pulse(self) -> None:
+        if self.pulse is not None:
+            self.pulse.stop()
+            self.pulse = None
 
     def _set(self, **fields: Any) -> None:
         with self.ctx.rec_lock:
@@ -172,7 +199,8 @@ class Watcher:
             self._terminate(reason="manual restart")
         self.policy.reset()
         self._set(restarts=self.record.restarts + 1, reason="")
-        self._relaunch(reason="manual restart")
+        self.restart_cause, self.restart_reason = RestartCause.MANUAL, "manual restart"
+        self._relaunch()
 
     def _try_adopt(self, rec: ChildRecord) -> bool:
         ref = rec.ref
@@ -200,6 +228,7 @@ class Watcher:
         self.launched = None
         self.port = rec.port
         self.policy.started()
+        self._start_pulse()
         self._set(
             port=rec.port,
             pid=ref.pid,
@@ -220,6 +249,16 @@ class Watcher:
         if self.program.kind == "model" and self.ctx.config.model.port:
             port = self.ctx.config.model.port
             self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
+            return port
+        if self.program.kind == "gateway":
+            port = self.ctx.config.gateway.port
+            try:
+                self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
+            except PortInUseError as e:
+                raise PortInUseError(
+                    f"the gateway's port {port} on 127.0.0.1 is taken ({e}); is another "
+                    "`opencode serve` running? Stop it or set [gateway] port"
+                ) from e
             return port
         return self.ctx.leases.acquire([self.ctx.me], prefer=prefer, label=self._label())
 
@@ -261,6 +300,7 @@ class Watcher:
         self.launch_mono = self.ctx.clock()
         self._sample_at = None
         self.policy.started()
+        self._start_pulse()
         owner = Owner(launched.ref.pid, launched.ref.create_time)
         self.ctx.leases.set_owners(port, [self.ctx.me, owner])
         self._set(
@@ -278,7 +318,13 @@ class Watcher:
             f"{self.name}: started pid {launched.ref.pid} on port {port}",
         )
 
-    def _relaunch(self, reason: str = "") -> None:
+    def _relaunch(self) -> None:
+        # Taken before the launch, which clears the record's reason.
+        cause, reason = self.restart_cause, self.restart_reason or self.record.reason
+        self.restart_cause, self.restart_reason = None, ""
+        now, window = time.time(), self.ctx.config.supervisor.flap_window_s
+        recent = [t for t in self.record.restarted_at if now - t < window]
+        self._set(restarted_at=[*recent[-self.ctx.config.supervisor.flap_max_restarts :], now])
         self._launch()
         self._emit(
             ev.InstanceRestarted(
@@ -286,9 +332,11 @@ class Watcher:
                 pid=self.record.pid,
                 port=self.port,
                 restarts=self.record.restarts,
-                reason=reason or self.record.reason,
+                reason=reason,
+                cause=cause,
             ),
-            f"{self.name}: restarted (restart #{self.record.restarts})",
+            f"{self.name}: restarted (restart #{self.record.restarts}, "
+            f"{cause.value if cause else 'unknown cause'}: {reason})",
         )
 
     def _alive(self) -> bool:
@@ -331,14 +379,16 @@ class Watcher:
         if self.ctx.clock() - self.launch_mono > self.ctx.config.pool.start_timeout_s:
             reason = f"not ready within {self.ctx.config.pool.start_timeout_s:g}s"
             self._terminate(reason=reason)
-            self._on_failure(reason, None)
+            self._on_failure(reason, None, RestartCause.START_TIMEOUT)
 
     def _check_running(self) -> None:
         if not self._alive():
             self._died(self._exit_status(), during_start=False)
             return
         sup = self.ctx.config.supervisor
-        problem = self._probe(sup.health_timeout_s)
+        # Waits up to slow_answer_s: a late answer is a busy instance, not a dead one.
+        asked = self.ctx.clock()
+        problem = self._probe(max(sup.slow_answer_s, sup.health_timeout_s))
         if problem is not None:
             if self.record.state != "unhealthy":
                 self._emit(
@@ -349,11 +399,19 @@ class Watcher:
                     logging.WARNING,
                 )
             self._set(state="unhealthy", reason=problem)
-            if self.policy.on_health(False):
-                reason = f"{self.policy.health_failures} failed health checks in a row"
+            busy = self.pulse.busy if self.pulse is not None else None
+            if self.policy.on_health(False, busy=busy):
+                reason = (
+                    f"unhealthy with no progress for {self.policy.silent_for():.0f}s "
+                    f"({self.policy.health_failures} failed health checks in a row, "
+                    f"no event; {'?' if busy is None else busy} busy sessions)"
+                )
                 self._terminate(reason=reason)
-                self._on_failure(reason, None)
+                self._on_failure(reason, None, RestartCause.UNHEALTHY)
             return
+        took = self.ctx.clock() - asked
+        if took > sup.health_timeout_s:
+            log.info("%s: slow health answer (%.1fs): busy, alive", self.name, took)
         self.policy.on_health(True)
         if self.record.state == "unhealthy":
             log.info("%s: healthy again", self.name)
@@ -398,7 +456,7 @@ class Watcher:
         reason = f"RSS {rss_mb:.0f} MB over the {self.ctx.config.supervisor.max_rss_mb} MB limit"
         self._set(draining=True)
         self._terminate(reason=reason)
-        self._on_failure(reason, None)
+        self._on_failure(reason, None, RestartCause.MEMORY)
 
     def _sample(self, rss_mb: float, procs: list[psutil.Process]) -> None:
         """Record an ``instance_stats`` event every ``stats_interval_s``, so peak RSS and
@@ -469,9 +527,16 @@ class Watcher:
                 return
             log.warning("%s: %s; it gets a new port", self.name, error)
             self.new_port = True
-        self._on_failure(reason, exit_info)
+        self._on_failure(reason, exit_info, RestartCause.EXITED)
 
-    def _on_failure(self, reason: str, exit_info: ExitInfo | None) -> None:
+    def _on_failure(
+        self,
+        reason: str,
+        exit_info: ExitInfo | None,
+        cause: RestartCause = RestartCause.ERROR,
+    ) -> None:
+        self._stop_pulse()
+        self.restart_cause, self.restart_reason = cause, reason
         if exit_info is not None:
             self._set(last_exit=exit_info)
         decision = self.policy.on_failure(reason)
@@ -520,6 +585,7 @@ class Watcher:
             status = process.ExitStatus(None, None)
         self.launched = None
         self.ref = None
+        self._stop_pulse()
         if was_alive:
             self._emit(
                 ev.InstanceStopped(instance=self.name, pid=ref.pid, port=self.port),

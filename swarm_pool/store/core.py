@@ -14,22 +14,24 @@ finds the project's store.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from swarm_pool import faults
 from swarm_pool.config import Config, StoreSection, load_config
-from swarm_pool.errors import ConfigError, StoreError
+from swarm_pool.errors import ConfigError, StoreError, VersionConflictError
 from swarm_pool.paths import SWARM_DIR, ProjectPaths
 from swarm_pool.store.dialect import Backend
 from swarm_pool.store.events import BaseEvent
 from swarm_pool.store.hive import Hive
 from swarm_pool.store.mail import Mail
-from swarm_pool.store.projections import dump
+from swarm_pool.store.projections import check_versions, dump
 from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
 from swarm_pool.store.reservations import Reservations
-from swarm_pool.store.workers import Workers
+from swarm_pool.store.sessions import SessionMap
+from swarm_pool.store.workers import Workers, WorkerView
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
 DB_NAME = "swarm.db"
@@ -47,6 +49,7 @@ class Store:
         self.hive = Hive(recorder, self.reservations.normalize)
         self.mail = Mail(recorder)
         self.workers = Workers(recorder)
+        self.sessions = SessionMap(recorder)
 
     def __enter__(self) -> Store:
         return self
@@ -73,17 +76,63 @@ class Store:
 
     # --- events -----------------------------------------------------------------------
 
-    def append(self, event: BaseEvent | dict[str, Any]) -> int:
-        """Validate and record one event (and its projection changes); returns its seq."""
+    def append(
+        self, event: BaseEvent | dict[str, Any], *, expect: Mapping[str, int] | None = None
+    ) -> int:
+        """Validate and record one event (and its projection changes); returns its seq.
+
+        ``expect`` maps bead ids to the worker version the caller read (0: no worker):
+        if any changed since, VersionConflictError and nothing is written. A worker
+        event the lifecycle forbids raises IllegalTransitionError, also writing nothing.
+        """
+        if expect:
+            return self.append_many([event], expect=expect)[0]
         return self.recorder.append_one(validate_event(event))
 
-    def append_many(self, events: Sequence[BaseEvent | dict[str, Any]]) -> list[int]:
-        """Record several events in one transaction: all of them or none."""
+    def append_many(
+        self,
+        events: Sequence[BaseEvent | dict[str, Any]],
+        *,
+        expect: Mapping[str, int] | None = None,
+    ) -> list[int]:
+        """Record several events in one transaction: all of them or none (``expect`` as
+        for ``append``, checked inside that transaction)."""
         checked = [validate_event(e) for e in events]
         if not checked:
             return []
         with self.recorder.writing() as w:
+            if expect:
+                check_versions(w, dict(expect))
             return [w.append(e) for e in checked]
+
+    def change_worker(
+        self,
+        bead_id: str,
+        build: Callable[[WorkerView | None], Sequence[BaseEvent] | None],
+        *,
+        tries: int = 8,
+    ) -> list[int] | None:
+        """Read the bead's worker, let ``build`` decide what to append given what it read
+        (None or nothing: no change), and append that only if the worker is still at the
+        version read; after a conflict, read again and let ``build`` decide again.
+
+        Returns the seqs, or None when ``build`` chose to change nothing. Raises
+        VersionConflictError after ``tries`` lost races in a row, and whatever the
+        lifecycle raises for an illegal transition.
+        """
+        conflict: VersionConflictError | None = None
+        for _ in range(tries):
+            worker = self.workers.get(bead_id)
+            events = build(worker)
+            if not events:
+                return None
+            faults.point("store.before_conditional_append")
+            try:
+                return self.append_many(events, expect={bead_id: worker.version if worker else 0})
+            except VersionConflictError as e:
+                conflict = e
+        assert conflict is not None
+        raise conflict
 
     def read(
         self,
@@ -233,25 +282,25 @@ def open_project_store(paths: ProjectPaths, config: Config | None = None) -> Sto
     return open_url(cfg.url, project_root=paths.root, settings=cfg)
 
 
-def find_project_store(start: Path) -> Store:
+def find_project_store(start: Path, *, config_path: Path | None = None) -> Store:
     """``$SWARM_POOL_PROJECT`` if set, else the first folder at or above ``start`` that
-    holds ``.swarm/swarm.db`` (worktrees live under ``<root>/.swarm/worktrees/``)."""
+    holds ``.swarm/swarm.db`` (worktrees live under ``<root>/.swarm/worktrees/``).
+    ``config_path``: the config file (default: the project's own, as ``load_config``)."""
     env = os.environ.get(PROJECT_ENV)
     if env:
         root = Path(env).expanduser().resolve()
         if not root.is_dir():
             raise StoreError(f"${PROJECT_ENV} points to {root}, which is not a directory")
-        return _open_found(root)
+        return _open_found(root, config_path)
     here = Path(start).expanduser().resolve()
     for folder in (here, *here.parents):
         if (folder / SWARM_DIR / DB_NAME).is_file():
-            return _open_found(folder)
-
+            return _open_found(folder, config_path)
     raise StoreError(
         f"no swarm store found at or above {here}: no .swarm/{DB_NAME} there "
         f"(set ${PROJECT_ENV} to the project root)"
     )
 
 
-def _open_found(root: Path) -> Store:
-    return open_project_store(ProjectPaths(root), load_config(project_root=root))
+def _open_found(root: Path, config_path: Path | None) -> Store:
+    return open_project_store(ProjectPaths(root), load_config(config_path, project_root=root))

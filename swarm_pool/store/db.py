@@ -32,7 +32,8 @@ from typing import Any, Protocol
 
 import filelock
 
-from swarm_pool.errors import MigrationError, StoreError
+from swarm_pool.errors import MigrationError, StoreCorruptError, StoreError
+from swarm_pool.paths import FILE_MODE, make_private
 
 Params = Sequence[Any] | Mapping[str, Any]
 Row = dict[str, Any]
@@ -45,6 +46,10 @@ LOCK_POLL_MIN_S = 0.0001
 
 class LockTimeout(Exception):
     pass
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
 class _FileLock(Protocol):
@@ -127,6 +132,22 @@ class Migration:
     postgres: tuple[str, ...] | None = None
 
 
+# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGED_CODES = frozenset({11, 26})
+
+
+def is_damaged(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _DAMAGED_CODES
+
+
+def damaged(path: Path, error: sqlite3.Error) -> StoreCorruptError:
+    return StoreCorruptError(
+        f"store {path} is damaged ({error}); `swarm-pool db check` reports on it; "
+        "move it aside to start afresh"
+    )
+
+
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
@@ -162,6 +183,15 @@ class Database:
         except OSError as e:
             raise StoreError(f"cannot open the store's lock file {self.lock_path}: {e}") from e
         try:
+            # SQLite gives the -wal and -shm files the database file's mode: born 0600.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            # A store made before its files were private: fix the modes on open.
+            for private in (path, self.lock_path, *_sidecars(path)):
+                make_private(private)
+        except OSError as e:
+            self._filelock.close()
+            raise StoreError(f"cannot open store {path}: {e}") from e
+        try:
             self._conn = sqlite3.connect(
                 str(path),
                 timeout=busy_timeout_ms / 1000,
@@ -189,7 +219,12 @@ class Database:
             self._conn.close()
             self._filelock.close()
             if isinstance(e, sqlite3.Error):
+                if is_damaged(e):
+                    raise damaged(path, e) from e
                 raise StoreError(f"cannot open store {path}: {e}") from e
+            cause = e.__cause__
+            if isinstance(cause, sqlite3.Error) and is_damaged(cause):
+                raise damaged(path, cause) from e
             raise
 
     # --- locking ----------------------------------------------------------------------
@@ -280,6 +315,8 @@ class Database:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as e:
+                if is_damaged(e):
+                    raise damaged(self.path, e) from e
                 raise StoreError(f"query failed on {self.path}: {e}") from e
 
     def scalar(self, sql: str, params: Params = ()) -> Any:

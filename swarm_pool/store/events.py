@@ -9,6 +9,7 @@ events keep the fields of the upstream ADR (``session_id``, ``bead_id``, ``epic_
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -68,10 +69,22 @@ class InstanceExited(_InstanceEvent):
     reason: str = ""
 
 
+class RestartCause(StrEnum):
+    """Why the supervisor restarted an instance (``instance_restarted.cause``)."""
+
+    EXITED = "exited"  # the process died
+    UNHEALTHY = "unhealthy"  # no answer and no event for the no-progress window
+    MEMORY = "memory"  # over supervisor.max_rss_mb
+    START_TIMEOUT = "start_timeout"  # never became ready
+    ERROR = "error"  # the supervisor could not check or launch it
+    MANUAL = "manual"  # `swarm-pool restart`
+
+
 class InstanceRestarted(_InstanceEvent):
     type: Literal["instance_restarted"] = "instance_restarted"
     restarts: int = 0
     reason: str = ""
+    cause: RestartCause | None = None
     backoff_s: float = 0.0
 
 
@@ -206,6 +219,15 @@ class WorkerQueued(_WorkerEvent):
     reason: str = ""
 
 
+class WorkerSessionCreated(_WorkerEvent):
+    """The intent recorded before ``prompt_async``: this attempt's session exists on
+    ``instance`` and only it may be prompted for the attempt."""
+
+    type: Literal["worker_session_created"] = "worker_session_created"
+    instance: str = ""
+    worktree: str = ""
+
+
 class WorkerNeedsReview(_WorkerEvent):
     """The session went idle without ``swarm_complete`` (confirmed, not one signal alone)."""
 
@@ -223,6 +245,18 @@ class SessionStatus(BaseEvent):
     status: str
     bead_id: str | None = None
     epic_id: str | None = None
+
+
+class SessionRouted(BaseEvent):
+    """The gateway's session map: ``session_id`` lives on ``instance``. ``origin`` says
+    whether the gateway placed it (``gateway``) or learned it from an instance's events or
+    session list (``learned``)."""
+
+    type: Literal["session_routed"] = "session_routed"
+    session_id: str = Field(min_length=1)
+    instance: str = Field(min_length=1)
+    directory: str = ""
+    origin: Literal["gateway", "learned"] = "learned"
 
 
 class SessionError(BaseEvent):
@@ -326,6 +360,10 @@ class ReviewCompleted(BaseEvent):
     diffstat: str = ""
     verification: dict[str, Any] | None = None
     notes: str = ""
+    # What was reviewed: the branch's head commit and the tree of the worktree's whole
+    # content (uncommitted work included). A merge needs an approving review of both.
+    head_commit: str = ""
+    tree: str = ""
 
 
 class WorktreeMerged(BaseEvent):
@@ -368,8 +406,10 @@ Event = Annotated[
     | WorkerRetried
     | WorkerQueued
     | WorkerNeedsReview
+    | WorkerSessionCreated
     | SessionStatus
     | SessionError
+    | SessionRouted
     | FileReserved
     | FileReleased
     | FileRenewed

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from swarm_pool.errors import HiveError, MailError, NotFoundError
+from swarm_pool.errors import HiveError, MailError, NotFoundError, VersionConflictError
 from swarm_pool.store import events as ev
 from swarm_pool.store.globs import has_magic
+from swarm_pool.store.lifecycle import WORKER_EVENTS, WorkerStatus, decide
 
 if TYPE_CHECKING:
     from swarm_pool.store.recorder import Reader, Writer
@@ -127,6 +128,46 @@ RESERVATION_PREFIX = (
 )
 
 
+# The worker lifecycle (migration 4): ``version`` counts the changes applied to a
+# worker's row, which conditional appends compare with the version their caller read;
+# ``worker_stale`` keeps the worker events recorded but not applied (an older attempt's,
+# another session's), so a late report is visible without ever moving the worker.
+WORKER_LIFECYCLE = (
+    "ALTER TABLE workers ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE worker_stale (
+        seq INTEGER PRIMARY KEY,
+        bead_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        session_id TEXT,
+        reason TEXT NOT NULL
+    )""",
+    "CREATE INDEX worker_stale_bead ON worker_stale (bead_id, seq)",
+)
+
+# Migration 6: the gateway's session -> instance map (one row per session, last routing).
+SESSION_INSTANCES = (
+    """CREATE TABLE session_instances (
+        session_id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        directory TEXT NOT NULL DEFAULT '',
+        origin TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX session_instances_directory ON session_instances (directory, seq)",
+)
+
+
+# Time spent blocked (waiting for a human), migration 5: a worker's timeout counts its
+# running time only. ``blocked_since`` is set while blocked, ``blocked_ms`` sums the
+# attempt's finished blocked spells.
+WORKER_BLOCKED_TIME = (
+    "ALTER TABLE workers ADD COLUMN blocked_since INTEGER",
+    "ALTER TABLE workers ADD COLUMN blocked_ms INTEGER NOT NULL DEFAULT 0",
+)
+
+
 def pattern_prefix(pattern: str) -> str:
     """The literal leading segments of a normalized pattern ("" if it starts with glob
     syntax)."""
@@ -147,22 +188,12 @@ TABLES: dict[str, str] = {
     "reservations": "id",
     "messages": "id",
     "message_recipients": "message_id, agent",
+    "worker_stale": "seq",
+    "session_instances": "session_id",
 }
 
-WORKER_EVENT_TYPES = frozenset(
-    {
-        "worker_spawned",
-        "worker_progress",
-        "worker_completed",
-        "worker_failed",
-        "worker_blocked",
-        "worker_retried",
-        "worker_queued",
-        "worker_needs_review",
-        "session_status",
-        "session_error",
-    }
-)
+# Worker events plus the session events that annotate a worker's row.
+WORKER_EVENT_TYPES = WORKER_EVENTS | {"session_status", "session_error"}
 
 
 def dump_json(value: Any) -> str:
@@ -281,6 +312,9 @@ _WORKER_COLUMNS = (
     "completed_at",
     "duration_ms",
     "last_seq",
+    "version",
+    "blocked_since",
+    "blocked_ms",
 )
 _UPSERT_WORKER = (
     f"INSERT INTO workers ({', '.join(_WORKER_COLUMNS)})"
@@ -288,8 +322,6 @@ _UPSERT_WORKER = (
     " ON CONFLICT (bead_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _WORKER_COLUMNS[1:])
 )
-_TERMINAL = frozenset({"completed", "failed"})
-_COMPLETED_STATUS = {"success": "completed", "failed": "failed", "blocked": "blocked"}
 
 
 def _fresh_worker(e: ev.Event) -> dict[str, Any]:
@@ -316,6 +348,9 @@ def _fresh_worker(e: ev.Event) -> dict[str, Any]:
         "completed_at": None,
         "duration_ms": None,
         "last_seq": 0,
+        "version": 0,
+        "blocked_since": None,
+        "blocked_ms": 0,
     }
 
 
@@ -326,10 +361,45 @@ def _save_worker(w: Writer, row: dict[str, Any]) -> None:
 def _worker_event(w: Writer, seq: int, e: ev.Event) -> None:
     assert isinstance(e, ev._WorkerEvent)
     current = w.query_one("SELECT * FROM workers WHERE bead_id = ?", (e.bead_id,))
-    if isinstance(e, ev.WorkerSpawned):
-        if current is not None and e.attempt < current["attempt"]:
-            return  # a late event from an older attempt
+    prev = dict(current) if current is not None else None
+    decision = decide(prev, e)  # raises IllegalTransitionError: the transaction rolls back
+    if decision.stale:
+        w.execute(
+            "INSERT INTO worker_stale (seq, bead_id, type, attempt, session_id, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, e.bead_id, e.type, e.attempt, e.session_id, decision.reason),
+        )
+        return
+    assert decision.status is not None
+    if prev is None or isinstance(e, ev.WorkerSpawned | ev.WorkerQueued):
         row = _fresh_worker(e)
+    else:
+        row = dict(prev)
+        row["epic_id"] = e.epic_id
+        row["updated_at"] = e.timestamp
+        if e.session_id is not None:
+            row["session_id"] = e.session_id
+    _track_blocked_time(row, decision.status.value, e.timestamp)
+    row["status"] = decision.status.value
+    _apply_worker_change(row, e)
+    row["attempt"] = max(e.attempt, row["attempt"])
+    row["last_seq"] = seq
+    row["version"] = (prev["version"] if prev is not None else 0) + 1
+    _save_worker(w, row)
+
+
+def _track_blocked_time(row: dict[str, Any], status: str, now: int) -> None:
+    blocked = WorkerStatus.BLOCKED.value
+    if row["status"] == blocked and status != blocked and row["blocked_since"] is not None:
+        row["blocked_ms"] += max(0, now - int(row["blocked_since"]))
+        row["blocked_since"] = None
+    elif status == blocked and row["blocked_since"] is None:
+        row["blocked_since"] = now
+
+
+def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
+    """The details an applied event writes (its status is already in ``row``)."""
+    if isinstance(e, ev.WorkerSpawned):
         row.update(
             instance=e.instance,
             worktree=e.worktree,
@@ -338,33 +408,16 @@ def _worker_event(w: Writer, seq: int, e: ev.Event) -> None:
             spawned_at=e.timestamp,
         )
     elif isinstance(e, ev.WorkerQueued):
-        if current is not None and e.attempt < current["attempt"]:
-            return
-        row = _fresh_worker(e)
+        row.update(worktree=e.worktree, files=dump_json(e.files), last_message=e.reason)
+    elif isinstance(e, ev.WorkerSessionCreated):
+        # The intent's time stands for the spawn's until worker_spawned confirms it.
         row.update(
-            status="pending",
-            worktree=e.worktree,
-            files=dump_json(e.files),
-            last_message=e.reason,
+            instance=e.instance or row["instance"],
+            worktree=e.worktree or row["worktree"],
+            spawned_at=e.timestamp,
         )
-    else:
-        if current is not None and e.attempt < current["attempt"]:
-            return
-        row = dict(current) if current is not None else _fresh_worker(e)
-        row["epic_id"] = e.epic_id
-        row["updated_at"] = e.timestamp
-        if e.session_id is not None:
-            row["session_id"] = e.session_id
-        _apply_worker_change(row, e)
-    row["attempt"] = max(e.attempt, row["attempt"])
-    row["last_seq"] = seq
-    _save_worker(w, row)
-
-
-def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
-    if isinstance(e, ev.WorkerRetried):
+    elif isinstance(e, ev.WorkerRetried):
         row.update(
-            status="running",
             error=None,
             blocked_reason=None,
             completed_at=None,
@@ -373,18 +426,15 @@ def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
             last_message=e.reason or row["last_message"],
         )
     elif isinstance(e, ev.WorkerProgress):
-        # Only a new spawn or a retry leaves a terminal state: a late progress report
-        # must never turn finished work back into "running".
-        if row["status"] not in _TERMINAL:
-            row["status"] = "running"
-            row["blocked_reason"] = None
+        row["blocked_reason"] = None
+        row["completed_at"] = None
+        row["duration_ms"] = None
         row["progress_percent"] = e.progress_percent
         if e.message:
             row["last_message"] = e.message
         if e.files_touched:
             row["files_touched"] = dump_json(e.files_touched)
     elif isinstance(e, ev.WorkerCompleted):
-        row["status"] = _COMPLETED_STATUS[e.status]
         row["summary"] = e.summary
         row["files_touched"] = dump_json(e.files_touched)
         row["violations"] = dump_json(e.violations)
@@ -396,7 +446,6 @@ def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
             row["blocked_reason"] = e.error or e.summary
         row["duration_ms"] = _duration(row, e.duration_ms, e.timestamp)
     elif isinstance(e, ev.WorkerFailed):
-        row["status"] = "failed"
         row["error"] = e.error
         if e.reason:
             row["last_message"] = e.reason
@@ -404,20 +453,32 @@ def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
         row["duration_ms"] = _duration(row, e.duration_ms, e.timestamp)
     elif isinstance(e, ev.WorkerNeedsReview):
         # The session went idle without swarm_complete: done, pending a human look.
-        if row["status"] not in _TERMINAL:
-            row["status"] = "needs_review"
-            row["completed_at"] = e.timestamp
-            row["duration_ms"] = _duration(row, None, e.timestamp)
+        row["completed_at"] = e.timestamp
+        row["duration_ms"] = _duration(row, None, e.timestamp)
         if e.reason:
             row["last_message"] = e.reason
         if e.instance:
             row["instance"] = e.instance
     elif isinstance(e, ev.WorkerBlocked):
-        if row["status"] not in _TERMINAL:
-            row["status"] = "blocked"
         row["blocked_reason"] = e.reason or e.kind
         if e.instance:
             row["instance"] = e.instance
+
+
+def check_versions(r: Reader, expected: dict[str, int]) -> None:
+    """Raise VersionConflictError unless each bead's worker is at the version given
+    (0: no worker yet). Called inside the append's write transaction."""
+    for bead_id, version in expected.items():
+        row = r.query_one("SELECT version FROM workers WHERE bead_id = ?", (bead_id,))
+        actual = int(row["version"]) if row is not None else 0
+        if actual != version:
+            raise VersionConflictError(
+                f"bead {bead_id} changed since it was read (version {actual}, expected "
+                f"{version}); read it again",
+                bead_id=bead_id,
+                expected=version,
+                actual=actual,
+            )
 
 
 def _duration(row: dict[str, Any], given: int | None, now: int) -> int | None:
@@ -542,6 +603,17 @@ def _message_acked(w: Writer, seq: int, e: ev.Event) -> None:
     )
 
 
+def _session_routed(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.SessionRouted)
+    w.execute(
+        "INSERT INTO session_instances (session_id, instance, directory, origin, updated_at, seq)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET"
+        " instance = excluded.instance, directory = excluded.directory,"
+        " origin = excluded.origin, updated_at = excluded.updated_at, seq = excluded.seq",
+        (e.session_id, e.instance, e.directory, e.origin, e.timestamp, seq),
+    )
+
+
 _HANDLERS = {
     "epic_created": _epic_created,
     "cell_created": _cell_created,
@@ -554,6 +626,7 @@ _HANDLERS = {
     "worker_retried": _worker_event,
     "worker_queued": _worker_event,
     "worker_needs_review": _worker_event,
+    "worker_session_created": _worker_event,
     "session_status": _session_event,
     "session_error": _session_event,
     "file_reserved": _file_reserved,
@@ -562,4 +635,5 @@ _HANDLERS = {
     "message_sent": _message_sent,
     "message_read": _message_read,
     "message_acked": _message_acked,
+    "session_routed": _session_routed,
 }

@@ -99,6 +99,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events", EVENTS_SCHEMA, postgres=EVENTS_SCHEMA_POSTGRES),
     Migration(2, "projections", projections.SCHEMA),
     Migration(3, "reservation_prefix", projections.RESERVATION_PREFIX),
+    Migration(4, "worker_lifecycle", projections.WORKER_LIFECYCLE),
+    Migration(5, "worker_blocked_time", projections.WORKER_BLOCKED_TIME),
+    Migration(6, "session_instances", projections.SESSION_INSTANCES),
 )
 
 

@@ -2,12 +2,8 @@
 
 Owns ``WorkerView`` and the queries ``poll``-style callers make ("status of every worker
 in epic E" is one indexed query). The rows are written by ``projections.apply`` from the
-worker and session events: ``pending`` after ``worker_queued``, ``running`` after
-``worker_spawned``/``worker_retried``/``worker_progress``, ``completed``/``failed``/
-``blocked`` from ``worker_completed``'s status, ``failed`` after ``worker_failed``,
-``blocked`` after ``worker_blocked``, ``needs_review`` after ``worker_needs_review``. A
-completed or failed worker only becomes ``running`` again through a new spawn or a
-retry; late events from an older attempt are ignored. ``session_status`` is the last
+worker and session events, under the transition table of ``lifecycle``; ``version``
+counts the changes applied, for conditional appends. ``session_status`` is the last
 ``session_status`` event's status for the bead's current session.
 """
 
@@ -18,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from swarm_pool.store.db import Row
+from swarm_pool.store.lifecycle import TERMINAL
 from swarm_pool.store.projections import load_json
 from swarm_pool.store.recorder import Recorder
 
@@ -45,13 +42,18 @@ class WorkerView:
     updated_at: int
     completed_at: int | None
     duration_ms: int | None
+    # Changes applied so far: what a conditional append passes as ``expect``.
+    version: int = 0
+    # Time blocked on a human: finished spells, and the start of the current one.
+    blocked_ms: int = 0
+    blocked_since: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def done(self) -> bool:
-        return self.status in ("completed", "failed")
+        return self.status in TERMINAL
 
     @classmethod
     def from_row(cls, row: Row) -> WorkerView:
@@ -77,7 +79,17 @@ class WorkerView:
             updated_at=row["updated_at"],
             completed_at=row["completed_at"],
             duration_ms=row["duration_ms"],
+            version=row["version"],
+            blocked_ms=row["blocked_ms"],
+            blocked_since=row["blocked_since"],
         )
+
+    def running_ms(self, now: int) -> int:
+        """Time since the spawn minus time blocked on a human (what a timeout counts)."""
+        if self.spawned_at is None:
+            return 0
+        blocked = self.blocked_ms + (now - self.blocked_since if self.blocked_since else 0)
+        return max(0, now - self.spawned_at - blocked)
 
 
 class Workers:
@@ -120,3 +132,13 @@ class Workers:
         """The worker whose current session this is, if any."""
         found = self.list(session_id=session_id)
         return found[0] if found else None
+
+    def stale(self, bead_id: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Worker events recorded but not applied (older attempt, other session), by seq."""
+        sql = "SELECT seq, bead_id, type, attempt, session_id, reason FROM worker_stale"
+        params: tuple[Any, ...] = ()
+        if bead_id is not None:
+            sql += " WHERE bead_id = ?"
+            params = (bead_id,)
+        with self._rec.reading() as r:
+            return [dict(row) for row in r.query(sql + " ORDER BY seq", params)]

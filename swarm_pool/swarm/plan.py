@@ -25,7 +25,8 @@ from swarm_pool.store.globs import has_magic, patterns_overlap
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: TOML values are typed, so "2" is not a size and 1 is not a title.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class PlanEpic(_Model):
@@ -38,7 +39,8 @@ class PlanTask(_Model):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     title: str = Field(min_length=1)
     description: str = ""
-    files: list[str] = Field(default_factory=list, description="owned patterns")
+    # A worker may only write what it owns: a task that owns nothing cannot finish.
+    files: list[str] = Field(min_length=1, description="owned patterns")
     read_only: list[str] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list, description="local task ids")
     success_criteria: list[str] = Field(default_factory=list)
@@ -267,6 +269,10 @@ def load_plan(path: Path, *, validate: bool = True) -> Plan:
     """Read and check a plan file; PlanError (one line) if it is unreadable or bad."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PlanError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from e
     except OSError as e:
         raise PlanError(f"cannot read plan {path}: {e.strerror or e}") from e
     except tomllib.TOMLDecodeError as e:

@@ -1,8 +1,8 @@
 """The worker engine's window on the pool: which instances exist, and starting/stopping it.
 
 It owns the translation from the supervisor's state file (``pool/state.py``) to the
-router's ``InstanceSlot``s (ready or not, draining, dedicated to a bead, with the pool
-password), and the few pool operations ``run`` needs: make sure a pool runs (starting
+router's ``InstanceSlot``s (ready or not, draining, dedicated to a bead, with the
+instance's own password), and the few pool operations ``run`` needs: make sure a pool runs (starting
 one through the pool's own start path when none does) and stop the pool it started.
 Instances dedicated to one worker are named ``dw-<bead>`` (dots become underscores).
 """
@@ -58,10 +58,11 @@ def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> lis
                 name=rec.name,
                 url=rec.url,
                 state=rec.state,
-                password=state.password,
+                password=rec.password,
                 draining=rec.draining,
                 dedicated_to=dedicated_bead(rec.name),
                 pid=rec.pid,
+                restarted_at=tuple(rec.restarted_at),
             )
         )
     return slots

@@ -3,7 +3,10 @@
 ``review`` compares what the worker really changed in its worktree (committed and not)
 with the patterns it owns, reads the verification that ``swarm_complete`` recorded, the
 state of its file reservations, and records ``review_completed`` with a verdict.
-``merge`` commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
+The review records what it saw: the branch's head commit and the tree of the worktree's
+whole content. ``merge`` refuses (``ReviewRequiredError``, before touching anything)
+unless the bead's latest ``review_completed`` approved exactly that head and content;
+then it commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
 branch under the git lock (``Worktrees.merge``), records ``worktree_merged`` (or
 ``merge_conflict``, with the base left untouched), closes the bead, and releases the
 worker's OpenCode session: the session is deleted and its directory disposed on its
@@ -20,6 +23,7 @@ from swarm_pool.errors import (
     MergeConflictError,
     NotFoundError,
     OpenCodeError,
+    ReviewRequiredError,
     SwarmPoolError,
     WorkerError,
 )
@@ -30,10 +34,8 @@ from swarm_pool.store.events import (
     WorktreeMerged,
 )
 from swarm_pool.store.globs import matches
+from swarm_pool.store.lifecycle import MERGEABLE
 from swarm_pool.swarm.context import SwarmContext
-
-# Worker states whose work may be reviewed and merged.
-MERGEABLE = frozenset({"completed", "needs_review"})
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ def check_passed(verification: dict[str, Any] | None) -> bool:
     return not isinstance(check, dict) or bool(check.get("passed", True))
 
 
+def check_recorded(verification: dict[str, Any] | None) -> bool:
+    return isinstance((verification or {}).get("check"), dict)
+
+
 def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     """Judge the worker's work against its contract; records ``review_completed``."""
     worker = ctx.store.workers.get(bead_id)
@@ -88,6 +94,7 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     cell = ctx.store.hive.get_cell(bead_id)
     owned = list(worker.files or cell.files)
     diff = ctx.worktrees.diff(bead_id)
+    tree = ctx.worktrees.content_tree(bead_id)
     touched = sorted({*diff.files, *diff.uncommitted})
     outside = [f for f in touched if not _owned(f, owned)]
     completed = ctx.last_event(bead_id, "worker_completed")
@@ -107,6 +114,9 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
         problems.append(f"changes outside the owned patterns: {', '.join(outside)}")
     if not check_passed(verification):
         problems.append("the check command failed")
+    elif ctx.config.workers.check_command and not check_recorded(verification):
+        # Fail closed: a configured check that never ran proves nothing.
+        problems.append("no check result recorded (workers.check_command is configured)")
     approved = not problems
     notes = "; ".join(problems) if problems else "ok"
     if worker.status == "needs_review":
@@ -121,6 +131,8 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
             diffstat=diff.stat,
             verification=verification,
             notes=notes,
+            head_commit=diff.head,
+            tree=tree,
         )
     )
     return ReviewResult(
@@ -147,6 +159,7 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
     if worker.status not in MERGEABLE:
         raise WorkerError(f"worker {bead_id} is {worker.status}; only finished work is merged")
     trees = ctx.worktrees
+    require_approval(ctx, bead_id)
     leftovers = trees.commit_all(bead_id, f"swarm-pool: uncommitted work of {bead_id}")
     try:
         result = trees.merge(bead_id, base)
@@ -177,7 +190,12 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
                 cell_id=bead_id, epic_id=worker.epic_id, status="closed", reason="merged"
             )
         )
-    ctx.store.append_many(merged)
+    # The merge, the bead's closing and the release of its files are one outcome; and it
+    # is recorded for the worker read above only (not a newer attempt spawned meanwhile).
+    merged += ctx.store.reservations.release_events(
+        bead_id, worker.agent_name or f"worker-{bead_id}", "merged"
+    )
+    ctx.store.append_many(merged, expect={bead_id: worker.version})
     released = release_session(ctx, bead_id)
     return MergeOutcome(
         bead_id=bead_id,
@@ -190,6 +208,33 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
         up_to_date=result.up_to_date,
         session_released=released,
     )
+
+
+def require_approval(ctx: SwarmContext, bead_id: str) -> None:
+    """ReviewRequiredError unless the bead's latest review approved its current work.
+
+    "Current" is the branch's head commit and the worktree's whole content, so neither a
+    commit nor an uncommitted edit made after the review slips into the merge.
+    """
+    branch = f"swarm/{bead_id}"
+    head = ctx.worktrees.head(bead_id)
+    last = ctx.last_event(bead_id, "review_completed")
+    fix = f"run `swarm-pool review {bead_id}` (or swarm_review) and merge once it approves"
+    if last is None:
+        raise ReviewRequiredError(
+            f"merge of {bead_id} refused: no review_completed for {branch} at {head[:12]}; {fix}"
+        )
+    if not last.approved:
+        raise ReviewRequiredError(
+            f"merge of {bead_id} refused: its last review rejected {branch} "
+            f"({last.notes}); no approving review_completed for {head[:12]}"
+        )
+    if last.head_commit != head or last.tree != ctx.worktrees.content_tree(bead_id):
+        seen = last.head_commit[:12] or "an unknown commit"
+        raise ReviewRequiredError(
+            f"merge of {bead_id} refused: the approving review saw {branch} at {seen}, "
+            f"but it is now at {head[:12]} (or its uncommitted work changed); {fix}"
+        )
 
 
 def release_session(ctx: SwarmContext, bead_id: str) -> bool:

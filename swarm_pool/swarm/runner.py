@@ -59,6 +59,7 @@ class RunSummary:
     pool_started: bool
     timed_out: bool = False
     errors: list[str] = field(default_factory=list)
+    sandbox: str = "off"  # WorkersSection.sandbox_label() of the config the run used
 
     @property
     def merged(self) -> int:
@@ -77,6 +78,7 @@ class RunSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "pool_started": self.pool_started,
             "timed_out": self.timed_out,
+            "sandbox": self.sandbox,
             "errors": self.errors,
             "tasks": [t.to_dict() for t in self.tasks],
         }
@@ -259,38 +261,52 @@ def run_plan_file(
     plan = load_runner_plan(plan_path)
     if not plan.tasks:
         raise PlanError(f"plan {plan_path} has no tasks")
+    from swarm_pool.store import open_project_store
     from swarm_pool.swarm.pool_view import ensure_pool, stop_pool
 
-    size = size or plan.pool.size
-    started_pool = ensure_pool(paths, config, size=size, config_path=config_path)
-    from swarm_pool.store import open_project_store
-
+    # The store is opened (and so checked) before the pool starts: a damaged one must
+    # not leave a pool running behind the error.
     store = open_project_store(paths, config)
-    started = time.monotonic()
-    runner: Runner | None = None
+    started_pool = False
     try:
-        ctx = SwarmContext(paths=paths, config=config, store=store)
-        display = _LiveDisplay() if live else None
-        runner = runner_for(ctx, plan, on_update=display.update if display else None)
-        try:
-            timed_out, _ = runner.run(timeout)
-        finally:
-            if display is not None:
-                display.close()
-        with contextlib.suppress(SwarmPoolError):
-            ctx.worktrees.cleanup()
-        return RunSummary(
-            epic_id=runner.epic_id,
-            tasks=runner.tasks,
-            elapsed_s=time.monotonic() - started,
-            pool_started=started_pool,
-            timed_out=timed_out,
-            errors=runner.errors,
-        )
+        size = size or plan.pool.size
+        started_pool = ensure_pool(paths, config, size=size, config_path=config_path)
+        return _run(paths, config, store, plan, timeout, live, started_pool)
     finally:
         store.close()
         if started_pool and not keep_pool:
             stop_pool(paths, config)
+
+
+def _run(
+    paths: ProjectPaths,
+    config: Config,
+    store: Any,
+    plan: Any,
+    timeout: float,
+    live: bool,
+    started_pool: bool,
+) -> RunSummary:
+    started = time.monotonic()
+    ctx = SwarmContext(paths=paths, config=config, store=store)
+    display = _LiveDisplay() if live else None
+    runner = runner_for(ctx, plan, on_update=display.update if display else None)
+    try:
+        timed_out, _ = runner.run(timeout)
+    finally:
+        if display is not None:
+            display.close()
+    with contextlib.suppress(SwarmPoolError):
+        ctx.worktrees.cleanup()
+    return RunSummary(
+        epic_id=runner.epic_id,
+        tasks=runner.tasks,
+        elapsed_s=time.monotonic() - started,
+        pool_started=started_pool,
+        timed_out=timed_out,
+        errors=runner.errors,
+        sandbox=config.workers.sandbox_label(),
+    )
 
 
 class _LiveDisplay:

@@ -107,6 +107,10 @@ def _blocked_mail(ctx: SwarmContext, epic_id: str | None) -> dict[str, tuple[int
 
 
 def poll(ctx: SwarmContext, epic_id: str | None = None) -> PollResult:
+    """The workers of ``epic_id`` (default: all) by group; NotFoundError for an unknown
+    epic, so a typo is never mistaken for an epic with nothing left to do."""
+    if epic_id is not None:
+        ctx.store.hive.get_epic(epic_id)
     seq = ctx.store.last_seq()
     groups: dict[str, list[WorkerInfo]] = {g: [] for g in GROUPS}
     mail = _blocked_mail(ctx, epic_id)

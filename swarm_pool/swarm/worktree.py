@@ -15,6 +15,7 @@ lock files. Git runs through gitpython's command wrapper; its failures become
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -417,6 +418,25 @@ class Worktrees:
             if head is None:
                 raise GitError(f"commit in {cwd} left no HEAD")
             return head
+
+    def head(self, bead_id: str) -> str:
+        """The commit checked out in the bead's worktree (the tip of ``swarm/<bead>``)."""
+        cwd, _ = self._where(bead_id)
+        head = self._rev("HEAD", cwd)
+        if head is None:
+            raise GitError(f"the worktree of {bead_id} has no HEAD")
+        return head
+
+    def content_tree(self, bead_id: str) -> str:
+        """The tree id of everything in the bead's worktree, uncommitted and untracked
+        (not ignored) files included, computed in a throwaway index: the worktree, its
+        index and its refs are left as they are."""
+        cwd, _ = self._where(bead_id)
+        with tempfile.TemporaryDirectory(prefix="swarm-pool-tree-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git(cwd, "read-tree", "HEAD", env=env)
+            self._git(cwd, "add", "--all", env=env)
+            return self._git(cwd, "write-tree", env=env).stdout.strip()
 
     def diff(self, bead_id: str, base: str | None = None, *, max_patch: int = 200_000) -> DiffInfo:
         """What merging the bead's branch would bring, plus what is still uncommitted."""

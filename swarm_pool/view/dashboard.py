@@ -73,6 +73,9 @@ def header(snap: Snapshot) -> Text:
         text.append(f"supervisor {sup['pid']} {sup.get('phase') or ''}".rstrip(), style="green")
     else:
         text.append(f"supervisor {sup['pid']} not running", style="bold red")
+    if sup.get("pid") is not None:
+        sandbox = sup.get("sandbox") or "off"
+        text.append(f"  sandbox {sandbox}", style="green" if sandbox != "off" else "yellow")
     text.append(f"  seq {snap.last_seq}  {_clock(snap.taken_at)}")
     for problem in snap.problems:
         text.append(f"\n{problem}", style="bold red")
@@ -91,6 +94,7 @@ def instances_panel(snap: Snapshot) -> Panel:
         ("busy", "right"),
         ("restarts", "right"),
         ("uptime", "right"),
+        ("last sign", "right"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for inst in snap.instances:
@@ -110,6 +114,7 @@ def instances_panel(snap: Snapshot) -> Panel:
             _num(inst.busy_sessions),
             Text(str(inst.restarts), style="yellow" if inst.restarts else ""),
             fmt_duration(inst.uptime_s),
+            fmt_duration(inst.last_sign_s),
         )
     body: RenderableType = table if snap.instances else Text("no pool running", style="dim")
     return Panel(body, title=f"instances ({len(snap.instances)})", title_align="left")

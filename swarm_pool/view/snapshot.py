@@ -94,6 +94,7 @@ class InstanceRow:
     uptime_s: float | None
     draining: bool = False
     reason: str = ""
+    last_sign_s: float | None = None  # since its last answer or stream event
 
 
 @dataclass(frozen=True)
@@ -488,6 +489,7 @@ class SnapshotSource:
                     busy_sessions=busy.get(view["name"], 0) if view["kind"] == "opencode" else None,
                     restarts=view["restarts"],
                     uptime_s=view["uptime_s"],
+                    last_sign_s=view.get("last_sign_s"),
                     draining=bool(view.get("draining")),
                     reason=view.get("reason") or "",
                 )

@@ -1,0 +1,1 @@
+"""The gateway: one OpenCode-compatible URL in front of the whole pool (see ``app``)."""

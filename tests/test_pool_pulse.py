@@ -1,0 +1,73 @@
+"""The pulse: every message of an instance's event stream is a sign of life, and its
+session statuses count the busy sessions; a broken stream is reopened."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from swarm_pool.errors import OpenCodeError
+from swarm_pool.pool import pulse as pulse_mod
+from swarm_pool.pool.pulse import Pulse
+from tests.support import wait_for
+
+
+def status(session: str, kind: str) -> str:
+    props = {"sessionID": session, "status": {"type": kind}}
+    return json.dumps(
+        {"directory": "/w", "payload": {"type": "session.status", "properties": props}}
+    )
+
+
+def idle(session: str) -> str:
+    return json.dumps({"type": "session.idle", "properties": {"sessionID": session}})
+
+
+HEARTBEAT = json.dumps({"payload": {"type": "server.heartbeat", "properties": {}}})
+
+
+def test_messages_are_life_and_statuses_count_busy_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pulse_mod, "REOPEN_S", 0.01)
+    batches = [
+        [HEARTBEAT, status("a", "busy"), status("b", "busy"), status("c", "retry")],
+        [status("a", "idle"), idle("c"), "not json", status("b", "busy")],
+    ]
+    opened: list[int] = []
+    release = threading.Event()
+
+    def stream() -> Iterator[str]:
+        opened.append(1)
+        if len(opened) <= len(batches):
+            yield from batches[len(opened) - 1]
+            if len(opened) == 1:
+                raise OpenCodeError("stream broke")  # reopened after a pause
+        release.wait(5)
+
+    lives: list[int] = []
+    p = Pulse("oc-1", stream, lambda: lives.append(1)).start()
+    try:
+        wait_for(lambda: len(opened) >= 2 and len(lives) == 8, 5)
+        assert p.busy == 1  # only b is still busy
+    finally:
+        p.stop()
+        release.set()
+
+
+def test_stop_ends_the_reader_without_counting_more_life() -> None:
+    gate = threading.Event()
+    lives: list[int] = []
+
+    def stream() -> Iterator[str]:
+        gate.wait(5)
+        yield HEARTBEAT
+
+    p = Pulse("oc-1", stream, lambda: lives.append(1)).start()
+    p.stop()
+    gate.set()
+    wait_for(lambda: not p._thread.is_alive(), 5)
+    assert lives == []
