@@ -27,6 +27,8 @@ from pydantic import (
 from swarm_pool.errors import ConfigError
 
 ENV_PREFIX = "SWARM_POOL_"
+# The store URL's env override, which `start` also hands to the daemon it launches.
+STORE_URL_ENV = "SWARM_POOL_STORE__URL"
 # Env vars with this prefix that are not config overrides.
 _NON_CONFIG_ENV = {
     "SWARM_POOL_OPENCODE",
@@ -43,6 +45,8 @@ _NON_CONFIG_ENV = {
     # Process tags the test suite puts in every child's environment.
     "SWARM_POOL_TEST_ID",
     "SWARM_POOL_TEST_SESSION",
+    # Tests: fail instead of skipping when no PostgreSQL server binaries are found.
+    "SWARM_POOL_REQUIRE_PG",
 }
 
 
@@ -152,8 +156,15 @@ class WorkersSection(_Section):
 
 
 class StoreSection(_Section):
+    url: str = Field(
+        "", description="empty: <project>/.swarm/swarm.db; sqlite:///PATH; postgresql://..."
+    )
     busy_timeout_ms: int = Field(10000, ge=0)
     lock_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0, description="PostgreSQL connect timeout")
+    synchronous_commit: bool = Field(
+        False, description="PostgreSQL: a commit waits for its WAL flush (off: as SQLite's NORMAL)"
+    )
 
 
 class GatewaySection(_Section):

@@ -25,6 +25,7 @@ from swarm_pool.errors import SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.process import ProcRef
 from swarm_pool.store import Store, StoredEvent, open_project_store
+from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES, now_ms
 from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.view.metrics import LiveStats
@@ -379,7 +380,7 @@ class SnapshotSource:
 
     def store(self) -> Store | None:
         """The project's store once it exists (never created from here)."""
-        if self._store is None and self.paths.db.is_file():
+        if self._store is None and project_store_exists(self.paths, self.config):
             self._store = open_project_store(self.paths, self.config)
         return self._store
 
