@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from swarm_pool.config import Config, load_config
-from swarm_pool.errors import PoolAlreadyRunningError, SwarmPoolError
+from swarm_pool.errors import EngineStartError, PoolAlreadyRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import EXIT_ALREADY_RUNNING, EXIT_FAILED
 
@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except SwarmPoolError as e:
         print(f"swarm-pool supervisor: {e}", file=sys.stderr)
         return EXIT_FAILED
+    if args.config is not None:
+        # Every process of the pool that reads config (instances pass their env on to the
+        # MCP servers they start) must read this one, not the project's default.
+        os.environ["SWARM_POOL_CONFIG"] = str(args.config.resolve())
 
     from swarm_pool.pool.orphans import OrphanReaper, set_child_subreaper
     from swarm_pool.pool.process import launched_pids
@@ -69,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    engine = start_worker_engine(paths, config)
+    engines: list[Any] = []
+    # The engine starts once this supervisor holds the pool lock (a second daemon that
+    # loses the race never runs one); if it cannot start, the start fails with why.
+    supervisor.on_locked = lambda: engines.append(start_worker_engine(paths, config))
+    # Busy is not dead: the engine knows which workers run on which instance even when
+    # the instance is too loaded to say.
+    supervisor.busy_hint = lambda name: engines[0].busy_on(name) if engines else None
     try:
         return supervisor.run()
     except PoolAlreadyRunningError as e:
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("supervisor crashed")
         return EXIT_FAILED
     finally:
-        if engine is not None:
+        for engine in engines:
             engine.stop()
 
 
@@ -94,9 +104,9 @@ def start_worker_engine(paths: ProjectPaths, config: Config) -> Any:
     """
     try:
         from swarm_pool.swarm.engine import Engine
-    except ImportError:
-        return None
-    return Engine(paths, config, owner_pid=os.getpid()).start()
+    except ImportError as e:
+        raise EngineStartError(f"the worker engine cannot be imported: {e}") from e
+    return Engine(paths, config, owner_pid=os.getpid()).open().start()
 
 
 if __name__ == "__main__":

@@ -18,11 +18,19 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── PoolError
     │   ├── PoolAlreadyRunningError
     │   ├── PoolNotRunningError
+    │   │   └── EngineNotRunningError  the pool runs, its worker engine does not
+    │   ├── EngineStartError        the worker engine cannot start (the daemon exits)
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
+    │   ├── OpenCodeNotSentError    never reached the server (connect refused, pool slot
+    │   │                           gone): nothing happened, another instance may take it
+    │   ├── OpenCodeUnknownOutcomeError  sent, then no answer (read timeout, cut off):
+    │   │                           it may have happened; look before acting again
+    │   └── OpenCodeStatusError     the server answered with an error status
     ├── GatewayError                the gateway cannot serve a request
     │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
+    │   ├── StoreUnavailableError   the store's server cannot be reached (retry later)
     │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
@@ -106,12 +114,36 @@ class PoolNotRunningError(PoolError):
     pass
 
 
+class EngineNotRunningError(PoolNotRunningError):
+    """The pool runs but its worker engine does not: queued work would never start."""
+
+
+class EngineStartError(PoolError):
+    """The worker engine cannot start, so the daemon refuses to run the pool."""
+
+
 class UnknownInstanceError(PoolError):
     pass
 
 
 class OpenCodeError(SwarmPoolError):
     pass
+
+
+class OpenCodeNotSentError(OpenCodeError):
+    """The request never reached the server (httpx's ConnectError and kin)."""
+
+
+class OpenCodeUnknownOutcomeError(OpenCodeError):
+    """The request was sent but no answer came back (httpx's ReadTimeout and kin)."""
+
+
+class OpenCodeStatusError(OpenCodeError):
+    """The server answered with an error status (httpx's HTTPStatusError)."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class GatewayError(SwarmPoolError):
@@ -129,6 +161,11 @@ class InstanceUnavailableError(GatewayError):
 
 class StoreError(SwarmPoolError):
     pass
+
+
+class StoreUnavailableError(StoreError):
+    """The store's database server refused or dropped the connection: nothing was
+    written by the call that raised this, unless it was a commit whose answer was lost."""
 
 
 class StoreCorruptError(StoreError):

@@ -147,6 +147,7 @@ def test_tools_and_input_schemas(project: Project) -> None:
                 "progress_percent",
                 "message",
                 "files_touched",
+                "attempt",
             }
             assert required["swarm_complete"] == {"bead_id", "summary", "files_touched"}
             pct = tools["swarm_progress"].input_schema["properties"]["progress_percent"]

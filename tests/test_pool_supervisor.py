@@ -157,6 +157,7 @@ def test_kill9_restarts_on_the_same_port_then_stop_cleans_up(
     again = pool.record("oc-1")
     assert again.port == first.port
     assert again.restarts == 1
+    assert len(again.restarted_at) == 1  # the router avoids it while it settles
     assert again.last_exit.signal == signal.SIGKILL
     assert pool.record("oc-2").restarts == 0
     # The state file follows the supervisor.

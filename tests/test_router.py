@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from swarm_pool.swarm.router import InstanceSlot, busy_counts, choose_instance
+from swarm_pool.config import Config
+from swarm_pool.swarm.router import InstanceSlot, Steadiness, busy_counts, choose_instance
 
 
 def slot(name: str, state: str = "ready", **kw: object) -> InstanceSlot:
@@ -66,3 +67,56 @@ def test_dedicated_instances_are_private() -> None:
 
 def test_busy_counts() -> None:
     assert busy_counts(["a", "b", "a", ""]) == {"a": 2, "b": 1}
+
+
+# --- steadiness: a restarted or flapping instance comes last ----------------------------
+
+NOW = 10_000.0
+STEADY = Steadiness(settle_s=30.0, flap_restarts=2, flap_window_s=120.0)
+
+
+def test_restarted_moments_ago_is_avoided_while_another_is_ready() -> None:
+    pool = [slot("a", restarted_at=(NOW - 5,)), slot("b")]
+    # b is busier, but a was restarted 5 s ago.
+    chosen = choose_instance(pool, {"a": 0, "b": 3}, 4, steadiness=STEADY, now=NOW)
+    assert chosen is not None and chosen.name == "b"
+    # Once settled (31 s later) the least busy wins again.
+    chosen = choose_instance(pool, {"a": 0, "b": 3}, 4, steadiness=STEADY, now=NOW + 26)
+    assert chosen is not None and chosen.name == "a"
+
+
+def test_flapping_is_avoided_for_the_whole_flap_window() -> None:
+    flapping = slot("a", restarted_at=(NOW - 100, NOW - 60))
+    pool = [flapping, slot("b")]
+    chosen = choose_instance(pool, {"b": 3}, 4, steadiness=STEADY, now=NOW)
+    assert chosen is not None and chosen.name == "b"
+    # The first restart leaves the 120 s window: one recent restart, long settled.
+    chosen = choose_instance(pool, {"b": 3}, 4, steadiness=STEADY, now=NOW + 21)
+    assert chosen is not None and chosen.name == "a"
+
+
+def test_unsteady_instances_still_take_work_when_nothing_else_can() -> None:
+    pool = [slot("a", restarted_at=(NOW - 1,)), slot("b", restarted_at=(NOW - 2, NOW - 3))]
+    chosen = choose_instance(pool, {"a": 1}, 4, steadiness=STEADY, now=NOW)
+    assert chosen is not None and chosen.name == "b"  # both unsteady: fewest busy
+    full = [slot("a", restarted_at=(NOW - 1,)), slot("b", state="backoff")]
+    chosen = choose_instance(full, {}, 4, steadiness=STEADY, now=NOW)
+    assert chosen is not None and chosen.name == "a"
+
+
+def test_steadiness_ranks_before_avoid_and_is_off_without_it() -> None:
+    pool = [slot("a", restarted_at=(NOW - 1,)), slot("b")]
+    chosen = choose_instance(pool, {}, 4, avoid={"b"}, steadiness=STEADY, now=NOW)
+    assert chosen is not None and chosen.name == "b"
+    chosen = choose_instance(pool, {}, 4, avoid={"b"}, now=NOW)
+    assert chosen is not None and chosen.name == "a"
+    off = Steadiness(settle_s=0.0, flap_restarts=0, flap_window_s=120.0)
+    chosen = choose_instance(pool, {}, 4, steadiness=off, now=NOW)
+    assert chosen is not None and chosen.name == "a"
+
+
+def test_steadiness_comes_from_the_config() -> None:
+    config = Config.model_validate(
+        {"pool": {"avoid_restarted_s": 7.0, "avoid_flapping_restarts": 3}}
+    )
+    assert Steadiness.from_config(config) == Steadiness(7.0, 3, 120.0)

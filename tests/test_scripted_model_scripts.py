@@ -114,6 +114,7 @@ def test_default_script_writes_only_literal_owned_files() -> None:
         "bead_id": "bd-abc123.2",
         "summary": "scripted worker wrote 2 file(s) for bd-abc123.2",
         "files_touched": ["src/a.py", "b.txt"],
+        "attempt": 1,
     }
     assert plan.final_text == "Done with bd-abc123.2."
 

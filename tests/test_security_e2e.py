@@ -113,13 +113,13 @@ def sleepers(root: Path, marker: str) -> list[psutil.Process]:
     return found
 
 
-# A worker whose shell leaves behind one `setsid` sleeper and one double-forked sleeper,
-# then keeps its own command running (sleep 600) so its shell is a live descendant.
+# A worker whose shell leaves behind one `setsid` sleeper and one double-forked sleeper
+# (both outlive the command, so they are re-parented away from the instance's tree).
 DETACH = (
     "env > {worktree}/agent-env.txt; "
     "setsid sleep 1000 >/dev/null 2>&1 </dev/null & "
     "(sleep 1001 >/dev/null 2>&1 </dev/null &); "
-    "sleep 600"
+    "echo detached"
 )
 
 
@@ -183,19 +183,32 @@ def test_demo_plan_runs_behind_a_dead_proxy(proxied: tuple[Path, ProjectPaths]) 
     assert git(root, "cat-file", "-t", "main:wordcount/core.py") == "blob"
 
 
-def _no_password_below_instances(paths: ProjectPaths, marker: str) -> list[psutil.Process]:
-    """Checks that no instance descendant, and no detached sleeper, holds a password."""
+def _no_password_below_instances(ctx: SwarmContext, bead: str) -> list[psutil.Process]:
+    """Checks that no instance descendant, and neither detached sleeper, holds a password;
+    returns the sleepers once both were re-parented to the supervisor."""
+    paths = ctx.paths
     state = read_state(paths.state_file)
     assert state is not None
     secrets = [rec.password for rec in state.opencode()]
     root = paths.root
-    wait_for(lambda: len(sleepers(root, marker)) == 1, timeout=120)
+    assert state.supervisor is not None
+    sup = state.supervisor.pid
+
+    def detached() -> bool:
+        procs = sleepers(root, "1000") + sleepers(root, "1001")
+        return len(procs) == 2 and {p.ppid() for p in procs} == {sup}
+
+    try:
+        # The supervisor is their subreaper: both are re-parented to it, not to init.
+        wait_for(detached, timeout=120)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the worker's tools: {tool_outputs(ctx, bead)}") from e
     below: dict[int, psutil.Process] = {}
     for rec in state.opencode():
         assert rec.pid is not None
         for proc in psutil.Process(rec.pid).children(recursive=True):
             below[proc.pid] = proc
-    for proc in sleepers(root, "1000") + sleepers(root, "1001") + sleepers(root, marker):
+    for proc in sleepers(root, "1000") + sleepers(root, "1001"):
         below[proc.pid] = proc
     kinds = set()
     for proc in below.values():
@@ -218,21 +231,26 @@ def test_agents_hold_no_password_and_stop_leaves_no_orphan(
     root, paths = proxied
     ctx = context(root, paths)
     try:
-        bead = spawn_one(ctx, "detach", ["env.txt"], [init(), bash(DETACH, 600_000)])
-        detached = _no_password_below_instances(paths, "600")
+        bead = spawn_one(ctx, "detach", ["env.txt"], [init(), bash(DETACH)])
+        detached = _no_password_below_instances(ctx, bead)
         assert len(detached) == 2
         worker = ctx.store.workers.get(bead)
         assert worker is not None and worker.worktree
-        env_seen = Path(worker.worktree, "agent-env.txt").read_text()
-        assert "OPENCODE_SERVER_PASSWORD" not in env_seen and POOL_TAG_ENV in env_seen
+        # What `env` printed in the agent's own shell.
+        env_seen = Path(worker.worktree, "agent-env.txt").read_text().splitlines()
+        assert not [line for line in env_seen if line.startswith("OPENCODE_SERVER_PASSWORD=")]
+        assert any(line.startswith(POOL_TAG_ENV + "=") for line in env_seen)
+        state = read_state(paths.state_file)
+        assert state is not None
+        assert not any(rec.password in line for rec in state.opencode() for line in env_seen)
     finally:
         ctx.store.close()
     state = read_state(paths.state_file)
-    assert state is not None and state.supervisor is not None
-    # The supervisor is their subreaper: both were re-parented to it, not to init.
-    assert {p.ppid() for p in detached} == {state.supervisor.pid}
+    assert state is not None
     out = cli("stop", "--json", project=root, env=PROXY_ENV, session_scoped=True)
     assert out.returncode == 0, out.stderr
+    # The live supervisor took them down itself: the tag sweep found nothing left.
+    assert json.loads(out.stdout)["swept"] == [], out.stdout
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in detached)
     assert pool_processes(root) == [] and tagged(state.tag) == []
 
@@ -244,8 +262,8 @@ def test_no_orphan_after_stop_with_the_supervisor_killed(
     state = start(root, paths)
     ctx = context(root, paths)
     try:
-        spawn_one(ctx, "detach again", ["env.txt"], [init(), bash(DETACH, 600_000)])
-        detached = _no_password_below_instances(paths, "600")
+        bead = spawn_one(ctx, "detach again", ["env.txt"], [init(), bash(DETACH)])
+        detached = _no_password_below_instances(ctx, bead)
     finally:
         ctx.store.close()
     assert state.supervisor is not None

@@ -76,3 +76,36 @@ def test_demo_plan_starts_a_pool_merges_everything_and_stops_it(tmp_path: Path) 
     # the pool this run started is gone again, and merged worktrees were cleaned up
     assert pool_processes(root) == []
     assert not list((root / ".swarm" / "worktrees").glob("bd-*"))
+
+
+@pytest.mark.e2e
+def test_run_that_fails_after_starting_a_pool_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the pool is up (forced here by a fault in the run itself) leaves
+    nothing running: the pool this run started is stopped before the error surfaces."""
+    from swarm_pool.config import load_config
+    from swarm_pool.errors import WorkerError
+    from swarm_pool.paths import ProjectPaths
+    from swarm_pool.pool.state import read_state
+    from swarm_pool.swarm import runner
+
+    root = project(tmp_path / "proj")
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[epic]\ntitle = "e"\n[[tasks]]\nid = "a"\ntitle = "A"\nfiles = ["a"]\n')
+    started: list[int] = []
+
+    def fail_after_start(*args: object, **kw: object) -> None:
+        started.extend(p.pid for p in pool_processes(root))
+        raise WorkerError("injected: the run failed after its pool started")
+
+    monkeypatch.setattr(runner, "_run", fail_after_start)
+    monkeypatch.setenv("SWARM_POOL_OPENCODE__MODEL", '"x/y"')  # no prompts: no model child
+    paths = ProjectPaths(root)
+    config = load_config(project_root=root)
+    with pytest.raises(WorkerError, match="injected"):
+        runner.run_plan_file(paths, config, plan, size=1)
+    assert len(started) >= 2  # the supervisor and its instance were up
+    assert pool_processes(root) == []
+    state = read_state(paths.state_file)
+    assert state is not None and state.phase == "stopped"

@@ -38,6 +38,12 @@ def _print_table(status: dict[str, Any]) -> None:
     running = "running" if sup["running"] else "not running"
     console.print(f"supervisor: pid {_fmt(sup['pid'])} ({running}) - {status['project']}")
     console.print(f"sandbox: {sup.get('sandbox', 'off')}", markup=False)
+    engine = status.get("engine")
+    if engine is not None:
+        state = "alive" if engine["alive"] else "NOT RUNNING"
+        detail = f", queue {engine['queue']}, last tick {_fmt(engine['last_tick_s'])}s ago"
+        error = f" ({engine['error']})" if engine.get("error") else ""
+        console.print(f"engine: {state}{detail if engine['pid'] else ''}{error}", markup=False)
     table = Table(show_header=True, header_style="bold")
     columns = ["name", "kind", "state", "url", "pid", "restarts", "uptime_s", "last_sign_s"]
     columns += ["rss_mb", "cpu_percent", "busy_sessions"]
@@ -58,8 +64,19 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "ok"}
 
 
+def _with_engine(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
+    """The pool's status plus its worker engine's (alive, queue, last tick), when a
+    supervisor runs: queued work only moves while the engine does."""
+    from swarm_pool.swarm.engine_state import engine_status
+
+    if result["supervisor"].get("running"):
+        result["engine"] = engine_status(app.paths, app.config.workers.engine_stale_s)
+        result["ok"] = result["ok"] and result["engine"]["alive"]
+    return result
+
+
 def _show_status(app: AppContext, as_json: bool) -> None:
-    result = api.pool_status(app.paths)
+    result = _with_engine(app, api.pool_status(app.paths))
     if as_json:
         echo_json(_public(result))
     else:
@@ -89,8 +106,9 @@ def start(app: AppContext, size: int | None, as_json: bool, gateway: bool) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @project_options
 def status(app: AppContext, as_json: bool) -> None:
-    """Show the pool; exit 0 only when it runs and every instance is ready."""
-    result = api.pool_status(app.paths)
+    """Show the pool; exit 0 only when it runs, every instance is ready and the worker
+    engine is alive."""
+    result = _with_engine(app, api.pool_status(app.paths))
     if as_json:
         echo_json(_public(result))
     elif not result["instances"] and result["supervisor"]["pid"] is None:

@@ -26,17 +26,9 @@ from swarm_pool.swarm.status import GROUPS, PollResult
 
 
 @contextmanager
-def swarm_context(app: AppContext, *, create: bool = False) -> Iterator[SwarmContext]:
-    """The core's context over the project's store; only ``create`` makes a new store."""
-    if create:
-        from swarm_pool.store import open_project_store
-
-        store = open_project_store(app.paths, app.config)
-        try:
-            yield SwarmContext(paths=app.paths, config=app.config, store=store)
-        finally:
-            store.close()
-        return
+def swarm_context(app: AppContext) -> Iterator[SwarmContext]:
+    """The core's context over the project's store, which must exist already: even
+    ``spawn`` needs the bead's cell, so no worker command creates a store."""
     with existing_store(app) as store:
         yield SwarmContext(paths=app.paths, config=app.config, store=store)
 
@@ -105,7 +97,7 @@ def spawn(
     """Start a worker for BEAD_ID without waiting for it."""
     from swarm_pool.swarm.workers import spawn_async
 
-    with swarm_context(app, create=True) as ctx:
+    with swarm_context(app) as ctx:
         result = spawn_async(
             ctx,
             bead_id,

@@ -133,6 +133,12 @@ class ProgressArgs(ToolArgs):
     files_touched: list[str] = Field(
         default_factory=list, description="Files changed so far.", max_length=MAX_PATHS
     )
+    attempt: int | None = Field(
+        None,
+        ge=1,
+        description="Your attempt number, from your contract. A report from an older "
+        "attempt is recorded as stale and changes nothing.",
+    )
 
     _paths = field_validator("files_touched")(_check_paths)
 
@@ -143,6 +149,12 @@ class CompleteArgs(ToolArgs):
     files_touched: list[str] = Field(
         description="Every file you created, changed or deleted, relative to the project root.",
         max_length=MAX_PATHS * 5,
+    )
+    attempt: int | None = Field(
+        None,
+        ge=1,
+        description="Your attempt number, from your contract. A report from an older "
+        "attempt is recorded as stale and changes nothing.",
     )
 
     _paths = field_validator("files_touched")(_check_paths)

@@ -11,11 +11,14 @@ reservations and sets the cell status in a single transaction.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from swarm_pool import faults
 from swarm_pool.config import Config, load_config
+from swarm_pool.errors import WorkerStateError
 from swarm_pool.mcp.identity import Identity, IdentityError, default_agent_name, to_project_path
 from swarm_pool.mcp.registry import ToolCallError, ToolSpec
 from swarm_pool.mcp.runtime import Runtime
@@ -40,6 +43,8 @@ from swarm_pool.store.events import (
     WorkerProgress,
     now_ms,
 )
+from swarm_pool.store.lifecycle import REPORTABLE
+from swarm_pool.store.workers import WorkerView
 
 _PREVIEW_CHARS = 200
 
@@ -236,49 +241,86 @@ async def swarmmail_ack(rt: Runtime, args: MessageArgs) -> dict[str, Any]:
 # --- progress and completion ----------------------------------------------------------
 
 
-def _worker_fields(store: Store, bead_id: str) -> dict[str, Any]:
-    worker = store.workers.get(bead_id)
+def _stamp(worker: WorkerView | None, attempt: int | None) -> dict[str, Any]:
+    """The attempt and session a report belongs to: the caller's attempt if it said so
+    (an older one is recorded as stale), else the worker's current one."""
     if worker is None:
-        return {}
+        return {"attempt": attempt or 1}
+    if attempt is not None and attempt != worker.attempt:
+        return {"attempt": attempt}
     return {"session_id": worker.session_id, "attempt": max(1, int(worker.attempt or 1))}
+
+
+def _is_stale(worker: WorkerView | None, attempt: int | None) -> bool:
+    return worker is not None and attempt is not None and attempt < worker.attempt
+
+
+def _refuse_finished(worker: WorkerView | None, bead_id: str) -> None:
+    if worker is not None and worker.status not in REPORTABLE:
+        raise ToolCallError(
+            f"bead {bead_id}'s worker is {worker.status} (attempt {worker.attempt}); "
+            "nothing recorded"
+        )
 
 
 async def swarm_progress(rt: Runtime, args: ProgressArgs) -> dict[str, Any]:
     def run(store: Store) -> dict[str, Any]:
         me = rt.identity_for_bead(store, args.bead_id)
         assert me.epic_id is not None
+        epic_id = me.epic_id
         cell = store.hive.get_cell(args.bead_id)
         if cell.status == "closed":
             raise ToolCallError(f"bead {args.bead_id} is already closed")
         files = [to_project_path(p, store, me.worktree) for p in args.files_touched]
-        events: list[Event] = [
-            WorkerProgress(
-                bead_id=args.bead_id,
-                epic_id=me.epic_id,
-                progress_percent=args.progress_percent,
-                message=args.message,
-                files_touched=files,
-                **_worker_fields(store, args.bead_id),
-            )
-        ]
-        if cell.status != "in_progress":
-            events.append(
-                CellStatusChanged(
-                    cell_id=args.bead_id,
-                    epic_id=me.epic_id,
-                    status="in_progress",
-                    reason=f"progress reported by {me.agent}",
+        stale = False
+
+        def build(worker: WorkerView | None) -> list[Event]:
+            nonlocal stale
+            stale = _is_stale(worker, args.attempt)
+            if not stale:
+                _refuse_finished(worker, args.bead_id)
+            events: list[Event] = [
+                WorkerProgress(
+                    bead_id=args.bead_id,
+                    epic_id=epic_id,
+                    progress_percent=args.progress_percent,
+                    message=args.message,
+                    files_touched=files,
+                    **_stamp(worker, args.attempt),
                 )
-            )
-        seqs = store.append_many(events)
+            ]
+            if cell.status != "in_progress" and not stale:
+                events.append(
+                    CellStatusChanged(
+                        cell_id=args.bead_id,
+                        epic_id=epic_id,
+                        status="in_progress",
+                        reason=f"progress reported by {me.agent}",
+                    )
+                )
+            return events
+
+        seqs = _change(store, args.bead_id, build)
         return {
-            "recorded": True,
+            "recorded": not stale,
+            "stale": stale,
             "bead_id": args.bead_id,
             "progress_percent": args.progress_percent,
             "seq": seqs[0],
         }
 
     return await rt.in_store(run)
+
+
+def _change(
+    store: Store, bead_id: str, build: Callable[[WorkerView | None], list[Event]]
+) -> list[int]:
+    try:
+        seqs = store.change_worker(bead_id, build)
+    except WorkerStateError as e:
+        raise ToolCallError(f"not recorded: {e}") from e
+    assert seqs is not None
+    return seqs
 
 
 @dataclass(frozen=True)
@@ -331,14 +373,14 @@ def _record_completion(
             else f"check command failed (exit code {result.check.get('exit_code')})"
         )
     duration_ms = max(0, now_ms() - int(prep.spawned_at)) if prep.spawned_at else None
-    held = [
-        r
-        for r in store.reservations.active()
-        if r.holder == prep.me.agent or r.bead_id == args.bead_id
-    ]
     cell_status: Literal["closed", "blocked"] = "closed" if status == "success" else "blocked"
-    events: list[Event] = [
-        WorkerCompleted(
+    stale = False
+    held: list[FileReleased] = []
+
+    def build(worker: WorkerView | None) -> list[Event]:
+        nonlocal stale, held
+        stale = _is_stale(worker, args.attempt)
+        completed = WorkerCompleted(
             bead_id=args.bead_id,
             epic_id=prep.epic_id,
             status=status,
@@ -348,26 +390,39 @@ def _record_completion(
             error=error,
             violations=result.violations(),
             verification=result.to_dict(),
-            **_worker_fields(store, args.bead_id),
-        ),
-        *(
-            FileReleased(
-                reservation_id=r.id,
-                holder=r.holder,
-                pattern=r.pattern,
-                reason=f"swarm_complete by {prep.me.agent}",
-            )
-            for r in held
-        ),
-        CellStatusChanged(
-            cell_id=args.bead_id,
-            epic_id=prep.epic_id,
-            status=cell_status,
-            reason=f"worker completed: {status}",
-        ),
-    ]
-    # One transaction: the completion, the releases and the cell status land together.
-    seqs = store.append_many(events)
+            **_stamp(worker, args.attempt),
+        )
+        if stale:
+            # Kept in the log as stale; the newer attempt, its files and bead are untouched.
+            held = []
+            return [completed]
+        _refuse_finished(worker, args.bead_id)
+        held = store.reservations.release_events(
+            args.bead_id, prep.me.agent, f"swarm_complete by {prep.me.agent}"
+        )
+        return [
+            completed,
+            *held,
+            CellStatusChanged(
+                cell_id=args.bead_id,
+                epic_id=prep.epic_id,
+                status=cell_status,
+                reason=f"worker completed: {status}",
+            ),
+        ]
+
+    # One transaction: the completion, the releases and the cell status land together,
+    # and only if the worker is still what was read (a timeout may race it).
+    seqs = _change(store, args.bead_id, build)
+    if stale:
+        return {
+            "accepted": False,
+            "stale": True,
+            "status": status,
+            "bead_id": args.bead_id,
+            "error": f"attempt {args.attempt} is not the bead's current attempt; recorded as stale",
+            "seq": seqs[0],
+        }
     return {
         "accepted": status == "success",
         "status": status,
@@ -378,6 +433,7 @@ def _record_completion(
         "check": result.check,
         "changed_files": result.changed,
         "released": [r.pattern for r in held],
+        "stale": False,
         "seq": seqs[0],
     }
 
@@ -397,6 +453,7 @@ async def swarm_complete(rt: Runtime, args: CompleteArgs) -> dict[str, Any]:
             check_timeout_s=workers.check_timeout_s,
         )
     )
+    await rt.in_thread(lambda: faults.point("complete.before_record"))
     return await rt.in_store(lambda store: _record_completion(store, args, prep, result))
 
 

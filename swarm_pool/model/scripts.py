@@ -184,6 +184,7 @@ def default_worker_script() -> Script:
                     "bead_id": "{bead_id}",
                     "progress_percent": 50,
                     "message": "wrote {literal_count} file(s)",
+                    "attempt": "{attempt}",
                 },
             ),
             Step(
@@ -192,6 +193,7 @@ def default_worker_script() -> Script:
                     "bead_id": "{bead_id}",
                     "summary": "scripted worker wrote {literal_count} file(s) for {bead_id}",
                     "files_touched": "{literal_files}",
+                    "attempt": "{attempt}",
                 },
             ),
         ]
@@ -249,6 +251,8 @@ def expand(value: Any, values: Mapping[str, Any]) -> Any:
         whole = _PLACEHOLDER_RE.fullmatch(value)
         if whole and whole.group(1) in _LIST_PLACEHOLDERS:
             return list(values[whole.group(1)])
+        if whole and isinstance(values.get(whole.group(1)), int):
+            return values[whole.group(1)]  # "{attempt}" stays a number
 
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)

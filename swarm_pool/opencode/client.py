@@ -2,7 +2,10 @@
 
 It owns auth (HTTP Basic as ``opencode`` with the instance's password), the few routes swarm-pool
 uses, and the SSE event stream. Transport errors and bad answers are mapped to
-``OpenCodeError`` here, so callers never see httpx exceptions. The transport is
+``OpenCodeError`` here, so callers never see httpx exceptions, split the way httpx splits
+them by what the caller may do next: never sent (``OpenCodeNotSentError``, safe to try
+another instance), sent without an answer (``OpenCodeUnknownOutcomeError``, look first),
+or answered with an error status (``OpenCodeStatusError``). The transport is
 injectable: unit tests pass ``httpx.MockTransport``; integration tests use a real server.
 """
 
@@ -15,14 +18,27 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from swarm_pool.errors import OpenCodeError
+from swarm_pool.errors import (
+    OpenCodeError,
+    OpenCodeNotSentError,
+    OpenCodeStatusError,
+    OpenCodeUnknownOutcomeError,
+)
 
 USERNAME = "opencode"
-# OpenCode takes its server password only from this env var (checked against 1.18.33).
-PASSWORD_ENV = "OPENCODE_SERVER_PASSWORD"
-# What an instance holds in its env that no process started for an agent may inherit
-# (the MCP server, the bash tool's shell): opencode/config.py and opencode/shell.py drop it.
-SECRET_ENV = (PASSWORD_ENV,)
+
+# The httpx errors raised before a single byte of the request left (or with no
+# connection to send it on): the server cannot have acted on it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def transport_error(message: str, error: Exception) -> OpenCodeError:
+    """Ours for an httpx transport error: not sent, or an unknown outcome."""
+    if isinstance(error, _NOT_SENT):
+        return OpenCodeNotSentError(message)
+    if isinstance(error, httpx.TransportError):
+        return OpenCodeUnknownOutcomeError(message)
+    return OpenCodeError(message)
 
 
 class OpenCodeClient:
@@ -77,10 +93,11 @@ class OpenCodeClient:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as e:
-            raise OpenCodeError(f"{method} {self.base_url}{path} failed: {e!r}") from e
+            raise transport_error(f"{method} {self.base_url}{path} failed: {e!r}", e) from e
         if resp.status_code not in ok:
-            raise OpenCodeError(
-                f"{method} {self.base_url}{path} answered {resp.status_code}: {resp.text[:300]}"
+            raise OpenCodeStatusError(
+                f"{method} {self.base_url}{path} answered {resp.status_code}: {resp.text[:300]}",
+                status_code=resp.status_code,
             )
         return resp
 
@@ -137,6 +154,11 @@ class OpenCodeClient:
         """``{session_id: {"type": "busy"|"retry"|...}}``; idle sessions are absent."""
         data = self._json("GET", "/session/status", directory=directory)
         return data if isinstance(data, dict) else {}
+
+    def sessions(self, directory: str | None = None) -> list[dict[str, Any]]:
+        """The instance's sessions (those of ``directory`` if given)."""
+        data = self._json("GET", "/session", directory=directory)
+        return [s for s in data if isinstance(s, dict)] if isinstance(data, list) else []
 
     def get_session(self, session_id: str, directory: str | None = None) -> dict[str, Any]:
         data = self._json("GET", f"/session/{session_id}", directory=directory)
@@ -202,12 +224,15 @@ class OpenCodeClient:
         timeout = httpx.Timeout(10.0, read=read_timeout)
         try:
             with connect_sse(self._http, "GET", path, timeout=timeout) as source:
-                if source.response.status_code != 200:
-                    raise OpenCodeError(f"GET {path} answered {source.response.status_code}")
+                code = source.response.status_code
+                if code != 200:
+                    raise OpenCodeStatusError(f"GET {path} answered {code}", status_code=code)
                 for sse in source.iter_sse():
                     if sse.data:
                         yield sse.data
-        except (httpx.HTTPError, SSEError) as e:
+        except httpx.HTTPError as e:
+            raise transport_error(f"event stream {self.base_url}{path} broke: {e!r}", e) from e
+        except SSEError as e:
             raise OpenCodeError(f"event stream {self.base_url}{path} broke: {e!r}") from e
 
     def events(self, *, global_stream: bool = True, read_timeout: float = 30.0) -> Iterator[Any]:

@@ -61,6 +61,8 @@ class ChildRecord(_Model):
     reason: str = ""  # why it is unhealthy, in backoff or fatal
     # Wall clock of its last sign of life (an answer or an event on its stream).
     last_sign_at: float | None = None
+    # Wall clock of its restarts within the supervisor's flap window (for the router).
+    restarted_at: list[float] = Field(default_factory=list)
     password: str = ""  # this instance's own HTTP Basic password ("" for the model)
 
     @property

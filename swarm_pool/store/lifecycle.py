@@ -12,7 +12,8 @@ the event, with no SQL, so every recorder inherits them.
 The table (event -> status it leads to, from which statuses):
 
 - ``worker_queued``: none/completed/needs_review/failed -> pending (a new attempt),
-  pending -> pending (the same attempt queued again);
+  pending/dispatching -> pending (the same attempt queued again; from dispatching when
+  its session was never prompted and is gone);
 - ``worker_retried``: failed -> pending (the next attempt);
 - ``worker_session_created``: pending -> dispatching (the session exists, not prompted);
 - ``worker_spawned``: pending/dispatching -> running (this attempt), and
@@ -23,7 +24,9 @@ The table (event -> status it leads to, from which statuses):
 - ``worker_completed``: dispatching/running/blocked/needs_review -> completed | failed |
   blocked;
 - ``worker_needs_review``: running -> needs_review;
-- ``worker_failed``: pending/dispatching/running/blocked -> failed.
+- ``worker_failed``: pending/dispatching/running/blocked -> failed;
+- and on a bead with no worker, ``worker_progress``/``worker_blocked``/
+  ``worker_completed`` start one (an agent run by hand, not by the pool, reports in).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ IN_FLIGHT = frozenset({S.DISPATCHING, S.RUNNING, S.BLOCKED})
 ACTIVE = frozenset({S.RUNNING, S.BLOCKED})
 # Only a new attempt leaves these.
 TERMINAL = frozenset({S.COMPLETED, S.NEEDS_REVIEW, S.FAILED})
+# ... in these its session may still report progress or completion.
+REPORTABLE = frozenset({S.DISPATCHING, S.RUNNING, S.BLOCKED, S.NEEDS_REVIEW})
 # Work that review may look at and merge.
 MERGEABLE = frozenset({S.COMPLETED, S.NEEDS_REVIEW})
 
@@ -75,7 +80,7 @@ WORKER_EVENTS = frozenset(
 _NEW_ATTEMPT_FROM = frozenset({None, *TERMINAL})
 # event type -> statuses it may act on within the worker's current attempt.
 _SAME_ATTEMPT_FROM: dict[str, frozenset[WorkerStatus | None]] = {
-    "worker_queued": frozenset({S.PENDING}),
+    "worker_queued": frozenset({S.PENDING, S.DISPATCHING}),
     "worker_session_created": frozenset({S.PENDING}),
     "worker_spawned": frozenset({S.PENDING, S.DISPATCHING}),
     "worker_progress": frozenset({S.DISPATCHING, S.RUNNING, S.BLOCKED, S.NEEDS_REVIEW}),
@@ -89,6 +94,10 @@ _NEXT_ATTEMPT_FROM: dict[str, frozenset[WorkerStatus | None]] = {
     "worker_queued": _NEW_ATTEMPT_FROM,
     "worker_retried": frozenset({S.FAILED}),
     "worker_spawned": _NEW_ATTEMPT_FROM,
+    # An agent started by hand (not by the pool) reports on a bead with no worker yet.
+    "worker_progress": frozenset({None}),
+    "worker_blocked": frozenset({None}),
+    "worker_completed": frozenset({None}),
 }
 _COMPLETED_TO = {"success": S.COMPLETED, "failed": S.FAILED, "blocked": S.BLOCKED}
 _TARGET = {

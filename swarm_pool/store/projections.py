@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from swarm_pool.errors import HiveError, MailError, NotFoundError, VersionConflictError
 from swarm_pool.store import events as ev
 from swarm_pool.store.globs import has_magic
-from swarm_pool.store.lifecycle import WORKER_EVENTS, decide
+from swarm_pool.store.lifecycle import WORKER_EVENTS, WorkerStatus, decide
 
 if TYPE_CHECKING:
     from swarm_pool.store.recorder import Reader, Writer
@@ -159,6 +159,15 @@ SESSION_INSTANCES = (
 )
 
 
+# Time spent blocked (waiting for a human), migration 5: a worker's timeout counts its
+# running time only. ``blocked_since`` is set while blocked, ``blocked_ms`` sums the
+# attempt's finished blocked spells.
+WORKER_BLOCKED_TIME = (
+    "ALTER TABLE workers ADD COLUMN blocked_since INTEGER",
+    "ALTER TABLE workers ADD COLUMN blocked_ms INTEGER NOT NULL DEFAULT 0",
+)
+
+
 def pattern_prefix(pattern: str) -> str:
     """The literal leading segments of a normalized pattern ("" if it starts with glob
     syntax)."""
@@ -204,6 +213,12 @@ def clear(w: Writer) -> None:
 def dump(r: Reader) -> dict[str, list[dict[str, Any]]]:
     """Every projection row, ordered by key: what ``rebuild`` must reproduce."""
     return {t: r.query(f"SELECT * FROM {t} ORDER BY {key}") for t, key in TABLES.items()}
+
+
+def touches(event: ev.Event) -> bool:
+    """Whether ``apply`` would change anything for this event (a recorder may record an
+    event that touches nothing by a shorter path)."""
+    return event.type in _HANDLERS
 
 
 def apply(w: Writer, seq: int, event: ev.Event) -> None:
@@ -298,6 +313,8 @@ _WORKER_COLUMNS = (
     "duration_ms",
     "last_seq",
     "version",
+    "blocked_since",
+    "blocked_ms",
 )
 _UPSERT_WORKER = (
     f"INSERT INTO workers ({', '.join(_WORKER_COLUMNS)})"
@@ -332,6 +349,8 @@ def _fresh_worker(e: ev.Event) -> dict[str, Any]:
         "duration_ms": None,
         "last_seq": 0,
         "version": 0,
+        "blocked_since": None,
+        "blocked_ms": 0,
     }
 
 
@@ -360,12 +379,22 @@ def _worker_event(w: Writer, seq: int, e: ev.Event) -> None:
         row["updated_at"] = e.timestamp
         if e.session_id is not None:
             row["session_id"] = e.session_id
+    _track_blocked_time(row, decision.status.value, e.timestamp)
     row["status"] = decision.status.value
     _apply_worker_change(row, e)
     row["attempt"] = max(e.attempt, row["attempt"])
     row["last_seq"] = seq
     row["version"] = (prev["version"] if prev is not None else 0) + 1
     _save_worker(w, row)
+
+
+def _track_blocked_time(row: dict[str, Any], status: str, now: int) -> None:
+    blocked = WorkerStatus.BLOCKED.value
+    if row["status"] == blocked and status != blocked and row["blocked_since"] is not None:
+        row["blocked_ms"] += max(0, now - int(row["blocked_since"]))
+        row["blocked_since"] = None
+    elif status == blocked and row["blocked_since"] is None:
+        row["blocked_since"] = now
 
 
 def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
@@ -381,7 +410,12 @@ def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
     elif isinstance(e, ev.WorkerQueued):
         row.update(worktree=e.worktree, files=dump_json(e.files), last_message=e.reason)
     elif isinstance(e, ev.WorkerSessionCreated):
-        row.update(instance=e.instance or row["instance"], worktree=e.worktree or row["worktree"])
+        # The intent's time stands for the spawn's until worker_spawned confirms it.
+        row.update(
+            instance=e.instance or row["instance"],
+            worktree=e.worktree or row["worktree"],
+            spawned_at=e.timestamp,
+        )
     elif isinstance(e, ev.WorkerRetried):
         row.update(
             error=None,

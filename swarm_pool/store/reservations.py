@@ -336,6 +336,15 @@ class Reservations:
                 out.append(ReservationView.from_row({**r, "expires_at": expires_at}))
             return out
 
+    def release_events(self, bead_id: str, holder: str, reason: str) -> list[FileReleased]:
+        """The events releasing everything ``holder`` or bead ``bead_id`` holds, for the
+        caller to append in the same transaction as the outcome that ends the work."""
+        return [
+            FileReleased(reservation_id=r.id, holder=r.holder, pattern=r.pattern, reason=reason)
+            for r in self.active()
+            if r.holder == holder or r.bead_id == bead_id
+        ]
+
     def active(self, holder: str | None = None) -> list[ReservationView]:
         """Unexpired reservations (of one holder), oldest first. Read-only."""
         now = now_ms()

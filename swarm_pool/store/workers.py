@@ -44,6 +44,9 @@ class WorkerView:
     duration_ms: int | None
     # Changes applied so far: what a conditional append passes as ``expect``.
     version: int = 0
+    # Time blocked on a human: finished spells, and the start of the current one.
+    blocked_ms: int = 0
+    blocked_since: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +80,16 @@ class WorkerView:
             completed_at=row["completed_at"],
             duration_ms=row["duration_ms"],
             version=row["version"],
+            blocked_ms=row["blocked_ms"],
+            blocked_since=row["blocked_since"],
         )
+
+    def running_ms(self, now: int) -> int:
+        """Time since the spawn minus time blocked on a human (what a timeout counts)."""
+        if self.spawned_at is None:
+            return 0
+        blocked = self.blocked_ms + (now - self.blocked_since if self.blocked_since else 0)
+        return max(0, now - self.spawned_at - blocked)
 
 
 class Workers:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from swarm_pool.errors import NotFoundError, WorkerError
+from swarm_pool.errors import NotFoundError, WorkerError, WorkerStateError
 from swarm_pool.store.events import WorkerProgress
+from swarm_pool.store.lifecycle import WorkerStatus
+from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 
 
@@ -23,7 +26,13 @@ def answer(
     if worker is None:
         raise NotFoundError(f"bead {bead_id} has no worker")
     blocked = ctx.last_event(bead_id, "worker_blocked")
-    if worker.status != "blocked" or blocked is None or not blocked.request_id:
+    if (
+        worker.status != WorkerStatus.BLOCKED
+        or blocked is None
+        or not blocked.request_id
+        or blocked.attempt != worker.attempt
+        or (blocked.session_id and blocked.session_id != worker.session_id)
+    ):
         raise WorkerError(f"worker {bead_id} is not waiting for an answer (status {worker.status})")
     if reply is not None and blocked.kind != "permission":
         raise WorkerError(f"worker {bead_id} asked a question; answer it with text")
@@ -40,19 +49,26 @@ def answer(
             )
     finally:
         client.close()
-    with ctx.lock(f"spawn-{bead_id}"):
-        current = ctx.store.workers.get(bead_id)
-        if current is not None and current.status == "blocked":
-            ctx.store.append(
-                WorkerProgress(
-                    bead_id=bead_id,
-                    epic_id=worker.epic_id,
-                    session_id=worker.session_id,
-                    attempt=worker.attempt,
-                    progress_percent=current.progress_percent or 0,
-                    message=f"resumed after {blocked.kind} reply",
-                )
+
+    def build(current: WorkerView | None) -> list[WorkerProgress] | None:
+        # Only the attempt that asked is resumed; the watcher may have seen the reply first.
+        if current is None or current.status != WorkerStatus.BLOCKED:
+            return None
+        if current.attempt != worker.attempt or current.session_id != worker.session_id:
+            return None
+        return [
+            WorkerProgress(
+                bead_id=bead_id,
+                epic_id=worker.epic_id,
+                session_id=worker.session_id,
+                attempt=worker.attempt,
+                progress_percent=current.progress_percent or 0,
+                message=f"resumed after {blocked.kind} reply",
             )
+        ]
+
+    with contextlib.suppress(WorkerStateError):
+        ctx.store.change_worker(bead_id, build)
     return {
         "bead_id": bead_id,
         "kind": blocked.kind,

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 import filelock
 
 from swarm_pool.config import Config
-from swarm_pool.errors import UnknownInstanceError, WorkerError
+from swarm_pool.errors import (
+    EngineNotRunningError,
+    PoolNotRunningError,
+    UnknownInstanceError,
+    WorkerError,
+)
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.swarm.router import InstanceSlot
@@ -97,14 +102,33 @@ class SwarmContext:
 
         return read_instances(self.paths)
 
-    def dispatcher_running(self) -> bool:
-        """Whether queued spawns will be dispatched: a supervisor (with its engine) runs
-        the pool. With injected instances (tests, embedding) the caller dispatches."""
+    def require_dispatcher(self, what: str) -> None:
+        """Raise unless queued spawns will be dispatched: a supervisor runs the pool and
+        its worker engine is alive (PoolNotRunningError, EngineNotRunningError). With
+        injected instances (tests, embedding) the caller dispatches."""
         if self.instances_fn is not None:
-            return bool(self.instances_fn())
+            if not self.instances_fn():
+                raise PoolNotRunningError(f"no instance to run {what} on")
+            return
+        from swarm_pool.swarm.engine_state import engine_status
         from swarm_pool.swarm.pool_view import pool_running
 
-        return pool_running(self.paths)
+        if not pool_running(self.paths):
+            raise PoolNotRunningError(
+                f"no running pool to run {what} on; start it with `swarm-pool start`"
+            )
+        engine = engine_status(self.paths, self.config.workers.engine_stale_s)
+        if not engine["alive"]:
+            why = engine["error"] or (
+                "no heartbeat"
+                if engine["pid"] is None
+                else f"last tick {engine['last_tick_s']}s ago"
+            )
+            raise EngineNotRunningError(
+                f"the pool runs but its worker engine does not ({why}), so {what} would "
+                f"never start; see {self.paths.supervisor_log}, then `swarm-pool stop` and "
+                "`swarm-pool start`"
+            )
 
     def instance(self, name: str) -> InstanceSlot:
         for slot in self.instances():

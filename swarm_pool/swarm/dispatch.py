@@ -3,23 +3,43 @@
 The engine in the supervisor daemon is the single dispatcher. ``dispatch`` asks the
 router for an instance, creates the session with ``directory=<worktree>`` (OpenCode
 bootstraps a new directory here, which takes one to a few seconds, so it is kept off the
-spawner's path), fires ``prompt_async`` and records ``worker_spawned``; a worker stays
-queued while the pool is full.
+spawner's path), records it (``worker_session_created``: the intent, before any prompt),
+fires ``prompt_async`` and records ``worker_spawned``; every append is conditional on the
+version it read, and a worker stays queued while the pool is full. What a crash or an
+unanswered request leaves half done, ``reconcile`` finishes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from swarm_pool.errors import OpenCodeError
-from swarm_pool.store.events import WorkerSpawned
+from swarm_pool import faults
+from swarm_pool.errors import (
+    OpenCodeError,
+    OpenCodeNotSentError,
+    OpenCodeUnknownOutcomeError,
+    WorkerStateError,
+)
+from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned
+from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
+from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import prompt_hash
-from swarm_pool.swarm.router import InstanceSlot, Routing, busy_counts, choose_instance
-from swarm_pool.swarm.spawn import IN_FLIGHT_STATUSES
-from swarm_pool.swarm.spec import load_spec
+from swarm_pool.swarm.router import (
+    InstanceSlot,
+    Routing,
+    Steadiness,
+    busy_counts,
+    choose_instance,
+)
+from swarm_pool.swarm.spec import PromptSpec, load_spec
+
+log = logging.getLogger(__name__)
 
 # In-process slot reservations: a dispatch holds one from routing until its
 # worker_spawned is in the store, so parallel dispatches never overfill an instance.
@@ -35,7 +55,7 @@ def _reserve(name: str, delta: int) -> None:
 
 
 def _busy(ctx: SwarmContext) -> dict[str, int]:
-    live = [w.instance for w in ctx.store.workers.list() if w.status in IN_FLIGHT_STATUSES]
+    live = [w.instance for w in ctx.store.workers.list() if w.status in IN_FLIGHT]
     busy = busy_counts(live)
     with _reserved_guard:
         for name, n in _reserved.items():
@@ -49,6 +69,7 @@ def start_session(
     bead_id: str,
     epic_id: str,
     attempt: int,
+    version: int,
     worktree: str,
     prompt: str,
     files: Sequence[str],
@@ -56,12 +77,15 @@ def start_session(
     routing: Routing = "least_busy",
     avoid: Iterable[str] = (),
 ) -> WorkerSpawned | None:
-    """Route, create the session in the worktree, fire the prompt, record worker_spawned.
+    """Route, create the session in the worktree, record it, prompt it, record the spawn.
 
-    Returns None when no instance can take the session now (it stays queued). Only the
-    choice happens under the router lock (with a slot reserved in this process until
-    the spawn is recorded); the slow part, OpenCode bootstrapping a new directory for the
-    session, runs outside it, so dispatches to different instances overlap.
+    ``version`` is the worker's version when the caller read it pending: if the worker
+    changed since, nothing is started. Returns None when nothing was started now (no
+    instance has room, or the worker moved on; it stays as the store says). Only the
+    choice happens under the router lock (with a slot reserved in this process until the
+    spawn is recorded); the slow part, OpenCode bootstrapping a new directory for the
+    session, runs outside it, so dispatches to different instances overlap. Another
+    instance is tried only when the request to create the session was never sent.
     """
     limit = ctx.config.pool.max_sessions_per_instance
     failed: set[str] = set()
@@ -69,76 +93,185 @@ def start_session(
         with ctx.lock("router"):
             usable = [s for s in ctx.instances() if s.name not in failed]
             slot = choose_instance(
-                usable, _busy(ctx), limit, routing=routing, bead_id=bead_id, avoid=set(avoid)
+                usable,
+                _busy(ctx),
+                limit,
+                routing=routing,
+                bead_id=bead_id,
+                avoid=set(avoid),
+                steadiness=Steadiness.from_config(ctx.config),
             )
             if slot is None:
                 return None
             _reserve(slot.name, +1)
         try:
-            event = _start_on(ctx, slot, bead_id, epic_id, attempt, worktree, prompt, files, title)
-        except OpenCodeError:
-            # The instance died or hung since the supervisor last looked: try another.
+            return _start_on(
+                ctx,
+                slot,
+                _Attempt(bead_id, epic_id, attempt, version, worktree, list(files)),
+                prompt,
+                title,
+            )
+        except OpenCodeNotSentError:
+            # The instance died since the supervisor last looked, and it never saw the
+            # request: another one may take it.
             failed.add(slot.name)
             continue
         finally:
             _reserve(slot.name, -1)
-        return event
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    bead_id: str
+    epic_id: str
+    attempt: int
+    version: int
+    worktree: str
+    files: list[str]
+
+
+def session_title(bead_id: str, attempt: int, title: str) -> str:
+    """The session's title: names its bead and attempt, so a listing can attribute it."""
+    return f"{bead_id} #{attempt}: {title}"[:100]
 
 
 def _start_on(
-    ctx: SwarmContext,
-    slot: InstanceSlot,
-    bead_id: str,
-    epic_id: str,
-    attempt: int,
-    worktree: str,
-    prompt: str,
-    files: Sequence[str],
-    title: str,
-) -> WorkerSpawned:
+    ctx: SwarmContext, slot: InstanceSlot, a: _Attempt, prompt: str, title: str
+) -> WorkerSpawned | None:
     client = ctx.client(slot)
     try:
-        session = client.create_session(worktree, title=f"{bead_id}: {title}"[:100])
-        session_id = str(session["id"])
         try:
-            client.prompt_async(session_id, prompt, directory=worktree)
-        except OpenCodeError:
-            with contextlib.suppress(OpenCodeError):
-                client.delete_session(session_id, directory=worktree)
-            raise
+            session = client.create_session(
+                a.worktree, title=session_title(a.bead_id, a.attempt, title)
+            )
+        except OpenCodeUnknownOutcomeError:
+            # It may exist; unprompted and unrecorded, it must not live on.
+            _drop_unrecorded(client, a)
+            return None
+        session_id = str(session["id"])
+        # The intent, before the side effect: the attempt's one session is on record
+        # before it is prompted, so a crash in between leaves something to reconcile.
+        try:
+            ctx.store.append(
+                WorkerSessionCreated(
+                    bead_id=a.bead_id,
+                    epic_id=a.epic_id,
+                    session_id=session_id,
+                    attempt=a.attempt,
+                    instance=slot.name,
+                    worktree=a.worktree,
+                ),
+                expect={a.bead_id: a.version},
+            )
+        except WorkerStateError:
+            # The worker moved on while the session was created (failed, re-queued).
+            _delete(client, session_id, a.worktree)
+            return None
+        faults.point("dispatch.before_prompt")
+        try:
+            client.prompt_async(session_id, prompt, directory=a.worktree)
+        except OpenCodeUnknownOutcomeError:
+            # Maybe prompted: the reconciler looks at its messages and decides.
+            return None
+        except OpenCodeError as e:
+            # Not prompted (never sent, or refused): the session goes, the attempt goes
+            # back to the queue, and the next tick dispatches it afresh (its version moved
+            # on, so no failover from here).
+            log.info("dispatch of %s: prompt failed, queued again: %s", a.bead_id, e)
+            _delete(client, session_id, a.worktree)
+            requeue(ctx, a.bead_id, a.attempt, session_id)
+            return None
+        return record_spawn(ctx, a.bead_id, session_id, slot.name, prompt)
     finally:
         client.close()
-    event = WorkerSpawned(
-        bead_id=bead_id,
-        epic_id=epic_id,
-        session_id=session_id,
-        attempt=attempt,
-        agent_name=f"worker-{bead_id}",
-        instance=slot.name,
-        worktree=worktree,
-        files=list(files),
-        prompt_hash=prompt_hash(prompt),
-    )
-    ctx.store.append(event)
-    return event
+
+
+def record_spawn(
+    ctx: SwarmContext, bead_id: str, session_id: str, instance: str, prompt: str
+) -> WorkerSpawned | None:
+    """Record that the attempt's recorded session is prompted (None: it moved on, or its
+    session already reported, which says as much)."""
+    recorded: list[WorkerSpawned] = []
+
+    def build(current: WorkerView | None) -> list[WorkerSpawned] | None:
+        recorded.clear()
+        if current is None or current.session_id != session_id:
+            return None
+        if current.status != WorkerStatus.DISPATCHING:
+            return None
+        event = WorkerSpawned(
+            bead_id=bead_id,
+            epic_id=current.epic_id,
+            session_id=session_id,
+            attempt=current.attempt,
+            agent_name=f"worker-{bead_id}",
+            instance=instance,
+            worktree=current.worktree,
+            files=list(current.files),
+            prompt_hash=prompt_hash(prompt),
+        )
+        recorded.append(event)
+        return [event]
+
+    ctx.store.change_worker(bead_id, build)
+    return recorded[0] if recorded else None
+
+
+def requeue(ctx: SwarmContext, bead_id: str, attempt: int, session_id: str) -> None:
+    """Back to the queue (same attempt): its session was never prompted and is gone."""
+
+    def build(current: WorkerView | None) -> list[WorkerQueued] | None:
+        if current is None or current.session_id != session_id or current.attempt != attempt:
+            return None
+        if current.status != WorkerStatus.DISPATCHING:
+            return None
+        queued = ctx.last_event(bead_id, "worker_queued")
+        return [
+            WorkerQueued(
+                bead_id=bead_id,
+                epic_id=current.epic_id,
+                attempt=attempt,
+                title=getattr(queued, "title", ""),
+                worktree=current.worktree,
+                files=list(current.files),
+                prompt_hash=getattr(queued, "prompt_hash", ""),
+                routing=getattr(queued, "routing", "least_busy"),
+                reason="its session could not be prompted",
+            )
+        ]
+
+    with contextlib.suppress(WorkerStateError):
+        ctx.store.change_worker(bead_id, build)
+
+
+def _delete(client: OpenCodeClient, session_id: str, worktree: str) -> None:
+    with contextlib.suppress(OpenCodeError):
+        client.abort(session_id, directory=worktree)
+    with contextlib.suppress(OpenCodeError):
+        client.delete_session(session_id, directory=worktree)
+
+
+def _drop_unrecorded(client: OpenCodeClient, a: _Attempt) -> None:
+    prefix = session_title(a.bead_id, a.attempt, "")
+    with contextlib.suppress(OpenCodeError):
+        for s in client.sessions(directory=a.worktree):
+            if str(s.get("title", "")).startswith(prefix) and s.get("directory") == a.worktree:
+                _delete(client, str(s["id"]), a.worktree)
 
 
 def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
     """Start a queued worker if an instance can take it now; None if it must wait."""
     with ctx.lock(f"spawn-{bead_id}"):
         worker = ctx.store.workers.get(bead_id)
-        if worker is None or worker.status != "pending":
+        if worker is None or worker.status != WorkerStatus.PENDING:
             return None
         queued = ctx.last_event(bead_id, "worker_queued")
         routing: Routing = (
             "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
         )
-        reason = ""
-        if worker.attempt > 1:
-            retried = ctx.last_event(bead_id, "worker_retried")
-            reason = getattr(retried, "reason", "") or "interrupted"
         spec = load_spec(ctx, bead_id)
-        prompt = spec.render(worker.attempt, reason)
+        prompt = render_prompt(ctx, bead_id, worker.attempt, spec)
         if routing == "dedicated":
             from swarm_pool.swarm.dedicated import request_instance
 
@@ -148,6 +281,7 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             bead_id=bead_id,
             epic_id=worker.epic_id,
             attempt=worker.attempt,
+            version=worker.version,
             worktree=worker.worktree or getattr(queued, "worktree", ""),
             prompt=prompt,
             files=list(worker.files or getattr(queued, "files", [])),
@@ -155,6 +289,15 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             routing=routing,
             avoid=_avoid_after_failure(ctx, bead_id),
         )
+
+
+def render_prompt(ctx: SwarmContext, bead_id: str, attempt: int, spec: PromptSpec) -> str:
+    """The attempt's prompt (a retry's says why the earlier attempt ended)."""
+    reason = ""
+    if attempt > 1:
+        retried = ctx.last_event(bead_id, "worker_retried")
+        reason = getattr(retried, "reason", "") or "interrupted"
+    return spec.render(attempt, reason)
 
 
 def _avoid_after_failure(ctx: SwarmContext, bead_id: str) -> set[str]:

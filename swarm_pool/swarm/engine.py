@@ -4,6 +4,9 @@ It runs inside the supervisor daemon (started from ``swarm_pool/daemon.py``, the
 composition root, so ``pool/`` never imports ``swarm/``), acting only while that
 supervisor's pool is running. Each tick, woken by store changes or every ``tick_s``, it:
 
+- first of all, once per start (after a crash and adoption too), reconciles the
+  instances' sessions with the store (``reconcile``), and on later ticks settles
+  session intents left unprompted past a grace period;
 - keeps one SSE watcher per pool instance (``watch``), which records session status,
   errors and permission/question requests into the store;
 - dispatches queued spawns (every spawn is queued first) when an instance has room,
@@ -13,8 +16,8 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
   them elsewhere under ``workers.max_retries``;
 - fails and retries a worker whose session reported ``session.error``;
 - aborts and fails a running worker past ``workers.timeout_s`` (or its spawn's own
-  ``timeout_s``), without retry: a hung model would hang again (a worker blocked on a
-  human's answer is not timed out: it waits for ``swarm-pool answer``);
+  ``timeout_s``) of running time, without retry: a hung model would hang again (time
+  blocked on a human's answer does not count: it waits for ``swarm-pool answer``);
 - turns an idle session without ``swarm_complete`` into ``worker_needs_review``, but only
   when the SSE idle, ``/session/status``, the last assistant message and the instance's
   health all agree (never one signal alone). Sessions whose idle event was missed are
@@ -26,24 +29,35 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
+from swarm_pool import faults
 from swarm_pool.config import Config
-from swarm_pool.errors import OpenCodeError, SwarmPoolError
+from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import WorkerNeedsReview, now_ms
+from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, WorkerStatus
+from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
+from swarm_pool.swarm.dispatch import dispatch
+from swarm_pool.swarm.engine_state import EngineBeat, write_beat
+from swarm_pool.swarm.failure import fail
+from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching
 from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.spec import load_spec
 from swarm_pool.swarm.watch import (
     InstanceWatcher,
     StoreLookup,
     WatchManager,
+    record_watched,
     session_finished,
 )
-from swarm_pool.swarm.workers import dispatch, fail, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +114,11 @@ class Engine:
             max_workers=dispatch_threads, thread_name_prefix="swarm-dispatch"
         )
         self._timeouts: dict[str, float] = {}
+        self._reconciled = False
+        self._acting = False
         self.ticks = 0
         self.errors = 0
+        self.last_tick_ms: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -122,6 +139,18 @@ class Engine:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def busy_on(self, instance: str) -> int | None:
+        """Workers in flight on ``instance`` per the store (None before the store is
+        open or when it cannot be read): the supervisor's busy hint."""
+        ctx = self._ctx
+        if ctx is None:
+            return None
+        try:
+            workers = ctx.store.workers.list()
+        except SwarmPoolError:
+            return None
+        return sum(1 for w in workers if w.instance == instance and w.status in IN_FLIGHT)
+
     def _context(self) -> SwarmContext:
         if self._ctx is None:
             self._ctx = SwarmContext(
@@ -133,11 +162,46 @@ class Engine:
             )
         return self._ctx
 
+    def open(self) -> Engine:
+        """Open the store now, so a daemon whose engine cannot work fails its start with
+        the reason instead of running a pool whose workers never move."""
+        try:
+            faults.point("engine.open")
+            self._context()
+        except Exception as e:
+            self._beat(error=f"cannot open the store: {e}")
+            raise EngineStartError(f"the worker engine cannot start: {e}") from e
+        return self
+
+    def _beat(self, *, acting: bool = False, error: str = "") -> None:
+        if self._owner_pid is None:
+            return  # tests and embedding: no daemon to report for
+        queue = 0
+        if self._ctx is not None and not error:
+            with contextlib.suppress(Exception):
+                queue = len(self._ctx.store.workers.list(status=WorkerStatus.PENDING.value))
+        me = psutil.Process(os.getpid())
+        with contextlib.suppress(OSError):
+            write_beat(
+                self.paths,
+                EngineBeat(
+                    pid=me.pid,
+                    create_time=me.create_time(),
+                    last_tick_ms=now_ms(),
+                    queue=queue,
+                    ticks=self.ticks,
+                    errors=self.errors,
+                    acting=acting,
+                    error=error,
+                ),
+            )
+
     def _run(self) -> None:
         try:
             ctx = self._context()
-        except Exception:
+        except Exception as e:
             log.exception("engine: cannot open the store; workers are not watched")
+            self._beat(error=f"cannot open the store: {e}")
             return
         if self._watch_enabled:
             self._watch = WatchManager(self._make_watcher)
@@ -149,6 +213,7 @@ class Engine:
                 except Exception:  # the engine must outlive any one bad tick
                     self.errors += 1
                     log.exception("engine tick failed")
+                self._beat(acting=self._acting)
                 self._wake.clear()
                 deadline = time.monotonic() + self.tick_s
                 while not self._stop.is_set() and not self._wake.is_set():
@@ -171,7 +236,7 @@ class Engine:
             store = self._open_store()  # the watcher thread's own connection
 
             def sink(events: list[Any]) -> None:
-                store.append_many(events)
+                record_watched(store, events)
                 self._wake.set()
 
             return StoreLookup(store), sink, store.close
@@ -193,25 +258,36 @@ class Engine:
     def tick(self, wait: bool = False) -> None:
         """One pass; ``wait`` also waits for the dispatches it started (tests)."""
         ctx = self._context()
-        if not self._pool_is_ours():
+        self._acting = self._pool_is_ours()
+        if not self._acting:
             return
         self.ticks += 1
+        self.last_tick_ms = now_ms()
         slots = ctx.instances()
+        ready = [s for s in slots if s.state in ("ready", "unhealthy")]
+        if not self._reconciled:
+            # Before anything is dispatched or watched: what did a crash leave behind?
+            report = reconcile(ctx, ready)
+            log.info("engine: reconciled sessions with the store: %s", report)
+            self._reconciled = True
+        else:
+            reconcile_dispatching(ctx, ready, self.config.workers.intent_grace_s)
         if self._watch is not None:
-            self._watch.sync([s for s in slots if s.state in ("ready", "unhealthy")])
+            self._watch.sync(ready)
         self._track_instances(ctx, slots)
         by_name = {s.name: s for s in slots}
         workers = ctx.store.workers.list()
         now = now_ms()
         for w in workers:
-            if w.status not in ("running", "blocked"):
+            if w.status not in ACTIVE:
                 continue
             try:
                 self._check_worker(ctx, w, by_name, now)
             except SwarmPoolError as e:
                 log.warning("engine: checking %s failed: %s", w.bead_id, e)
         pending = sorted(
-            (w for w in workers if w.status == "pending"), key=lambda w: w.updated_at or 0
+            (w for w in workers if w.status == WorkerStatus.PENDING),
+            key=lambda w: w.updated_at or 0,
         )
         for w in pending:
             if w.bead_id not in self._dispatching:
@@ -273,6 +349,7 @@ class Engine:
                 error=f"instance {w.instance} exited while the worker was running",
                 reason="instance_exited",
                 session_id=w.session_id,
+                attempt=w.attempt,
             )
             return
         errors = [
@@ -287,10 +364,12 @@ class Engine:
                 error=getattr(errors[-1].event, "error", "session error"),
                 reason="session_error",
                 session_id=w.session_id,
+                attempt=w.attempt,
             )
             return
         limit = self._timeout_of(ctx, w)
-        if w.status == "running" and now - spawned > limit * 1000:
+        # Running time only: time blocked on a human's answer does not count.
+        if w.status == WorkerStatus.RUNNING and w.running_ms(now) > limit * 1000:
             fail(
                 ctx,
                 w.bead_id,
@@ -299,9 +378,10 @@ class Engine:
                 retry=False,
                 abort=True,
                 session_id=w.session_id,
+                attempt=w.attempt,
             )
             return
-        if w.status != "running" or w.instance not in by_name:
+        if w.status != WorkerStatus.RUNNING or w.instance not in by_name:
             return
         last = self._last_check.get(w.session_id, 0.0)
         due = time.monotonic() - last >= self.recheck_s
@@ -329,14 +409,14 @@ class Engine:
             return  # an unhealthy instance proves nothing; the supervisor handles it
         finally:
             client.close()
-        with ctx.lock(f"spawn-{w.bead_id}"):
-            current = ctx.store.workers.get(w.bead_id)
+
+        def build(current: WorkerView | None) -> list[WorkerNeedsReview] | None:
             # swarm_complete, a failure or a retry may have landed meanwhile.
-            if current is None or current.status != "running":
-                return
-            if current.session_id != w.session_id:
-                return
-            ctx.store.append(
+            if current is None or current.status != WorkerStatus.RUNNING:
+                return None
+            if current.session_id != w.session_id or current.attempt != w.attempt:
+                return None
+            return [
                 WorkerNeedsReview(
                     bead_id=w.bead_id,
                     epic_id=w.epic_id,
@@ -345,4 +425,7 @@ class Engine:
                     instance=w.instance,
                     reason="the session went idle without swarm_complete",
                 )
-            )
+            ]
+
+        with contextlib.suppress(WorkerStateError):
+            ctx.store.change_worker(w.bead_id, build)

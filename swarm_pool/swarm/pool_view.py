@@ -62,6 +62,7 @@ def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> lis
                 draining=rec.draining,
                 dedicated_to=dedicated_bead(rec.name),
                 pid=rec.pid,
+                restarted_at=tuple(rec.restarted_at),
             )
         )
     return slots

@@ -98,10 +98,11 @@ def build_worker_prompt(
         f'1. `{INIT}` with bead_id="{bead}": your first call.\n'
         f"{reserve}"
         "3. Do the work.\n"
-        f'4. `{PROGRESS}` with bead_id="{bead}", progress_percent (0-100) and a short '
-        "message, at each milestone.\n"
-        f'5. `{COMPLETE}` with bead_id="{bead}", a summary of what you did, and '
-        "files_touched (every path you created, changed or deleted): your last call.\n\n"
+        f'4. `{PROGRESS}` with bead_id="{bead}", attempt={contract.attempt}, '
+        "progress_percent (0-100) and a short message, at each milestone.\n"
+        f'5. `{COMPLETE}` with bead_id="{bead}", attempt={contract.attempt}, a summary of '
+        "what you did, and files_touched (every path you created, changed or deleted): "
+        "your last call.\n\n"
         f'If you are stuck, call `{SEND}` with to=["{COORDINATOR}"], a subject starting '
         f'"{BLOCKED_PREFIX}: " and the reason in the body, then stop.'
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from swarm_pool.errors import (
@@ -34,10 +35,8 @@ from swarm_pool.store.events import (
     WorktreeMerged,
 )
 from swarm_pool.store.globs import matches
+from swarm_pool.store.lifecycle import MERGEABLE
 from swarm_pool.swarm.context import SwarmContext
-
-# Worker states whose work may be reviewed and merged.
-MERGEABLE = frozenset({"completed", "needs_review"})
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,26 @@ def _owned(path: str, patterns: list[str]) -> bool:
     return any(matches(p, path) or path == p for p in patterns)
 
 
+def _escaping_links(worktree: Path, files: list[str]) -> list[str]:
+    """The changed files that are symlinks resolving outside the worktree."""
+    root = worktree.resolve()
+    out = []
+    for name in files:
+        path = worktree / name
+        if path.is_symlink():
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                out.append(name)
+    return out
+
+
 def check_passed(verification: dict[str, Any] | None) -> bool:
     check = (verification or {}).get("check")
     return not isinstance(check, dict) or bool(check.get("passed", True))
+
+
+def check_recorded(verification: dict[str, Any] | None) -> bool:
+    return isinstance((verification or {}).get("check"), dict)
 
 
 def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
@@ -112,6 +128,13 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
         problems.append(f"changes outside the owned patterns: {', '.join(outside)}")
     if not check_passed(verification):
         problems.append("the check command failed")
+    elif ctx.config.workers.check_command and not check_recorded(verification):
+        # Fail closed: a configured check that never ran proves nothing.
+        problems.append("no check result recorded (workers.check_command is configured)")
+    escaping = _escaping_links(Path(worker.worktree), touched) if worker.worktree else []
+    if escaping:
+        # OpenCode's file tools follow links out of the worktree; never merge one.
+        problems.append(f"symlinks leaving the worktree: {', '.join(escaping)}")
     approved = not problems
     notes = "; ".join(problems) if problems else "ok"
     if worker.status == "needs_review":
@@ -185,7 +208,12 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
                 cell_id=bead_id, epic_id=worker.epic_id, status="closed", reason="merged"
             )
         )
-    ctx.store.append_many(merged)
+    # The merge, the bead's closing and the release of its files are one outcome; and it
+    # is recorded for the worker read above only (not a newer attempt spawned meanwhile).
+    merged += ctx.store.reservations.release_events(
+        bead_id, worker.agent_name or f"worker-{bead_id}", "merged"
+    )
+    ctx.store.append_many(merged, expect={bead_id: worker.version})
     released = release_session(ctx, bead_id)
     return MergeOutcome(
         bead_id=bead_id,

@@ -6,15 +6,21 @@ returns the ready instance with the fewest busy sessions, or ``None`` when the p
 full (the caller then queues the spawn). Instances that are not ready, that the
 supervisor is draining (waiting for a memory-limit restart, or being removed), or that
 are dedicated to another worker never get new work. Under the ``dedicated`` policy a
-worker only ever goes to the instance started for it. The router does no I/O, so it is
+worker only ever goes to the instance started for it. An instance that is not steady
+(restarted moments ago, or flapping: several restarts in the supervisor's flap window)
+only gets work when no steady one can take it, so a retry does not land on the instance
+that is failing its workers. The router does no I/O, so it is
 unit-tested directly; reading the pool state and the store lives in ``pool_view``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from swarm_pool.config import Config
 
 Routing = Literal["least_busy", "dedicated"]
 ROUTINGS: tuple[Routing, ...] = ("least_busy", "dedicated")
@@ -33,10 +39,38 @@ class InstanceSlot:
     # Set for an instance started for one worker (routing "dedicated").
     dedicated_to: str | None = None
     pid: int | None = None
+    # Wall-clock times of its restarts within the supervisor's flap window.
+    restarted_at: tuple[float, ...] = ()
 
     @property
     def accepts_work(self) -> bool:
         return self.state == "ready" and not self.draining
+
+
+@dataclass(frozen=True)
+class Steadiness:
+    """When an instance counts as unsteady: restarted less than ``settle_s`` ago, or
+    restarted ``flap_restarts`` times within ``flap_window_s`` (0 disables each)."""
+
+    settle_s: float
+    flap_restarts: int
+    flap_window_s: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> Steadiness:
+        return cls(
+            settle_s=config.pool.avoid_restarted_s,
+            flap_restarts=config.pool.avoid_flapping_restarts,
+            flap_window_s=config.supervisor.flap_window_s,
+        )
+
+    def unsteady(self, inst: InstanceSlot, now: float) -> bool:
+        if not inst.restarted_at:
+            return False
+        if self.settle_s > 0 and now - max(inst.restarted_at) < self.settle_s:
+            return True
+        recent = [t for t in inst.restarted_at if now - t < self.flap_window_s]
+        return self.flap_restarts > 0 and len(recent) >= self.flap_restarts
 
 
 def busy_counts(instances_of_live_workers: Iterable[str]) -> dict[str, int]:
@@ -56,11 +90,14 @@ def choose_instance(
     routing: Routing = "least_busy",
     bead_id: str | None = None,
     avoid: Collection[str] = (),
+    steadiness: Steadiness | None = None,
+    now: float | None = None,
 ) -> InstanceSlot | None:
     """The instance for a new session, or None when none can take it now.
 
     ``avoid`` names instances to use only if nothing else can take the session (a retry
-    prefers another instance than the one that just failed it).
+    prefers another instance than the one that just failed it); with ``steadiness``,
+    unsteady instances come last too (``now``: wall clock, default the current time).
     """
     if routing == "dedicated":
         for inst in instances:
@@ -74,6 +111,19 @@ def choose_instance(
     ]
     if not candidates:
         return None
-    preferred = [inst for inst in candidates if inst.name not in avoid] or candidates
-    # Fewest busy first; the name breaks ties so the choice is deterministic.
-    return min(preferred, key=lambda inst: (busy.get(inst.name, 0), inst.name))
+    at = time.time() if now is None else now
+
+    def unsteady(inst: InstanceSlot) -> bool:
+        return steadiness is not None and steadiness.unsteady(inst, at)
+
+    # Steady before unsteady, then not avoided before avoided, then fewest busy; the
+    # name breaks ties so the choice is deterministic.
+    return min(
+        candidates,
+        key=lambda inst: (
+            unsteady(inst),
+            inst.name in avoid,
+            busy.get(inst.name, 0),
+            inst.name,
+        ),
+    )

@@ -17,20 +17,20 @@ from swarm_pool.errors import (
     DependencyBlockedError,
     DuplicateSpawnError,
     NotFoundError,
-    PoolNotRunningError,
     WorkerError,
+    WorkerStateError,
 )
 from swarm_pool.protocol import Contract
 from swarm_pool.store.events import CellStatusChanged, WorkerQueued
+from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import ROUTINGS, Routing
 from swarm_pool.swarm.spec import PromptSpec, save_spec
 
-# A worker in one of these states owns its bead: a second spawn is refused.
-LIVE_STATUSES = frozenset({"running", "blocked", "pending"})
-# ... and in these it holds a session on an instance (counts against the limit).
-IN_FLIGHT_STATUSES = frozenset({"running", "blocked"})
+# Kept for callers of the old names; the vocabulary is store.lifecycle's.
+LIVE_STATUSES = LIVE
+IN_FLIGHT_STATUSES = IN_FLIGHT
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,7 @@ def spawn_async(
         )
     policy = _routing(ctx, routing)
     owned = list(files if files is not None else cell.files)
-    if not ctx.dispatcher_running():
-        raise PoolNotRunningError(
-            f"no running pool to run {bead_id} on; start it with `swarm-pool start`"
-        )
+    ctx.require_dispatcher(bead_id)
     with ctx.lock(f"spawn-{bead_id}"):
         current = ctx.store.workers.get(bead_id)
         if current is not None and current.status in LIVE_STATUSES:
@@ -145,28 +142,35 @@ def spawn_async(
             from swarm_pool.swarm.dedicated import request_instance
 
             request_instance(ctx, bead_id)
-        # One transaction: nobody sees a queued worker on a bead that is not in progress.
-        ctx.store.append_many(
-            [
-                WorkerQueued(
-                    bead_id=bead_id,
-                    epic_id=cell.epic_id,
-                    attempt=attempt,
-                    title=contract.title,
-                    worktree=str(tree.path),
-                    files=owned,
-                    prompt_hash=prompt_hash(text),
-                    routing=policy,
-                    reason="spawned",
-                ),
-                CellStatusChanged(
-                    cell_id=bead_id,
-                    epic_id=cell.epic_id,
-                    status="in_progress",
-                    reason=f"worker attempt {attempt}",
-                ),
-            ]
-        )
+        # One transaction: nobody sees a queued worker on a bead that is not in progress;
+        # conditional on the worker read above (another process may spawn it too).
+        try:
+            ctx.store.append_many(
+                [
+                    WorkerQueued(
+                        bead_id=bead_id,
+                        epic_id=cell.epic_id,
+                        attempt=attempt,
+                        title=contract.title,
+                        worktree=str(tree.path),
+                        files=owned,
+                        prompt_hash=prompt_hash(text),
+                        routing=policy,
+                        reason="spawned",
+                    ),
+                    CellStatusChanged(
+                        cell_id=bead_id,
+                        epic_id=cell.epic_id,
+                        status="in_progress",
+                        reason=f"worker attempt {attempt}",
+                    ),
+                ],
+                expect={bead_id: current.version if current is not None else 0},
+            )
+        except WorkerStateError as e:
+            raise DuplicateSpawnError(
+                f"bead {bead_id} changed while it was being spawned; see its status: {e}"
+            ) from e
     return SpawnResult(
         bead_id=bead_id,
         epic_id=cell.epic_id,

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from swarm_pool.errors import SwarmPoolError
+from swarm_pool import faults
+from swarm_pool.errors import OpenCodeStatusError, SwarmPoolError, WorkerStateError
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.opencode.client import unwrap_event as unwrap
 from swarm_pool.store.events import (
@@ -33,13 +34,14 @@ from swarm_pool.store.events import (
     WorkerBlocked,
     WorkerProgress,
 )
+from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.swarm.context import default_client
 from swarm_pool.swarm.router import InstanceSlot
 
 log = logging.getLogger(__name__)
 
-# Worker states in which a session is expected to be running on its instance.
-LIVE_STATUSES = frozenset({"running", "blocked"})
+# Worker states in which its session exists on its instance (maybe not yet prompted).
+LIVE_STATUSES = IN_FLIGHT
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,9 @@ class EventMapper:
         if kind == "session.error":
             return self._session_error(session_id, _error_text(props.get("error")))
         if kind in _PERMISSION_ASKED:
-            return self._blocked(session_id, "permission", props, _permission_reason(props))
+            return self.blocked(session_id, "permission", props, _permission_reason(props))
         if kind in _QUESTION_ASKED:
-            return self._blocked(session_id, "question", props, _question_reason(props))
+            return self.blocked(session_id, "question", props, _question_reason(props))
         if kind in _REPLIED:
             return self._resumed(session_id, _REPLIED[kind], props)
         return []
@@ -185,7 +187,7 @@ class EventMapper:
             )
         ]
 
-    def _blocked(
+    def blocked(
         self, session_id: str, kind: str, props: Mapping[str, Any], reason: str
     ) -> list[BaseEvent]:
         ref = self._worker(session_id)
@@ -208,7 +210,7 @@ class EventMapper:
     def _resumed(self, session_id: str, kind: str, props: Mapping[str, Any]) -> list[BaseEvent]:
         # The projection only knows "blocked -> running" through a progress event.
         ref = self._worker(session_id, fresh=True)
-        if ref is None or ref.status != "blocked":
+        if ref is None or ref.status != WorkerStatus.BLOCKED:
             return []
         reply = props.get("reply")
         how = f" ({reply})" if isinstance(reply, str) else ""
@@ -290,6 +292,40 @@ def session_finished(client: OpenCodeClient, session_id: str, directory: str | N
     return isinstance(times, dict) and bool(times.get("completed"))
 
 
+def record_watched(store: Any, events: list[BaseEvent]) -> None:
+    """Record what a watcher saw. Session events go in as they are; a worker event only
+    if its attempt's session is still the worker's and the change still applies, decided
+    on a fresh read and appended conditionally on it (a repeat of the request the worker
+    is already blocked on is dropped: the catch-up and the stream may both report it)."""
+    plain = [e for e in events if not isinstance(e, WorkerBlocked | WorkerProgress)]
+    if plain:
+        store.append_many(plain)
+    for event in events:
+        if isinstance(event, WorkerBlocked | WorkerProgress):
+            try:
+                store.change_worker(event.bead_id, lambda w, e=event: _still_applies(store, w, e))
+            except WorkerStateError as err:
+                log.debug("watch: dropped %s for %s: %s", event.type, event.bead_id, err)
+
+
+def _still_applies(store: Any, worker: Any, event: Any) -> list[BaseEvent] | None:
+    if worker is None or worker.attempt != event.attempt:
+        return None
+    if worker.session_id != event.session_id:
+        return None
+    if isinstance(event, WorkerProgress):
+        return [event] if worker.status == WorkerStatus.BLOCKED else None
+    if worker.status not in IN_FLIGHT:
+        return None
+    if worker.status == WorkerStatus.BLOCKED and event.request_id:
+        last = store.read(
+            types=["worker_blocked"], bead_id=worker.bead_id, descending=True, limit=1
+        )
+        if last and getattr(last[0].event, "request_id", None) == event.request_id:
+            return None
+    return [event]
+
+
 Sink = Callable[[list[BaseEvent]], None]
 ClientFactory = Callable[[InstanceSlot], OpenCodeClient]
 
@@ -348,12 +384,14 @@ class InstanceWatcher:
                 client = self._client_factory(self.slot)
                 self._client = client
                 try:
-                    # Catch up on what happened while we were not listening.
-                    self._poll(client, mapper, lookup, sink)
                     for raw in client.events(read_timeout=self._read_timeout_s):
                         if self._stop.is_set():
                             break
                         if not self.connected.is_set():
+                            # Subscribed (the first event is server.connected): now catch
+                            # up on what happened while we were not listening.
+                            faults.point("watch.before_catch_up")
+                            self._catch_up(client, mapper, lookup, sink)
                             self.connected.set()
                             self.connects += 1
                             backoff = self._backoff_initial_s
@@ -402,6 +440,31 @@ class InstanceWatcher:
             return
         self.polls += 1
         events = mapper.snapshot(client.session_status(), live)
+        if events:
+            sink(events)
+
+    def _catch_up(
+        self, client: OpenCodeClient, mapper: EventMapper, lookup: WorkerLookup, sink: Sink
+    ) -> None:
+        """What happened while nobody listened, asked once the stream is subscribed (so
+        nothing falls between the two): session status, then each live worktree's
+        pending permission and question requests (the sink drops repeats by request id)."""
+        self._poll(client, mapper, lookup, sink)
+        events: list[BaseEvent] = []
+        for ref in lookup.live_on(self.slot.name):
+            directory = ref.worktree or None
+            for kind, listing, describe in (
+                ("permission", client.permissions, _permission_reason),
+                ("question", client.questions, _question_reason),
+            ):
+                try:
+                    pending = listing(directory=directory)
+                except OpenCodeStatusError as e:  # answered, without a list: nothing to add
+                    log.debug("watch %s: no %s list: %s", self.slot.name, kind, e)
+                    continue
+                for request in pending:
+                    if request.get("sessionID") == ref.session_id:
+                        events += mapper.blocked(ref.session_id, kind, request, describe(request))
         if events:
             sink(events)
 

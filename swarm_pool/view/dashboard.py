@@ -94,6 +94,7 @@ def instances_panel(snap: Snapshot) -> Panel:
         ("busy", "right"),
         ("restarts", "right"),
         ("uptime", "right"),
+        ("last sign", "right"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for inst in snap.instances:
@@ -113,6 +114,7 @@ def instances_panel(snap: Snapshot) -> Panel:
             _num(inst.busy_sessions),
             Text(str(inst.restarts), style="yellow" if inst.restarts else ""),
             fmt_duration(inst.uptime_s),
+            fmt_duration(inst.last_sign_s),
         )
     body: RenderableType = table if snap.instances else Text("no pool running", style="dim")
     return Panel(body, title=f"instances ({len(snap.instances)})", title_align="left")
