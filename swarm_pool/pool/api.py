@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from swarm_pool.config import Config
+from swarm_pool.config import STORE_URL_ENV, Config
 from swarm_pool.errors import (
     InstanceStartError,
     PoolAlreadyRunningError,
@@ -93,6 +93,10 @@ def start_pool(
     if config_path is not None:
         argv += ["--config", str(config_path.resolve())]
     env = dict(os.environ if environ is None else environ)
+    if config.store.url:
+        # The daemon, its instances and their MCP servers open the same store; an env
+        # entry keeps a password off every command line (`ps` shows those).
+        env[STORE_URL_ENV] = config.store.url
     env[POOL_TAG_ENV] = _pool_tag(paths)
     if gateway:
         env["SWARM_POOL_GATEWAY__ENABLED"] = "true"

@@ -116,7 +116,6 @@ class Engine:
         self._timeouts: dict[str, float] = {}
         self._reconciled = False
         self._acting = False
-        self.intent_grace_s = 10.0
         self.ticks = 0
         self.errors = 0
         self.last_tick_ms: int | None = None
@@ -272,7 +271,7 @@ class Engine:
             log.info("engine: reconciled sessions with the store: %s", report)
             self._reconciled = True
         else:
-            reconcile_dispatching(ctx, ready, self.intent_grace_s)
+            reconcile_dispatching(ctx, ready, self.config.workers.intent_grace_s)
         if self._watch is not None:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)
