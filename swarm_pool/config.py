@@ -127,7 +127,12 @@ class ModelSection(_Section):
 
 
 class WorkersSection(_Section):
-    max_retries: int = Field(1, ge=0)
+    max_retries: int = Field(1, ge=0, description="retries of the task's own failures")
+    infra_retry_window_s: float = Field(
+        600.0, ge=0, description="infra retries allowed this long after the first one"
+    )
+    infra_retry_backoff_s: float = Field(1.0, ge=0, description="first infra retry's delay")
+    infra_retry_backoff_max_s: float = Field(30.0, ge=0, description="cap of the doubling")
     timeout_s: float = Field(900.0, gt=0)
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)

@@ -33,6 +33,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.protocol import find_contract
 from swarm_pool.store import Store, WorkerView, open_project_store
 from swarm_pool.store.events import (
+    FailureCause,
     InstanceExited,
     SessionError,
     SessionStatus,
@@ -42,10 +43,12 @@ from swarm_pool.store.events import (
 )
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine import Engine
+from swarm_pool.swarm.failure import infra_backoff_until
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
+from swarm_pool.view.metrics import epic_metrics
 from tests.support import git, init_repo
 
 
@@ -149,6 +152,9 @@ def store(repo: Path) -> Iterator[Store]:
 def make_ctx(repo: Path, store: Store, pool: FakePool, **workers: Any) -> SwarmContext:
     config = Config()
     config.pool.max_sessions_per_instance = 1
+    # The engine is ticked by hand here: an infra retry is dispatched on the next tick
+    # (the backoff has its own test, which sets it).
+    config.workers.infra_retry_backoff_s = 0.0
     for key, value in workers.items():
         setattr(config.workers, key, value)
     return SwarmContext(
@@ -356,6 +362,7 @@ def test_engine_fails_workers_of_an_exited_instance(
     assert wa2 is not None and wa2.attempt == 2 and wa2.status == "running"
     failed = ctx.store.read(types=["worker_failed"], bead_id=a)
     assert getattr(failed[-1].event, "reason", "") == "instance_exited"
+    assert getattr(failed[-1].event, "cause", "") == FailureCause.INFRA
     wb2 = ctx.store.workers.get(b)
     assert wb2 is not None and wb2.attempt == 1 and wb2.status == "running"
 
@@ -603,3 +610,91 @@ def test_merge_needs_an_approving_review_of_the_current_head(
     outcome = merge(ctx, a)
     assert (repo / "a.txt").read_text() == "A, edited after the review\n"
     assert outcome.files == ["a.txt"]
+
+
+INFRA = FailureCause.INFRA
+
+
+def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: FakePool) -> None:
+    ctx = make_ctx(repo, store, pool, max_retries=0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        for _ in range(3):  # three instance deaths in a row: each one retried
+            assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+            engine.tick(wait=True)
+            w = ctx.store.workers.get(a)
+            assert w is not None and w.status == "running"
+        assert w.attempt == 4
+        causes = [
+            getattr(e.event, "cause", None)
+            for e in ctx.store.read(bead_id=a)
+            if e.type in ("worker_failed", "worker_retried")
+        ]
+        assert causes == [INFRA] * 6
+        info = poll(ctx).groups["in_progress"][0]
+        assert (info.retries_task, info.retries_infra) == (0, 3)
+        (m,) = epic_metrics(ctx.store.read())
+        assert (m.retries, m.retries_task, m.retries_infra) == (3, 0, 3)
+        # The task's own failure still meets max_retries = 0.
+        assert fail(ctx, a, error="boom", reason="session_error") == "failed"
+        failed = ctx.store.read(types=["worker_failed"], bead_id=a)
+        assert getattr(failed[-1].event, "cause", None) == FailureCause.TASK
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_infra_retries_are_bounded_by_their_window(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool, max_retries=5, infra_retry_window_s=0.0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        # The first infra failure opens the window; with a window of 0 s the next one
+        # is past it, and max_retries (5 left) does not rescue it.
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        engine.tick(wait=True)
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "failed"
+        assert ctx.store.hive.get_cell(a).status == "blocked"
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_infra_retry_waits_its_backoff_before_dispatch(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        ctx.config.workers.infra_retry_backoff_max_s = 7200.0
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
+        assert infra_backoff_until(ctx, a) == retried.timestamp + 3600 * 1000
+        engine.tick(wait=True)
+        engine.tick(wait=True)
+        w = ctx.store.workers.get(a)
+        assert w is not None and w.status == "pending" and w.attempt == 2
+        # the second in a row doubles, up to the cap
+        ctx.config.workers.infra_retry_backoff_s = 0.0
+        engine.tick(wait=True)
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
+        assert infra_backoff_until(ctx, a) == retried.timestamp + 7200 * 1000
+        # a task retry is not delayed
+        ctx.config.workers.infra_retry_backoff_s = 0.0
+        engine.tick(wait=True)
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        assert fail(ctx, a, error="boom", reason="session_error") == "retried"
+        assert infra_backoff_until(ctx, a) is None
+        engine.tick(wait=True)
+        w = ctx.store.workers.get(a)
+        assert w is not None and w.status == "running" and w.attempt == 4
+    finally:
+        engine._pool.shutdown(wait=True)

@@ -49,7 +49,7 @@ def print_poll(result: PollResult) -> None:
     console = _console()
     table = Table(title=f"workers of {result.epic_id or 'all epics'}")
     table.add_column("bead", no_wrap=True)
-    for col in ("group", "attempt", "progress", "instance", "duration", "last message"):
+    for col in ("group", "attempt", "retries", "progress", "instance", "duration", "last message"):
         table.add_column(col)
     for w in result.workers():
         message = w.blocked_reason or w.error or w.last_message or w.summary
@@ -57,6 +57,7 @@ def print_poll(result: PollResult) -> None:
             w.bead_id,
             w.group + (" (merged)" if w.merged else ""),
             str(w.attempt),
+            f"{w.retries_task} task, {w.retries_infra} infra",
             f"{w.progress_percent}%",
             w.instance or "-",
             _fmt_duration(w.duration_ms),

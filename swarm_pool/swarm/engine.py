@@ -13,7 +13,8 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
   several at once on a small thread pool;
 - fails the in-flight workers of an instance that exited (a store ``instance_exited`` /
   ``instance_started`` event, a new pid, or a dead state in the pool state) and retries
-  them elsewhere under ``workers.max_retries``;
+  them elsewhere under the infra budget (``workers.infra_retry_window_s``, not
+  ``max_retries``: the instance's death is not the task's fault);
 - fails and retries a worker whose session reported ``session.error``;
 - aborts and fails a running worker past ``workers.timeout_s`` (or its spawn's own
   ``timeout_s``) of running time, without retry: a hung model would hang again (time
@@ -41,7 +42,7 @@ from swarm_pool import faults
 from swarm_pool.config import Config
 from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.store.events import WorkerNeedsReview, now_ms
+from swarm_pool.store.events import FailureCause, WorkerNeedsReview, now_ms
 from swarm_pool.store.lifecycle import ACTIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
@@ -337,6 +338,7 @@ class Engine:
                 w.bead_id,
                 error=f"instance {w.instance} exited while the worker was running",
                 reason="instance_exited",
+                cause=FailureCause.INFRA,
                 session_id=w.session_id,
                 attempt=w.attempt,
             )
