@@ -103,6 +103,18 @@ class FakePool:
                 return httpx.Response(200, json={"id": sid})
             if path == "/session/status":
                 return httpx.Response(200, json=self.status)
+            if path == "/session" and request.method == "GET":
+                directory = request.url.params.get("directory")
+                return httpx.Response(
+                    200,
+                    json=[
+                        {"id": sid, "directory": sess["directory"]}
+                        for sid, sess in self.sessions.items()
+                        if sess["instance"] == name
+                        and not sess.get("deleted")
+                        and directory in (None, sess["directory"])
+                    ],
+                )
             parts = path.strip("/").split("/")
             if parts[0] == "session" and len(parts) >= 2:
                 sid = parts[1]
@@ -698,3 +710,21 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
         assert w is not None and w.status == "running" and w.attempt == 4
     finally:
         engine._pool.shutdown(wait=True)
+
+
+def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+    w = spawn(ctx, engine, a)
+    # What a kill between a session's creation and its record leaves on the instance:
+    # a session in the worker's worktree that the store never heard of.
+    leaked = pool.client(pool.slots[w.instance]).create_session(directory=w.worktree)["id"]
+    engine.tick(wait=True)
+    assert not pool.sessions[leaked].get("deleted")  # no restart yet: nothing to reconcile
+    pool.set(w.instance, pid=999)  # the supervisor restarted it
+    engine.tick(wait=True)
+    engine.tick(wait=True)
+    assert pool.sessions[leaked].get("deleted")
+    known = {getattr(e.event, "session_id", "") for e in ctx.store.read(bead_id=a)}
+    assert w.session_id in known and leaked not in known

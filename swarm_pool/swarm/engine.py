@@ -5,8 +5,10 @@ composition root, so ``pool/`` never imports ``swarm/``), acting only while that
 supervisor's pool is running. Each tick, woken by store changes or every ``tick_s``, it:
 
 - first of all, once per start (after a crash and adoption too), reconciles the
-  instances' sessions with the store (``reconcile``), and on later ticks settles
-  session intents left unprompted past a grace period;
+  instances' sessions with the store (``reconcile``), again for each instance that comes
+  back from a restart (a kill can leave a session created but never recorded or
+  prompted), and on later ticks settles session intents left unprompted past a grace
+  period;
 - keeps one SSE watcher per pool instance (``watch``), which records session status,
   errors and permission/question requests into the store;
 - dispatches queued spawns (every spawn is queued first) when an instance has room,
@@ -116,6 +118,9 @@ class Engine:
         )
         self._timeouts: dict[str, float] = {}
         self._reconciled = False
+        # Instances restarted (or gone) since their sessions were last reconciled: a kill
+        # can leave a session that was created but never recorded or prompted.
+        self._unreconciled: set[str] = set()
         self._acting = False
         self.intent_grace_s = 10.0
         self.ticks = 0
@@ -260,7 +265,14 @@ class Engine:
             report = reconcile(ctx, ready)
             log.info("engine: reconciled sessions with the store: %s", report)
             self._reconciled = True
+            self._unreconciled.clear()
         else:
+            back = [s for s in ready if s.name in self._unreconciled]
+            if back:
+                # The same reconciliation as at start, for the instances that came back.
+                report = reconcile(ctx, back)
+                log.info("engine: reconciled restarted %s: %s", [s.name for s in back], report)
+                self._unreconciled.difference_update(s.name for s in back)
             reconcile_dispatching(ctx, ready, self.intent_grace_s)
         if self._watch is not None:
             self._watch.sync(ready)
@@ -317,8 +329,10 @@ class Engine:
             old = self._pids.get(slot.name)
             if slot.name in self._pids and old is not None and slot.pid != old:
                 self._gone_at[slot.name] = now
+                self._unreconciled.add(slot.name)
             if slot.state in _GONE_STATES:
                 self._gone_at[slot.name] = now
+                self._unreconciled.add(slot.name)
             self._pids[slot.name] = slot.pid
         for name in list(self._pids):
             if name not in seen:  # removed from the pool (scale down)
