@@ -134,6 +134,9 @@ class WorkersSection(_Section):
     infra_retry_backoff_s: float = Field(1.0, ge=0, description="first infra retry's delay")
     infra_retry_backoff_max_s: float = Field(30.0, ge=0, description="cap of the doubling")
     timeout_s: float = Field(900.0, gt=0)
+    supervisor_wait_s: float = Field(
+        300.0, ge=0, description="how long `run` waits for a supervisor to serve the pool again"
+    )
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)
     base_branch: str = Field("", description="empty: the branch checked out at spawn")

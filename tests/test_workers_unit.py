@@ -26,6 +26,7 @@ from swarm_pool.errors import (
     NotFoundError,
     PoolNotRunningError,
     ReviewRequiredError,
+    SupervisorLostError,
     WorkerError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
@@ -46,6 +47,7 @@ from swarm_pool.swarm.engine import Engine
 from swarm_pool.swarm.failure import infra_backoff_until
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.runner import SupervisorWatch
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
 from swarm_pool.view.metrics import epic_metrics
@@ -728,3 +730,38 @@ def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
     assert pool.sessions[leaked].get("deleted")
     known = {getattr(e.event, "session_id", "") for e in ctx.store.read(bead_id=a)}
     assert w.session_id in known and leaked not in known
+
+
+def test_await_with_stall_check_returns_when_nothing_can_dispatch(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    spawn_async(ctx, a)  # queued; no engine pass
+    saved, pool.slots = pool.slots, {}  # no instance: nothing would dispatch it
+    try:
+        result = await_workers(ctx, None, 30, stall_check=True)
+        assert result.stalled and not result.timed_out and result.active == 1
+        assert await_workers(ctx, None, 0.1).stalled == ""  # without the check: a timeout
+    finally:
+        pool.slots = saved
+    assert await_workers(ctx, None, 0.1, stall_check=True).stalled == ""
+
+
+def test_supervisor_watch_waits_bounded_then_carries_on(ctx: SwarmContext, pool: FakePool) -> None:
+    lines: list[str] = []
+    watch = SupervisorWatch(ctx.paths, ctx.config, lines.append, poll_s=0.05)
+    watch.wait_until_served(ctx)  # served: says nothing
+    assert lines == []
+    saved, pool.slots = pool.slots, {}
+    ctx.config.workers.supervisor_wait_s = 0.2
+    with pytest.raises(SupervisorLostError):
+        watch.wait_until_served(ctx)
+    assert len(lines) == 1 and "supervisor is gone" in lines[0]
+    ctx.config.workers.supervisor_wait_s = 60.0
+    timer = threading.Timer(0.3, lambda: setattr(pool, "slots", saved))
+    timer.start()
+    try:
+        watch.wait_until_served(ctx)
+    finally:
+        timer.cancel()
+    assert "carries on" in lines[-1]

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from swarm_pool.errors import PoolNotRunningError
 from swarm_pool.store.events import now_ms
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.failure import RETRY_TYPES, RetryUse, count_retries
@@ -76,6 +77,8 @@ class PollResult:
     groups: dict[str, list[WorkerInfo]]
     seq: int
     timed_out: bool = False
+    # Why nothing can move the work still pending or in progress (empty: something can).
+    stalled: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -93,6 +96,7 @@ class PollResult:
             "epic_id": self.epic_id,
             "seq": self.seq,
             "timed_out": self.timed_out,
+            "stalled": self.stalled,
             "counts": self.counts,
             "groups": {g: [w.to_dict() for w in ws] for g, ws in self.groups.items()},
         }
@@ -167,13 +171,24 @@ def poll(ctx: SwarmContext, epic_id: str | None = None) -> PollResult:
     return PollResult(epic_id=epic_id, groups=groups, seq=seq)
 
 
-def await_workers(ctx: SwarmContext, epic_id: str | None, timeout: float) -> PollResult:
-    """Poll until no worker of the epic is in progress or pending, or ``timeout``."""
+def await_workers(
+    ctx: SwarmContext, epic_id: str | None, timeout: float, *, stall_check: bool = False
+) -> PollResult:
+    """Poll until no worker of the epic is in progress or pending, or ``timeout``.
+
+    With ``stall_check`` it returns at once (``stalled`` says why) when such work
+    remains and no supervisor with a live worker engine would move it: waiting could
+    only end in the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         result = poll(ctx, epic_id)
         if result.active == 0:
             return result
+        if stall_check:
+            try:
+                ctx.require_dispatcher(f"the {result.active} pending or running workers")
+            except PoolNotRunningError as e:
+                return PollResult(result.epic_id, result.groups, result.seq, stalled=str(e))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return PollResult(result.epic_id, result.groups, result.seq, timed_out=True)
