@@ -31,6 +31,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── GatewayError                the gateway cannot serve a request
     │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
+    │   ├── StoreUnavailableError   the store's server cannot be reached (retry later)
     │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
@@ -165,6 +166,11 @@ class InstanceUnavailableError(GatewayError):
 
 class StoreError(SwarmPoolError):
     pass
+
+
+class StoreUnavailableError(StoreError):
+    """The store's database server refused or dropped the connection: nothing was
+    written by the call that raised this, unless it was a commit whose answer was lost."""
 
 
 class StoreCorruptError(StoreError):

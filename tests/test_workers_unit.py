@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from swarm_pool import faults
 from swarm_pool.config import Config
 from swarm_pool.errors import (
     DependencyBlockedError,
@@ -41,6 +42,8 @@ from swarm_pool.store.events import (
     SubtaskSpec,
     WorkerBlocked,
     WorkerCompleted,
+    WorkerProgress,
+    now_ms,
 )
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine import Engine
@@ -51,7 +54,7 @@ from swarm_pool.swarm.runner import SupervisorWatch
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
 from swarm_pool.view.metrics import epic_metrics
-from tests.support import git, init_repo
+from tests.support import git, init_repo, wait_for
 
 
 @pytest.fixture
@@ -72,6 +75,8 @@ class FakePool:
         self.status: dict[str, dict[str, Any]] = {}  # id -> status entry (absent = idle)
         self.calls: list[tuple[str, str, str]] = []  # (instance, method, path)
         self.down: set[str] = set()
+        # Instances that create the session, then never answer (outcome unknown).
+        self.create_times_out: set[str] = set()
 
     def set(self, name: str, **kw: Any) -> None:
         old = self.slots[name]
@@ -99,24 +104,27 @@ class FakePool:
                 self.sessions[sid] = {
                     "instance": name,
                     "directory": request.url.params.get("directory"),
+                    "title": json.loads(request.content or b"{}").get("title", ""),
                     "prompts": [],
                     "messages": [],
                 }
+                if name in self.create_times_out:
+                    raise httpx.ReadTimeout("no answer")
                 return httpx.Response(200, json={"id": sid})
-            if path == "/session/status":
-                return httpx.Response(200, json=self.status)
             if path == "/session" and request.method == "GET":
                 directory = request.url.params.get("directory")
                 return httpx.Response(
                     200,
                     json=[
-                        {"id": sid, "directory": sess["directory"]}
-                        for sid, sess in self.sessions.items()
-                        if sess["instance"] == name
-                        and not sess.get("deleted")
-                        and directory in (None, sess["directory"])
+                        {"id": sid, "directory": x["directory"], "title": x["title"]}
+                        for sid, x in self.sessions.items()
+                        if x["instance"] == name
+                        and not x.get("deleted")
+                        and (directory is None or x["directory"] == directory)
                     ],
                 )
+            if path == "/session/status":
+                return httpx.Response(200, json=self.status)
             parts = path.strip("/").split("/")
             if parts[0] == "session" and len(parts) >= 2:
                 sid = parts[1]
@@ -128,10 +136,13 @@ class FakePool:
                     self.status[sid] = {"type": "busy"}
                     return httpx.Response(204)
                 if parts[-1] == "message":
-                    return httpx.Response(200, json=sess["messages"])
+                    prompted = [{"info": {"role": "user"}, "parts": []}] if sess["prompts"] else []
+                    return httpx.Response(200, json=sess["messages"] or prompted)
                 if parts[-1] == "abort":
                     self.status.pop(sid, None)
                     return httpx.Response(200, json=True)
+                if sess.get("deleted"):
+                    return httpx.Response(404)
                 if request.method == "DELETE":
                     sess["deleted"] = True
                     return httpx.Response(200, json=True)
@@ -424,6 +435,46 @@ def test_per_spawn_timeout(ctx: SwarmContext, pool: FakePool, engine: Engine) ->
     time.sleep(0.4)
     engine.tick(wait=True)
     assert ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+
+
+def test_time_blocked_on_a_human_does_not_count_towards_the_timeout(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    wa = spawn(ctx, engine, a, timeout_s=3.0)
+    wb = spawn(ctx, engine, b, timeout_s=3.0)
+    # a waits for a permission for a while, then resumes; b just runs.
+    ctx.store.append(
+        WorkerBlocked(
+            bead_id=a,
+            epic_id=wa.epic_id,
+            session_id=wa.session_id,
+            reason="permission asked: bash",
+            kind="permission",
+            request_id="per_1",
+        )
+    )
+    time.sleep(3.2)  # longer than the timeout, nearly all of it blocked for a
+    engine.tick(wait=True)
+    assert ctx.store.workers.get(a).status == "blocked"  # type: ignore[union-attr]
+    assert ctx.store.workers.get(b).status == "failed"  # type: ignore[union-attr]
+    ctx.store.append(
+        WorkerProgress(bead_id=a, epic_id=wa.epic_id, session_id=wa.session_id, progress_percent=10)
+    )
+    engine.tick(wait=True)
+    resumed = ctx.store.workers.get(a)
+    assert resumed is not None and resumed.status == "running"
+    assert resumed.blocked_ms >= 3200 and resumed.running_ms(now_ms()) < 3000
+
+    def timed_out() -> bool:
+        engine.tick(wait=True)
+        return ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+
+    wait_for(timed_out, 20, interval=0.2)  # once its running time passes the limit
+    assert getattr(ctx.store.read(types=["worker_failed"], bead_id=a)[-1].event, "reason", "") == (
+        "timeout"
+    )
+    assert wb.bead_id == b
 
 
 def test_engine_needs_all_signals_before_needs_review(
@@ -765,3 +816,97 @@ def test_supervisor_watch_waits_bounded_then_carries_on(ctx: SwarmContext, pool:
     finally:
         timer.cancel()
     assert "carries on" in lines[-1]
+
+
+# --- unknown outcomes, crashes between intent and prompt ------------------------------
+
+
+def live_sessions(pool: FakePool, worktree: str) -> list[str]:
+    return [
+        sid
+        for sid, x in pool.sessions.items()
+        if x["directory"] == worktree and not x.get("deleted")
+    ]
+
+
+def test_unknown_outcome_of_session_create_is_looked_up_not_failed_over(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    pool.set("i2", state="starting")  # only i1 takes work
+    pool.create_times_out.add("i1")
+    w = spawn(ctx, engine, a)
+    # The session was created but its answer never came: found by listing and deleted;
+    # nothing was tried elsewhere, and the worker waits in the queue.
+    assert w.status == "pending" and live_sessions(pool, w.worktree) == []
+    assert [c for c in pool.calls if c[1] == "POST" and c[2] == "/session"] == [
+        ("i1", "POST", "/session")
+    ]
+    pool.create_times_out.clear()
+    engine.tick(wait=True)
+    w2 = ctx.store.workers.get(a)
+    assert w2 is not None and w2.status == "running"
+    assert live_sessions(pool, w2.worktree) == [w2.session_id]
+
+
+def test_connect_refused_fails_over_to_another_instance(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    pool.down.add("i1")
+    w = spawn(ctx, engine, a, routing="least_busy")
+    assert w.status == "running" and w.instance == "i2"
+
+
+def test_restarted_engine_prompts_the_intent_that_never_was(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    """A dispatcher died between recording its session and prompting it; the next
+    engine prompts that very session, and also removes a session in a queued worker's
+    worktree that nobody recorded (the same crash, one step earlier)."""
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    with faults.inject("dispatch.before_prompt", _crash), pytest.raises(_Crash):
+        from swarm_pool.swarm.dispatch import dispatch
+
+        spawn_async(ctx, a)
+        dispatch(ctx, a)
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.status == "dispatching" and wa.session_id
+    assert pool.sessions[wa.session_id]["prompts"] == []
+    spawn_async(ctx, b)
+    wb = ctx.store.workers.get(b)
+    assert wb is not None
+    orphan = pool.client(pool.slots["i2"]).create_session(wb.worktree, title="lost")["id"]
+    fresh = engine_for(ctx, pool)  # a new engine: reconciles on its first pass
+    try:
+        fresh.tick(wait=True)
+    finally:
+        fresh._pool.shutdown(wait=True)
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.status == "running"
+    assert live_sessions(pool, wa.worktree) == [wa.session_id]
+    assert len(pool.sessions[wa.session_id]["prompts"]) == 1
+    assert pool.sessions[orphan].get("deleted")
+    wb = ctx.store.workers.get(b)
+    assert wb is not None and live_sessions(pool, wb.worktree) == [wb.session_id]
+
+
+class _Crash(BaseException):
+    """Stands for the dispatcher's process dying at the fault point."""
+
+
+def _crash() -> None:
+    raise _Crash
+
+
+def test_review_rejects_a_symlink_leaving_the_worktree(
+    ctx: SwarmContext, repo: Path, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a.txt", "link"]))
+    wa = spawn(ctx, engine, a)
+    Path(wa.worktree, "a.txt").write_text("A\n")
+    Path(wa.worktree, "link").symlink_to(repo / ".swarm" / "pool.json")
+    complete(ctx, a)
+    verdict = review(ctx, a)
+    assert not verdict.approved
+    assert "symlinks leaving the worktree: link" in verdict.problems

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from swarm_pool.pool.state import PoolState, read_state
 
@@ -87,22 +88,36 @@ class Side:
         )
 
 
-def _latency(gw: Side, direct: Side, path: str, params: dict[str, str], n: int) -> dict[str, Any]:
+def _cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def _latency(
+    gw: Side, direct: Side, path: str, params: dict[str, str], n: int, gw_pid: int
+) -> dict[str, Any]:
     times: dict[str, list[float]] = {"gateway": [], "direct": []}
+    gw_cpu = 0.0
     with gw.client() as g, direct.client() as d:
         for c in (g, d):  # warm the connections and both servers
             for _ in range(20):
                 c.get(path, params=params).raise_for_status()
         for _block in range(n // 50):
             for name, c in (("gateway", g), ("direct", d)):
+                cpu0 = _cpu_s(gw_pid)
                 for _ in range(50):
                     t0 = time.perf_counter()
                     c.get(path, params=params).raise_for_status()
                     times[name].append(time.perf_counter() - t0)
+                if name == "gateway":
+                    gw_cpu += _cpu_s(gw_pid) - cpu0
     out: dict[str, Any] = {name: _ms(v) for name, v in times.items()}
     out["added_p50_ms"] = round(out["gateway"]["p50_ms"] - out["direct"]["p50_ms"], 2)
     out["added_p99_ms"] = round(out["gateway"]["p99_ms"] - out["direct"]["p99_ms"], 2)
     out["requests_each"] = len(times["gateway"])
+    # CPU the gateway process spent per request: less sensitive to the machine's load
+    # than wall times, and what bounds its throughput (1000 / this per core).
+    out["gateway_cpu_ms_per_request"] = round(gw_cpu / len(times["gateway"]) * 1000, 3)
     return out
 
 
@@ -253,8 +268,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with direct.client() as c:
                 sid = c.post("/session", params=params, json={}).json()["id"]
             n = 200 if quick else 1000
-            result["latency_session_status"] = _latency(gw, direct, "/session/status", params, n)
-            result["latency_session_get"] = _latency(gw, direct, f"/session/{sid}", params, n)
+            gateway_rec = _state(project).gateway()
+            assert gateway_rec is not None and gateway_rec.pid is not None
+            gw_pid = gateway_rec.pid
+            result["latency_session_status"] = _latency(
+                gw, direct, "/session/status", params, n, gw_pid
+            )
+            result["latency_session_get"] = _latency(
+                gw, direct, f"/session/{sid}", params, n, gw_pid
+            )
             result["sse"] = _sse(gw, direct, sid, directory, 50 if quick else 200)
             result["throughput"] = _throughput(gw, direct, params, 3.0 if quick else 8.0)
             walls: dict[str, list[float]] = {"gateway": [], "one_instance": []}

@@ -254,7 +254,7 @@ def _delete(client: OpenCodeClient, session_id: str, worktree: str) -> None:
 
 
 def _drop_unrecorded(client: OpenCodeClient, a: _Attempt) -> None:
-    prefix = f"{a.bead_id} #{a.attempt}:"
+    prefix = session_title(a.bead_id, a.attempt, "")
     with contextlib.suppress(OpenCodeError):
         for s in client.sessions(directory=a.worktree):
             if str(s.get("title", "")).startswith(prefix) and s.get("directory") == a.worktree:

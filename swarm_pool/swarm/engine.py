@@ -45,7 +45,7 @@ from swarm_pool.config import Config
 from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import FailureCause, WorkerNeedsReview, now_ms
-from swarm_pool.store.lifecycle import ACTIVE, WorkerStatus
+from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
 from swarm_pool.swarm.dispatch import dispatch
@@ -122,7 +122,6 @@ class Engine:
         # can leave a session that was created but never recorded or prompted.
         self._unreconciled: set[str] = set()
         self._acting = False
-        self.intent_grace_s = 10.0
         self.ticks = 0
         self.errors = 0
         self.last_tick_ms: int | None = None
@@ -145,6 +144,18 @@ class Engine:
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def busy_on(self, instance: str) -> int | None:
+        """Workers in flight on ``instance`` per the store (None before the store is
+        open or when it cannot be read): the supervisor's busy hint."""
+        ctx = self._ctx
+        if ctx is None:
+            return None
+        try:
+            workers = ctx.store.workers.list()
+        except SwarmPoolError:
+            return None
+        return sum(1 for w in workers if w.instance == instance and w.status in IN_FLIGHT)
 
     def _context(self) -> SwarmContext:
         if self._ctx is None:
@@ -273,7 +284,7 @@ class Engine:
                 report = reconcile(ctx, back)
                 log.info("engine: reconciled restarted %s: %s", [s.name for s in back], report)
                 self._unreconciled.difference_update(s.name for s in back)
-            reconcile_dispatching(ctx, ready, self.intent_grace_s)
+            reconcile_dispatching(ctx, ready, self.config.workers.intent_grace_s)
         if self._watch is not None:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)

@@ -15,6 +15,7 @@ from typing import Any
 
 from swarm_pool.errors import PoolNotRunningError
 from swarm_pool.store.events import now_ms
+from swarm_pool.store.lifecycle import WorkerStatus
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.failure import RETRY_TYPES, RetryUse, count_retries
 
@@ -26,14 +27,14 @@ GROUPS = (
     "blocked",
     "failed",
 )
-_BY_STATUS = {
-    "running": "in_progress",
-    "pending": "pending",
-    "blocked": "blocked",
-    "completed": "completed",
-    "needs_review": "completed_needs_review",
-    "completed_needs_review": "completed_needs_review",
-    "failed": "failed",
+_BY_STATUS: dict[str, str] = {
+    WorkerStatus.PENDING: "pending",
+    WorkerStatus.DISPATCHING: "in_progress",
+    WorkerStatus.RUNNING: "in_progress",
+    WorkerStatus.BLOCKED: "blocked",
+    WorkerStatus.COMPLETED: "completed",
+    WorkerStatus.NEEDS_REVIEW: "completed_needs_review",
+    WorkerStatus.FAILED: "failed",
 }
 # Groups that still change without anybody's help.
 ACTIVE_GROUPS = ("in_progress", "pending")
