@@ -281,7 +281,7 @@ class Engine:
             back = [s for s in ready if s.name in self._unreconciled]
             if back:
                 # The same reconciliation as at start, for the instances that came back.
-                report = reconcile(ctx, back)
+                report = reconcile(ctx, back, skip=frozenset(self._dispatching))
                 log.info("engine: reconciled restarted %s: %s", [s.name for s in back], report)
                 self._unreconciled.difference_update(s.name for s in back)
             reconcile_dispatching(ctx, ready, self.config.workers.intent_grace_s)

@@ -42,10 +42,18 @@ class ReconcileReport:
     removed: list[str] = field(default_factory=list)  # sessions of nobody's attempt
 
 
-def reconcile(ctx: SwarmContext, slots: list[InstanceSlot]) -> ReconcileReport:
-    """Match every live worker's worktree on every reachable instance with the store."""
+def reconcile(
+    ctx: SwarmContext, slots: list[InstanceSlot], *, skip: frozenset[str] = frozenset()
+) -> ReconcileReport:
+    """Match every live worker's worktree on every reachable instance with the store
+    (but the beads in ``skip``: being dispatched right now, their new session may not
+    be recorded yet)."""
     report = ReconcileReport()
-    workers = [w for w in ctx.store.workers.list() if w.status in LIVE and w.worktree]
+    workers = [
+        w
+        for w in ctx.store.workers.list()
+        if w.status in LIVE and w.worktree and w.bead_id not in skip
+    ]
     for slot in slots:
         try:
             _reconcile_instance(ctx, slot, workers, report)
