@@ -148,6 +148,9 @@ class WorkersSection(_Section):
         "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"
     )
     sandbox_network: bool = Field(True, description="false: no network in the sandbox")
+    session_sweep_s: float = Field(
+        30.0, gt=0, description="how often the engine deletes sessions unknown to the store"
+    )
     intent_grace_s: float = Field(
         10.0, gt=0, description="a recorded session not yet known prompted is settled after"
     )

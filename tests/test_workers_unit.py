@@ -105,6 +105,7 @@ class FakePool:
                     "instance": name,
                     "directory": request.url.params.get("directory"),
                     "title": json.loads(request.content or b"{}").get("title", ""),
+                    "created": int(time.time() * 1000),
                     "prompts": [],
                     "messages": [],
                 }
@@ -116,7 +117,12 @@ class FakePool:
                 return httpx.Response(
                     200,
                     json=[
-                        {"id": sid, "directory": x["directory"], "title": x["title"]}
+                        {
+                            "id": sid,
+                            "directory": x["directory"],
+                            "title": x["title"],
+                            "time": {"created": x["created"], "updated": x["created"]},
+                        }
                         for sid, x in self.sessions.items()
                         if x["instance"] == name
                         and not x.get("deleted")
@@ -910,3 +916,26 @@ def test_review_rejects_a_symlink_leaving_the_worktree(
     verdict = review(ctx, a)
     assert not verdict.approved
     assert "symlinks leaving the worktree: link" in verdict.problems
+
+
+def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool, session_sweep_s=0.01, intent_grace_s=60.0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        w = spawn(ctx, engine, a)
+        complete(ctx, a)  # no longer live: the restart reconciliation would not look
+        client = pool.client(pool.slots[w.instance])
+        old = client.create_session(directory=w.worktree)["id"]
+        fresh = client.create_session(directory=w.worktree)["id"]
+        pool.sessions[old]["created"] -= 61_000  # a creation whose answer was lost long ago
+        engine._swept = 0.0
+        engine.tick(wait=True)
+        assert pool.sessions[old].get("deleted")
+        # Younger than the grace: it may be a dispatch about to record it.
+        assert not pool.sessions[fresh].get("deleted")
+        assert not pool.sessions[w.session_id].get("deleted")  # known to the store
+    finally:
+        engine._pool.shutdown(wait=True)

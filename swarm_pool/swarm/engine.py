@@ -8,7 +8,7 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
   instances' sessions with the store (``reconcile``), again for each instance that comes
   back from a restart (a kill can leave a session created but never recorded or
   prompted), and on later ticks settles session intents left unprompted past a grace
-  period;
+  period and, every ``workers.session_sweep_s``, deletes sessions unknown to the store;
 - keeps one SSE watcher per pool instance (``watch``), which records session status,
   errors and permission/question requests into the store;
 - dispatches queued spawns (every spawn is queued first) when an instance has room,
@@ -51,7 +51,7 @@ from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, defaul
 from swarm_pool.swarm.dispatch import dispatch
 from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.failure import fail
-from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching
+from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.spec import load_spec
 from swarm_pool.swarm.watch import (
@@ -121,6 +121,7 @@ class Engine:
         # Instances restarted (or gone) since their sessions were last reconciled: a kill
         # can leave a session that was created but never recorded or prompted.
         self._unreconciled: set[str] = set()
+        self._swept = time.monotonic()
         self._acting = False
         self.ticks = 0
         self.errors = 0
@@ -283,8 +284,13 @@ class Engine:
                 # The same reconciliation as at start, for the instances that came back.
                 report = reconcile(ctx, back, skip=frozenset(self._dispatching))
                 log.info("engine: reconciled restarted %s: %s", [s.name for s in back], report)
-                self._unreconciled.difference_update(s.name for s in back)
+                self._unreconciled.difference_update(
+                    s.name for s in back if s.name not in report.unreachable
+                )
             reconcile_dispatching(ctx, ready, self.config.workers.intent_grace_s)
+            if time.monotonic() - self._swept >= self.config.workers.session_sweep_s:
+                self._swept = time.monotonic()
+                sweep_unknown(ctx, ready, self.config.workers.intent_grace_s)
         if self._watch is not None:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)
