@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox} [--json]``.
+"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox} [--json] [--quick]``
+(``store --backend sqlite|postgresql|both``).
 
 Each suite lives in ``scripts/benches/<name>.py`` and exposes ``run(args) -> dict``.
 Results are compared side by side within one run, as ratios, never against constants.
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", choices=SUITES)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql", "both"),
+        default="sqlite",
+        help="store suite: which store backends to measure (PostgreSQL: a throw-away server)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))

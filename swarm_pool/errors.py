@@ -18,7 +18,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── PoolError
     │   ├── PoolAlreadyRunningError
     │   ├── PoolNotRunningError
-    │   │   └── EngineNotRunningError  the pool runs, its worker engine does not
+    │   │   ├── EngineNotRunningError  the pool runs, its worker engine does not
+    │   │   └── SupervisorLostError    `run`'s supervisor died and none came back in time
     │   ├── EngineStartError        the worker engine cannot start (the daemon exits)
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
@@ -30,6 +31,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── GatewayError                the gateway cannot serve a request
     │   └── InstanceUnavailableError  the instance it needs is not ready: retry later
     ├── StoreError
+    │   ├── StoreUnavailableError   the store's server cannot be reached (retry later)
     │   ├── StoreCorruptError       the store file is damaged (not a database, truncated)
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
@@ -117,6 +119,10 @@ class EngineNotRunningError(PoolNotRunningError):
     """The pool runs but its worker engine does not: queued work would never start."""
 
 
+class SupervisorLostError(PoolNotRunningError):
+    """``run``'s supervisor died and no supervisor served the pool again in time."""
+
+
 class EngineStartError(PoolError):
     """The worker engine cannot start, so the daemon refuses to run the pool."""
 
@@ -160,6 +166,11 @@ class InstanceUnavailableError(GatewayError):
 
 class StoreError(SwarmPoolError):
     pass
+
+
+class StoreUnavailableError(StoreError):
+    """The store's database server refused or dropped the connection: nothing was
+    written by the call that raised this, unless it was a commit whose answer was lost."""
 
 
 class StoreCorruptError(StoreError):

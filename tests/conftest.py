@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.pg_server import ScratchPostgres, find_bin_dir, must_not_skip
 from tests.support import SESSION_TAG_ENV, TEST_TAG_ENV, describe, tagged_processes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,24 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 _KEEP_ENV = {"SWARM_POOL_HOME", "SWARM_POOL_OPENCODE", TEST_TAG_ENV, SESSION_TAG_ENV}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[ScratchPostgres]:
+    """One throw-away PostgreSQL server for the session (a schema per store). Skipped
+    only where the server binaries cannot be had; a failure where they can."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        strict = must_not_skip()
+        message = "no PostgreSQL server binaries (initdb, pg_ctl) on this machine"
+        if strict:
+            pytest.fail(f"{message}, and {strict}: run scripts/setup", pytrace=False)
+        pytest.skip(f"{message}; scripts/setup installs them on Debian")
+    server = ScratchPostgres(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,5 +1,5 @@
 """The worker lifecycle in the store: the transition table, attempt/session fencing and
-conditional appends, against the real SQLite recorder.
+conditional appends: a contract run on the real SQLite recorder and on PostgreSQL.
 
 The property test throws random interleavings of worker events (any type, any attempt,
 this session or another) at one bead and checks every append against the table written
@@ -11,9 +11,7 @@ gives the same projections as the appends did.
 from __future__ import annotations
 
 import itertools
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swarm_pool.errors import IllegalTransitionError, VersionConflictError
-from swarm_pool.paths import ProjectPaths
-from swarm_pool.store import Store, open_store
+from swarm_pool.store import Store
 from swarm_pool.store.events import (
     WorkerCompleted,
     WorkerFailed,
@@ -33,6 +30,7 @@ from swarm_pool.store.events import (
     parse_event,
 )
 from swarm_pool.store.lifecycle import TERMINAL, WorkerStatus
+from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
 
 E = "bd-cafe01"
 B = f"{E}.1"
@@ -102,12 +100,6 @@ def _event(kind: str, attempt: int, session: str | None) -> Any:
     return parse_event(data)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with open_store(ProjectPaths(tmp_path).ensure().db) as s:
-        yield s
-
-
 # One step: which event, which attempt relative to the current one, which session.
 any_step = st.tuples(
     st.sampled_from(KINDS),
@@ -123,17 +115,9 @@ def _legal_steps(status: str | None) -> list[tuple[str, int, str]]:
     return same + nxt
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(st.data())
-def test_random_interleavings_follow_the_table(data: st.DataObject) -> None:
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        open_store(ProjectPaths(Path(tmp)).ensure().db) as store,
-    ):
+def _random_interleavings(backend: StoreBackend, data: st.DataObject) -> None:
+    root = backend.new_project()
+    with backend.open(backend.new_url(root), root) as store:
         for _ in range(data.draw(st.integers(1, 40), label="length")):
             current = store.workers.get(B)
             legal = _legal_steps(current.status if current else None)
@@ -145,6 +129,27 @@ def test_random_interleavings_follow_the_table(data: st.DataObject) -> None:
         incremental = store.projections_snapshot()
         store.rebuild()
         assert store.projections_snapshot() == incremental
+
+
+def _interleavings_test(examples: int) -> Any:
+    """The property test with its own number of examples (a fresh store each)."""
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
+    )
+    @given(data=st.data())
+    def test_random_interleavings_follow_the_table(
+        self: Any, backend: StoreBackend, data: st.DataObject
+    ) -> None:
+        _random_interleavings(backend, data)
+
+    return test_random_interleavings_follow_the_table
 
 
 def _check_steps(store: Store, steps: list[tuple[str, int, str]]) -> None:
@@ -218,64 +223,81 @@ def _assert_forbidden(before: Any, kind: str, attempt: int, session: str | None)
         assert attempt > before.attempt + 1
 
 
-def test_stale_session_of_the_current_attempt_is_recorded_not_applied(store: Store) -> None:
-    store.append(WorkerSpawned(bead_id=B, epic_id=E, session_id="s1"))
-    store.append(WorkerCompleted(bead_id=B, epic_id=E, session_id="s-other"))
-    assert store.workers.get(B).status == "running"  # type: ignore[union-attr]
-    assert [r["session_id"] for r in store.workers.stale(B)] == ["s-other"]
-
-
-def test_conditional_append_refuses_a_stale_version(store: Store) -> None:
-    store.append(WorkerQueued(bead_id=B, epic_id=E), expect={B: 0})
-    read = store.workers.get(B)
-    assert read is not None and read.version == 1
-    store.append(WorkerSpawned(bead_id=B, epic_id=E, session_id="s1"), expect={B: 1})
-    seq = store.last_seq()
-    # A caller that read version 1 (before the spawn) loses: nothing written.
-    with pytest.raises(VersionConflictError) as info:
-        store.append_many(
-            [WorkerProgress(bead_id=B, epic_id=E, session_id="s1", progress_percent=5)],
-            expect={B: 1},
-        )
-    assert (info.value.expected, info.value.actual) == (1, 2)
-    assert store.last_seq() == seq
-    with pytest.raises(VersionConflictError):
-        store.append(WorkerQueued(bead_id=f"{E}.2", epic_id=E), expect={f"{E}.2": 3})
-
-
-def test_racing_conditional_appends_exactly_one_wins(tmp_path: Path) -> None:
-    """Completion and a timeout's failure, each from its own connection, both read the
-    same version: whichever commits first wins, the other gets a conflict."""
-    db = ProjectPaths(tmp_path).ensure().db
-    with open_store(db) as store:
+class LifecycleContract(StoreFixtures):
+    def test_stale_session_of_the_current_attempt_is_recorded_not_applied(
+        self, store: Store
+    ) -> None:
         store.append(WorkerSpawned(bead_id=B, epic_id=E, session_id="s1"))
-        version = store.workers.get(B).version  # type: ignore[union-attr]
-    barrier = threading.Barrier(2)
-    results: dict[str, str] = {}
+        store.append(WorkerCompleted(bead_id=B, epic_id=E, session_id="s-other"))
+        assert store.workers.get(B).status == "running"  # type: ignore[union-attr]
+        assert [r["session_id"] for r in store.workers.stale(B)] == ["s-other"]
 
-    def attempt(name: str, event: Any) -> None:
-        with open_store(db) as own:
-            barrier.wait()
-            try:
-                own.append(event, expect={B: version})
-                results[name] = "won"
-            except VersionConflictError:
-                results[name] = "conflict"
+    def test_conditional_append_refuses_a_stale_version(self, store: Store) -> None:
+        store.append(WorkerQueued(bead_id=B, epic_id=E), expect={B: 0})
+        read = store.workers.get(B)
+        assert read is not None and read.version == 1
+        store.append(WorkerSpawned(bead_id=B, epic_id=E, session_id="s1"), expect={B: 1})
+        seq = store.last_seq()
+        # A caller that read version 1 (before the spawn) loses: nothing written.
+        with pytest.raises(VersionConflictError) as info:
+            store.append_many(
+                [WorkerProgress(bead_id=B, epic_id=E, session_id="s1", progress_percent=5)],
+                expect={B: 1},
+            )
+        assert (info.value.expected, info.value.actual) == (1, 2)
+        assert store.last_seq() == seq
+        with pytest.raises(VersionConflictError):
+            store.append(WorkerQueued(bead_id=f"{E}.2", epic_id=E), expect={f"{E}.2": 3})
 
-    threads = [
-        threading.Thread(target=attempt, args=("complete", WorkerCompleted(bead_id=B, epic_id=E))),
-        threading.Thread(
-            target=attempt, args=("fail", WorkerFailed(bead_id=B, epic_id=E, error="timeout"))
-        ),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert sorted(results.values()) == ["conflict", "won"]
-    with open_store(db) as store:
-        final = store.workers.get(B)
-        assert final is not None and final.status in TERMINAL
-        winner = "complete" if results["complete"] == "won" else "fail"
-        assert final.status == ("completed" if winner == "complete" else "failed")
-        assert len(store.read(types=["worker_completed", "worker_failed"])) == 1
+    def test_racing_conditional_appends_exactly_one_wins(
+        self, backend: StoreBackend, url: str, root: Path
+    ) -> None:
+        """Completion and a timeout's failure, each from its own connection (on
+        PostgreSQL one over TCP, one over the socket), both read the same version:
+        whichever commits first wins, the other gets a conflict."""
+        hosts = backend.host_urls(url)
+        with backend.open(url, root) as store:
+            store.append(WorkerSpawned(bead_id=B, epic_id=E, session_id="s1"))
+            version = store.workers.get(B).version  # type: ignore[union-attr]
+        barrier = threading.Barrier(2)
+        results: dict[str, str] = {}
+
+        def attempt(name: str, event: Any, host: str) -> None:
+            with backend.open(host, root) as own:
+                barrier.wait()
+                try:
+                    own.append(event, expect={B: version})
+                    results[name] = "won"
+                except VersionConflictError:
+                    results[name] = "conflict"
+
+        threads = [
+            threading.Thread(
+                target=attempt,
+                args=("complete", WorkerCompleted(bead_id=B, epic_id=E), hosts[0]),
+            ),
+            threading.Thread(
+                target=attempt,
+                args=("fail", WorkerFailed(bead_id=B, epic_id=E, error="timeout"), hosts[1]),
+            ),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results.values()) == ["conflict", "won"]
+        with backend.open(url, root) as store:
+            final = store.workers.get(B)
+            assert final is not None and final.status in TERMINAL
+            winner = "complete" if results["complete"] == "won" else "fail"
+            assert final.status == ("completed" if winner == "complete" else "failed")
+            assert len(store.read(types=["worker_completed", "worker_failed"])) == 1
+
+
+class TestLifecycleOnSQLite(OnSQLite, LifecycleContract):
+    test_random_interleavings_follow_the_table = _interleavings_test(200)
+
+
+class TestLifecycleOnPostgres(OnPostgres, LifecycleContract):
+    # A fresh schema per example costs more on a server: fewer examples, same table.
+    test_random_interleavings_follow_the_table = _interleavings_test(30)

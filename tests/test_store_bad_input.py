@@ -1,10 +1,10 @@
-"""Bad input gets a clear error and writes nothing: not an event, not a projection row."""
+"""Bad input gets a clear error and writes nothing: not an event, not a projection row
+(a contract run on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,20 +18,11 @@ from swarm_pool.errors import (
     ReservationError,
     SwarmPoolError,
 )
-from swarm_pool.paths import ProjectPaths
-from swarm_pool.store import Store, open_store
+from swarm_pool.store import Store
 from swarm_pool.store.events import CellCreated, InstanceReady, SubtaskSpec
+from tests.store_backends import OnPostgres, OnSQLite, StoreFixtures
 
 EPIC = "bd-c0ffee"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    paths = ProjectPaths(tmp_path).ensure()
-    with open_store(paths.db) as s:
-        s.hive.create_epic("seed", [SubtaskSpec(title="a")])
-        s.reservations.reserve("alice", ["src/**"])
-        yield s
 
 
 CASES: list[tuple[str, Callable[[Store], Any], type[SwarmPoolError], str]] = [
@@ -198,20 +189,37 @@ CASES: list[tuple[str, Callable[[Store], Any], type[SwarmPoolError], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "call", "error", "message"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_writes_nothing(
-    store: Store,
-    name: str,
-    call: Callable[[Store], Any],
-    error: type[SwarmPoolError],
-    message: str,
-) -> None:
-    seq = store.last_seq()
-    before = store.projections_snapshot()
-    with pytest.raises(error, match=re.escape(message)):
-        call(store)
-    assert store.last_seq() == seq
-    assert store.projections_snapshot() == before
-    assert store.check()["seq_gap_free"]
-    # The store still works after refusing.
-    assert store.append(InstanceReady(instance="after")) == seq + 1
+class BadInputContract(StoreFixtures):
+    @pytest.fixture
+    def seeded(self, store: Store) -> Store:
+        store.hive.create_epic("seed", [SubtaskSpec(title="a")])
+        store.reservations.reserve("alice", ["src/**"])
+        return store
+
+    @pytest.mark.parametrize(("name", "call", "error", "message"), CASES, ids=[c[0] for c in CASES])
+    def test_bad_input_writes_nothing(
+        self,
+        seeded: Store,
+        name: str,
+        call: Callable[[Store], Any],
+        error: type[SwarmPoolError],
+        message: str,
+    ) -> None:
+        store = seeded
+        seq = store.last_seq()
+        before = store.projections_snapshot()
+        with pytest.raises(error, match=re.escape(message)):
+            call(store)
+        assert store.last_seq() == seq
+        assert store.projections_snapshot() == before
+        assert store.check()["seq_gap_free"]
+        # The store still works after refusing.
+        assert store.append(InstanceReady(instance="after")) == seq + 1
+
+
+class TestBadInputOnSQLite(OnSQLite, BadInputContract):
+    pass
+
+
+class TestBadInputOnPostgres(OnPostgres, BadInputContract):
+    pass

@@ -1,33 +1,17 @@
-"""``swarm-pool log``, ``reservations``, ``db check`` and ``db rebuild`` with CliRunner."""
+"""``swarm-pool log``, ``reservations``, ``db check`` and ``db rebuild`` with CliRunner: a
+contract run on the project's SQLite file and on PostgreSQL (``--store URL``)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from swarm_pool.cli import main
-from swarm_pool.paths import ProjectPaths
-from swarm_pool.store import open_store
 from swarm_pool.store.events import InstanceReady, SubtaskSpec
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> tuple[Path, str]:
-    paths = ProjectPaths(tmp_path).ensure()
-    with open_store(paths.db) as s:
-        epic = s.hive.create_epic("demo", [SubtaskSpec(title="a"), SubtaskSpec(title="b")])
-        bead = epic.cells[0].id
-        s.append(
-            {"type": "worker_spawned", "bead_id": bead, "epic_id": epic.id, "session_id": "S1"}
-        )
-        s.append(InstanceReady(instance="i1", pid=1))
-        s.reservations.reserve("alice", ["src/**"], reason="auth work", bead_id=bead)
-        s.reservations.reserve("bob", ["src/a.py"])  # conflict
-    return tmp_path, epic.id
+from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -35,81 +19,114 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_log_json_lines_and_filters(project: tuple[Path, str]) -> None:
-    root, epic = project
-    code, out, _ = run("log", "--project", str(root), "--json")
-    assert code == 0
-    events = [json.loads(line) for line in out.splitlines()]
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    assert [e["type"] for e in events][:3] == ["epic_created", "cell_created", "cell_created"]
-    assert events[3]["session_id"] == "S1"
+class CliContract(StoreFixtures):
+    @pytest.fixture
+    def project(self, backend: StoreBackend, url: str, root: Path) -> tuple[list[str], str]:
+        with backend.open(url, root) as s:
+            epic = s.hive.create_epic("demo", [SubtaskSpec(title="a"), SubtaskSpec(title="b")])
+            bead = epic.cells[0].id
+            s.append(
+                {"type": "worker_spawned", "bead_id": bead, "epic_id": epic.id, "session_id": "S1"}
+            )
+            s.append(InstanceReady(instance="i1", pid=1))
+            s.reservations.reserve("alice", ["src/**"], reason="auth work", bead_id=bead)
+            s.reservations.reserve("bob", ["src/a.py"])  # conflict
+        return ["--project", str(root), *backend.cli_args(url)], epic.id
 
-    def seqs(*extra: str) -> list[int]:
-        code, out, err = run("log", "--project", str(root), "--json", *extra)
+    def test_log_json_lines_and_filters(self, project: tuple[list[str], str]) -> None:
+        where, epic = project
+        code, out, err = run("log", *where, "--json")
         assert code == 0, err
-        return [json.loads(line)["seq"] for line in out.splitlines()]
+        events = [json.loads(line) for line in out.splitlines()]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert [e["type"] for e in events][:3] == ["epic_created", "cell_created", "cell_created"]
+        assert events[3]["session_id"] == "S1"
 
-    assert seqs("--type", "instance_ready") == [5]
-    assert seqs("--type", "instance_ready", "--type", "file_conflict") == [5, 7]
-    assert seqs("--epic", epic) == [1, 2, 3, 4]
-    assert seqs("--bead", f"{epic}.2") == [3]
-    assert seqs("--session", "S1") == [4]
-    assert seqs("--since-seq", "5") == [6, 7]
-    assert seqs("--limit", "2") == [6, 7]  # the latest two
-    assert seqs("--since-seq", "1", "--limit", "2") == [2, 3]  # the next two
+        def seqs(*extra: str) -> list[int]:
+            code, out, err = run("log", *where, "--json", *extra)
+            assert code == 0, err
+            return [json.loads(line)["seq"] for line in out.splitlines()]
+
+        assert seqs("--type", "instance_ready") == [5]
+        assert seqs("--type", "instance_ready", "--type", "file_conflict") == [5, 7]
+        assert seqs("--epic", epic) == [1, 2, 3, 4]
+        assert seqs("--bead", f"{epic}.2") == [3]
+        assert seqs("--session", "S1") == [4]
+        assert seqs("--since-seq", "5") == [6, 7]
+        assert seqs("--limit", "2") == [6, 7]  # the latest two
+        assert seqs("--since-seq", "1", "--limit", "2") == [2, 3]  # the next two
+
+    def test_log_human_lines(self, project: tuple[list[str], str]) -> None:
+        where, _epic = project
+        code, out, _ = run("log", *where, "--type", "file_reserved")
+        assert code == 0
+        lines = out.splitlines()
+        assert len(lines) == 1
+        assert "file_reserved" in lines[0] and "holder=alice" in lines[0]
+        assert "pattern=src/**" in lines[0]
+
+    def test_log_rejects_unknown_type(self, project: tuple[list[str], str]) -> None:
+        where, _epic = project
+        code, _out, err = run("log", *where, "--type", "nope")
+        assert code == 2 and "nope" in err
+
+    def test_reservations(self, project: tuple[list[str], str]) -> None:
+        where, _epic = project
+        code, out, _ = run("reservations", *where, "--json")
+        assert code == 0
+        data = json.loads(out)
+        assert [(r["holder"], r["pattern"], r["reason"]) for r in data] == [
+            ("alice", "src/**", "auth work")
+        ]
+        code, out, _ = run("reservations", *where)
+        assert code == 0
+        assert "alice" in out and "src/**" in out and "exclusive" in out
+
+    def test_db_check_and_rebuild(
+        self,
+        project: tuple[list[str], str],
+        backend: StoreBackend,
+        url: str,
+        root: Path,
+    ) -> None:
+        where, _epic = project
+        code, out, _ = run("db", "check", *where, "--json")
+        assert code == 0
+        report = json.loads(out)
+        assert report["integrity"] == "ok" and report["backend"] == backend.name
+        assert report["events"] == 7 and report["seq_gap_free"]
+        assert report["by_type"]["cell_created"] == 2
+        code, out, _ = run("db", "check", *where)
+        assert code == 0 and "integrity:  ok" in out
+
+        with backend.raw(url, root) as conn:
+            conn.execute("DELETE FROM reservations")
+        code, out, _ = run("reservations", *where)
+        assert "no active reservations" in out
+        code, out, _ = run("db", "rebuild", *where)
+        assert code == 0 and "7 events" in out
+        code, out, _ = run("reservations", *where, "--json")
+        assert [r["holder"] for r in json.loads(out)] == ["alice"]
+
+    def test_store_url_from_the_environment(
+        self,
+        project: tuple[list[str], str],
+        url: str,
+        root: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setenv("SWARM_POOL_STORE__URL", url)
+        code, out, err = run("log", "--project", str(root), "--json", "--type", "instance_ready")
+        assert code == 0, err
+        assert [json.loads(line)["seq"] for line in out.splitlines()] == [5]
 
 
-def test_log_human_lines(project: tuple[Path, str]) -> None:
-    root, _epic = project
-    code, out, _ = run("log", "--project", str(root), "--type", "file_reserved")
-    assert code == 0
-    lines = out.splitlines()
-    assert len(lines) == 1
-    assert "file_reserved" in lines[0] and "holder=alice" in lines[0]
-    assert "pattern=src/**" in lines[0]
+class TestCliOnSQLite(OnSQLite, CliContract):
+    pass
 
 
-def test_log_rejects_unknown_type(project: tuple[Path, str]) -> None:
-    root, _epic = project
-    code, _out, err = run("log", "--project", str(root), "--type", "nope")
-    assert code == 2 and "nope" in err
-
-
-def test_reservations(project: tuple[Path, str]) -> None:
-    root, _epic = project
-    code, out, _ = run("reservations", "--project", str(root), "--json")
-    assert code == 0
-    data = json.loads(out)
-    assert [(r["holder"], r["pattern"], r["reason"]) for r in data] == [
-        ("alice", "src/**", "auth work")
-    ]
-    code, out, _ = run("reservations", "--project", str(root))
-    assert code == 0
-    assert "alice" in out and "src/**" in out and "exclusive" in out
-
-
-def test_db_check_and_rebuild(project: tuple[Path, str]) -> None:
-    root, _epic = project
-    code, out, _ = run("db", "check", "--project", str(root), "--json")
-    assert code == 0
-    report = json.loads(out)
-    assert report["integrity"] == "ok"
-    assert report["events"] == 7 and report["seq_gap_free"]
-    assert report["by_type"]["cell_created"] == 2
-    code, out, _ = run("db", "check", "--project", str(root))
-    assert code == 0 and "integrity:  ok" in out
-
-    db = root / ".swarm" / "swarm.db"
-    conn = sqlite3.connect(db)
-    conn.execute("DELETE FROM reservations")
-    conn.commit()
-    conn.close()
-    code, out, _ = run("reservations", "--project", str(root))
-    assert "no active reservations" in out
-    code, out, _ = run("db", "rebuild", "--project", str(root))
-    assert code == 0 and "7 events" in out
-    code, out, _ = run("reservations", "--project", str(root), "--json")
-    assert [r["holder"] for r in json.loads(out)] == ["alice"]
+class TestCliOnPostgres(OnPostgres, CliContract):
+    pass
 
 
 def test_commands_need_an_existing_store(tmp_path: Path) -> None:
@@ -118,3 +135,22 @@ def test_commands_need_an_existing_store(tmp_path: Path) -> None:
         assert code == 1
         assert "no store at" in err
     assert not (tmp_path / ".swarm").exists()
+
+
+def test_bad_store_option_is_one_line(tmp_path: Path) -> None:
+    code, out, err = run("log", "--project", str(tmp_path), "--store", "mysql://u:pw@h/db")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "bad store URL" in err and "pw" not in err
+
+
+def test_unreachable_store_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql://u:secretpw@127.0.0.1:{port}/db"
+    code, _out, err = run("db", "check", "--project", str(tmp_path), "--store", url)
+    assert code == 1
+    assert err.count("\n") == 1 and "cannot connect to the store" in err
+    assert "secretpw" not in err

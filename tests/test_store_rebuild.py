@@ -1,10 +1,9 @@
 """``rebuild`` replays the log into fresh projections equal to the incrementally kept ones,
-after a randomized history (hypothesis) of hive, worker, reservation and mail operations."""
+after a randomized history (hypothesis) of hive, worker, reservation and mail operations;
+a contract run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import sqlite3
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swarm_pool.errors import SwarmPoolError
-from swarm_pool.paths import ProjectPaths
-from swarm_pool.store import Store, open_store
+from swarm_pool.store import Store
 from swarm_pool.store.events import SubtaskSpec
+from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
 
 AGENTS = ["alice", "bob", "carol"]
 PATTERNS = ["src/**", "src/a.py", "src/*.py", "docs/**", "docs/x.md", "lib/b.py", "**/*.md"]
@@ -139,16 +138,23 @@ def _run(store: Store, ops: list[tuple[Any, ...]]) -> None:
             time.sleep(0.002)  # let the 1 ms reservation expire
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(st.lists(op, min_size=1, max_size=40))
-def test_rebuilt_projections_equal_incremental_ones(ops: list[tuple[Any, ...]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = ProjectPaths(Path(tmp)).ensure()
-        with open_store(paths.db) as store:
+class RebuildContract(StoreFixtures):
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
+    )
+    @given(st.lists(op, min_size=1, max_size=40))
+    def test_rebuilt_projections_equal_incremental_ones(
+        self, backend: StoreBackend, ops: list[tuple[Any, ...]]
+    ) -> None:
+        root = backend.new_project()
+        with backend.open(backend.new_url(root), root) as store:
             _run(store, ops)
             incremental = store.projections_snapshot()
             seq = store.last_seq()
@@ -156,25 +162,30 @@ def test_rebuilt_projections_equal_incremental_ones(ops: list[tuple[Any, ...]]) 
             assert store.projections_snapshot() == incremental
             assert store.last_seq() == seq  # rebuilding appends nothing
 
-
-def test_rebuild_repairs_damaged_projections(tmp_path: Path) -> None:
-    paths = ProjectPaths(tmp_path).ensure()
-    with open_store(paths.db) as store:
+    def test_rebuild_repairs_damaged_projections(
+        self, store: Store, backend: StoreBackend, url: str, root: Path
+    ) -> None:
         epic = store.hive.create_epic("e", [SubtaskSpec(title="a")])
         bead = epic.cells[0].id
         store.append({"type": "worker_spawned", "bead_id": bead, "epic_id": epic.id})
         store.reservations.reserve("alice", ["src/**"])
         good = store.projections_snapshot()
-        conn = sqlite3.connect(paths.db)
-        conn.execute("DELETE FROM workers")
-        conn.execute("UPDATE cells SET status = 'closed'")
-        conn.execute(
-            "INSERT INTO reservations (id, holder, pattern, exclusive, reason, created_at,"
-            " expires_at, seq) VALUES ('rsv-x', 'mallory', '**', 1, '', 0, 9999999999999, 99)"
-        )
-        conn.commit()
-        conn.close()
+        with backend.raw(url, root) as conn:
+            conn.execute("DELETE FROM workers")
+            conn.execute("UPDATE cells SET status = 'closed'")
+            conn.execute(
+                "INSERT INTO reservations (id, holder, pattern, exclusive, reason, created_at,"
+                " expires_at, seq) VALUES ('rsv-x', 'mallory', '**', 1, '', 0, 9999999999999, 99)"
+            )
         assert store.projections_snapshot() != good
         store.rebuild()
         assert store.projections_snapshot() == good
         assert store.workers.get(bead) is not None
+
+
+class TestRebuildOnSQLite(OnSQLite, RebuildContract):
+    pass
+
+
+class TestRebuildOnPostgres(OnPostgres, RebuildContract):
+    pass

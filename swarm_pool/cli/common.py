@@ -1,4 +1,5 @@
-"""Options every command shares (``--project``, ``--config``) and output helpers.
+"""Options every command shares (``--project``, ``--config``, ``--store``) and output
+helpers.
 
 ``COMMON_OPTIONS`` is the one place that declares them: each is added to the root group
 (so ``swarm-pool --project DIR status`` works, as with git, docker and kubectl) and to
@@ -52,6 +53,13 @@ COMMON_OPTIONS: tuple[CommonOption, ...] = (
         click.Path(dir_okay=False, path_type=Path),
         "Config TOML (default: .swarm/pool.toml or swarm-pool.toml if present).",
     ),
+    CommonOption(
+        "store_url",
+        ("--store",),
+        click.STRING,
+        "Event store URL: postgresql://USER@HOST/DB or sqlite:///PATH "
+        "(default: [store] url, else .swarm/swarm.db).",
+    ),
 )
 COMMON_PARAMS = frozenset(o.param for o in COMMON_OPTIONS)
 
@@ -88,6 +96,12 @@ def resolve_app(values: Mapping[str, Any]) -> AppContext:
         raise ProjectError(f"project dir does not exist: {project}")
     root = find_project_root(project) if project is None else project.resolve()
     config = load_config(config_path, project_root=root)
+    store_url: str | None = values.get("store_url")
+    if store_url is not None:
+        from swarm_pool.store.core import parse_store_url
+
+        parse_store_url(store_url)  # a bad URL fails here, in one line
+        config.store.url = store_url
     return AppContext(paths=ProjectPaths(root), config=config, config_path=config_path)
 
 
@@ -119,8 +133,9 @@ def project_options(func: F) -> F:
 def existing_store(app: AppContext) -> Iterator[Store]:
     """The project's store, which must exist: read-only commands never create one."""
     from swarm_pool.store import open_project_store
+    from swarm_pool.store.core import project_store_exists
 
-    if not app.paths.db.is_file():
+    if not project_store_exists(app.paths, app.config):
         raise StoreError(
             f"no store at {app.paths.db}: nothing has been recorded in {app.paths.root} yet"
         )

@@ -198,7 +198,8 @@ def db_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @project_options
 def db_check(app: AppContext, as_json: bool) -> None:
-    """Run SQLite's integrity check and count the events by type (exit 1 if damaged)."""
+    """Check the store (SQLite's integrity check; PostgreSQL's append-only triggers), that
+    seq has no gap, and count the events by type (exit 1 if damaged)."""
     try:
         with existing_store(app) as store:
             report: dict[str, Any] = store.check()
@@ -215,7 +216,7 @@ def db_check(app: AppContext, as_json: bool) -> None:
     if as_json:
         echo_json(report)
     else:
-        click.echo(f"store:      {report['path']}")
+        click.echo(f"store:      {report['path']} ({report['backend']})")
         click.echo(f"integrity:  {report['integrity']}")
         click.echo(f"events:     {report['events']} (last seq {report['last_seq']})")
         click.echo(f"gap-free:   {'yes' if report['seq_gap_free'] else 'NO'}")

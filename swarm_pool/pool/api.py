@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from swarm_pool.config import Config
+from swarm_pool.config import STORE_URL_ENV, Config
 from swarm_pool.errors import (
     InstanceStartError,
     PoolAlreadyRunningError,
@@ -69,7 +69,6 @@ def start_pool(
 ) -> PoolState:
     """Start the daemon and wait until every child is ready; raise (with nothing left
     running) otherwise. ``gateway`` turns the gateway on for this run (``--gateway``)."""
-    paths.ensure()
     running = _running_state(paths)
     if running is not None:
         assert running.supervisor is not None
@@ -86,12 +85,18 @@ def start_pool(
             "set opencode.model to a provider/model"
         )
     check_store(paths, config)
+    # Only now that every check passed: the first thing start writes is .swarm/ itself.
+    paths.ensure()
     size = size if size is not None else config.pool.size
     argv = [sys.executable, "-m", "swarm_pool.daemon", "--project", str(paths.root)]
     argv += ["--size", str(size)]
     if config_path is not None:
         argv += ["--config", str(config_path.resolve())]
     env = dict(os.environ if environ is None else environ)
+    if config.store.url:
+        # The daemon, its instances and their MCP servers open the same store; an env
+        # entry keeps a password off every command line (`ps` shows those).
+        env[STORE_URL_ENV] = config.store.url
     env[POOL_TAG_ENV] = _pool_tag(paths)
     if gateway:
         env["SWARM_POOL_GATEWAY__ENABLED"] = "true"

@@ -2,25 +2,28 @@
 
 Owns the public surface of the store package: appending and reading events, waiting for
 changes, rebuild and check, and the hive, reservations, mail and workers facades, all
-over one recorder (SQLite today). A ``Store`` is safe to share between the threads of a
-process (its connection sits behind a lock) but not across ``fork``; every process opens
-its own. ``find_project_store`` is how a process started inside a worktree (the MCP
-server) finds the project's store.
+over one recorder. The recorder is chosen by the store URL (``[store] url``, ``--store``,
+``$SWARM_POOL_STORE__URL``): empty for the project's SQLite file, ``sqlite:///PATH``
+for another SQLite file, ``postgresql://...`` for a PostgreSQL database shared by
+several hosts. A ``Store`` is safe to share between the threads of a process (its
+connection sits behind a lock) but not across ``fork``; every process opens its own.
+``find_project_store`` is how a process started inside a worktree (the MCP server)
+finds the project's store.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from swarm_pool import faults
-from swarm_pool.config import Config, load_config
-from swarm_pool.errors import StoreError, VersionConflictError
+from swarm_pool.config import Config, StoreSection, load_config
+from swarm_pool.errors import ConfigError, StoreError, VersionConflictError
 from swarm_pool.paths import SWARM_DIR, ProjectPaths
+from swarm_pool.store.dialect import Backend
 from swarm_pool.store.events import BaseEvent
 from swarm_pool.store.hive import Hive
 from swarm_pool.store.mail import Mail
@@ -32,15 +35,14 @@ from swarm_pool.store.workers import Workers, WorkerView
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
 DB_NAME = "swarm.db"
-# wait_for_change polls last_seq this often: one indexed max() per tick.
-POLL_S = 0.025
 
 
 class Store:
     """The shared event store of one project. Use as a context manager, or ``close()``."""
 
-    def __init__(self, recorder: Recorder, *, db_path: Path, project_root: Path) -> None:
+    def __init__(self, recorder: Recorder, *, db_path: Path | None, project_root: Path) -> None:
         self.recorder = recorder
+        # The SQLite file, or None when the store is on a database server.
         self.db_path = db_path
         self.project_root = project_root
         self.reservations = Reservations(recorder, project_root)
@@ -61,10 +63,15 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Store({str(self.db_path)!r})"
+        return f"Store({self.recorder.location!r})"
+
+    @property
+    def location(self) -> str:
+        """The SQLite path, or the server URL without its password."""
+        return self.recorder.location
 
     def close(self) -> None:
-        """Checkpoint the WAL into the DB file and close; idempotent."""
+        """Close (SQLite: after checkpointing the WAL into the DB file); idempotent."""
         self.recorder.close()
 
     # --- events -----------------------------------------------------------------------
@@ -78,7 +85,9 @@ class Store:
         if any changed since, VersionConflictError and nothing is written. A worker
         event the lifecycle forbids raises IllegalTransitionError, also writing nothing.
         """
-        return self.append_many([event], expect=expect)[0]
+        if expect:
+            return self.append_many([event], expect=expect)[0]
+        return self.recorder.append_one(validate_event(event))
 
     def append_many(
         self,
@@ -155,14 +164,8 @@ class Store:
 
     def wait_for_change(self, after_seq: int, timeout: float) -> int:
         """Return as soon as ``last_seq() > after_seq``, or at the timeout; returns the
-        current ``last_seq`` either way."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            seq = self.last_seq()
-            remaining = deadline - time.monotonic()
-            if seq > after_seq or remaining <= 0:
-                return seq
-            time.sleep(min(POLL_S, remaining))
+        current ``last_seq`` either way. SQLite polls; PostgreSQL waits on NOTIFY."""
+        return self.recorder.wait_for_change(after_seq, timeout)
 
     # --- maintenance ------------------------------------------------------------------
 
@@ -202,16 +205,81 @@ def open_store(
     return Store(recorder, db_path=db_path, project_root=root)
 
 
-def open_project_store(paths: ProjectPaths, config: Config | None = None) -> Store:
-    """``paths.ensure()``, then open ``paths.db`` with the config's store settings."""
-    paths.ensure()
-    cfg = (config or Config()).store
+def parse_store_url(url: str) -> tuple[Backend, str]:
+    """``(backend, target)``: the SQLite path (``""`` for the project's own file) or the
+    PostgreSQL URL. ConfigError for anything else."""
+    text = url.strip()
+    if not text:
+        return Backend.SQLITE, ""
+    scheme, sep, rest = text.partition(":")
+    scheme = scheme.lower()
+    if sep and scheme in ("postgresql", "postgres") and rest.startswith("//"):
+        return Backend.POSTGRESQL, text
+    if sep and scheme == "sqlite":
+        # sqlite:///abs/path, sqlite://relative/path, sqlite:path (relative to the project)
+        path = rest[2:] if rest.startswith("//") else rest
+        if path:
+            return Backend.SQLITE, path
+    raise ConfigError(
+        f"bad store URL {_redacted(text)!r}: use postgresql://USER:PASSWORD@HOST:PORT/DB, "
+        "sqlite:///PATH, or nothing for the project's own .swarm/swarm.db"
+    )
+
+
+def _redacted(url: str) -> str:
+    from swarm_pool.store.postgres import redact
+
+    return redact(url)
+
+
+def open_url(url: str, *, project_root: Path, settings: StoreSection | None = None) -> Store:
+    """Open (creating and migrating if needed) the store a URL names, for the project at
+    ``project_root``; an empty URL is the project's own SQLite file."""
+    cfg = settings or StoreSection()
+    backend, target = parse_store_url(url)
+    root = project_root.resolve()
+    if backend is Backend.POSTGRESQL:
+        from swarm_pool.store.postgres import PostgresRecorder
+
+        recorder = PostgresRecorder(
+            target,
+            lock_timeout_s=cfg.lock_timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            synchronous_commit=cfg.synchronous_commit,
+        )
+        return Store(recorder, db_path=None, project_root=root)
+    if not target:
+        ProjectPaths(root).ensure()
+        db = ProjectPaths(root).db
+    else:
+        db = Path(target).expanduser()
+        db = db if db.is_absolute() else root / db
     return open_store(
-        paths.db,
-        project_root=paths.root,
+        db,
+        project_root=root,
         busy_timeout_ms=cfg.busy_timeout_ms,
         lock_timeout_s=cfg.lock_timeout_s,
     )
+
+
+def project_store_exists(paths: ProjectPaths, config: Config | None = None) -> bool:
+    """Whether the project's store has been created (always true for a server URL,
+    whose existence only connecting can tell)."""
+    backend, target = parse_store_url((config or Config()).store.url)
+    if backend is Backend.POSTGRESQL:
+        return True
+    if not target:
+        return paths.db.is_file()
+    db = Path(target).expanduser()
+    return (db if db.is_absolute() else paths.root / db).is_file()
+
+
+def open_project_store(paths: ProjectPaths, config: Config | None = None) -> Store:
+    """Open the project's store as the config's ``[store] url`` says (by default
+    ``paths.db``, after ``paths.ensure()``)."""
+    cfg = (config or Config()).store
+    paths.ensure()
+    return open_url(cfg.url, project_root=paths.root, settings=cfg)
 
 
 def find_project_store(start: Path, *, config_path: Path | None = None) -> Store:

@@ -122,9 +122,14 @@ class _FlockLock:
 
 @dataclass(frozen=True)
 class Migration:
+    """One numbered schema step. ``statements`` are the shared SQL, which each backend
+    translates through its dialect; ``postgres``, when given, replaces them on
+    PostgreSQL where the dialects differ beyond translation (triggers, functions)."""
+
     version: int
     name: str
     statements: tuple[str, ...]
+    postgres: tuple[str, ...] | None = None
 
 
 # SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.

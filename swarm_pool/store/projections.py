@@ -215,6 +215,12 @@ def dump(r: Reader) -> dict[str, list[dict[str, Any]]]:
     return {t: r.query(f"SELECT * FROM {t} ORDER BY {key}") for t, key in TABLES.items()}
 
 
+def touches(event: ev.Event) -> bool:
+    """Whether ``apply`` would change anything for this event (a recorder may record an
+    event that touches nothing by a shorter path)."""
+    return event.type in _HANDLERS
+
+
 def apply(w: Writer, seq: int, event: ev.Event) -> None:
     """Apply one event to the projections it touches (most touch none)."""
     handler = _HANDLERS.get(event.type)

@@ -25,7 +25,9 @@ from swarm_pool.errors import SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.process import ProcRef
 from swarm_pool.store import Store, StoredEvent, open_project_store
+from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES, now_ms
+from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.view.metrics import LiveStats
 
 # Dashboard order of poll's groups: what needs attention first.
@@ -340,8 +342,8 @@ def _reservation_rows(store: Store, limit: int, now: int) -> tuple[list[Reservat
 def _recent_epics(store: Store) -> list[str]:
     """Epics by latest worker activity: live workers first, then recent worker events."""
     order: dict[str, int] = {}
-    for status in ("running", "blocked", "pending"):
-        for w in store.workers.list(status=status):
+    for w in store.workers.list():
+        if w.status in LIVE:
             order[w.epic_id] = max(order.get(w.epic_id, 0), w.updated_at or 0)
     live = dict(order)
     recent = store.read(
@@ -378,7 +380,7 @@ class SnapshotSource:
 
     def store(self) -> Store | None:
         """The project's store once it exists (never created from here)."""
-        if self._store is None and self.paths.db.is_file():
+        if self._store is None and project_store_exists(self.paths, self.config):
             self._store = open_project_store(self.paths, self.config)
         return self._store
 
