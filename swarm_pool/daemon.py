@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     # The engine starts once this supervisor holds the pool lock (a second daemon that
     # loses the race never runs one); if it cannot start, the start fails with why.
     supervisor.on_locked = lambda: engines.append(start_worker_engine(paths, config))
+    # Busy is not dead: the engine knows which workers run on which instance even when
+    # the instance is too loaded to say.
+    supervisor.busy_hint = lambda name: engines[0].busy_on(name) if engines else None
     try:
         return supervisor.run()
     except PoolAlreadyRunningError as e:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from swarm_pool.config import Config
+from swarm_pool.config import Config, load_config
 from swarm_pool.errors import ConfigError
 from swarm_pool.opencode.config import (
     CONFIG_ENV,
@@ -41,10 +42,12 @@ def test_a_real_provider_model_is_passed_through(tmp_path: Path) -> None:
     assert cfg["model"] == "anthropic/claude-sonnet-4-5"
     # No provider block: the user's own provider config and credentials apply.
     assert "provider" not in cfg and "small_model" not in cfg
+    # A bad model name is refused by the config itself, before anything is built.
     for bad in ("claude", "/x", "x/"):
-        config.opencode.model = bad
+        with pytest.raises(ValidationError, match="use 'scripted' or 'provider/model'"):
+            config.opencode.model = bad
         with pytest.raises(ConfigError, match=r"opencode\.model"):
-            opencode_config(config, project_root=tmp_path, model_url=URL)
+            load_config(environ={"SWARM_POOL_OPENCODE__MODEL": f'"{bad}"'})
 
 
 def test_mcp_server_block(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def test_start_two_then_status_shows_both_ready(pool: Path) -> None:
         assert inst["restarts"] == 0
         assert inst["uptime_s"] >= 0
         # The supervisor heard from it within its last few checks (answers, stream events).
-        assert 0 <= inst["last_sign_s"] < 15
+        assert 0 <= inst["last_sign_s"] < 30
         assert "cpu_percent" in inst
     assert insts[0]["port"] != insts[1]["port"]
     state_file = pool / ".swarm" / "pool.json"

@@ -108,7 +108,7 @@ def test_dashboard_once_after_a_demo_run_shows_every_panel(demo: Demo) -> None:
     assert float(values[4]) > 50 and float(values[5]) >= 0
     assert values[6:8] == ["0", "0"]  # nothing busy now, never restarted
     last_sign = values[9]  # after the uptime: seconds since its last answer or event
-    assert re.fullmatch(r"\d+(\.\d)?s", last_sign) and float(last_sign[:-1]) < 15, line
+    assert re.fullmatch(r"\d+(\.\d)?s", last_sign) and float(last_sign[:-1]) < 30, line
     assert any(ln.startswith("│ model (model) ") and " ready " in ln for ln in lines)
 
     # workers: the demo's epic, all four merged on oc-1, with durations and summaries

@@ -7,7 +7,13 @@ import threading
 from typing import Any
 
 import httpx
+import pytest
 
+from swarm_pool.errors import (
+    OpenCodeNotSentError,
+    OpenCodeStatusError,
+    OpenCodeUnknownOutcomeError,
+)
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.store.events import (
     BaseEvent,
@@ -289,3 +295,34 @@ def test_session_finished_needs_a_completed_assistant_message() -> None:
     assert session_finished(client, "ses_1", None)
     state["status"] = {"ses_1": {"type": "busy"}}
     assert not session_finished(client, "ses_1", None)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (httpx.ConnectError("refused"), OpenCodeNotSentError),
+        (httpx.ConnectTimeout("slow connect"), OpenCodeNotSentError),
+        (httpx.PoolTimeout("no slot"), OpenCodeNotSentError),
+        (httpx.ReadTimeout("no answer"), OpenCodeUnknownOutcomeError),
+        (httpx.RemoteProtocolError("cut off"), OpenCodeUnknownOutcomeError),
+        (httpx.WriteError("half sent"), OpenCodeUnknownOutcomeError),
+    ],
+)
+def test_client_errors_say_whether_the_request_was_sent(
+    raised: Exception, expected: type[Exception]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise raised
+
+    client = OpenCodeClient("http://inst", "pw", transport=httpx.MockTransport(handler))
+    with pytest.raises(expected):
+        client.create_session("/wt")
+
+
+def test_client_error_status_is_its_own_error() -> None:
+    client = OpenCodeClient(
+        "http://inst", "pw", transport=httpx.MockTransport(lambda r: httpx.Response(500))
+    )
+    with pytest.raises(OpenCodeStatusError) as info:
+        client.create_session("/wt")
+    assert info.value.status_code == 500

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from swarm_pool import faults
 from swarm_pool.config import Config
 from swarm_pool.errors import (
     DependencyBlockedError,
@@ -26,6 +27,7 @@ from swarm_pool.errors import (
     NotFoundError,
     PoolNotRunningError,
     ReviewRequiredError,
+    SupervisorLostError,
     WorkerError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
@@ -33,20 +35,26 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.protocol import find_contract
 from swarm_pool.store import Store, WorkerView, open_project_store
 from swarm_pool.store.events import (
+    FailureCause,
     InstanceExited,
     SessionError,
     SessionStatus,
     SubtaskSpec,
     WorkerBlocked,
     WorkerCompleted,
+    WorkerProgress,
+    now_ms,
 )
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine import Engine
+from swarm_pool.swarm.failure import infra_backoff_until
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.runner import SupervisorWatch
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
-from tests.support import git, init_repo
+from swarm_pool.view.metrics import epic_metrics
+from tests.support import git, init_repo, wait_for
 
 
 @pytest.fixture
@@ -67,6 +75,8 @@ class FakePool:
         self.status: dict[str, dict[str, Any]] = {}  # id -> status entry (absent = idle)
         self.calls: list[tuple[str, str, str]] = []  # (instance, method, path)
         self.down: set[str] = set()
+        # Instances that create the session, then never answer (outcome unknown).
+        self.create_times_out: set[str] = set()
 
     def set(self, name: str, **kw: Any) -> None:
         old = self.slots[name]
@@ -94,10 +104,31 @@ class FakePool:
                 self.sessions[sid] = {
                     "instance": name,
                     "directory": request.url.params.get("directory"),
+                    "title": json.loads(request.content or b"{}").get("title", ""),
+                    "created": int(time.time() * 1000),
                     "prompts": [],
                     "messages": [],
                 }
+                if name in self.create_times_out:
+                    raise httpx.ReadTimeout("no answer")
                 return httpx.Response(200, json={"id": sid})
+            if path == "/session" and request.method == "GET":
+                directory = request.url.params.get("directory")
+                return httpx.Response(
+                    200,
+                    json=[
+                        {
+                            "id": sid,
+                            "directory": x["directory"],
+                            "title": x["title"],
+                            "time": {"created": x["created"], "updated": x["created"]},
+                        }
+                        for sid, x in self.sessions.items()
+                        if x["instance"] == name
+                        and not x.get("deleted")
+                        and (directory is None or x["directory"] == directory)
+                    ],
+                )
             if path == "/session/status":
                 return httpx.Response(200, json=self.status)
             parts = path.strip("/").split("/")
@@ -111,10 +142,13 @@ class FakePool:
                     self.status[sid] = {"type": "busy"}
                     return httpx.Response(204)
                 if parts[-1] == "message":
-                    return httpx.Response(200, json=sess["messages"])
+                    prompted = [{"info": {"role": "user"}, "parts": []}] if sess["prompts"] else []
+                    return httpx.Response(200, json=sess["messages"] or prompted)
                 if parts[-1] == "abort":
                     self.status.pop(sid, None)
                     return httpx.Response(200, json=True)
+                if sess.get("deleted"):
+                    return httpx.Response(404)
                 if request.method == "DELETE":
                     sess["deleted"] = True
                     return httpx.Response(200, json=True)
@@ -149,6 +183,9 @@ def store(repo: Path) -> Iterator[Store]:
 def make_ctx(repo: Path, store: Store, pool: FakePool, **workers: Any) -> SwarmContext:
     config = Config()
     config.pool.max_sessions_per_instance = 1
+    # The engine is ticked by hand here: an infra retry is dispatched on the next tick
+    # (the backoff has its own test, which sets it).
+    config.workers.infra_retry_backoff_s = 0.0
     for key, value in workers.items():
         setattr(config.workers, key, value)
     return SwarmContext(
@@ -356,6 +393,7 @@ def test_engine_fails_workers_of_an_exited_instance(
     assert wa2 is not None and wa2.attempt == 2 and wa2.status == "running"
     failed = ctx.store.read(types=["worker_failed"], bead_id=a)
     assert getattr(failed[-1].event, "reason", "") == "instance_exited"
+    assert getattr(failed[-1].event, "cause", "") == FailureCause.INFRA
     wb2 = ctx.store.workers.get(b)
     assert wb2 is not None and wb2.attempt == 1 and wb2.status == "running"
 
@@ -403,6 +441,46 @@ def test_per_spawn_timeout(ctx: SwarmContext, pool: FakePool, engine: Engine) ->
     time.sleep(0.4)
     engine.tick(wait=True)
     assert ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+
+
+def test_time_blocked_on_a_human_does_not_count_towards_the_timeout(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    wa = spawn(ctx, engine, a, timeout_s=3.0)
+    wb = spawn(ctx, engine, b, timeout_s=3.0)
+    # a waits for a permission for a while, then resumes; b just runs.
+    ctx.store.append(
+        WorkerBlocked(
+            bead_id=a,
+            epic_id=wa.epic_id,
+            session_id=wa.session_id,
+            reason="permission asked: bash",
+            kind="permission",
+            request_id="per_1",
+        )
+    )
+    time.sleep(3.2)  # longer than the timeout, nearly all of it blocked for a
+    engine.tick(wait=True)
+    assert ctx.store.workers.get(a).status == "blocked"  # type: ignore[union-attr]
+    assert ctx.store.workers.get(b).status == "failed"  # type: ignore[union-attr]
+    ctx.store.append(
+        WorkerProgress(bead_id=a, epic_id=wa.epic_id, session_id=wa.session_id, progress_percent=10)
+    )
+    engine.tick(wait=True)
+    resumed = ctx.store.workers.get(a)
+    assert resumed is not None and resumed.status == "running"
+    assert resumed.blocked_ms >= 3200 and resumed.running_ms(now_ms()) < 3000
+
+    def timed_out() -> bool:
+        engine.tick(wait=True)
+        return ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
+
+    wait_for(timed_out, 20, interval=0.2)  # once its running time passes the limit
+    assert getattr(ctx.store.read(types=["worker_failed"], bead_id=a)[-1].event, "reason", "") == (
+        "timeout"
+    )
+    assert wb.bead_id == b
 
 
 def test_engine_needs_all_signals_before_needs_review(
@@ -603,3 +681,261 @@ def test_merge_needs_an_approving_review_of_the_current_head(
     outcome = merge(ctx, a)
     assert (repo / "a.txt").read_text() == "A, edited after the review\n"
     assert outcome.files == ["a.txt"]
+
+
+INFRA = FailureCause.INFRA
+
+
+def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: FakePool) -> None:
+    ctx = make_ctx(repo, store, pool, max_retries=0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        for _ in range(3):  # three instance deaths in a row: each one retried
+            assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+            engine.tick(wait=True)
+            w = ctx.store.workers.get(a)
+            assert w is not None and w.status == "running"
+        assert w.attempt == 4
+        causes = [
+            getattr(e.event, "cause", None)
+            for e in ctx.store.read(bead_id=a)
+            if e.type in ("worker_failed", "worker_retried")
+        ]
+        assert causes == [INFRA] * 6
+        info = poll(ctx).groups["in_progress"][0]
+        assert (info.retries_task, info.retries_infra) == (0, 3)
+        (m,) = epic_metrics(ctx.store.read())
+        assert (m.retries, m.retries_task, m.retries_infra) == (3, 0, 3)
+        # The task's own failure still meets max_retries = 0.
+        assert fail(ctx, a, error="boom", reason="session_error") == "failed"
+        failed = ctx.store.read(types=["worker_failed"], bead_id=a)
+        assert getattr(failed[-1].event, "cause", None) == FailureCause.TASK
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_infra_retries_are_bounded_by_their_window(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool, max_retries=5, infra_retry_window_s=0.0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        # The first infra failure opens the window; with a window of 0 s the next one
+        # is past it, and max_retries (5 left) does not rescue it.
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        engine.tick(wait=True)
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "failed"
+        assert ctx.store.hive.get_cell(a).status == "blocked"
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_infra_retry_waits_its_backoff_before_dispatch(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        ctx.config.workers.infra_retry_backoff_max_s = 7200.0
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
+        assert infra_backoff_until(ctx, a) == retried.timestamp + 3600 * 1000
+        engine.tick(wait=True)
+        engine.tick(wait=True)
+        w = ctx.store.workers.get(a)
+        assert w is not None and w.status == "pending" and w.attempt == 2
+        # the second in a row doubles, up to the cap
+        ctx.config.workers.infra_retry_backoff_s = 0.0
+        engine.tick(wait=True)
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
+        assert infra_backoff_until(ctx, a) == retried.timestamp + 7200 * 1000
+        # a task retry is not delayed
+        ctx.config.workers.infra_retry_backoff_s = 0.0
+        engine.tick(wait=True)
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        assert fail(ctx, a, error="boom", reason="session_error") == "retried"
+        assert infra_backoff_until(ctx, a) is None
+        engine.tick(wait=True)
+        w = ctx.store.workers.get(a)
+        assert w is not None and w.status == "running" and w.attempt == 4
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+    w = spawn(ctx, engine, a)
+    # What a kill between a session's creation and its record leaves on the instance:
+    # a session in the worker's worktree that the store never heard of.
+    leaked = pool.client(pool.slots[w.instance]).create_session(directory=w.worktree)["id"]
+    engine.tick(wait=True)
+    assert not pool.sessions[leaked].get("deleted")  # no restart yet: nothing to reconcile
+    pool.set(w.instance, pid=999)  # the supervisor restarted it
+    engine.tick(wait=True)
+    engine.tick(wait=True)
+    assert pool.sessions[leaked].get("deleted")
+    known = {getattr(e.event, "session_id", "") for e in ctx.store.read(bead_id=a)}
+    assert w.session_id in known and leaked not in known
+
+
+def test_await_with_stall_check_returns_when_nothing_can_dispatch(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    spawn_async(ctx, a)  # queued; no engine pass
+    saved, pool.slots = pool.slots, {}  # no instance: nothing would dispatch it
+    try:
+        result = await_workers(ctx, None, 30, stall_check=True)
+        assert result.stalled and not result.timed_out and result.active == 1
+        assert await_workers(ctx, None, 0.1).stalled == ""  # without the check: a timeout
+    finally:
+        pool.slots = saved
+    assert await_workers(ctx, None, 0.1, stall_check=True).stalled == ""
+
+
+def test_supervisor_watch_waits_bounded_then_carries_on(ctx: SwarmContext, pool: FakePool) -> None:
+    lines: list[str] = []
+    watch = SupervisorWatch(ctx.paths, ctx.config, lines.append, poll_s=0.05)
+    watch.wait_until_served(ctx)  # served: says nothing
+    assert lines == []
+    saved, pool.slots = pool.slots, {}
+    ctx.config.workers.supervisor_wait_s = 0.2
+    with pytest.raises(SupervisorLostError):
+        watch.wait_until_served(ctx)
+    assert len(lines) == 1 and "supervisor is gone" in lines[0]
+    ctx.config.workers.supervisor_wait_s = 60.0
+    timer = threading.Timer(0.3, lambda: setattr(pool, "slots", saved))
+    timer.start()
+    try:
+        watch.wait_until_served(ctx)
+    finally:
+        timer.cancel()
+    assert "carries on" in lines[-1]
+
+
+# --- unknown outcomes, crashes between intent and prompt ------------------------------
+
+
+def live_sessions(pool: FakePool, worktree: str) -> list[str]:
+    return [
+        sid
+        for sid, x in pool.sessions.items()
+        if x["directory"] == worktree and not x.get("deleted")
+    ]
+
+
+def test_unknown_outcome_of_session_create_is_looked_up_not_failed_over(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    pool.set("i2", state="starting")  # only i1 takes work
+    pool.create_times_out.add("i1")
+    w = spawn(ctx, engine, a)
+    # The session was created but its answer never came: found by listing and deleted;
+    # nothing was tried elsewhere, and the worker waits in the queue.
+    assert w.status == "pending" and live_sessions(pool, w.worktree) == []
+    assert [c for c in pool.calls if c[1] == "POST" and c[2] == "/session"] == [
+        ("i1", "POST", "/session")
+    ]
+    pool.create_times_out.clear()
+    engine.tick(wait=True)
+    w2 = ctx.store.workers.get(a)
+    assert w2 is not None and w2.status == "running"
+    assert live_sessions(pool, w2.worktree) == [w2.session_id]
+
+
+def test_connect_refused_fails_over_to_another_instance(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    pool.down.add("i1")
+    w = spawn(ctx, engine, a, routing="least_busy")
+    assert w.status == "running" and w.instance == "i2"
+
+
+def test_restarted_engine_prompts_the_intent_that_never_was(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    """A dispatcher died between recording its session and prompting it; the next
+    engine prompts that very session, and also removes a session in a queued worker's
+    worktree that nobody recorded (the same crash, one step earlier)."""
+    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    with faults.inject("dispatch.before_prompt", _crash), pytest.raises(_Crash):
+        from swarm_pool.swarm.dispatch import dispatch
+
+        spawn_async(ctx, a)
+        dispatch(ctx, a)
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.status == "dispatching" and wa.session_id
+    assert pool.sessions[wa.session_id]["prompts"] == []
+    spawn_async(ctx, b)
+    wb = ctx.store.workers.get(b)
+    assert wb is not None
+    orphan = pool.client(pool.slots["i2"]).create_session(wb.worktree, title="lost")["id"]
+    fresh = engine_for(ctx, pool)  # a new engine: reconciles on its first pass
+    try:
+        fresh.tick(wait=True)
+    finally:
+        fresh._pool.shutdown(wait=True)
+    wa = ctx.store.workers.get(a)
+    assert wa is not None and wa.status == "running"
+    assert live_sessions(pool, wa.worktree) == [wa.session_id]
+    assert len(pool.sessions[wa.session_id]["prompts"]) == 1
+    assert pool.sessions[orphan].get("deleted")
+    wb = ctx.store.workers.get(b)
+    assert wb is not None and live_sessions(pool, wb.worktree) == [wb.session_id]
+
+
+class _Crash(BaseException):
+    """Stands for the dispatcher's process dying at the fault point."""
+
+
+def _crash() -> None:
+    raise _Crash
+
+
+def test_review_rejects_a_symlink_leaving_the_worktree(
+    ctx: SwarmContext, repo: Path, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a.txt", "link"]))
+    wa = spawn(ctx, engine, a)
+    Path(wa.worktree, "a.txt").write_text("A\n")
+    Path(wa.worktree, "link").symlink_to(repo / ".swarm" / "pool.json")
+    complete(ctx, a)
+    verdict = review(ctx, a)
+    assert not verdict.approved
+    assert "symlinks leaving the worktree: link" in verdict.problems
+
+
+def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool, session_sweep_s=0.01, intent_grace_s=60.0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        w = spawn(ctx, engine, a)
+        complete(ctx, a)  # no longer live: the restart reconciliation would not look
+        client = pool.client(pool.slots[w.instance])
+        old = client.create_session(directory=w.worktree)["id"]
+        fresh = client.create_session(directory=w.worktree)["id"]
+        pool.sessions[old]["created"] -= 61_000  # a creation whose answer was lost long ago
+        engine._swept = 0.0
+        engine.tick(wait=True)
+        assert pool.sessions[old].get("deleted")
+        # Younger than the grace: it may be a dispatch about to record it.
+        assert not pool.sessions[fresh].get("deleted")
+        assert not pool.sessions[w.session_id].get("deleted")  # known to the store
+    finally:
+        engine._pool.shutdown(wait=True)

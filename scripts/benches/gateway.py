@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from swarm_pool.pool.state import PoolState, read_state
 
@@ -87,22 +88,36 @@ class Side:
         )
 
 
-def _latency(gw: Side, direct: Side, path: str, params: dict[str, str], n: int) -> dict[str, Any]:
+def _cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def _latency(
+    gw: Side, direct: Side, path: str, params: dict[str, str], n: int, gw_pid: int
+) -> dict[str, Any]:
     times: dict[str, list[float]] = {"gateway": [], "direct": []}
+    gw_cpu = 0.0
     with gw.client() as g, direct.client() as d:
         for c in (g, d):  # warm the connections and both servers
             for _ in range(20):
                 c.get(path, params=params).raise_for_status()
         for _block in range(n // 50):
             for name, c in (("gateway", g), ("direct", d)):
+                cpu0 = _cpu_s(gw_pid)
                 for _ in range(50):
                     t0 = time.perf_counter()
                     c.get(path, params=params).raise_for_status()
                     times[name].append(time.perf_counter() - t0)
+                if name == "gateway":
+                    gw_cpu += _cpu_s(gw_pid) - cpu0
     out: dict[str, Any] = {name: _ms(v) for name, v in times.items()}
     out["added_p50_ms"] = round(out["gateway"]["p50_ms"] - out["direct"]["p50_ms"], 2)
     out["added_p99_ms"] = round(out["gateway"]["p99_ms"] - out["direct"]["p99_ms"], 2)
     out["requests_each"] = len(times["gateway"])
+    # CPU the gateway process spent per request: less sensitive to the machine's load
+    # than wall times, and what bounds its throughput (1000 / this per core).
+    out["gateway_cpu_ms_per_request"] = round(gw_cpu / len(times["gateway"]) * 1000, 3)
     return out
 
 
@@ -206,9 +221,15 @@ def _run_attach(side: Side, base: Path, tag: str, n: int = 8) -> float:
         )
         for i, d in enumerate(dirs)
     ]
-    for p in procs:
-        if p.wait(timeout=300) != 0:
-            raise RuntimeError(f"opencode run --attach {side.url} exited {p.returncode}")
+    try:
+        for p in procs:
+            if p.wait(timeout=900) != 0:
+                raise RuntimeError(f"opencode run --attach {side.url} exited {p.returncode}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return time.perf_counter() - t0
 
 
@@ -253,14 +274,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with direct.client() as c:
                 sid = c.post("/session", params=params, json={}).json()["id"]
             n = 200 if quick else 1000
-            result["latency_session_status"] = _latency(gw, direct, "/session/status", params, n)
-            result["latency_session_get"] = _latency(gw, direct, f"/session/{sid}", params, n)
+            gateway_rec = _state(project).gateway()
+            assert gateway_rec is not None and gateway_rec.pid is not None
+            gw_pid = gateway_rec.pid
+            result["latency_session_status"] = _latency(
+                gw, direct, "/session/status", params, n, gw_pid
+            )
+            result["latency_session_get"] = _latency(
+                gw, direct, f"/session/{sid}", params, n, gw_pid
+            )
             result["sse"] = _sse(gw, direct, sid, directory, 50 if quick else 200)
             result["throughput"] = _throughput(gw, direct, params, 3.0 if quick else 8.0)
+            # Partial results survive a failure of the slow part below.
+            print(json.dumps(result), file=sys.stderr, flush=True)
             walls: dict[str, list[float]] = {"gateway": [], "one_instance": []}
             for rep in range(1 if quick else 2):
-                walls["gateway"].append(_run_attach(gw, base / "runs", f"gw{rep}"))
-                walls["one_instance"].append(_run_attach(direct, base / "runs", f"oc{rep}"))
+                # Alternate which side goes first, so a load trend favours neither.
+                order = [("gateway", gw), ("one_instance", direct)]
+                for name, side in order if rep % 2 == 0 else order[::-1]:
+                    walls[name].append(_run_attach(side, base / "runs", f"{name}{rep}"))
+                print(json.dumps({"run_attach_so_far": walls}), file=sys.stderr, flush=True)
             result["run_attach_8"] = {
                 "gateway_pool_of_2_wall_s": [round(w, 2) for w in walls["gateway"]],
                 "one_instance_wall_s": [round(w, 2) for w in walls["one_instance"]],

@@ -18,7 +18,6 @@ from rich.table import Table
 from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, project_options
 from swarm_pool.opencode.binary import find_opencode
-from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import api
 from swarm_pool.view.progress import pool_progress
 
@@ -65,19 +64,19 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "ok"}
 
 
-def _with_engine(paths: ProjectPaths, result: dict[str, Any]) -> dict[str, Any]:
+def _with_engine(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     """The pool's status plus its worker engine's (alive, queue, last tick), when a
     supervisor runs: queued work only moves while the engine does."""
     from swarm_pool.swarm.engine_state import engine_status
 
     if result["supervisor"].get("running"):
-        result["engine"] = engine_status(paths)
+        result["engine"] = engine_status(app.paths, app.config.workers.engine_stale_s)
         result["ok"] = result["ok"] and result["engine"]["alive"]
     return result
 
 
 def _show_status(app: AppContext, as_json: bool) -> None:
-    result = _with_engine(app.paths, api.pool_status(app.paths))
+    result = _with_engine(app, api.pool_status(app.paths))
     if as_json:
         echo_json(_public(result))
     else:
@@ -109,7 +108,7 @@ def start(app: AppContext, size: int | None, as_json: bool, gateway: bool) -> No
 def status(app: AppContext, as_json: bool) -> None:
     """Show the pool; exit 0 only when it runs, every instance is ready and the worker
     engine is alive."""
-    result = _with_engine(app.paths, api.pool_status(app.paths))
+    result = _with_engine(app, api.pool_status(app.paths))
     if as_json:
         echo_json(_public(result))
     elif not result["instances"] and result["supervisor"]["pid"] is None:

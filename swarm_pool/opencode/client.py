@@ -26,11 +26,6 @@ from swarm_pool.errors import (
 )
 
 USERNAME = "opencode"
-# OpenCode takes its server password only from this env var (checked against 1.18.33).
-PASSWORD_ENV = "OPENCODE_SERVER_PASSWORD"
-# What an instance holds in its env that no process started for an agent may inherit
-# (the MCP server, the bash tool's shell): opencode/config.py and opencode/shell.py drop it.
-SECRET_ENV = (PASSWORD_ENV,)
 
 # The httpx errors raised before a single byte of the request left (or with no
 # connection to send it on): the server cannot have acted on it.

@@ -22,8 +22,7 @@ from typing import Any
 
 from swarm_pool.config import Config
 from swarm_pool.errors import ConfigError
-from swarm_pool.opencode.client import SECRET_ENV
-from swarm_pool.opencode.shell import shell_path
+from swarm_pool.opencode.shell import SECRET_ENV, shell_path
 from swarm_pool.protocol import MCP_SERVER_NAME
 
 SCRIPTED = "scripted"

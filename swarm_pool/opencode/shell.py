@@ -19,17 +19,19 @@ box with nothing writable but ``/tmp``.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from swarm_pool.errors import SandboxError
-from swarm_pool.opencode.client import SECRET_ENV
+
+# OpenCode takes its server password only from this env var (checked against 1.18.33).
+PASSWORD_ENV = "OPENCODE_SERVER_PASSWORD"
+# What an instance holds in its env that no process started for an agent may inherit
+# (the MCP server, the bash tool's shell). Defined here, not next to the HTTP client:
+# the boxed shell imports this module for every command and must start fast.
+SECRET_ENV = (PASSWORD_ENV,)
 
 SHELL_NAME = "bash"  # OpenCode picks its argument style by the shell's file name
 BWRAP = "bwrap"
@@ -41,11 +43,20 @@ def shell_path(project_root: Path) -> Path:
     return project_root / SWARM_DIR / "bin" / SHELL_NAME
 
 
+# shlex, shutil and subprocess are imported where used: `main` runs once per bash
+# tool command, and their import time (tens of ms on a loaded machine) would be paid
+# every time.
+
+
 def find_bash() -> str:
+    import shutil
+
     return shutil.which("bash") or "/bin/sh"
 
 
 def find_bwrap() -> str | None:
+    import shutil
+
     return shutil.which(BWRAP)
 
 
@@ -59,6 +70,8 @@ def check_bwrap(bwrap: str | None = None) -> str:
         )
     probe = [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     probe += ["--unshare-pid", "--cap-drop", "ALL", "true"]
+    import subprocess
+
     try:
         out = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -83,6 +96,8 @@ def shell_script(
     python: str | None = None,
 ) -> str:
     """The text of ``.swarm/bin/bash``."""
+    import shlex
+
     bash = bash or find_bash()
     lines = [
         "#!/bin/sh",
@@ -195,26 +210,37 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m swarm_pool.opencode.shell --project P ... -- -c CMD``: exec bwrap."""
-    parser = argparse.ArgumentParser(prog="swarm-pool-shell")
-    parser.add_argument("--project", type=Path, required=True)
-    parser.add_argument("--bash", required=True)
-    parser.add_argument("--bwrap", default=BWRAP)
-    parser.add_argument("--no-network", action="store_true")
-    parser.add_argument("shell_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    rest = list(args.shell_args)
-    if rest and rest[0] == "--":
-        rest = rest[1:]
+    """``python -m swarm_pool.opencode.shell --project P --bash B [--bwrap W]
+    [--no-network] -- ARGS``: exec bwrap running ``B ARGS`` boxed for the cwd.
+
+    Only ``shell_script`` writes this command line, so it is parsed by hand (argparse
+    alone would cost more than the rest of this module's start-up).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    opts: dict[str, str] = {"--bwrap": BWRAP}
+    network = True
+    while args and args[0] != "--":
+        flag = args.pop(0)
+        if flag == "--no-network":
+            network = False
+        elif flag in ("--project", "--bash", "--bwrap") and args:
+            opts[flag] = args.pop(0)
+        else:
+            print(f"swarm-pool sandbox: bad argument {flag!r}", file=sys.stderr)
+            return 2
+    rest = args[1:]
+    if "--project" not in opts or "--bash" not in opts:
+        print("swarm-pool sandbox: --project and --bash are required", file=sys.stderr)
+        return 2
     for var in SECRET_ENV:
         os.environ.pop(var, None)
     cmd = bwrap_argv(
-        project_root=args.project,
+        project_root=Path(opts["--project"]),
         cwd=Path.cwd(),
         shell_args=rest,
-        bash=args.bash,
-        bwrap=args.bwrap,
-        network=not args.no_network,
+        bash=opts["--bash"],
+        bwrap=opts["--bwrap"],
+        network=network,
     )
     try:
         os.execv(cmd[0], cmd)

@@ -69,7 +69,6 @@ def start_pool(
 ) -> PoolState:
     """Start the daemon and wait until every child is ready; raise (with nothing left
     running) otherwise. ``gateway`` turns the gateway on for this run (``--gateway``)."""
-    paths.ensure()
     running = _running_state(paths)
     if running is not None:
         assert running.supervisor is not None
@@ -86,6 +85,8 @@ def start_pool(
             "set opencode.model to a provider/model"
         )
     check_store(paths, config)
+    # Only now that every check passed: the first thing start writes is .swarm/ itself.
+    paths.ensure()
     size = size if size is not None else config.pool.size
     argv = [sys.executable, "-m", "swarm_pool.daemon", "--project", str(paths.root)]
     argv += ["--size", str(size)]

@@ -31,7 +31,8 @@ import httpx
 
 from swarm_pool.config import Config
 from swarm_pool.errors import OpenCodeError
-from swarm_pool.opencode.client import PASSWORD_ENV, USERNAME, OpenCodeClient
+from swarm_pool.opencode.client import USERNAME, OpenCodeClient
+from swarm_pool.opencode.shell import PASSWORD_ENV
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import ChildKind
 

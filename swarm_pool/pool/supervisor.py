@@ -118,6 +118,9 @@ class Supervisor:
         self._ctx: PoolContext | None = None
         # Set by the daemon, which made itself the child subreaper (orphans.py).
         self.reaper = reaper
+        # Set by the daemon: busy sessions per instance from the worker engine's records,
+        # for the no-progress window when the instance's own stream cannot tell.
+        self.busy_hint: Callable[[str], int | None] | None = None
         # Set by the daemon: runs once this supervisor holds the pool lock, before any
         # child starts (the worker engine joins here); a SwarmPoolError fails the start.
         self.on_locked: Callable[[], None] | None = None
@@ -517,8 +520,17 @@ class Supervisor:
                 stop=self._stop,
                 starting=lambda: self._phase == "starting",
                 fail_startup=self._fail_startup,
+                busy_hint=self._busy_hint,
             )
         return self._ctx
+
+    def _busy_hint(self, name: str) -> int | None:
+        hint = self.busy_hint
+        try:
+            return hint(name) if hint is not None else None
+        except Exception:  # a hint is advice: never let it break a health check
+            log.exception("busy hint for %s failed", name)
+            return None
 
     def _fail_startup(self, error: SwarmPoolError) -> None:
         if self._startup_error is None:

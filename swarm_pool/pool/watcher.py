@@ -67,6 +67,8 @@ class PoolContext:
     stop: threading.Event
     starting: Callable[[], bool]  # is the pool still in its first start-up?
     fail_startup: Callable[[SwarmPoolError], None]
+    # Busy sessions of an instance as the work's own records say (None: unknown).
+    busy_hint: Callable[[str], int | None] = lambda _name: None
 
 
 class Watcher:
@@ -129,6 +131,15 @@ class Watcher:
             self.pulse.stop()
             self.pulse = None
 
+    def _busy_now(self) -> int | None:
+        """Busy sessions without asking the (unresponsive) instance: the most of what its
+        stream showed and what the work's records say; None when neither knows."""
+        if self.program.events is None:
+            return 0  # no sessions at all (the model server)
+        seen = self.pulse.busy if self.pulse is not None else None
+        known = [n for n in (seen, self.ctx.busy_hint(self.name)) if n is not None]
+        return max(known) if known else None
+
     def _set(self, **fields: Any) -> None:
         with self.ctx.rec_lock:
             for key, value in fields.items():
@@ -176,8 +187,12 @@ class Watcher:
 
     def _step(self) -> None:
         if self.manual_restart:
-            self.manual_restart = False
-            self._manual_restart()
+            # Cleared only once the new run is launched: `restart` waits on this flag,
+            # and must not see the old (maybe fatal) state in between.
+            try:
+                self._manual_restart()
+            finally:
+                self.manual_restart = False
             return
         if self.needs_launch:
             self.needs_launch = False
@@ -300,7 +315,6 @@ class Watcher:
         self.launch_mono = self.ctx.clock()
         self._sample_at = None
         self.policy.started()
-        self._start_pulse()
         owner = Owner(launched.ref.pid, launched.ref.create_time)
         self.ctx.leases.set_owners(port, [self.ctx.me, owner])
         self._set(
@@ -366,6 +380,7 @@ class Watcher:
         if self._probe(min(1.0, self.ctx.config.supervisor.health_timeout_s)) is None:
             startup_ms = int((self.ctx.clock() - self.launch_mono) * 1000)
             self._set(state="ready", ready_at=time.time(), reason="")
+            self._start_pulse()
             self._emit(
                 ev.InstanceReady(
                     instance=self.name,
@@ -399,7 +414,7 @@ class Watcher:
                     logging.WARNING,
                 )
             self._set(state="unhealthy", reason=problem)
-            busy = self.pulse.busy if self.pulse is not None else None
+            busy = self._busy_now()
             if self.policy.on_health(False, busy=busy):
                 reason = (
                     f"unhealthy with no progress for {self.policy.silent_for():.0f}s "

@@ -117,7 +117,7 @@ class SwarmContext:
             raise PoolNotRunningError(
                 f"no running pool to run {what} on; start it with `swarm-pool start`"
             )
-        engine = engine_status(self.paths)
+        engine = engine_status(self.paths, self.config.workers.engine_stale_s)
         if not engine["alive"]:
             why = engine["error"] or (
                 "no heartbeat"

@@ -20,9 +20,6 @@ import psutil
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import now_ms
 
-# A heartbeat older than this means the engine is stuck or gone.
-STALE_AFTER_S = 30.0
-
 
 def engine_file(paths: ProjectPaths) -> Path:
     return paths.swarm_dir / "engine.json"
@@ -64,13 +61,14 @@ def _same_process(pid: int, create_time: float) -> bool:
         return False
 
 
-def engine_status(paths: ProjectPaths) -> dict[str, Any]:
-    """``{"alive", "pid", "queue", "last_tick_s" (age), "ticks", "errors", "error"}``."""
+def engine_status(paths: ProjectPaths, stale_after_s: float = 30.0) -> dict[str, Any]:
+    """``{"alive", "pid", "queue", "last_tick_s" (age), "ticks", "errors", "error"}``;
+    alive needs a heartbeat younger than ``stale_after_s`` (``workers.engine_stale_s``)."""
     beat = read_beat(paths)
     if beat is None:
         return {"alive": False, "pid": None, "queue": None, "last_tick_s": None, "error": ""}
     age = max(0.0, (now_ms() - beat.last_tick_ms) / 1000)
-    alive = not beat.error and age <= STALE_AFTER_S and _same_process(beat.pid, beat.create_time)
+    alive = not beat.error and age <= stale_after_s and _same_process(beat.pid, beat.create_time)
     return {
         "alive": alive,
         "pid": beat.pid,

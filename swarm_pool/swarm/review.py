@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from swarm_pool.errors import (
@@ -77,6 +78,19 @@ def _owned(path: str, patterns: list[str]) -> bool:
     return any(matches(p, path) or path == p for p in patterns)
 
 
+def _escaping_links(worktree: Path, files: list[str]) -> list[str]:
+    """The changed files that are symlinks resolving outside the worktree."""
+    root = worktree.resolve()
+    out = []
+    for name in files:
+        path = worktree / name
+        if path.is_symlink():
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                out.append(name)
+    return out
+
+
 def check_passed(verification: dict[str, Any] | None) -> bool:
     check = (verification or {}).get("check")
     return not isinstance(check, dict) or bool(check.get("passed", True))
@@ -117,6 +131,10 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     elif ctx.config.workers.check_command and not check_recorded(verification):
         # Fail closed: a configured check that never ran proves nothing.
         problems.append("no check result recorded (workers.check_command is configured)")
+    escaping = _escaping_links(Path(worker.worktree), touched) if worker.worktree else []
+    if escaping:
+        # OpenCode's file tools follow links out of the worktree; never merge one.
+        problems.append(f"symlinks leaving the worktree: {', '.join(escaping)}")
     approved = not problems
     notes = "; ".join(problems) if problems else "ok"
     if worker.status == "needs_review":

@@ -27,6 +27,7 @@ from swarm_pool.pool.process import ProcRef
 from swarm_pool.store import Store, StoredEvent, open_project_store
 from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES, now_ms
+from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.view.metrics import LiveStats
 
 # Dashboard order of poll's groups: what needs attention first.
@@ -341,8 +342,8 @@ def _reservation_rows(store: Store, limit: int, now: int) -> tuple[list[Reservat
 def _recent_epics(store: Store) -> list[str]:
     """Epics by latest worker activity: live workers first, then recent worker events."""
     order: dict[str, int] = {}
-    for status in ("running", "blocked", "pending"):
-        for w in store.workers.list(status=status):
+    for w in store.workers.list():
+        if w.status in LIVE:
             order[w.epic_id] = max(order.get(w.epic_id, 0), w.updated_at or 0)
     live = dict(order)
     recent = store.read(
