@@ -197,6 +197,24 @@ def test_eight_opencode_run_attach_clients_all_finish_on_both_instances(gw: Gate
     assert {inst for inst, _d in sessions.values()} == {"oc-1", "oc-2"}
 
 
+def test_a_session_created_on_an_instance_directly_shows_up_through_the_gateway(
+    gw: GatewayPool,
+) -> None:
+    # What swarm-pool's engine does for a worker: POST /session on the instance it chose.
+    (directory,) = gw.new_dirs("direct", 1)
+    rec = gw.state().child("oc-2")
+    assert rec is not None and rec.url is not None
+    with httpx.Client(
+        base_url=rec.url, auth=("opencode", rec.password), trust_env=False, timeout=60
+    ) as direct:
+        sid = direct.post("/session", params={"directory": str(directory)}, json={}).json()["id"]
+    wait_for(lambda: gw.session_map().get(sid) == ("oc-2", str(directory)), timeout=20)
+    with gw.client() as c:
+        listed = c.get("/session", params={"directory": str(directory)}).json()
+        assert sid in {s["id"] for s in listed}
+        assert c.get(f"/session/{sid}", params={"directory": str(directory)}).json()["id"] == sid
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_tui_attached_to_the_gateway_shows_a_sessions_messages(gw: GatewayPool) -> None:
     (directory,) = gw.new_dirs("tui", 1)

@@ -221,9 +221,15 @@ def _run_attach(side: Side, base: Path, tag: str, n: int = 8) -> float:
         )
         for i, d in enumerate(dirs)
     ]
-    for p in procs:
-        if p.wait(timeout=300) != 0:
-            raise RuntimeError(f"opencode run --attach {side.url} exited {p.returncode}")
+    try:
+        for p in procs:
+            if p.wait(timeout=900) != 0:
+                raise RuntimeError(f"opencode run --attach {side.url} exited {p.returncode}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return time.perf_counter() - t0
 
 
@@ -279,10 +285,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             result["sse"] = _sse(gw, direct, sid, directory, 50 if quick else 200)
             result["throughput"] = _throughput(gw, direct, params, 3.0 if quick else 8.0)
+            # Partial results survive a failure of the slow part below.
+            print(json.dumps(result), file=sys.stderr, flush=True)
             walls: dict[str, list[float]] = {"gateway": [], "one_instance": []}
             for rep in range(1 if quick else 2):
-                walls["gateway"].append(_run_attach(gw, base / "runs", f"gw{rep}"))
-                walls["one_instance"].append(_run_attach(direct, base / "runs", f"oc{rep}"))
+                # Alternate which side goes first, so a load trend favours neither.
+                order = [("gateway", gw), ("one_instance", direct)]
+                for name, side in order if rep % 2 == 0 else order[::-1]:
+                    walls[name].append(_run_attach(side, base / "runs", f"{name}{rep}"))
+                print(json.dumps({"run_attach_so_far": walls}), file=sys.stderr, flush=True)
             result["run_attach_8"] = {
                 "gateway_pool_of_2_wall_s": [round(w, 2) for w in walls["gateway"]],
                 "one_instance_wall_s": [round(w, 2) for w in walls["one_instance"]],
