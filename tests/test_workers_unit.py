@@ -933,6 +933,8 @@ def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
         pool.sessions[old]["created"] -= 61_000  # a creation whose answer was lost long ago
         engine._swept = 0.0
         engine.tick(wait=True)
+        assert engine._sweep is not None
+        engine._sweep.result(timeout=30)
         assert pool.sessions[old].get("deleted")
         # Younger than the grace: it may be a dispatch about to record it.
         assert not pool.sessions[fresh].get("deleted")

@@ -122,6 +122,7 @@ class Engine:
         # can leave a session that was created but never recorded or prompted.
         self._unreconciled: set[str] = set()
         self._swept = time.monotonic()
+        self._sweep: concurrent.futures.Future[list[str]] | None = None
         self._acting = False
         self.ticks = 0
         self.errors = 0
@@ -288,9 +289,15 @@ class Engine:
                     s.name for s in back if s.name not in report.unreachable
                 )
             reconcile_dispatching(ctx, ready, self.config.workers.intent_grace_s)
-            if time.monotonic() - self._swept >= self.config.workers.session_sweep_s:
+            if time.monotonic() - self._swept >= self.config.workers.session_sweep_s and (
+                self._sweep is None or self._sweep.done()
+            ):
+                # On a dispatcher thread: a slow instance's session list must not hold
+                # up the tick (dispatch, failures, timeouts).
                 self._swept = time.monotonic()
-                sweep_unknown(ctx, ready, self.config.workers.intent_grace_s)
+                self._sweep = self._pool.submit(
+                    sweep_unknown, ctx, ready, self.config.workers.intent_grace_s
+                )
         if self._watch is not None:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)
