@@ -49,6 +49,7 @@ PROXY_ENV = {
 POOL_TOML = """
 [pool]
 size = 2
+start_timeout_s = 120.0
 
 [supervisor]
 check_interval_s = 0.5
@@ -201,7 +202,8 @@ def _no_password_below_instances(ctx: SwarmContext, bead: str) -> list[psutil.Pr
 
     try:
         # The supervisor is their subreaper: both are re-parented to it, not to init.
-        wait_for(detached, timeout=120)
+        # (Generous: at load 30 a new worktree's first session takes minutes.)
+        wait_for(detached, timeout=400)
     except AssertionError as e:
         raise AssertionError(f"{e}; the worker's tools: {tool_outputs(ctx, bead)}") from e
     below: dict[int, psutil.Process] = {}
@@ -260,6 +262,7 @@ def test_no_orphan_after_stop_with_the_supervisor_killed(
     proxied: tuple[Path, ProjectPaths],
 ) -> None:
     root, paths = proxied
+    cli("stop", project=root, session_scoped=True, timeout=120)  # whatever came before
     state = start(root, paths)
     ctx = context(root, paths)
     try:
@@ -282,6 +285,7 @@ def test_no_orphan_after_stop_with_the_supervisor_killed(
 SANDBOX_TOML = """
 [pool]
 size = 1
+start_timeout_s = 120.0
 
 [supervisor]
 check_interval_s = 0.5
@@ -357,7 +361,7 @@ def test_sandboxed_worker_is_refused_outside_its_worktree_but_commits(
     ctx = context(root, paths)
     try:
         bead = spawn_one(ctx, "probe", ["mine.txt"], script)
-        wait_for(lambda: len([t for t, _ in tool_outputs(ctx, bead) if t == "bash"]) >= 7, 180)
+        wait_for(lambda: len([t for t, _ in tool_outputs(ctx, bead) if t == "bash"]) >= 7, 400)
         outputs = [out for tool, out in tool_outputs(ctx, bead) if tool == "bash"]
         worker = ctx.store.workers.get(bead)
         assert worker is not None and worker.worktree
