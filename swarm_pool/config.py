@@ -131,8 +131,16 @@ class ModelSection(_Section):
 
 
 class WorkersSection(_Section):
-    max_retries: int = Field(1, ge=0)
+    max_retries: int = Field(1, ge=0, description="retries of the task's own failures")
+    infra_retry_window_s: float = Field(
+        600.0, ge=0, description="infra retries allowed this long after the first one"
+    )
+    infra_retry_backoff_s: float = Field(1.0, ge=0, description="first infra retry's delay")
+    infra_retry_backoff_max_s: float = Field(30.0, ge=0, description="cap of the doubling")
     timeout_s: float = Field(900.0, gt=0)
+    supervisor_wait_s: float = Field(
+        300.0, ge=0, description="how long `run` waits for a supervisor to serve the pool again"
+    )
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)
     base_branch: str = Field("", description="empty: the branch checked out at spawn")
@@ -140,6 +148,9 @@ class WorkersSection(_Section):
         "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"
     )
     sandbox_network: bool = Field(True, description="false: no network in the sandbox")
+    session_sweep_s: float = Field(
+        30.0, gt=0, description="how often the engine deletes sessions unknown to the store"
+    )
     intent_grace_s: float = Field(
         10.0, gt=0, description="a recorded session not yet known prompted is settled after"
     )

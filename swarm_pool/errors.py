@@ -18,7 +18,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── PoolError
     │   ├── PoolAlreadyRunningError
     │   ├── PoolNotRunningError
-    │   │   └── EngineNotRunningError  the pool runs, its worker engine does not
+    │   │   ├── EngineNotRunningError  the pool runs, its worker engine does not
+    │   │   └── SupervisorLostError    `run`'s supervisor died and none came back in time
     │   ├── EngineStartError        the worker engine cannot start (the daemon exits)
     │   └── UnknownInstanceError
     ├── OpenCodeError               an OpenCode HTTP call failed or answered badly
@@ -116,6 +117,10 @@ class PoolNotRunningError(PoolError):
 
 class EngineNotRunningError(PoolNotRunningError):
     """The pool runs but its worker engine does not: queued work would never start."""
+
+
+class SupervisorLostError(PoolNotRunningError):
+    """``run``'s supervisor died and no supervisor served the pool again in time."""
 
 
 class EngineStartError(PoolError):

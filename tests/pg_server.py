@@ -161,10 +161,24 @@ class ScratchPostgres:
     def stop(self) -> None:
         try:
             if self._started:
-                self._run(
-                    [str(self.bin_dir / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data)]
-                )
                 self._started = False
+                try:
+                    self._run(
+                        [
+                            str(self.bin_dir / "pg_ctl"),
+                            "stop",
+                            "-w",
+                            "-m",
+                            "fast",
+                            "-D",
+                            str(self.data),
+                        ]
+                    )
+                except RuntimeError as e:
+                    # The server died before the end (something killed it): say so with
+                    # its log, which is about to go with the folder.
+                    tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+                    raise RuntimeError(f"{e}\n--- server log (tail) ---\n{tail}") from e
         finally:
             # Wait for the socket to go; then nothing of the server is left.
             deadline = time.monotonic() + 10

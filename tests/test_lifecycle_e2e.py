@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +31,10 @@ from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import FailureCause, SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.review import merge, review
-from swarm_pool.swarm.status import await_workers
+from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import spawn_async
 from tests.pool_cli import cli, pool_processes
 from tests.support import git, init_repo, wait_for
@@ -42,6 +45,9 @@ CONFIG = """
 [pool]
 size = 2
 max_sessions_per_instance = 4
+# A restarted instance's start-up is slow on a loaded machine; a start given up would
+# fail the test for the machine's load, not for what it tests.
+start_timeout_s = 120.0
 
 [supervisor]
 check_interval_s = 0.5
@@ -50,8 +56,8 @@ check_interval_s = 0.5
 max_rss_mb = 0
 
 [workers]
-# Instance kills (the chaos test) are retried; no retry budget for infrastructure yet.
-max_retries = 3
+# max_retries stays at its default (1): instance kills are retried on the infra budget.
+infra_retry_backoff_s = 0.5
 timeout_s = 300.0
 # Fails only in a worktree holding CHECK_FAILS (one test's worker writes it).
 check_command = "test ! -e CHECK_FAILS"
@@ -132,7 +138,10 @@ def ctx(pool: Pool) -> Iterator[SwarmContext]:
     c.store.close()
 
 
-def script(*, delay_s: float = 0.0, fail_check: bool = False) -> list[dict[str, Any]]:
+def script(
+    *, delay_s: float = 0.0, fail_check: bool = False, answer_s: float = 0.0
+) -> list[dict[str, Any]]:
+    """The worker's steps; ``answer_s``: every answer of the model takes that long."""
     files = "{literal_files}"
     steps: list[dict[str, Any]] = [
         {"tool": "swarmmail_init", "args": {"bead_id": "{bead_id}"}},
@@ -158,15 +167,21 @@ def script(*, delay_s: float = 0.0, fail_check: bool = False) -> list[dict[str, 
             },
         }
     )
+    for step in steps:
+        step["delay_s"] = max(step.get("delay_s", 0.0), answer_s)
     return steps
 
 
-def six_tasks(ctx: SwarmContext, name: str, delay_s: float = 1.0) -> list[str]:
+def six_tasks(
+    ctx: SwarmContext, name: str, delay_s: float = 1.0, answer_s: float = 0.0
+) -> list[str]:
     epic = ctx.store.hive.create_epic(
         name,
         [
             SubtaskSpec(
-                title=f"{name}{i}", files=[f"{name}/{i}.txt"], script=script(delay_s=delay_s)
+                title=f"{name}{i}",
+                files=[f"{name}/{i}.txt"],
+                script=script(delay_s=delay_s, answer_s=answer_s),
             )
             for i in range(6)
         ],
@@ -345,31 +360,43 @@ def test_config_check_runs_in_swarm_complete_and_a_failing_check_blocks_the_merg
     assert status["engine"]["alive"] and status["engine"]["queue"] == 0
 
 
-# How many instance kill -9s the chaos test makes, spread over runs of 6 tasks (the
-# issue's 20 by hand: LIFECYCLE_INSTANCE_KILLS=20; the suite keeps to its time budget).
-INSTANCE_KILLS = int(os.environ.get("LIFECYCLE_INSTANCE_KILLS", "2"))
-KILLS_PER_RUN = 3
+# The chaos test: instance kill -9s, 2 s apart, on the 2 instances, during a 6-task run
+# with the model slowed to 1 s per answer (the issue's runs by hand: LIFECYCLE_INSTANCE_KILLS).
+INSTANCE_KILLS = int(os.environ.get("LIFECYCLE_INSTANCE_KILLS", "3"))
+KILL_SPACING_S = 2.0
 
 
 @pytest.mark.timeout(max(600, 150 * INSTANCE_KILLS))
-def test_instance_kill_9s_spread_over_runs_lose_no_task(pool: Pool, ctx: SwarmContext) -> None:
+def test_instance_kill_9s_lose_no_task_and_leak_no_session(pool: Pool, ctx: SwarmContext) -> None:
+    beads = six_tasks(ctx, "chaos", delay_s=1.0, answer_s=1.0)
+    epic_id = ctx.store.hive.get_cell(beads[0]).epic_id
+    for bead in beads:
+        spawn_async(ctx, bead)
     kills = 0
-    run = 0
-    while kills < INSTANCE_KILLS:
-        run += 1
-        beads = six_tasks(ctx, f"chaos{run}", delay_s=4.0)
-        epic_id = ctx.store.hive.get_cell(beads[0]).epic_id
-        for bead in beads:
-            spawn_async(ctx, bead)
-        for _ in range(min(KILLS_PER_RUN, INSTANCE_KILLS - kills)):
-            if not kill_a_busy_instance(ctx, beads):
-                break
-            kills += 1
-        result = await_workers(ctx, epic_id, 600)
-        assert result.counts["completed"] == len(beads), result.to_dict()
-        merge_all(ctx, beads)
-        for i in range(6):
-            assert git(pool.root, "cat-file", "-t", f"main:chaos{run}/{i}.txt") == "blob"
+    while kills < INSTANCE_KILLS and kill_a_busy_instance(ctx, beads):
+        kills += 1
+        time.sleep(KILL_SPACING_S)  # the chaos's pacing, not a wait for a condition
+    assert kills == INSTANCE_KILLS
+    result = await_workers(ctx, epic_id, 420)  # under the test timeout: fail with the state
+    assert result.counts["completed"] == len(beads), result.to_dict()
+    merge_all(ctx, beads)
+    for i in range(6):
+        assert git(pool.root, "cat-file", "-t", f"main:chaos/{i}.txt") == "blob"
+    # Each kill failed at least the worker it was chosen for; none of those failures
+    # used up max_retries (1): they are infra retries, counted apart.
+    retries = [(w.retries_task, w.retries_infra) for w in poll(ctx, epic_id).workers()]
+    assert sum(t for t, _ in retries) == 0, retries
+    assert sum(i for _, i in retries) >= INSTANCE_KILLS, retries
+    causes = {
+        getattr(s.event, "cause", None)
+        for s in ctx.store.read(types=["worker_failed"], epic_id=epic_id)
+    }
+    assert causes == {FailureCause.INFRA}
+    workers_json = json.loads(cli("workers", "--json", project=pool.root).stdout)
+    assert sum(w["retries_infra"] for w in workers_json) >= INSTANCE_KILLS
+    # No session on any instance that the store does not know (once every instance is
+    # back and reconciled).
+    wait_for(lambda: unknown_sessions(ctx) == [], 120, interval=1.0)
     report = ctx.store.check()
     assert report["integrity"] == "ok" and report["seq_gap_free"]
     rebuilt = ctx.store.projections_snapshot()
@@ -379,19 +406,41 @@ def test_instance_kill_9s_spread_over_runs_lose_no_task(pool: Pool, ctx: SwarmCo
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def unknown_sessions(ctx: SwarmContext) -> list[str]:
+    """Sessions in the workers' worktrees, on every instance (its own HTTP API), that no
+    ``worker_session_created`` in the store names."""
+    known = {
+        getattr(s.event, "session_id", "")
+        for s in ctx.store.read(types=["worker_session_created", "worker_spawned"])
+    }
+    worktrees = {w.worktree for w in ctx.store.workers.list() if w.worktree}
+    unknown = []
+    for slot in ctx.instances():
+        if slot.state != "ready":
+            return ["(an instance is not ready yet)"]
+        client = OpenCodeClient(slot.url, slot.password, timeout=15)
+        try:
+            for worktree in worktrees:
+                for s in client.sessions(directory=worktree):
+                    if s.get("directory") == worktree and s.get("id") not in known:
+                        unknown.append(f"{slot.name}:{s.get('id')}")
+        finally:
+            client.close()
+    return unknown
+
+
 def kill_a_busy_instance(ctx: SwarmContext, beads: list[str]) -> bool:
-    """SIGKILL an instance running one of ``beads`` mid-task (one with retries left),
-    then wait until the supervisor has it ready again on a new pid."""
+    """SIGKILL a ready instance running one of ``beads`` mid-task (False: all done)."""
 
     def victim() -> Any:
         for bead in beads:
             w = ctx.store.workers.get(bead)
-            if w is None or w.status != "running" or w.attempt > ctx.config.workers.max_retries:
+            if w is None or w.status != "running":
                 continue
             if not ctx.store.read(types=["agent_registered"], bead_id=bead, after_seq=0):
                 continue
             slot = next((s for s in ctx.instances() if s.name == w.instance), None)
-            if slot is not None and slot.state == "ready" and slot.pid:
+            if slot is not None and slot.state == "ready" and psutil.pid_exists(slot.pid or 0):
                 return slot
         if all(
             (w := ctx.store.workers.get(b)) is not None and w.status == "completed" for b in beads
@@ -403,11 +452,63 @@ def kill_a_busy_instance(ctx: SwarmContext, beads: list[str]) -> bool:
     if slot == "all done":
         return False
     os.kill(slot.pid, signal.SIGKILL)
-    wait_for(
-        lambda: any(
-            s.name == slot.name and s.state == "ready" and s.pid != slot.pid
-            for s in ctx.instances()
-        ),
-        180,
-    )
     return True
+
+
+def toml_value(value: Any) -> str:
+    """A script step as a TOML inline value (JSON strings and numbers are TOML too)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def test_run_survives_its_supervisor_kill_9_and_await_refuses_to_wait_for_nothing(
+    pool: Pool, ctx: SwarmContext, tmp_path: Path
+) -> None:
+    steps = toml_value(script(answer_s=1.0))
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[epic]\ntitle = "survivor"\n\n'
+        + "".join(
+            f'[[tasks]]\nid = "{name}"\ntitle = "survivor {name}"\n'
+            f'files = ["survivor/{name}.txt"]\n{deps}script = {steps}\n\n'
+            for name, deps in (("a", ""), ("b", ""), ("c", 'depends_on = ["a"]\n'))
+        )
+    )
+    args = ["run", str(plan), "--json", "--config", str(pool.config_path)]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "swarm_pool", *args, "--project", str(pool.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def queued_epic() -> str | None:
+            for s in ctx.store.read(types=["worker_queued"]):
+                cell = ctx.store.hive.get_cell(getattr(s.event, "bead_id", ""))
+                if cell.title.startswith("survivor"):
+                    return cell.epic_id
+            return None
+
+        epic_id = wait_for(queued_epic, 120, interval=0.1)
+        pool.kill_supervisor()
+        stalled = cli("await", epic_id, "--timeout", "60", project=pool.root)
+        assert stalled.returncode == 3, stalled.stdout + stalled.stderr
+        assert "start" in stalled.stderr and "Traceback" not in stalled.stderr
+        pool.start()
+        stdout, stderr = run.communicate(timeout=400)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, stdout + stderr
+    assert "supervisor is gone" in stderr and "carries on" in stderr, stderr
+    summary = json.loads(stdout)
+    assert summary["merged"] == summary["total"] == 3, summary
+    for name in ("a", "b", "c"):
+        assert git(pool.root, "cat-file", "-t", f"main:survivor/{name}.txt") == "blob"

@@ -135,7 +135,9 @@ def test_real_opencode_accepts_the_config(
     assert config["permission"]["question"] == "deny"
     assert config["permission"]["external_directory"] == "deny"
     mcp = config["mcp"][MCP_SERVER_NAME]
-    assert mcp["command"][1:] == ["-m", "swarm_pool.mcp_server"]
+    # `env -u OPENCODE_SERVER_PASSWORD <python> -m ...`: the server starts without it.
+    assert mcp["command"][-2:] == ["-m", "swarm_pool.mcp_server"]
+    assert mcp["command"][1:3] == ["-u", "OPENCODE_SERVER_PASSWORD"]
     assert mcp["enabled"] is False and mcp["timeout"] > 60_000
     status = httpx.get(f"{opencode.base_url}/mcp", params=params, auth=auth, timeout=30).json()
     assert status[MCP_SERVER_NAME]["status"] == "disabled"

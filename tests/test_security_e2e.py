@@ -36,7 +36,8 @@ from swarm_pool.swarm.worktree import Worktrees
 from tests.pool_cli import cli, pool_processes
 from tests.support import git, init_repo, wait_for
 
-pytestmark = pytest.mark.e2e
+# A demo plan on a shared, loaded machine can outlast the default 180 s per test.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PLAN = ROOT / "conf" / "demo-plan.toml"

@@ -355,6 +355,27 @@ def test_bad_url_never_shows_the_password() -> None:
     assert "s3cret" not in str(info.value) and "alice:***@h" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
+        (
+            "postgresql://h/db?password=pw&sslmode=require",
+            "postgresql://h/db?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://u@h/db?sslmode=require&PASSWORD=pw",
+            "postgresql://u@h/db?sslmode=require&PASSWORD=***",
+        ),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+    ],
+)
+def test_store_urls_are_shown_without_password(url: str, shown: str) -> None:
+    from swarm_pool.store.postgres import redact
+
+    assert redact(url) == shown
+
+
 def test_sqlite_url_relative_to_the_project(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         open_url("sqlite:state/other.db", project_root=tmp_path)

@@ -69,11 +69,16 @@ def test_poll_and_workers_json(project: tuple[Path, str, list[str]]) -> None:
     assert table.returncode == 0 and a in table.stdout and "in_progress" in table.stdout
 
 
-def test_await_times_out_with_exit_2(project: tuple[Path, str, list[str]]) -> None:
+def test_await_with_work_left_and_no_engine_exits_3_at_once(
+    project: tuple[Path, str, list[str]],
+) -> None:
+    # No pool runs here: waiting could only end in the timeout, so await says why.
     root, epic, _ = project
-    out = cli("await", epic, "--timeout", "0.5", "--json", project=root)
-    assert out.returncode == 2
-    assert json.loads(out.stdout)["timed_out"] is True
+    out = cli("await", epic, "--timeout", "600", "--json", project=root)
+    assert out.returncode == 3, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert data["stalled"] and data["timed_out"] is False
+    assert out.stderr.count("\n") == 1 and "swarm-pool start" in out.stderr
 
 
 def test_spawn_without_a_pool_is_one_clear_line(project: tuple[Path, str, list[str]]) -> None:

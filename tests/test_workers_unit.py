@@ -27,6 +27,7 @@ from swarm_pool.errors import (
     NotFoundError,
     PoolNotRunningError,
     ReviewRequiredError,
+    SupervisorLostError,
     WorkerError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
@@ -34,6 +35,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.protocol import find_contract
 from swarm_pool.store import Store, WorkerView, open_project_store
 from swarm_pool.store.events import (
+    FailureCause,
     InstanceExited,
     SessionError,
     SessionStatus,
@@ -45,10 +47,13 @@ from swarm_pool.store.events import (
 )
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine import Engine
+from swarm_pool.swarm.failure import infra_backoff_until
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.runner import SupervisorWatch
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
+from swarm_pool.view.metrics import epic_metrics
 from tests.support import git, init_repo, wait_for
 
 
@@ -100,6 +105,7 @@ class FakePool:
                     "instance": name,
                     "directory": request.url.params.get("directory"),
                     "title": json.loads(request.content or b"{}").get("title", ""),
+                    "created": int(time.time() * 1000),
                     "prompts": [],
                     "messages": [],
                 }
@@ -111,7 +117,12 @@ class FakePool:
                 return httpx.Response(
                     200,
                     json=[
-                        {"id": sid, "directory": x["directory"], "title": x["title"]}
+                        {
+                            "id": sid,
+                            "directory": x["directory"],
+                            "title": x["title"],
+                            "time": {"created": x["created"], "updated": x["created"]},
+                        }
                         for sid, x in self.sessions.items()
                         if x["instance"] == name
                         and not x.get("deleted")
@@ -172,6 +183,9 @@ def store(repo: Path) -> Iterator[Store]:
 def make_ctx(repo: Path, store: Store, pool: FakePool, **workers: Any) -> SwarmContext:
     config = Config()
     config.pool.max_sessions_per_instance = 1
+    # The engine is ticked by hand here: an infra retry is dispatched on the next tick
+    # (the backoff has its own test, which sets it).
+    config.workers.infra_retry_backoff_s = 0.0
     for key, value in workers.items():
         setattr(config.workers, key, value)
     return SwarmContext(
@@ -379,6 +393,7 @@ def test_engine_fails_workers_of_an_exited_instance(
     assert wa2 is not None and wa2.attempt == 2 and wa2.status == "running"
     failed = ctx.store.read(types=["worker_failed"], bead_id=a)
     assert getattr(failed[-1].event, "reason", "") == "instance_exited"
+    assert getattr(failed[-1].event, "cause", "") == FailureCause.INFRA
     wb2 = ctx.store.workers.get(b)
     assert wb2 is not None and wb2.attempt == 1 and wb2.status == "running"
 
@@ -668,6 +683,147 @@ def test_merge_needs_an_approving_review_of_the_current_head(
     assert outcome.files == ["a.txt"]
 
 
+INFRA = FailureCause.INFRA
+
+
+def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: FakePool) -> None:
+    ctx = make_ctx(repo, store, pool, max_retries=0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        for _ in range(3):  # three instance deaths in a row: each one retried
+            assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+            engine.tick(wait=True)
+            w = ctx.store.workers.get(a)
+            assert w is not None and w.status == "running"
+        assert w.attempt == 4
+        causes = [
+            getattr(e.event, "cause", None)
+            for e in ctx.store.read(bead_id=a)
+            if e.type in ("worker_failed", "worker_retried")
+        ]
+        assert causes == [INFRA] * 6
+        info = poll(ctx).groups["in_progress"][0]
+        assert (info.retries_task, info.retries_infra) == (0, 3)
+        (m,) = epic_metrics(ctx.store.read())
+        assert (m.retries, m.retries_task, m.retries_infra) == (3, 0, 3)
+        # The task's own failure still meets max_retries = 0.
+        assert fail(ctx, a, error="boom", reason="session_error") == "failed"
+        failed = ctx.store.read(types=["worker_failed"], bead_id=a)
+        assert getattr(failed[-1].event, "cause", None) == FailureCause.TASK
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_infra_retries_are_bounded_by_their_window(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool, max_retries=5, infra_retry_window_s=0.0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        # The first infra failure opens the window; with a window of 0 s the next one
+        # is past it, and max_retries (5 left) does not rescue it.
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        engine.tick(wait=True)
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "failed"
+        assert ctx.store.hive.get_cell(a).status == "blocked"
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_infra_retry_waits_its_backoff_before_dispatch(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        spawn(ctx, engine, a)
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        ctx.config.workers.infra_retry_backoff_max_s = 7200.0
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
+        assert infra_backoff_until(ctx, a) == retried.timestamp + 3600 * 1000
+        engine.tick(wait=True)
+        engine.tick(wait=True)
+        w = ctx.store.workers.get(a)
+        assert w is not None and w.status == "pending" and w.attempt == 2
+        # the second in a row doubles, up to the cap
+        ctx.config.workers.infra_retry_backoff_s = 0.0
+        engine.tick(wait=True)
+        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
+        assert infra_backoff_until(ctx, a) == retried.timestamp + 7200 * 1000
+        # a task retry is not delayed
+        ctx.config.workers.infra_retry_backoff_s = 0.0
+        engine.tick(wait=True)
+        ctx.config.workers.infra_retry_backoff_s = 3600.0
+        assert fail(ctx, a, error="boom", reason="session_error") == "retried"
+        assert infra_backoff_until(ctx, a) is None
+        engine.tick(wait=True)
+        w = ctx.store.workers.get(a)
+        assert w is not None and w.status == "running" and w.attempt == 4
+    finally:
+        engine._pool.shutdown(wait=True)
+
+
+def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+    w = spawn(ctx, engine, a)
+    # What a kill between a session's creation and its record leaves on the instance:
+    # a session in the worker's worktree that the store never heard of.
+    leaked = pool.client(pool.slots[w.instance]).create_session(directory=w.worktree)["id"]
+    engine.tick(wait=True)
+    assert not pool.sessions[leaked].get("deleted")  # no restart yet: nothing to reconcile
+    pool.set(w.instance, pid=999)  # the supervisor restarted it
+    engine.tick(wait=True)
+    engine.tick(wait=True)
+    assert pool.sessions[leaked].get("deleted")
+    known = {getattr(e.event, "session_id", "") for e in ctx.store.read(bead_id=a)}
+    assert w.session_id in known and leaked not in known
+
+
+def test_await_with_stall_check_returns_when_nothing_can_dispatch(
+    ctx: SwarmContext, pool: FakePool, engine: Engine
+) -> None:
+    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    spawn_async(ctx, a)  # queued; no engine pass
+    saved, pool.slots = pool.slots, {}  # no instance: nothing would dispatch it
+    try:
+        result = await_workers(ctx, None, 30, stall_check=True)
+        assert result.stalled and not result.timed_out and result.active == 1
+        assert await_workers(ctx, None, 0.1).stalled == ""  # without the check: a timeout
+    finally:
+        pool.slots = saved
+    assert await_workers(ctx, None, 0.1, stall_check=True).stalled == ""
+
+
+def test_supervisor_watch_waits_bounded_then_carries_on(ctx: SwarmContext, pool: FakePool) -> None:
+    lines: list[str] = []
+    watch = SupervisorWatch(ctx.paths, ctx.config, lines.append, poll_s=0.05)
+    watch.wait_until_served(ctx)  # served: says nothing
+    assert lines == []
+    saved, pool.slots = pool.slots, {}
+    ctx.config.workers.supervisor_wait_s = 0.2
+    with pytest.raises(SupervisorLostError):
+        watch.wait_until_served(ctx)
+    assert len(lines) == 1 and "supervisor is gone" in lines[0]
+    ctx.config.workers.supervisor_wait_s = 60.0
+    timer = threading.Timer(0.3, lambda: setattr(pool, "slots", saved))
+    timer.start()
+    try:
+        watch.wait_until_served(ctx)
+    finally:
+        timer.cancel()
+    assert "carries on" in lines[-1]
+
+
 # --- unknown outcomes, crashes between intent and prompt ------------------------------
 
 
@@ -760,3 +916,28 @@ def test_review_rejects_a_symlink_leaving_the_worktree(
     verdict = review(ctx, a)
     assert not verdict.approved
     assert "symlinks leaving the worktree: link" in verdict.problems
+
+
+def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
+    repo: Path, store: Store, pool: FakePool
+) -> None:
+    ctx = make_ctx(repo, store, pool, session_sweep_s=0.01, intent_grace_s=60.0)
+    engine = engine_for(ctx, pool)
+    try:
+        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        w = spawn(ctx, engine, a)
+        complete(ctx, a)  # no longer live: the restart reconciliation would not look
+        client = pool.client(pool.slots[w.instance])
+        old = client.create_session(directory=w.worktree)["id"]
+        fresh = client.create_session(directory=w.worktree)["id"]
+        pool.sessions[old]["created"] -= 61_000  # a creation whose answer was lost long ago
+        engine._swept = 0.0
+        engine.tick(wait=True)
+        assert engine._sweep is not None
+        engine._sweep.result(timeout=30)
+        assert pool.sessions[old].get("deleted")
+        # Younger than the grace: it may be a dispatch about to record it.
+        assert not pool.sessions[fresh].get("deleted")
+        assert not pool.sessions[w.session_id].get("deleted")  # known to the store
+    finally:
+        engine._pool.shutdown(wait=True)

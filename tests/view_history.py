@@ -46,6 +46,8 @@ EXPECTED_EPIC = {
     "needs_review": 1,
     "success_rate": 0.5,
     "retries": 1,
+    "retries_task": 1,
+    "retries_infra": 0,
     "duration_samples": 5,
     "duration_p50_ms": 20000.0,
     "duration_p95_ms": 29900.0,

@@ -151,7 +151,7 @@ def metrics(app: AppContext, as_json: bool, epic_id: str | None) -> None:
             str(e["attempts"]),
             success,
             str(e["failed"]),
-            str(e["retries"]),
+            f"{e['retries_task']} task, {e['retries_infra']} infra",
             _ms(e["duration_p50_ms"]),
             _ms(e["duration_p95_ms"]),
             _ms(e["idle_to_detected_p50_ms"]),

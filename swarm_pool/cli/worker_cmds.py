@@ -4,7 +4,7 @@
 They parse, call the core in ``swarm_pool.swarm`` and print a table or JSON. Exit codes:
 0 on success; 1 on an error (one line on stderr, via the root group); 2 for ``await``
 that timed out, a ``review`` that did not approve, or a ``run`` that did not merge every
-task.
+task; 3 for ``await`` when work is pending or running and nothing can dispatch it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from swarm_pool.cli import main
+from swarm_pool.cli import error_line, main
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import GROUPS, PollResult
@@ -49,7 +49,7 @@ def print_poll(result: PollResult) -> None:
     console = _console()
     table = Table(title=f"workers of {result.epic_id or 'all epics'}")
     table.add_column("bead", no_wrap=True)
-    for col in ("group", "attempt", "progress", "instance", "duration", "last message"):
+    for col in ("group", "attempt", "retries", "progress", "instance", "duration", "last message"):
         table.add_column(col)
     for w in result.workers():
         message = w.blocked_reason or w.error or w.last_message or w.summary
@@ -57,6 +57,7 @@ def print_poll(result: PollResult) -> None:
             w.bead_id,
             w.group + (" (merged)" if w.merged else ""),
             str(w.attempt),
+            f"{w.retries_task} task, {w.retries_infra} infra",
             f"{w.progress_percent}%",
             w.instance or "-",
             _fmt_duration(w.duration_ms),
@@ -144,15 +145,19 @@ def poll(app: AppContext, epic_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @project_options
 def await_cmd(app: AppContext, epic_id: str | None, timeout: float, as_json: bool) -> None:
-    """Wait until no worker of EPIC_ID is in progress or pending (exit 2 on timeout)."""
+    """Wait until no worker of EPIC_ID is in progress or pending (exit 2 on timeout, 3
+    when work is pending or running and no worker engine runs to move it)."""
     from swarm_pool.swarm.status import await_workers
 
     with swarm_context(app) as ctx:
-        result = await_workers(ctx, epic_id, timeout)
+        result = await_workers(ctx, epic_id, timeout, stall_check=True)
     if as_json:
         echo_json(result.to_dict())
     else:
         print_poll(result)
+    if result.stalled:
+        error_line(result.stalled)
+        sys.exit(3)
     if result.timed_out:
         sys.exit(2)
 
@@ -252,6 +257,11 @@ def workers(app: AppContext, epic_id: str | None, as_json: bool) -> None:
 @click.option("--timeout", type=float, default=1800.0, show_default=True, help="Seconds.")
 @click.option("--size", type=int, default=None, help="Instances, if the pool must be started.")
 @click.option("--keep-pool", is_flag=True, help="Leave a pool started by this run running.")
+@click.option(
+    "--restart-pool",
+    is_flag=True,
+    help="If the pool's supervisor dies, start one (default: wait for `swarm-pool start`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 @project_options
 def run(
@@ -260,6 +270,7 @@ def run(
     timeout: float,
     size: int | None,
     keep_pool: bool,
+    restart_pool: bool,
     as_json: bool,
 ) -> None:
     """Run PLAN_PATH: create its epic, spawn, watch, review and merge every task."""
@@ -275,6 +286,8 @@ def run(
         keep_pool=keep_pool,
         live=live,
         config_path=app.config_path,
+        restart_pool=restart_pool,
+        notify=lambda line: click.echo(f"swarm-pool run: {line}", err=True),
     )
     if as_json:
         echo_json(summary.to_dict())

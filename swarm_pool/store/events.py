@@ -187,11 +187,22 @@ class WorkerCompleted(_WorkerEvent):
     verification: dict[str, Any] | None = None
 
 
+class FailureCause(StrEnum):
+    """Whose fault a worker's failure is (``worker_failed.cause``, ``worker_retried.cause``):
+    the task's own (session error, timeout, failed check), retried under
+    ``workers.max_retries``, or the infrastructure's (its instance died, restarted or was
+    drained), retried within ``workers.infra_retry_window_s``."""
+
+    TASK = "task"
+    INFRA = "infra"
+
+
 class WorkerFailed(_WorkerEvent):
     type: Literal["worker_failed"] = "worker_failed"
     error: str
     reason: str = ""
     duration_ms: int | None = None
+    cause: FailureCause = FailureCause.TASK
 
 
 class WorkerBlocked(_WorkerEvent):
@@ -205,6 +216,7 @@ class WorkerBlocked(_WorkerEvent):
 class WorkerRetried(_WorkerEvent):
     type: Literal["worker_retried"] = "worker_retried"
     reason: str = ""
+    cause: FailureCause = FailureCause.TASK
 
 
 class WorkerQueued(_WorkerEvent):

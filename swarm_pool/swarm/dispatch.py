@@ -25,10 +25,11 @@ from swarm_pool.errors import (
     WorkerStateError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
-from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned
+from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.failure import infra_backoff_until
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import (
     InstanceSlot,
@@ -266,6 +267,9 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         worker = ctx.store.workers.get(bead_id)
         if worker is None or worker.status != WorkerStatus.PENDING:
             return None
+        not_before = infra_backoff_until(ctx, bead_id)
+        if not_before is not None and now_ms() < not_before:
+            return None  # an infra retry's backoff: the engine's next ticks try again
         queued = ctx.last_event(bead_id, "worker_queued")
         routing: Routing = (
             "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")

@@ -5,15 +5,18 @@ composition root, so ``pool/`` never imports ``swarm/``), acting only while that
 supervisor's pool is running. Each tick, woken by store changes or every ``tick_s``, it:
 
 - first of all, once per start (after a crash and adoption too), reconciles the
-  instances' sessions with the store (``reconcile``), and on later ticks settles
-  session intents left unprompted past a grace period;
+  instances' sessions with the store (``reconcile``), again for each instance that comes
+  back from a restart (a kill can leave a session created but never recorded or
+  prompted), and on later ticks settles session intents left unprompted past a grace
+  period and, every ``workers.session_sweep_s``, deletes sessions unknown to the store;
 - keeps one SSE watcher per pool instance (``watch``), which records session status,
   errors and permission/question requests into the store;
 - dispatches queued spawns (every spawn is queued first) when an instance has room,
   several at once on a small thread pool;
 - fails the in-flight workers of an instance that exited (a store ``instance_exited`` /
   ``instance_started`` event, a new pid, or a dead state in the pool state) and retries
-  them elsewhere under ``workers.max_retries``;
+  them elsewhere under the infra budget (``workers.infra_retry_window_s``, not
+  ``max_retries``: the instance's death is not the task's fault);
 - fails and retries a worker whose session reported ``session.error``;
 - aborts and fails a running worker past ``workers.timeout_s`` (or its spawn's own
   ``timeout_s``) of running time, without retry: a hung model would hang again (time
@@ -41,14 +44,14 @@ from swarm_pool import faults
 from swarm_pool.config import Config
 from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.store.events import WorkerNeedsReview, now_ms
+from swarm_pool.store.events import FailureCause, WorkerNeedsReview, now_ms
 from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
 from swarm_pool.swarm.dispatch import dispatch
 from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.failure import fail
-from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching
+from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.spec import load_spec
 from swarm_pool.swarm.watch import (
@@ -115,6 +118,11 @@ class Engine:
         )
         self._timeouts: dict[str, float] = {}
         self._reconciled = False
+        # Instances restarted (or gone) since their sessions were last reconciled: a kill
+        # can leave a session that was created but never recorded or prompted.
+        self._unreconciled: set[str] = set()
+        self._swept = time.monotonic()
+        self._sweep: concurrent.futures.Future[list[str]] | None = None
         self._acting = False
         self.ticks = 0
         self.errors = 0
@@ -270,8 +278,26 @@ class Engine:
             report = reconcile(ctx, ready)
             log.info("engine: reconciled sessions with the store: %s", report)
             self._reconciled = True
+            self._unreconciled.clear()
         else:
+            back = [s for s in ready if s.name in self._unreconciled]
+            if back:
+                # The same reconciliation as at start, for the instances that came back.
+                report = reconcile(ctx, back, skip=frozenset(self._dispatching))
+                log.info("engine: reconciled restarted %s: %s", [s.name for s in back], report)
+                self._unreconciled.difference_update(
+                    s.name for s in back if s.name not in report.unreachable
+                )
             reconcile_dispatching(ctx, ready, self.config.workers.intent_grace_s)
+            if time.monotonic() - self._swept >= self.config.workers.session_sweep_s and (
+                self._sweep is None or self._sweep.done()
+            ):
+                # On a dispatcher thread: a slow instance's session list must not hold
+                # up the tick (dispatch, failures, timeouts).
+                self._swept = time.monotonic()
+                self._sweep = self._pool.submit(
+                    sweep_unknown, ctx, ready, self.config.workers.intent_grace_s
+                )
         if self._watch is not None:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)
@@ -327,8 +353,10 @@ class Engine:
             old = self._pids.get(slot.name)
             if slot.name in self._pids and old is not None and slot.pid != old:
                 self._gone_at[slot.name] = now
+                self._unreconciled.add(slot.name)
             if slot.state in _GONE_STATES:
                 self._gone_at[slot.name] = now
+                self._unreconciled.add(slot.name)
             self._pids[slot.name] = slot.pid
         for name in list(self._pids):
             if name not in seen:  # removed from the pool (scale down)
@@ -348,6 +376,7 @@ class Engine:
                 w.bead_id,
                 error=f"instance {w.instance} exited while the worker was running",
                 reason="instance_exited",
+                cause=FailureCause.INFRA,
                 session_id=w.session_id,
                 attempt=w.attempt,
             )

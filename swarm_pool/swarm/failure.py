@@ -4,49 +4,117 @@
 in the same worktree (``worker_retried`` + ``worker_queued``, one transaction) with a note
 that the earlier attempt was interrupted; the dispatcher then prefers another instance.
 Without a retry the bead is blocked and its reservations released in the same
-transaction. The retry budget is one function (``retry_allowed``), so a second budget
-(instance deaths not counted against ``max_retries``) fits in one place.
+transaction. Two budgets, chosen by the failure's ``FailureCause`` (``retry_allowed``):
+the task's own failures count against ``workers.max_retries``; failures of its instance
+(death, restart, drain) are retried for as long as ``workers.infra_retry_window_s`` from
+the first of them, each after a doubling backoff (``infra_backoff_until``, which the
+dispatcher honours), and never use up ``max_retries``.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from swarm_pool import faults
 from swarm_pool.errors import OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.store.events import (
     BaseEvent,
     CellStatusChanged,
+    FailureCause,
     WorkerFailed,
     WorkerQueued,
     WorkerRetried,
     now_ms,
 )
 from swarm_pool.store.lifecycle import LIVE
+from swarm_pool.store.recorder import StoredEvent
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 
 
-def retries_used(ctx: SwarmContext, bead_id: str) -> int:
-    """Retries since the last spawn a caller asked for (not counting engine retries)."""
-    used = 0
-    previous_attempt: int | None = None
-    for stored in ctx.store.read(
-        types=["worker_spawned", "worker_queued", "worker_retried"], bead_id=bead_id
-    ):
+@dataclass(frozen=True)
+class RetryUse:
+    """Retries since the caller's last spawn of a bead, by cause; ``infra_since_ms`` is
+    the time of the first infra retry among them, ``last_infra_ms`` of the latest one
+    when it is the retry that started the current attempt (None otherwise)."""
+
+    task: int = 0
+    infra: int = 0
+    infra_since_ms: int | None = None
+    last_infra_ms: int | None = None
+
+    def to_dict(self) -> dict[str, int]:
+        return {"task": self.task, "infra": self.infra}
+
+
+RETRY_TYPES = ["worker_spawned", "worker_queued", "worker_retried"]
+
+
+def count_retries(events: Iterable[StoredEvent]) -> dict[str, RetryUse]:
+    """Per bead, the retries since the caller's last spawn (not counting the engine's
+    own retries), from its spawn/queue/retry events in log order."""
+    task: dict[str, int] = {}
+    infra: dict[str, int] = {}
+    since: dict[str, int | None] = {}
+    last_infra: dict[str, int | None] = {}
+    previous: dict[str, int] = {}
+    for stored in events:
+        bead = getattr(stored.event, "bead_id", "")
         attempt = getattr(stored.event, "attempt", 1)
         if stored.type == "worker_retried":
-            used += 1
-        elif attempt != previous_attempt:
-            used = 0  # a new attempt number not announced by a retry: a caller's spawn
-        previous_attempt = attempt
-    return used
+            if getattr(stored.event, "cause", FailureCause.TASK) == FailureCause.INFRA:
+                infra[bead] = infra.get(bead, 0) + 1
+                if since.get(bead) is None:
+                    since[bead] = stored.timestamp
+                last_infra[bead] = stored.timestamp
+            else:
+                task[bead] = task.get(bead, 0) + 1
+                last_infra[bead] = None
+        elif attempt != previous.get(bead):
+            # A new attempt number not announced by a retry: a caller's spawn.
+            task[bead], infra[bead], since[bead], last_infra[bead] = 0, 0, None, None
+        previous[bead] = attempt
+    return {
+        bead: RetryUse(task.get(bead, 0), infra.get(bead, 0), since.get(bead), last_infra.get(bead))
+        for bead in previous
+    }
 
 
-def retry_allowed(ctx: SwarmContext, worker: WorkerView, reason: str) -> bool:
-    """Whether the retry budget lets this failure be retried (one budget today:
-    ``workers.max_retries`` over the retries since the caller's last spawn)."""
-    return retries_used(ctx, worker.bead_id) < ctx.config.workers.max_retries
+def retry_use(ctx: SwarmContext, bead_id: str) -> RetryUse:
+    return count_retries(ctx.store.read(types=RETRY_TYPES, bead_id=bead_id)).get(
+        bead_id, RetryUse()
+    )
+
+
+def retries_used(ctx: SwarmContext, bead_id: str) -> int:
+    """The task's own retries since the last spawn a caller asked for."""
+    return retry_use(ctx, bead_id).task
+
+
+def retry_allowed(ctx: SwarmContext, worker: WorkerView, cause: FailureCause) -> bool:
+    """Whether the budget of ``cause`` lets this failure be retried."""
+    use = retry_use(ctx, worker.bead_id)
+    workers = ctx.config.workers
+    if cause == FailureCause.INFRA:
+        since = use.infra_since_ms
+        return since is None or now_ms() - since < workers.infra_retry_window_s * 1000
+    return use.task < workers.max_retries
+
+
+def infra_backoff_until(ctx: SwarmContext, bead_id: str) -> int | None:
+    """When (ms) the current attempt, queued by an infra retry, may be dispatched: the
+    n-th infra retry waits ``infra_retry_backoff_s * 2**(n-1)``, capped; None if the
+    attempt was not queued by an infra retry."""
+    use = retry_use(ctx, bead_id)
+    if use.last_infra_ms is None or use.infra == 0:
+        return None
+    workers = ctx.config.workers
+    delay = min(
+        workers.infra_retry_backoff_s * 2 ** (use.infra - 1), workers.infra_retry_backoff_max_s
+    )
+    return use.last_infra_ms + int(delay * 1000)
 
 
 def fail(
@@ -55,6 +123,7 @@ def fail(
     *,
     error: str,
     reason: str,
+    cause: FailureCause = FailureCause.TASK,
     retry: bool = True,
     abort: bool = False,
     session_id: str | None = None,
@@ -66,9 +135,9 @@ def fail(
     ``attempt``): news about an older attempt never fails a newer one. The failure is
     recorded only if that attempt is still live when it is written (a conditional
     append), so a completion that lands meanwhile, during the abort say, wins and the
-    failure is dropped. Returns "retried" (queued again for the dispatcher), "failed" (no
-    retry left: the bead is blocked and its reservations released in the same
-    transaction) or "ignored" (nothing live to fail).
+    failure is dropped. ``cause`` picks the retry budget. Returns "retried" (queued
+    again for the dispatcher), "failed" (no retry left: the bead is blocked and its
+    reservations released in the same transaction) or "ignored" (nothing live to fail).
     """
     with ctx.lock(f"spawn-{bead_id}"):
         worker = ctx.store.workers.get(bead_id)
@@ -86,11 +155,11 @@ def fail(
             outcome = "ignored"
             if current is None or not _is_target(current, session_id, attempt):
                 return None
-            if retry and retry_allowed(ctx, current, reason):
+            if retry and retry_allowed(ctx, current, cause):
                 outcome = "retried"
-                return _retry_events(ctx, current, error=error, reason=reason)
+                return _retry_events(ctx, current, error=error, reason=reason, cause=cause)
             outcome = "failed"
-            return _final_events(ctx, current, error=error, reason=reason)
+            return _final_events(ctx, current, error=error, reason=reason, cause=cause)
 
         try:
             ctx.store.change_worker(bead_id, build)
@@ -114,7 +183,9 @@ def _is_target(worker: WorkerView | None, session_id: str | None, attempt: int |
     return attempt is None or worker.attempt == attempt
 
 
-def _failed_event(worker: WorkerView, *, error: str, reason: str) -> WorkerFailed:
+def _failed_event(
+    worker: WorkerView, *, error: str, reason: str, cause: FailureCause
+) -> WorkerFailed:
     return WorkerFailed(
         bead_id=worker.bead_id,
         epic_id=worker.epic_id,
@@ -123,16 +194,17 @@ def _failed_event(worker: WorkerView, *, error: str, reason: str) -> WorkerFaile
         error=error,
         reason=reason,
         duration_ms=now_ms() - worker.spawned_at if worker.spawned_at else None,
+        cause=cause,
     )
 
 
 def _final_events(
-    ctx: SwarmContext, worker: WorkerView, *, error: str, reason: str
+    ctx: SwarmContext, worker: WorkerView, *, error: str, reason: str, cause: FailureCause
 ) -> list[BaseEvent]:
     # One transaction: an observer never sees a failed worker whose bead is still "in
     # progress", or whose files are still reserved.
     return [
-        _failed_event(worker, error=error, reason=reason),
+        _failed_event(worker, error=error, reason=reason, cause=cause),
         *ctx.store.reservations.release_events(
             worker.bead_id, worker.agent_name or f"worker-{worker.bead_id}", f"failed: {reason}"
         ),
@@ -146,20 +218,21 @@ def _final_events(
 
 
 def _retry_events(
-    ctx: SwarmContext, worker: WorkerView, *, error: str, reason: str
+    ctx: SwarmContext, worker: WorkerView, *, error: str, reason: str, cause: FailureCause
 ) -> list[BaseEvent]:
     # Failed, then straight to pending with the next attempt: queued for the dispatcher,
     # which prefers another instance than the one that failed it.
     queued = ctx.last_event(worker.bead_id, "worker_queued")
     attempt = worker.attempt + 1
     return [
-        _failed_event(worker, error=error, reason=reason),
+        _failed_event(worker, error=error, reason=reason, cause=cause),
         WorkerRetried(
             bead_id=worker.bead_id,
             epic_id=worker.epic_id,
             session_id=worker.session_id,
             attempt=attempt,
             reason=reason,
+            cause=cause,
         ),
         WorkerQueued(
             bead_id=worker.bead_id,

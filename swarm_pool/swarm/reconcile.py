@@ -12,8 +12,12 @@ whatever a supervisor SIGKILL or an unanswered request leaves behind is one of:
   a bead never has two live sessions.
 
 ``reconcile`` runs when the engine starts (after adoption too) before it dispatches
-anything, and ``reconcile_dispatching`` runs on every tick for intents older than a
-grace period (a prompt whose answer never came).
+anything, and again for an instance that comes back from a restart;
+``reconcile_dispatching`` runs on every tick for intents older than a grace period (a
+prompt whose answer never came); ``sweep_unknown`` runs every ``workers.session_sweep_s``
+and deletes the sessions in any worker's worktree that no ``worker_session_created``
+names and that are older than the grace period (a creation whose answer was lost, or
+an instance killed between the creation and its record): no session leaks.
 """
 
 from __future__ import annotations
@@ -40,18 +44,64 @@ class ReconcileReport:
     adopted: list[str] = field(default_factory=list)  # prompted, spawn not recorded
     requeued: list[str] = field(default_factory=list)  # the recorded session is gone
     removed: list[str] = field(default_factory=list)  # sessions of nobody's attempt
+    unreachable: list[str] = field(default_factory=list)  # instances to try again
 
 
-def reconcile(ctx: SwarmContext, slots: list[InstanceSlot]) -> ReconcileReport:
-    """Match every live worker's worktree on every reachable instance with the store."""
+def reconcile(
+    ctx: SwarmContext, slots: list[InstanceSlot], *, skip: frozenset[str] = frozenset()
+) -> ReconcileReport:
+    """Match every live worker's worktree on every reachable instance with the store
+    (but the beads in ``skip``: being dispatched right now, their new session may not
+    be recorded yet)."""
     report = ReconcileReport()
-    workers = [w for w in ctx.store.workers.list() if w.status in LIVE and w.worktree]
+    workers = [
+        w
+        for w in ctx.store.workers.list()
+        if w.status in LIVE and w.worktree and w.bead_id not in skip
+    ]
     for slot in slots:
         try:
             _reconcile_instance(ctx, slot, workers, report)
         except OpenCodeError as e:
+            report.unreachable.append(slot.name)
             log.warning("reconcile: instance %s unreachable: %s", slot.name, e)
     return report
+
+
+def sweep_unknown(ctx: SwarmContext, slots: list[InstanceSlot], grace_s: float) -> list[str]:
+    """Delete sessions in the workers' worktrees that the store has never heard of and
+    that are older than ``grace_s`` (a dispatcher records its session within that)."""
+    known = {
+        str(getattr(s.event, "session_id", ""))
+        for s in ctx.store.read(types=["worker_session_created", "worker_spawned"])
+    }
+    worktrees = sorted({w.worktree for w in ctx.store.workers.list() if w.worktree})
+    cutoff = now_ms() - int(grace_s * 1000)
+    removed: list[str] = []
+    for slot in slots:
+        client = ctx.client(slot)
+        try:
+            for worktree in worktrees:
+                for session in client.sessions(directory=worktree):
+                    sid = str(session.get("id", ""))
+                    created = (session.get("time") or {}).get("created")
+                    if not sid or sid in known or session.get("directory") != worktree:
+                        continue
+                    if not isinstance(created, int | float) or created > cutoff:
+                        continue
+                    with contextlib.suppress(OpenCodeError):
+                        client.abort(sid, directory=worktree)
+                    with contextlib.suppress(OpenCodeError):
+                        client.delete_session(sid, directory=worktree)
+                    removed.append(sid)
+                    log.info(
+                        "reconcile: removed session %s in %s (unknown to the store)", sid, worktree
+                    )
+        except OpenCodeError as e:
+            log.warning("reconcile: sweeping %s failed: %s", slot.name, e)
+        finally:
+            client.close()
+    return removed
 
 
 def _reconcile_instance(

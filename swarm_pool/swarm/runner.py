@@ -8,6 +8,12 @@ them), reviews and merges every finished worker, and gives up on a task whose wo
 failed for good or whose review or merge failed. Progress is driven by store changes
 (``wait_for_change``), shown live with rich on a TTY; the summary says which tasks
 were merged, and the run is ``ok`` only when all of them were.
+
+The run outlives its supervisor (``SupervisorWatch``): when work waits to be dispatched
+or runs and no supervisor with a live worker engine serves the pool, it says so (a
+``notify`` line, stderr at the CLI), keeps reviewing and merging what is finished, and
+waits up to ``workers.supervisor_wait_s`` for a supervisor to serve the pool again
+(with ``restart_pool`` it starts one itself), then carries on where it was.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from swarm_pool.errors import (
     DuplicateSpawnError,
     GitError,
     PlanError,
+    PoolNotRunningError,
+    SupervisorLostError,
     SwarmPoolError,
     WorkerError,
 )
@@ -86,6 +94,57 @@ class RunSummary:
 
 _FINAL = frozenset({"merged", "failed", "rejected", "conflict"})
 
+Notify = Callable[[str], None]
+
+
+@dataclass
+class SupervisorWatch:
+    """Waits, bounded, for a supervisor (and its worker engine) to serve the pool again;
+    with ``restart`` it starts one itself (the pool's own start, which adopts the live
+    instances)."""
+
+    paths: ProjectPaths
+    config: Config
+    notify: Notify
+    restart: bool = False
+    size: int | None = None
+    config_path: Path | None = None
+    poll_s: float = 0.5
+
+    def wait_until_served(self, ctx: SwarmContext) -> None:
+        try:
+            ctx.require_dispatcher("the run's workers")
+            return
+        except PoolNotRunningError as e:
+            why = str(e)
+        wait_s = self.config.workers.supervisor_wait_s
+        hint = "starting one" if self.restart else "start one with `swarm-pool start`"
+        self.notify(
+            f"the pool's supervisor is gone ({why}); waiting up to {wait_s:g}s for a "
+            f"supervisor to serve the pool again ({hint})"
+        )
+        if self.restart:
+            from swarm_pool.swarm.pool_view import ensure_pool
+
+            ensure_pool(self.paths, self.config, size=self.size, config_path=self.config_path)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                ctx.require_dispatcher("the run's workers")
+            except PoolNotRunningError as e:
+                why = str(e)
+            else:
+                self.notify("a supervisor serves the pool again; the run carries on")
+                return
+            if time.monotonic() >= deadline:
+                raise SupervisorLostError(
+                    f"the pool's supervisor died and none served the pool again within "
+                    f"{wait_s:g}s ({why}); start one with `swarm-pool start`, then "
+                    "`swarm-pool await` the epic"
+                )
+            # A state file and a heartbeat file to re-read: nothing in the store to wake on.
+            time.sleep(self.poll_s)
+
 
 class Runner:
     """Runs one validated plan in a project whose pool is already up."""
@@ -100,6 +159,7 @@ class Runner:
         extras: list[dict[str, Any]] | None = None,
         routing: str | None = None,
         on_update: Callable[[Runner, PollResult | None], None] | None = None,
+        supervisor: SupervisorWatch | None = None,
     ) -> None:
         self.ctx = ctx
         self.title = title
@@ -109,6 +169,7 @@ class Runner:
         self.extras = extras or [{} for _ in subtasks]
         self.routing = routing
         self.on_update = on_update
+        self.supervisor = supervisor
         self.epic_id = ""
         self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(subtasks)]
         self.errors: list[str] = []
@@ -152,6 +213,8 @@ class Runner:
                 )
             except DuplicateSpawnError:
                 result = None
+            except PoolNotRunningError:
+                return  # no supervisor to dispatch it: the run waits for one (step)
             except WorkerError as e:
                 task.state, task.note = "failed", str(e)
                 continue
@@ -197,7 +260,13 @@ class Runner:
         self._settle(result)
         # A merge may unlock dependents right away.
         self._spawn_ready()
+        if self.supervisor is not None and self._needs_dispatcher(result):
+            # Finished work was reviewed and merged above; the rest needs a supervisor.
+            self.supervisor.wait_until_served(self.ctx)
         return result
+
+    def _needs_dispatcher(self, result: PollResult) -> bool:
+        return result.active > 0 or any(t.state == "waiting" for t in self.tasks)
 
     def done(self) -> bool:
         return all(t.state in _FINAL for t in self.tasks)
@@ -257,6 +326,8 @@ def run_plan_file(
     keep_pool: bool = False,
     live: bool = False,
     config_path: Path | None = None,
+    restart_pool: bool = False,
+    notify: Notify | None = None,
 ) -> RunSummary:
     plan = load_runner_plan(plan_path)
     if not plan.tasks:
@@ -271,7 +342,15 @@ def run_plan_file(
     try:
         size = size or plan.pool.size
         started_pool = ensure_pool(paths, config, size=size, config_path=config_path)
-        return _run(paths, config, store, plan, timeout, live, started_pool)
+        watch = SupervisorWatch(
+            paths,
+            config,
+            notify or (lambda _: None),
+            restart=restart_pool,
+            size=size,
+            config_path=config_path,
+        )
+        return _run(paths, config, store, plan, timeout, live, started_pool, watch)
     finally:
         store.close()
         if started_pool and not keep_pool:
@@ -286,11 +365,12 @@ def _run(
     timeout: float,
     live: bool,
     started_pool: bool,
+    watch: SupervisorWatch,
 ) -> RunSummary:
     started = time.monotonic()
     ctx = SwarmContext(paths=paths, config=config, store=store)
     display = _LiveDisplay() if live else None
-    runner = runner_for(ctx, plan, on_update=display.update if display else None)
+    runner = runner_for(ctx, plan, on_update=display.update if display else None, supervisor=watch)
     try:
         timed_out, _ = runner.run(timeout)
     finally:

@@ -1,12 +1,11 @@
 """The coordinator's view of an epic's workers: ``poll`` and ``await_workers``.
 
-``poll`` is one indexed query on the store's workers projection plus two small event
-reads (BLOCKED mail to the coordinator, merges). It sorts workers into the groups
-completed, completed_needs_review, in_progress, pending, blocked and failed, each with
-its progress, last message, instance, duration and attempt. ``await_workers`` returns as
-soon as nothing is in progress or pending, woken by ``store.wait_for_change`` rather than
-a fixed sleep.
-"""
+``poll`` is one indexed query on the store's workers projection plus three small event
+reads (BLOCKED mail to the coordinator, merges, retries). It sorts workers into the
+groups completed, completed_needs_review, in_progress, pending, blocked and failed, each
+with its progress, last message, instance, duration, attempt and retries by cause.
+``await_workers`` returns as soon as nothing is in progress or pending, woken by
+``store.wait_for_change`` rather than a fixed sleep."""
 
 from __future__ import annotations
 
@@ -14,9 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from swarm_pool.errors import PoolNotRunningError
 from swarm_pool.store.events import now_ms
 from swarm_pool.store.lifecycle import WorkerStatus
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.failure import RETRY_TYPES, RetryUse, count_retries
 
 GROUPS = (
     "completed",
@@ -62,6 +63,10 @@ class WorkerInfo:
     summary: str = ""
     files_touched: list[str] = field(default_factory=list)
     merged: bool = False
+    # Retries since the caller's spawn: the task's own (under workers.max_retries) and
+    # its instance's failures (under workers.infra_retry_window_s).
+    retries_task: int = 0
+    retries_infra: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +78,8 @@ class PollResult:
     groups: dict[str, list[WorkerInfo]]
     seq: int
     timed_out: bool = False
+    # Why nothing can move the work still pending or in progress (empty: something can).
+    stalled: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -90,6 +97,7 @@ class PollResult:
             "epic_id": self.epic_id,
             "seq": self.seq,
             "timed_out": self.timed_out,
+            "stalled": self.stalled,
             "counts": self.counts,
             "groups": {g: [w.to_dict() for w in ws] for g, ws in self.groups.items()},
         }
@@ -119,8 +127,10 @@ def poll(ctx: SwarmContext, epic_id: str | None = None) -> PollResult:
         getattr(s.event, "bead_id", "")
         for s in ctx.store.read(types=["worktree_merged"], epic_id=epic_id)
     }
+    retries = count_retries(ctx.store.read(types=RETRY_TYPES, epic_id=epic_id))
     now = now_ms()
     for w in ctx.store.workers.list(epic_id=epic_id):
+        used = retries.get(w.bead_id, RetryUse())
         group = _BY_STATUS.get(w.status, "in_progress")
         blocked_reason = w.blocked_reason or ""
         hit = mail.get(w.bead_id)
@@ -155,18 +165,31 @@ def poll(ctx: SwarmContext, epic_id: str | None = None) -> PollResult:
                 summary=w.summary or "",
                 files_touched=list(w.files_touched or []),
                 merged=w.bead_id in merged,
+                retries_task=used.task,
+                retries_infra=used.infra,
             )
         )
     return PollResult(epic_id=epic_id, groups=groups, seq=seq)
 
 
-def await_workers(ctx: SwarmContext, epic_id: str | None, timeout: float) -> PollResult:
-    """Poll until no worker of the epic is in progress or pending, or ``timeout``."""
+def await_workers(
+    ctx: SwarmContext, epic_id: str | None, timeout: float, *, stall_check: bool = False
+) -> PollResult:
+    """Poll until no worker of the epic is in progress or pending, or ``timeout``.
+
+    With ``stall_check`` it returns at once (``stalled`` says why) when such work
+    remains and no supervisor with a live worker engine would move it: waiting could
+    only end in the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         result = poll(ctx, epic_id)
         if result.active == 0:
             return result
+        if stall_check:
+            try:
+                ctx.require_dispatcher(f"the {result.active} pending or running workers")
+            except PoolNotRunningError as e:
+                return PollResult(result.epic_id, result.groups, result.seq, stalled=str(e))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return PollResult(result.epic_id, result.groups, result.seq, timed_out=True)

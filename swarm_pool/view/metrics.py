@@ -9,7 +9,8 @@ Owns the definitions, so they can be checked by hand against a store:
   linearly between the closest ranks. A bead's *outcome* is its latest outcome event,
   counted only when it belongs to the bead's latest attempt (a bead being retried is
   not finished); *success rate* = beads whose outcome is ``worker_completed`` with
-  status success / beads with an outcome. *Retries* = ``worker_retried`` events.
+  status success / beads with an outcome. *Retries* = ``worker_retried`` events, also
+  split by cause (task, infra).
   *Idle to detected* = for each attempt with an outcome, the time from the start of the
   idle stretch its session was in when the outcome was recorded to the outcome; 0 when
   the session was still busy (``swarm_complete`` arrived first); attempts whose session
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from swarm_pool.store.events import FailureCause
 from swarm_pool.store.recorder import StoredEvent
 
 OUTCOME_TYPES = frozenset({"worker_completed", "worker_failed", "worker_needs_review"})
@@ -69,7 +71,9 @@ class EpicMetrics:
     blocked: int
     needs_review: int
     success_rate: float | None
-    retries: int
+    retries: int  # both causes
+    retries_task: int  # the task's own failures (under workers.max_retries)
+    retries_infra: int  # its instance's death, restart or drain
     duration_samples: int
     duration_p50_ms: float | None
     duration_p95_ms: float | None
@@ -145,6 +149,7 @@ def epic_metrics(events: Sequence[StoredEvent]) -> list[EpicMetrics]:
     latest_attempt: dict[str, int] = {}
     epic_of: dict[str, str] = {}
     retries: dict[str, int] = {}
+    infra_retries: dict[str, int] = {}
     first_outcome: dict[tuple[str, int], StoredEvent] = {}
     last_outcome: dict[str, StoredEvent] = {}
     statuses: dict[str, list[StoredEvent]] = {}
@@ -164,6 +169,8 @@ def epic_metrics(events: Sequence[StoredEvent]) -> list[EpicMetrics]:
             spawns.setdefault((bead, attempt), s)
         elif s.type == "worker_retried":
             retries[epic] = retries.get(epic, 0) + 1
+            if _get(s, "cause") == FailureCause.INFRA:
+                infra_retries[epic] = infra_retries.get(epic, 0) + 1
         elif s.type in OUTCOME_TYPES:
             epic_of.setdefault(bead, epic)
             first_outcome.setdefault((bead, attempt), s)
@@ -210,6 +217,8 @@ def epic_metrics(events: Sequence[StoredEvent]) -> list[EpicMetrics]:
                 needs_review=counts["needs_review"],
                 success_rate=counts["succeeded"] / finished if finished else None,
                 retries=retries.get(epic, 0),
+                retries_task=retries.get(epic, 0) - infra_retries.get(epic, 0),
+                retries_infra=infra_retries.get(epic, 0),
                 duration_samples=len(durations),
                 duration_p50_ms=percentile(durations, 0.50),
                 duration_p95_ms=percentile(durations, 0.95),
