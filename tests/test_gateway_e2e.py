@@ -92,12 +92,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayPool]:
     (paths.swarm_dir / "pool.toml").write_text(
         # 8 OpenCode clients start on the same 2 shared cores: a loaded instance answers
         # its health check late without being stuck, so the pool is patient here.
-        "[pool]\nsize = 2\n[supervisor]\ncheck_interval_s = 0.5\nhealth_timeout_s = 10.0\n"
+        "[pool]\nsize = 2\nstart_timeout_s = 90.0\n"
+        "[supervisor]\ncheck_interval_s = 0.5\nhealth_timeout_s = 10.0\n"
         "health_failures = 6\n"
         '[model]\nscripts = ".swarm/scripts.toml"\n'
         f"[gateway]\nport = {port}\n"
     )
-    out = cli("start", "--gateway", "--json", project=root, session_scoped=True, timeout=240)
+    out = cli("start", "--gateway", "--json", project=root, session_scoped=True, timeout=400)
     log = paths.supervisor_log
     assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
     try:
