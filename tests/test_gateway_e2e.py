@@ -32,7 +32,8 @@ from tests.opencode_fixture import free_port, opencode_binary
 from tests.pool_cli import cli
 from tests.support import init_repo, wait_for
 
-pytestmark = pytest.mark.e2e
+# Real OpenCode clients and a pool start on 2 shared cores: generous per-test limits.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / ".tools/sdk/node_modules/@opencode-ai/sdk/dist/v2/client.js"
