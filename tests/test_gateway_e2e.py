@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from tests.opencode_fixture import free_port, opencode_binary
 from tests.pool_cli import cli
 from tests.support import init_repo, wait_for
 
-pytestmark = pytest.mark.e2e
+# Real OpenCode clients and a pool start on 2 shared cores: generous per-test limits.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / ".tools/sdk/node_modules/@opencode-ai/sdk/dist/v2/client.js"
@@ -91,12 +93,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayPool]:
     (paths.swarm_dir / "pool.toml").write_text(
         # 8 OpenCode clients start on the same 2 shared cores: a loaded instance answers
         # its health check late without being stuck, so the pool is patient here.
-        "[pool]\nsize = 2\n[supervisor]\ncheck_interval_s = 0.5\nhealth_timeout_s = 10.0\n"
+        "[pool]\nsize = 2\nstart_timeout_s = 90.0\n"
+        "[supervisor]\ncheck_interval_s = 0.5\nhealth_timeout_s = 10.0\n"
         "health_failures = 6\n"
         '[model]\nscripts = ".swarm/scripts.toml"\n'
         f"[gateway]\nport = {port}\n"
     )
-    out = cli("start", "--gateway", "--json", project=root, session_scoped=True, timeout=240)
+    out = cli("start", "--gateway", "--json", project=root, session_scoped=True, timeout=400)
     log = paths.supervisor_log
     assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
     try:
@@ -157,16 +160,22 @@ def test_official_js_sdk_v2_through_the_gateway(gw: GatewayPool) -> None:
     assert {owners[s["id"]][0] for s in sessions} == {"oc-1", "oc-2"}
 
 
+# 8 OpenCode clients (each a full OpenCode process) on 2 shared cores took 240 s at load 30.
+@pytest.mark.timeout(720)
 def test_eight_opencode_run_attach_clients_all_finish_on_both_instances(gw: GatewayPool) -> None:
     dirs = gw.new_dirs("run", 8)
     env = {**os.environ, "OPENCODE_DISABLE_MODELS_FETCH": "1"}
     env.pop("OPENCODE_SERVER_PASSWORD", None)
     run = [str(opencode_binary()), "run", "--attach", gw.url, "-p", gw.password]
+    # Each client opens a local database of its own: 8 first-time migrations of one shared
+    # file race each other ("Failed query: CREATE TABLE ..."), attached or not.
+    for i in range(len(dirs)):
+        (gw.dirs / "clients" / str(i)).mkdir(parents=True)
     procs = [
         subprocess.Popen(
             [*run, "--dir", str(d), f"say pong {i}"],
             cwd=d,
-            env=env,
+            env={**env, "OPENCODE_DB": str(gw.dirs / "clients" / str(i) / "opencode.db")},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -174,9 +183,10 @@ def test_eight_opencode_run_attach_clients_all_finish_on_both_instances(gw: Gate
         for i, d in enumerate(dirs)
     ]
     outputs = []
+    deadline = time.monotonic() + 600
     try:
         for proc in procs:
-            stdout, stderr = proc.communicate(timeout=150)
+            stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             outputs.append((proc.returncode, stdout, stderr))
     finally:
         for proc in procs:

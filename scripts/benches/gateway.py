@@ -211,11 +211,15 @@ def _run_attach(side: Side, base: Path, tag: str, n: int = 8) -> float:
         dirs.append(d)
     run = [str(BINARY), "run", "--attach", side.url, "-p", side.password]
     t0 = time.perf_counter()
+    # Each client opens a local database of its own: first-time migrations of one
+    # shared file race each other when 8 clients start at once.
+    for d in dirs:
+        (d.parent / f"{d.name}.client").mkdir()
     procs = [
         subprocess.Popen(
             [*run, "--dir", str(d), f"bench {tag} {i}"],
             cwd=d,
-            env=env,
+            env={**env, "OPENCODE_DB": str(d.parent / f"{d.name}.client" / "opencode.db")},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
