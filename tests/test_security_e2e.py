@@ -58,7 +58,7 @@ health_timeout_s = 10.0
 health_failures = 6
 
 [workers]
-timeout_s = 240.0
+timeout_s = 540.0  # a worker at load 30 can need more than 4 minutes
 """
 
 
