@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -260,6 +262,32 @@ def test_checkpoint_on_open(tmp_path: Path) -> None:
             assert _events_in_main_file_only(pp.db, scratch) == 50
     finally:
         writer.close()
+
+
+def test_a_second_store_in_one_process_keeps_the_wal_of_the_first(tmp_path: Path) -> None:
+    """Closing any descriptor of a database file drops this process's POSIX locks on it.
+    Opening a second store must not do that: another process's close would then find
+    itself the last connection, checkpoint and delete the WAL the first store still
+    writes to, and later events would go to an unlinked file nobody else reads."""
+    pp = ProjectPaths(tmp_path).ensure()
+    first = open_store(pp.db)
+    try:
+        first.append(InstanceReady(instance="i1", pid=1))
+        with open_store(pp.db) as second:
+            second.append(InstanceReady(instance="i1", pid=2))
+        # Another process opens and closes its own connection (as every CLI command does).
+        script = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        script += "c.execute('SELECT count(*) FROM events').fetchone(); c.close()"
+        subprocess.run([sys.executable, "-c", script, str(pp.db)], check=True, timeout=60)
+        first.append(InstanceReady(instance="i1", pid=3))
+        # A fresh connection sees every event the first store wrote.
+        conn = sqlite3.connect(pp.db)
+        try:
+            assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
+        finally:
+            conn.close()
+    finally:
+        first.close()
 
 
 def test_open_project_store_creates_swarm_dir(tmp_path: Path) -> None:

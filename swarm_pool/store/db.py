@@ -184,7 +184,13 @@ class Database:
             raise StoreError(f"cannot open the store's lock file {self.lock_path}: {e}") from e
         try:
             # SQLite gives the -wal and -shm files the database file's mode: born 0600.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            # Only a file that does not exist yet is opened here: closing any descriptor
+            # of a database file drops every POSIX lock this process holds on it,
+            # SQLite's own included, and then another process's close can checkpoint and
+            # delete the WAL that this process's connections still write to.
+            if not path.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
             # A store made before its files were private: fix the modes on open.
             for private in (path, self.lock_path, *_sidecars(path)):
                 make_private(private)
