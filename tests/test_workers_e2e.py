@@ -338,6 +338,7 @@ def test_dedicated_routing_gets_a_fresh_instance_that_stops_after_merge(
     assert w is not None and w.status == "completed", result.to_dict()
     assert w.instance == name
     assert {s.name for s in ctx.instances()} == {"oc-1", "oc-2", name}
+    assert review(ctx, bead).approved  # a merge needs an approving review
     assert merge(ctx, bead).session_released
     wait_for(lambda: {s.name for s in ctx.instances()} == {"oc-1", "oc-2"}, 60)
     assert (pool.root / "alone" / "a.txt").is_file()
@@ -355,6 +356,8 @@ def test_coordinator_session_runs_the_flow_over_mcp(ctx: SwarmContext, pool: Poo
         for b in beads
     ]
     steps.append({"tool": "swarm_await_workers", "args": {"epic_id": epic.id, "timeout_s": 300}})
+    # A merge needs an approving review of the branch's head, so review each first.
+    steps += [{"tool": "swarm_review", "args": {"bead_id": b}} for b in beads]
     steps += [{"tool": "swarm_worktree_merge", "args": {"bead_id": b}} for b in beads]
     # The scripted model plays the coordinator from the contract block in its prompt.
     contract = Contract(bead_id=epic.id, epic_id=epic.id, title="coordinate", script=steps)
@@ -378,6 +381,7 @@ def test_coordinator_session_runs_the_flow_over_mcp(ctx: SwarmContext, pool: Poo
     assert tools == (
         ["swarm_swarm_spawn_async"] * 3
         + ["swarm_swarm_await_workers"]
+        + ["swarm_swarm_review"] * 3
         + ["swarm_swarm_worktree_merge"] * 3
     )
     merged = {s.event.bead_id for s in ctx.store.read(types=["worktree_merged"], epic_id=epic.id)}  # type: ignore[union-attr]
