@@ -73,10 +73,12 @@ def header(snap: Snapshot) -> Text:
         text.append(f"supervisor {sup['pid']} {sup.get('phase') or ''}".rstrip(), style="green")
     else:
         text.append(f"supervisor {sup['pid']} not running", style="bold red")
+    # The sequence number and the clock before the sandbox: a long project path may cut
+    # the header's end at the panel width.
+    text.append(f"  seq {snap.last_seq}  {_clock(snap.taken_at)}")
     if sup.get("pid") is not None:
         sandbox = sup.get("sandbox") or "off"
         text.append(f"  sandbox {sandbox}", style="green" if sandbox != "off" else "yellow")
-    text.append(f"  seq {snap.last_seq}  {_clock(snap.taken_at)}")
     for problem in snap.problems:
         text.append(f"\n{problem}", style="bold red")
     return text
