@@ -95,8 +95,11 @@ def start_pool(
     env = dict(os.environ if environ is None else environ)
     if config.store.url:
         # The daemon, its instances and their MCP servers open the same store; an env
-        # entry keeps a password off every command line (`ps` shows those).
-        env[STORE_URL_ENV] = config.store.url
+        # entry keeps the URL off every command line (`ps` shows those), and its
+        # password goes to a private passfile rather than into anyone's environment.
+        from swarm_pool.store.pgpass import seal_store_url
+
+        env[STORE_URL_ENV] = seal_store_url(config.store.url, paths.swarm_dir, env)
     env[POOL_TAG_ENV] = _pool_tag(paths)
     if gateway:
         env["SWARM_POOL_GATEWAY__ENABLED"] = "true"
