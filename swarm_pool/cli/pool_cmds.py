@@ -17,6 +17,7 @@ from rich.table import Table
 
 from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.config import checked_host
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool import api
 from swarm_pool.view.progress import pool_progress
@@ -91,9 +92,20 @@ def _show_status(app: AppContext, as_json: bool) -> None:
     is_flag=True,
     help="Also run the OpenCode-compatible gateway (one URL for the pool; [gateway] port).",
 )
+@click.option(
+    "--host",
+    "host",
+    default=None,
+    help="This pool's name among several hosts sharing a PostgreSQL store "
+    "(default: [pool] host, else the machine's hostname).",
+)
 @project_options
-def start(app: AppContext, size: int | None, as_json: bool, gateway: bool) -> None:
+def start(
+    app: AppContext, size: int | None, as_json: bool, gateway: bool, host: str | None
+) -> None:
     """Start the supervisor and N opencode instances; return when all are ready."""
+    if host is not None:
+        app.config.pool.host = checked_host(host)
     total = size or app.config.pool.size
     with pool_progress(app.paths, "start", total=total, as_json=as_json):
         api.start_pool(

@@ -30,6 +30,7 @@ from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.failure import infra_backoff_until
+from swarm_pool.swarm.hosts import local_spec, local_worktree, mine, multi_host
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import (
     InstanceSlot,
@@ -56,7 +57,7 @@ def _reserve(name: str, delta: int) -> None:
 
 
 def _busy(ctx: SwarmContext) -> dict[str, int]:
-    live = [w.instance for w in ctx.store.workers.list() if w.status in IN_FLIGHT]
+    live = [w.instance for w in mine(ctx, ctx.store.workers.list()) if w.status in IN_FLIGHT]
     busy = busy_counts(live)
     with _reserved_guard:
         for name, n in _reserved.items():
@@ -267,6 +268,10 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         worker = ctx.store.workers.get(bead_id)
         if worker is None or worker.status != WorkerStatus.PENDING:
             return None
+        if multi_host(ctx):
+            if worker.host != ctx.config.pool.host:
+                return None  # not claimed by this host: another host's engine starts it
+            worker = local_worktree(ctx, worker)
         not_before = infra_backoff_until(ctx, bead_id)
         if not_before is not None and now_ms() < not_before:
             return None  # an infra retry's backoff: the engine's next ticks try again
@@ -274,7 +279,7 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         routing: Routing = (
             "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
         )
-        spec = load_spec(ctx, bead_id)
+        spec = local_spec(load_spec(ctx, bead_id), worker.worktree)
         prompt = render_prompt(ctx, bead_id, worker.attempt, spec)
         if routing == "dedicated":
             from swarm_pool.swarm.dedicated import request_instance

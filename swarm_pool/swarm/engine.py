@@ -25,6 +25,10 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
   when the SSE idle, ``/session/status``, the last assistant message and the instance's
   health all agree (never one signal alone). Sessions whose idle event was missed are
   re-checked every ``recheck_s``.
+
+On a PostgreSQL store the engine is one host among several (``swarm/hosts.py``): each
+tick it first heartbeats, takes over from dead hosts and claims queued workers, and
+from then on it looks only at the workers it claimed.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, defaul
 from swarm_pool.swarm.dispatch import dispatch
 from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.failure import fail
+from swarm_pool.swarm.hosts import HostDuty, mine, multi_host
 from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.spec import load_spec
@@ -124,6 +129,7 @@ class Engine:
         self._swept = time.monotonic()
         self._sweep: concurrent.futures.Future[list[str]] | None = None
         self._acting = False
+        self._hosts: HostDuty | None = None
         self.ticks = 0
         self.errors = 0
         self.last_tick_ms: int | None = None
@@ -154,7 +160,7 @@ class Engine:
         if ctx is None:
             return None
         try:
-            workers = ctx.store.workers.list()
+            workers = mine(ctx, ctx.store.workers.list())
         except SwarmPoolError:
             return None
         return sum(1 for w in workers if w.instance == instance and w.status in IN_FLIGHT)
@@ -273,6 +279,11 @@ class Engine:
         self.last_tick_ms = now_ms()
         slots = ctx.instances()
         ready = [s for s in slots if s.state in ("ready", "unhealthy")]
+        if multi_host(ctx):
+            if self._hosts is None:
+                self._hosts = HostDuty(ctx)
+            # Beat, take over from dead hosts, claim: before anything looks at "mine".
+            self._hosts.step(slots)
         if not self._reconciled:
             # Before anything is dispatched or watched: what did a crash leave behind?
             report = reconcile(ctx, ready)
@@ -302,7 +313,7 @@ class Engine:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)
         by_name = {s.name: s for s in slots}
-        workers = ctx.store.workers.list()
+        workers = mine(ctx, ctx.store.workers.list())
         now = now_ms()
         for w in workers:
             if w.status not in ACTIVE:
@@ -343,7 +354,10 @@ class Engine:
 
     def _track_instances(self, ctx: SwarmContext, slots: list[InstanceSlot]) -> None:
         now = now_ms()
-        for stored in ctx.store.read(types=_INSTANCE_EVENTS, after_seq=self._instance_seq):
+        # Several hosts: instance names repeat from host to host, so another host's
+        # instance events say nothing about ours; the pool state's pids and states do.
+        instance_events = [] if multi_host(ctx) else _INSTANCE_EVENTS
+        for stored in ctx.store.read(types=instance_events, after_seq=self._instance_seq):
             self._instance_seq = max(self._instance_seq, stored.seq)
             name = getattr(stored.event, "instance", "")
             self._gone_at[name] = max(self._gone_at.get(name, 0), stored.timestamp)
