@@ -188,6 +188,12 @@ class WorkersSection(_Section):
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)
     base_branch: str = Field("", description="empty: the branch checked out at spawn")
+    remote: str = Field(
+        "origin", description="several hosts: the git remote branches and merges meet on"
+    )
+    push_wait_s: float = Field(
+        60.0, ge=0, description="review/merge wait this long for another host's push"
+    )
     sandbox: Literal["off", "bwrap"] = Field(
         "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"
     )

@@ -262,6 +262,20 @@ class WorkerNeedsReview(_WorkerEvent):
     reason: str = ""
 
 
+class BranchPushed(BaseEvent):
+    """A worker's finished branch reached the shared git remote (several hosts): review
+    and merge may run on another host now."""
+
+    type: Literal["branch_pushed"] = "branch_pushed"
+    bead_id: str
+    epic_id: str
+    attempt: int = Field(1, ge=1)
+    host: str
+    remote: str
+    branch: str
+    commit: str
+
+
 class HostInstance(BaseModel):
     """One instance as its host reports it in a heartbeat."""
 
@@ -457,6 +471,7 @@ Event = Annotated[
     | WorkerSessionCreated
     | WorkerClaimed
     | HostBeat
+    | BranchPushed
     | SessionStatus
     | SessionError
     | SessionRouted

@@ -49,7 +49,7 @@ from swarm_pool.config import Config
 from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import FailureCause, WorkerNeedsReview, now_ms
-from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, WorkerStatus
+from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, MERGEABLE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
 from swarm_pool.swarm.dispatch import dispatch
@@ -57,6 +57,7 @@ from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.failure import fail
 from swarm_pool.swarm.hosts import HostDuty, mine, multi_host
 from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
+from swarm_pool.swarm.remote import push_branch, pushed
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.spec import load_spec
 from swarm_pool.swarm.watch import (
@@ -130,6 +131,8 @@ class Engine:
         self._sweep: concurrent.futures.Future[list[str]] | None = None
         self._acting = False
         self._hosts: HostDuty | None = None
+        # (bead, attempt) whose finished branch was pushed or is being pushed.
+        self._pushed: set[tuple[str, int]] = set()
         self.ticks = 0
         self.errors = 0
         self.last_tick_ms: int | None = None
@@ -322,6 +325,8 @@ class Engine:
                 self._check_worker(ctx, w, by_name, now)
             except SwarmPoolError as e:
                 log.warning("engine: checking %s failed: %s", w.bead_id, e)
+        if self._hosts is not None:
+            self._push_finished(ctx, workers)
         pending = sorted(
             (w for w in workers if w.status == WorkerStatus.PENDING),
             key=lambda w: w.updated_at or 0,
@@ -332,6 +337,28 @@ class Engine:
                 self._futures.append(self._pool.submit(self._dispatch, w.bead_id))
         if wait:
             self.drain()
+
+    def _push_finished(self, ctx: SwarmContext, workers: list[WorkerView]) -> None:
+        """Several hosts: push this host's finished branches to the shared remote, on a
+        dispatcher thread (a push to a slow remote must not hold up the tick)."""
+        for w in workers:
+            key = (w.bead_id, w.attempt)
+            if w.status not in MERGEABLE or key in self._pushed:
+                continue
+            self._pushed.add(key)
+            self._futures.append(self._pool.submit(self._push, w))
+
+    def _push(self, worker: WorkerView) -> None:
+        ctx = self._context()
+        try:
+            if pushed(ctx, worker) is None:
+                push_branch(ctx, worker)
+        except SwarmPoolError as e:
+            log.warning("engine: pushing %s failed, will retry: %s", worker.bead_id, e)
+            self._pushed.discard((worker.bead_id, worker.attempt))
+        except Exception:
+            log.exception("engine: pushing %s crashed", worker.bead_id)
+            self._pushed.discard((worker.bead_id, worker.attempt))
 
     def drain(self, timeout: float = 60.0) -> None:
         """Wait for the dispatches in flight (tests, shutdown)."""

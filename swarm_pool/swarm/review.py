@@ -11,6 +11,9 @@ branch under the git lock (``Worktrees.merge``), records ``worktree_merged`` (or
 ``merge_conflict``, with the base left untouched), closes the bead, and releases the
 worker's OpenCode session: the session is deleted and its directory disposed on its
 instance. ``cleanup`` removes merged worktrees and never one with uncommitted changes.
+With several hosts (``remote.py``) both first fetch a branch another host ran, and
+``merge`` fast-forwards the base to the shared remote's before merging and pushes it
+after.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from swarm_pool.store.events import (
 from swarm_pool.store.globs import matches
 from swarm_pool.store.lifecycle import MERGEABLE
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.remote import fetch_branch, publish_base, sync_base
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     worker = ctx.store.workers.get(bead_id)
     if worker is None:
         raise NotFoundError(f"bead {bead_id} has no worker")
+    # Several hosts: the work of a worker another host ran is on the shared remote.
+    fetch_branch(ctx, worker)
     cell = ctx.store.hive.get_cell(bead_id)
     owned = list(worker.files or cell.files)
     diff = ctx.worktrees.diff(bead_id)
@@ -177,10 +183,15 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
     if worker.status not in MERGEABLE:
         raise WorkerError(f"worker {bead_id} is {worker.status}; only finished work is merged")
     trees = ctx.worktrees
+    fetch_branch(ctx, worker)
     require_approval(ctx, bead_id)
     leftovers = trees.commit_all(bead_id, f"swarm-pool: uncommitted work of {bead_id}")
+    # Several hosts: merge onto the remote's base, and publish it only if all went well
+    # (a conflict raises below and leaves the remote's base as it was).
+    before = sync_base(ctx, trees.base_of(bead_id, base))
     try:
         result = trees.merge(bead_id, base)
+        publish_base(ctx, result.base, before)
     except MergeConflictError as e:
         ctx.store.append(
             MergeConflict(
