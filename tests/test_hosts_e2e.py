@@ -9,8 +9,10 @@ bash tool's.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,12 @@ from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.workers import spawn_async
+from tests.hosts_fixture import make_clones, plan_toml, remote_files
 from tests.pg_server import ScratchPostgres
 from tests.pool_cli import cli
-from tests.support import init_repo, wait_for
+from tests.support import git, init_repo, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(700)]
 
 POOL_TOML = """
 [pool]
@@ -120,3 +123,94 @@ def test_store_password_reaches_no_instance_or_agent_env(
         assert checked == {"mcp", "opencode"}, checked
     finally:
         ctx.store.close()
+
+
+# --- two hosts: two clones of one bare remote, one PostgreSQL store ---------------------
+
+TWO_HOSTS_TOML = """
+[pool]
+size = 1
+start_timeout_s = 120.0
+max_sessions_per_instance = 2
+hosts_beat_s = 1.0
+# Short, for the kill -9 test; generous enough that a loaded machine's slow tick is not
+# taken for a dead host.
+hosts_stale_s = 12.0
+
+[supervisor]
+check_interval_s = 0.5
+health_timeout_s = 10.0
+health_failures = 6
+
+[model]
+# Each tool step takes this long: workers stay in flight long enough to be caught.
+default_delay_s = 0.5
+
+[workers]
+timeout_s = 300.0
+"""
+
+
+@pytest.fixture(scope="module")
+def two_hosts(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: ScratchPostgres
+) -> Iterator[tuple[Path, dict[str, Path], str]]:
+    schema = pg_server.new_schema()
+    url = pg_server.url(schema=schema)
+    remote, clones = make_clones(tmp_path_factory.mktemp("hosts"), ["a", "b"], TWO_HOSTS_TOML)
+    started: list[Path] = []
+    try:
+        for host, clone in clones.items():
+            out = cli(
+                "start", "--json", "--store", url, "--host", host,
+                project=clone, session_scoped=True, timeout=300,
+            )  # fmt: skip
+            log = clone / ".swarm" / "supervisor.log"
+            assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
+            started.append(clone)
+        yield remote, clones, url
+    finally:
+        for clone in started:
+            cli("stop", "--store", url, project=clone, session_scoped=True, timeout=120)
+        pg_server.drop_schema(schema)
+
+
+def _store_of(clone: Path, url: str) -> Any:
+    from swarm_pool.store.core import open_url
+
+    return open_url(url, project_root=clone)
+
+
+def _run_plan(clone: Path, url: str, plan: Path) -> Any:
+    out = cli("run", str(plan), "--json", "--timeout", "500", "--store", url, project=clone,
+              session_scoped=True, timeout=560)  # fmt: skip
+    log = clone / ".swarm" / "supervisor.log"
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{log.read_text()[-4000:]}"
+    return json.loads(out.stdout)
+
+
+def test_two_hosts_share_an_8_task_plan_and_merge_into_the_remote(
+    two_hosts: tuple[Path, dict[str, Path], str], tmp_path: Path
+) -> None:
+    remote, clones, url = two_hosts
+    plan = tmp_path / "plan.toml"
+    plan.write_text(plan_toml(8))
+    summary = _run_plan(clones["a"], url, plan)
+    assert summary["merged"] == summary["total"] == 8, summary
+    with _store_of(clones["a"], url) as store:
+        epic = summary["epic_id"]
+        claims = [s.event for s in store.read(types=["worker_claimed"], epic_id=epic)]
+        by_host = {c.host for c in claims}
+        assert by_host == {"a", "b"}, [(c.bead_id, c.host) for c in claims]
+        # Each host pushed the branches it ran; the coordinator (a) merged them all.
+        pushes = [s.event for s in store.read(types=["branch_pushed"], epic_id=epic)]
+        assert {p.host for p in pushes} == {"a", "b"}
+        hosts = {h.name: h for h in store.hosts.list()}
+        assert set(hosts) == {"a", "b"} and all(h.capacity == 2 for h in hosts.values())
+    files = remote_files(remote)
+    assert [f"hosts/t{n}.txt" for n in range(1, 9)] == [f for f in files if f.startswith("hosts/")]
+    # The remote's main is the coordinator's main: nothing merged stayed local.
+    assert git(clones["a"], "rev-parse", "main") == subprocess.run(
+        ["git", "--git-dir", str(remote), "rev-parse", "main"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip

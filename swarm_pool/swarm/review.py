@@ -276,6 +276,8 @@ def release_session(ctx: SwarmContext, bead_id: str) -> bool:
     worker = ctx.store.workers.get(bead_id)
     if worker is None or not worker.instance or not worker.session_id:
         return False
+    if worker.host and worker.host != ctx.config.pool.host:
+        return False  # its session is on another host's instance (names repeat there)
     done = False
     try:
         slot = ctx.instance(worker.instance)
