@@ -20,11 +20,12 @@ from typing import Any
 from swarm_pool.errors import VersionConflictError
 from swarm_pool.store.db import Row
 from swarm_pool.store.dialect import Backend
-from swarm_pool.store.events import WorkerClaimed
-from swarm_pool.store.lifecycle import WorkerStatus
+from swarm_pool.store.events import WorkerClaimed, now_ms
+from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.projections import check_versions, load_json
 from swarm_pool.store.recorder import Recorder
 
+LIVE_STATUSES = frozenset(s.value for s in LIVE)
 _QUEUED = (
     "SELECT bead_id, epic_id, attempt, worktree, version FROM workers"
     " WHERE status = ? AND host = '' ORDER BY updated_at, bead_id LIMIT ?"
@@ -63,6 +64,14 @@ class HostView:
         )
 
 
+def hosts_overview(store: Any, stale_s: float) -> builtins.list[dict[str, Any]]:
+    """``Hosts.overview`` now, for a store that may be shared by several hosts (a
+    PostgreSQL one); [] for SQLite, which has one host and no heartbeats."""
+    if store.recorder.backend is not Backend.POSTGRESQL:
+        return []
+    return list(store.hosts.overview(now_ms(), int(stale_s * 1000)))
+
+
 class Hosts:
     def __init__(self, recorder: Recorder) -> None:
         self._rec = recorder
@@ -76,6 +85,33 @@ class Hosts:
         with self._rec.reading() as r:
             row = r.query_one("SELECT * FROM hosts WHERE name = ?", (name,))
         return None if row is None else HostView.from_row(row)
+
+    def overview(self, now_ms: int, stale_ms: int) -> builtins.list[dict[str, Any]]:
+        """Every host as ``status``, the dashboard and ``metrics`` show it: its last beat
+        (and seconds since), whether it is presumed dead, its capacity, load and
+        instances, and the live workers it holds by status (from the workers)."""
+        with self._rec.reading() as r:
+            rows = r.query("SELECT * FROM hosts ORDER BY name")
+            held = r.query(
+                "SELECT host, status, count(*) AS n FROM workers WHERE host <> ''"
+                " GROUP BY host, status"
+            )
+        workers: dict[str, dict[str, int]] = {}
+        for row in held:
+            if row["status"] in LIVE_STATUSES:
+                workers.setdefault(row["host"], {})[row["status"]] = int(row["n"])
+        out = []
+        for row in rows:
+            host = HostView.from_row(row)
+            out.append(
+                {
+                    **host.to_dict(),
+                    "last_beat_s": round(max(0, now_ms - host.last_beat) / 1000, 1),
+                    "stale": host.stale(now_ms, stale_ms),
+                    "workers": workers.get(host.name, {}),
+                }
+            )
+        return out
 
     def claim(self, host: str, limit: int, *, worktree: str | None = None) -> builtins.list[str]:
         """Claim up to ``limit`` queued, unclaimed workers for ``host``, oldest first;
