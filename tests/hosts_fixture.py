@@ -5,6 +5,7 @@ them on whichever host claims them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -31,14 +32,21 @@ def make_clones(base: Path, hosts: list[str], pool_toml: str) -> tuple[Path, dic
     return remote, clones
 
 
-def plan_toml(tasks: int, *, title: str = "several hosts") -> str:
-    """A plan of ``tasks`` independent tasks, task N owning ``hosts/tN.txt``."""
+def plan_toml(tasks: int, *, title: str = "several hosts", first_bash: str = "") -> str:
+    """A plan of ``tasks`` independent tasks, task N owning ``hosts/tN.txt``;
+    ``first_bash``: a bash command each worker runs before the default steps."""
     out = [f'[epic]\ntitle = "{title}"\ndescription = "one file per task"\n']
     for n in range(1, tasks + 1):
-        out.append(
+        task = (
             f'[[tasks]]\nid = "t{n}"\ntitle = "file {n}"\n'
             f'description = "Write hosts/t{n}.txt."\nfiles = ["hosts/t{n}.txt"]\n'
         )
+        if first_bash:
+            task += (
+                f"script = [{{ tool = \"bash\", args = {{ command = {json.dumps(first_bash)}, "
+                'timeout = 300000 } }, { include = "default" }]\n'
+            )
+        out.append(task)
     return "\n".join(out)
 
 

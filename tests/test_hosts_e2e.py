@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.hosts import hosts_overview
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.workers import spawn_async
 from tests.hosts_fixture import make_clones, plan_toml, remote_files
@@ -214,3 +217,55 @@ def test_two_hosts_share_an_8_task_plan_and_merge_into_the_remote(
         ["git", "--git-dir", str(remote), "rev-parse", "main"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
+
+
+def test_kill_9_of_a_hosts_supervisor_moves_its_workers_to_the_other_host(
+    two_hosts: tuple[Path, dict[str, Path], str], tmp_path: Path
+) -> None:
+    remote, clones, url = two_hosts
+    plan = tmp_path / "plan.toml"
+    # Work on host b lasts long enough to be caught in flight (the pool's children
+    # outlive a killed supervisor, so its agents would otherwise finish it anyway).
+    plan.write_text(
+        plan_toml(4, title="kill b", first_bash='case "$PWD" in */b/.swarm/*) sleep 120;; esac')
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "swarm_pool", "run", str(plan), "--json", "--timeout", "500",
+         "--store", url, "--project", str(clones["a"])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        with _store_of(clones["a"], url) as store:
+
+            def b_running() -> list[Any]:
+                return [w for w in store.workers.list() if w.host == "b" and w.status == "running"]
+
+            held = wait_for(b_running, timeout=300)
+            state = read_state(clones["b"] / ".swarm" / "pool.json")
+            assert state is not None and state.supervisor is not None
+            os.kill(state.supervisor.pid, signal.SIGKILL)
+            stdout, stderr = run.communicate(timeout=560)
+            assert run.returncode == 0, f"{stdout}\n{stderr}"
+            summary = json.loads(stdout)
+            assert summary["merged"] == summary["total"] == 4, summary
+            epic = summary["epic_id"]
+            for w in held:
+                failed = [
+                    s.event
+                    for s in store.read(types=["worker_failed"], bead_id=w.bead_id)
+                    if getattr(s.event, "reason", "") == "host_stale"
+                ]
+                assert len(failed) == 1 and failed[0].cause == "infra", failed
+                claims = [s.event for s in store.read(types=["worker_claimed"], bead_id=w.bead_id)]
+                assert [(c.host, c.attempt) for c in claims][-1] == ("a", w.attempt + 1)
+            hosts = {h["name"]: h for h in hosts_overview(store, 12.0)}
+            assert hosts["b"]["stale"] and not hosts["a"]["stale"]
+            assert {s.event.host for s in store.read(types=["branch_pushed"], epic_id=epic)} >= {
+                "a"
+            }
+        files = remote_files(remote)
+        assert {f"hosts/t{n}.txt" for n in range(1, 5)} <= set(files)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
