@@ -1,10 +1,14 @@
-"""Pools on a PostgreSQL store, end to end: real opencode, real PostgreSQL, real /proc.
+"""Two hosts on one PostgreSQL store, end to end: real opencode, real PostgreSQL, real
+git, real /proc, the scripted model.
 
-A one-instance pool started with ``--store postgresql://postgres:PASSWORD@...`` runs a
-scripted worker whose bash tool writes its own ``env`` into the worktree. The worker
-reaches the store through its MCP server (so the passfile works), and the password is
-in no environment: not the daemon's, not the instance's, not the MCP server's, not the
-bash tool's.
+Two clones of one bare remote each run a one-instance pool (``start --store ... --host
+a|b``; host a gets the store's password by ``$PGPASSWORD``, host b in the URL). First a
+scripted worker writes its bash tool's ``env`` into its worktree: it reached the store
+through its MCP server (the passfile works), and the password is in no environment (the
+daemons', the instance's, its MCP server's, the bash tool's). Then an 8-task plan run
+from host a spreads over both hosts and ends merged in the remote's main. Last, host b's
+supervisor is killed with SIGKILL while its workers run: after ``hosts_stale_s`` host a
+fails and retries them, and the run still merges everything.
 """
 
 from __future__ import annotations
@@ -28,104 +32,19 @@ from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.store.hosts import hosts_overview
+from swarm_pool.store.pgpass import split_password
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.workers import spawn_async
 from tests.hosts_fixture import make_clones, plan_toml, remote_files
 from tests.pg_server import ScratchPostgres
 from tests.pool_cli import cli
-from tests.support import git, init_repo, wait_for
+from tests.support import git, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(700)]
-
-POOL_TOML = """
-[pool]
-size = 1
-start_timeout_s = 120.0
-
-[supervisor]
-check_interval_s = 0.5
-health_timeout_s = 10.0
-health_failures = 6
-
-[workers]
-timeout_s = 300.0
-"""
-
-
-@pytest.fixture
-def pg_pool(tmp_path: Path, pg_server: ScratchPostgres) -> Iterator[tuple[Path, ProjectPaths, str]]:
-    schema = pg_server.new_schema()
-    url = pg_server.url(schema=schema)
-    root = init_repo((tmp_path / "proj").resolve(), {"README.md": "project\n"})
-    paths = ProjectPaths(root).ensure()
-    (paths.swarm_dir / "pool.toml").write_text(POOL_TOML)
-    # The password must not travel by $PGPASSWORD either.
-    env = {"PGPASSWORD": pg_server.password}
-    out = cli("start", "--json", "--store", url, project=root, env=env, timeout=300)
-    log = paths.supervisor_log
-    assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
-    try:
-        yield root, paths, url
-    finally:
-        cli("stop", "--store", url, project=root, timeout=120)
-        pg_server.drop_schema(schema)
 
 
 def _env_of(pid: int) -> bytes:
     return Path(f"/proc/{pid}/environ").read_bytes()
-
-
-def test_store_password_reaches_no_instance_or_agent_env(
-    pg_pool: tuple[Path, ProjectPaths, str], pg_server: ScratchPostgres
-) -> None:
-    root, paths, url = pg_pool
-    secret = pg_server.password.encode()
-    passfile = paths.swarm_dir / "pgpass"
-    assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
-    state = read_state(paths.state_file)
-    assert state is not None and state.supervisor is not None
-    daemon_env = _env_of(state.supervisor.pid)
-    assert secret not in daemon_env
-    assert f"PGPASSFILE={passfile}".encode() in daemon_env
-    config = load_config(None, project_root=root, environ={**os.environ, STORE_URL_ENV: url})
-    ctx = SwarmContext(paths=paths, config=config, store=open_project_store(paths, config))
-    try:
-        script: list[dict[str, Any]] = [
-            {"tool": "swarmmail_init", "args": {"bead_id": "{bead_id}"}},
-            {"tool": "bash", "args": {"command": "env > {worktree}/agent-env.txt; echo ok"}},
-        ]
-        epic = ctx.store.hive.create_epic(
-            "env", [SubtaskSpec(title="env", files=["agent-env.txt"], script=script)]
-        )
-        bead = epic.cells[0].id
-        spawn_async(ctx, bead)
-        # swarmmail_init went through the MCP server, which opened the store with the
-        # passfile: it is recorded.
-        wait_for(lambda: ctx.store.read(types=["agent_registered"], bead_id=bead), timeout=300)
-        worker = ctx.store.workers.get(bead)
-        assert worker is not None and worker.worktree
-        seen = Path(worker.worktree, "agent-env.txt")
-        wait_for(lambda: seen.exists() and "PGPASSFILE=" in seen.read_text(), timeout=300)
-        assert pg_server.password not in seen.read_text()
-        assert not [
-            line for line in seen.read_text().splitlines() if line.startswith("PGPASSWORD=")
-        ]
-        checked = set()
-        for rec in state.opencode():
-            assert rec.pid is not None
-            inst = psutil.Process(rec.pid)
-            for proc in [inst, *inst.children(recursive=True)]:
-                try:
-                    raw = _env_of(proc.pid)
-                    cmd = " ".join(proc.cmdline())
-                except (OSError, psutil.Error):
-                    continue
-                assert secret not in raw, cmd
-                assert b"PGPASSWORD=" not in raw, cmd
-                checked.add("mcp" if "swarm_pool.mcp_server" in cmd else "opencode")
-        assert checked == {"mcp", "opencode"}, checked
-    finally:
-        ctx.store.close()
 
 
 # --- two hosts: two clones of one bare remote, one PostgreSQL store ---------------------
@@ -164,9 +83,13 @@ def two_hosts(
     started: list[Path] = []
     try:
         for host, clone in clones.items():
+            # Host a gets the password by $PGPASSWORD, host b in the URL: neither may
+            # reach an instance's environment.
+            env = {"PGPASSWORD": pg_server.password} if host == "a" else {}
+            store = split_password(url)[0] if host == "a" else url
             out = cli(
-                "start", "--json", "--store", url, "--host", host,
-                project=clone, session_scoped=True, timeout=300,
+                "start", "--json", "--store", store, "--host", host,
+                project=clone, env=env, session_scoped=True, timeout=300,
             )  # fmt: skip
             log = clone / ".swarm" / "supervisor.log"
             assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
@@ -176,6 +99,63 @@ def two_hosts(
         for clone in started:
             cli("stop", "--store", url, project=clone, session_scoped=True, timeout=120)
         pg_server.drop_schema(schema)
+
+
+def test_store_password_reaches_no_instance_or_agent_env(
+    two_hosts: tuple[Path, dict[str, Path], str], pg_server: ScratchPostgres
+) -> None:
+    _remote, clones, url = two_hosts
+    secret = pg_server.password.encode()
+    pids: dict[str, list[int]] = {}
+    for host, clone in clones.items():
+        paths = ProjectPaths(clone)
+        passfile = paths.swarm_dir / "pgpass"
+        assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
+        state = read_state(paths.state_file)
+        assert state is not None and state.supervisor is not None
+        daemon_env = _env_of(state.supervisor.pid)
+        assert secret not in daemon_env, host
+        assert f"PGPASSFILE={passfile}".encode() in daemon_env
+        pids[host] = [rec.pid for rec in state.opencode() if rec.pid is not None]
+    config = load_config(None, project_root=clones["a"], environ={**os.environ, STORE_URL_ENV: url})
+    paths = ProjectPaths(clones["a"])
+    ctx = SwarmContext(paths=paths, config=config, store=open_project_store(paths, config))
+    try:
+        script: list[dict[str, Any]] = [
+            {"tool": "swarmmail_init", "args": {"bead_id": "{bead_id}"}},
+            {"tool": "bash", "args": {"command": "env > {worktree}/agent-env.txt; echo ok"}},
+        ]
+        epic = ctx.store.hive.create_epic(
+            "env", [SubtaskSpec(title="env", files=["agent-env.txt"], script=script)]
+        )
+        bead = epic.cells[0].id
+        spawn_async(ctx, bead)
+        # swarmmail_init went through the MCP server, which opened the store with the
+        # passfile: it is recorded.
+        wait_for(lambda: ctx.store.read(types=["agent_registered"], bead_id=bead), timeout=300)
+        worker = ctx.store.workers.get(bead)
+        assert worker is not None and worker.worktree and worker.host in clones
+        seen = Path(worker.worktree, "agent-env.txt")
+        wait_for(lambda: seen.exists() and "PGPASSFILE=" in seen.read_text(), timeout=300)
+        assert pg_server.password not in seen.read_text()
+        assert not [
+            line for line in seen.read_text().splitlines() if line.startswith("PGPASSWORD=")
+        ]
+        checked = set()
+        for pid in pids[worker.host]:
+            inst = psutil.Process(pid)
+            for proc in [inst, *inst.children(recursive=True)]:
+                try:
+                    raw = _env_of(proc.pid)
+                    cmd = " ".join(proc.cmdline())
+                except (OSError, psutil.Error):
+                    continue
+                assert secret not in raw, cmd
+                assert b"PGPASSWORD=" not in raw, cmd
+                checked.add("mcp" if "swarm_pool.mcp_server" in cmd else "opencode")
+        assert checked == {"mcp", "opencode"}, checked
+    finally:
+        ctx.store.close()
 
 
 def _store_of(clone: Path, url: str) -> Any:
