@@ -43,7 +43,7 @@ def plan_toml(tasks: int, *, title: str = "several hosts", first_bash: str = "")
         )
         if first_bash:
             task += (
-                f"script = [{{ tool = \"bash\", args = {{ command = {json.dumps(first_bash)}, "
+                f'script = [{{ tool = "bash", args = {{ command = {json.dumps(first_bash)}, '
                 'timeout = 300000 } }, { include = "default" }]\n'
             )
         out.append(task)

@@ -97,7 +97,9 @@ class HostDuty:
         if time.monotonic() - self._beat_at >= ctx.config.pool.hosts_beat_s:
             self.beat(slots, workers)
         self.take_over_stale()
-        self.claim(slots)
+        if any(w.status == WorkerStatus.PENDING and not w.host for w in workers):
+            # (Only then: a claim is a write transaction under the store's write lock.)
+            self.claim(slots)
 
     def beat(self, slots: list[InstanceSlot], workers: list[WorkerView]) -> None:
         held = [w for w in workers if w.host == self.host and w.status in IN_FLIGHT]
