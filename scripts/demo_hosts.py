@@ -6,6 +6,7 @@ and ``--host b``, one instance each, the scripted model). Host a runs an 8-task 
 the coordinator; both hosts' engines claim the queued tasks, each host pushes the
 branches it ran to the remote, and a merges every one of them into the remote's main.
 Prints which host ran what, the hosts as ``status`` shows them, and the remote's log.
+``HOSTS=a`` runs the same plan on host a alone, for comparison.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def main() -> int:
     url = server.url()
     started: list[Path] = []
     try:
-        remote, clones = make_clones(work, ["a", "b"], POOL_TOML)
+        names = os.environ.get("HOSTS", "a,b").split(",")
+        remote, clones = make_clones(work, names, POOL_TOML)
         print(f"== remote {remote}; clones {', '.join(str(c) for c in clones.values())}")
         print(f"== one PostgreSQL at 127.0.0.1:{server.port} (its password goes to a passfile)")
         for host, clone in clones.items():
@@ -82,7 +84,7 @@ def main() -> int:
             claims = len(store.read(types=["worker_claimed"], epic_id=epic))
         print(f"== merged {summary.get('merged')}/{summary.get('total')} in {wall:.1f}s; ")
         print(f"   branches pushed per host: {dict(ran)}; claims: {claims}")
-        status = sp("status", "--store", url, project=clones["b"], check=False)
+        status = sp("status", "--store", url, project=clones[names[-1]], check=False)
         print(status.stdout)
         print("== the remote's main")
         log = subprocess.run(
