@@ -190,6 +190,14 @@ def test_two_hosts_share_an_8_task_plan_and_merge_into_the_remote(
         assert {p.host for p in pushes} == {"a", "b"}
         hosts = {h.name: h for h in store.hosts.list()}
         assert set(hosts) == {"a", "b"} and all(h.capacity == 2 for h in hosts.values())
+    # `status` on either host lists both, alive, with their instances.
+    out = cli("status", "--json", "--store", url, project=clones["b"], session_scoped=True)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["host"] == "b"
+    shown = {h["name"]: h for h in status["hosts"]}
+    assert set(shown) == {"a", "b"} and not any(h["stale"] for h in shown.values())
+    assert [i["name"] for i in shown["a"]["instances"]] == ["oc-1"]
     files = remote_files(remote)
     assert [f"hosts/t{n}.txt" for n in range(1, 9)] == [f for f in files if f.startswith("hosts/")]
     # The remote's main is the coordinator's main: nothing merged stayed local.
