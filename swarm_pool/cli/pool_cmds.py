@@ -89,7 +89,8 @@ def _with_hosts(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     from swarm_pool.store import open_project_store
     from swarm_pool.store.hosts import hosts_overview
 
-    result["host"] = app.config.pool.host
+    # The running pool's own name (its `start --host`), else this config's.
+    result["host"] = (result.get("engine") or {}).get("host") or app.config.pool.host
     try:
         with open_project_store(app.paths, app.config) as store:
             result["hosts"] = hosts_overview(store, app.config.pool.hosts_stale_s)

@@ -210,6 +210,7 @@ class Engine:
                     errors=self.errors,
                     acting=acting,
                     error=error,
+                    host=self.config.pool.host,
                 ),
             )
 
