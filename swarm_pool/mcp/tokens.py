@@ -24,10 +24,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from swarm_pool.errors import CapabilityError
+from swarm_pool.opencode.shell import MCP_SECRET_ENV
 
 PREFIX = "swp1"
 TOKEN_FILE = "swarm-mcp-token"
-SECRET_ENV = "SWARM_POOL_MCP_SECRET"
+SECRET_ENV = MCP_SECRET_ENV
 
 
 class Role(StrEnum):
