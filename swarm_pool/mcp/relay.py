@@ -1,15 +1,16 @@
 """The per-directory stdio relay to the pool's shared MCP server (stdlib only).
 
 OpenCode starts one local MCP process per session directory, with that directory as its
-cwd. Instead of a whole MCP server (about 78 MB and 1 CPU-s to import the SDK), it starts
-this file with ``python -I -S``: it reads JSON-RPC lines on stdin, POSTs each to the
-shared server's streamable HTTP endpoint with the directory's capability token (read
-from the worktree's git dir on every call, so a token written later, or a reused slot,
-just works) and writes the answers to stdout. Each request runs on its own thread, so a
-long ``swarm_complete`` never holds up a ``swarmmail_inbox``. While the server restarts
-(connection refused: nothing was sent), a call is retried for up to ``RETRY_S``; a call
-cut off after it was sent gets an error saying its outcome is unknown. It imports nothing
-outside the standard library and keeps no state but the URL, so it is cheap to start.
+cwd. Instead of a whole MCP server (about 78 MB and 1 CPU-s to import the SDK), it
+starts this file with ``python -I -S``: it reads JSON-RPC lines on stdin, POSTs each to
+the shared server's streamable HTTP endpoint with the directory's capability token (read
+on every call from the worktree's git dir, or from ``.swarm/`` in the project root, so a
+token written later, or a reused slot, just works) and writes the answers to stdout.
+Each request runs on its own thread, so a long ``swarm_complete`` never holds up a
+``swarmmail_inbox``. While the server restarts (connection refused: nothing was sent), a
+call is retried for up to ``RETRY_S``; a call cut off after it was sent gets an error
+saying its outcome is unknown. It imports nothing outside the standard library and keeps
+no state but the URL, so it is cheap to start.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import sys
 import threading
 import time
 
-TOKEN_FILE = "swarm-mcp-token"  # tokens.TOKEN_FILE (this file cannot import the package)
+# tokens.TOKEN_FILE and COORDINATOR_TOKEN_FILE (this file cannot import the package).
+TOKEN_FILE = "swarm-mcp-token"
+COORDINATOR_TOKEN_FILE = "mcp-coordinator-token"
 RETRY_S = 60.0
 TIMEOUT_S = 3600.0
 _out = threading.Lock()
@@ -46,15 +49,21 @@ def _git_dir(cwd: str) -> str | None:
     return target if os.path.isabs(target) else os.path.normpath(os.path.join(cwd, target))
 
 
-def _token(cwd: str) -> str | None:
-    found = _git_dir(cwd)
-    if found is None:
-        return None
+def _read(path: str) -> str | None:
     try:
-        with open(os.path.join(found, TOKEN_FILE)) as f:
+        with open(path) as f:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def _token(cwd: str) -> str | None:
+    """The project root's coordinator token, else the worktree's own (in its git dir)."""
+    found = _read(os.path.join(cwd, ".swarm", COORDINATOR_TOKEN_FILE))
+    if found is not None:
+        return found
+    git_dir = _git_dir(cwd)
+    return None if git_dir is None else _read(os.path.join(git_dir, TOKEN_FILE))
 
 
 def _write(message: object) -> None:

@@ -7,7 +7,9 @@ names a session directory (a worktree, or a reused slot); the server resolves th
 directory's current worker from the store on every call, so one token stays valid while
 the directory holds bead after bead. A coordinator token names no directory. A worker's
 token is written to its worktree's git dir (outside the work tree, so never committed and
-never listed by ``git status``), where the per-directory relay reads it. Stdlib only:
+never listed by ``git status``), where the per-directory relay reads it; the coordinator
+token for sessions in the project root is in ``.swarm/`` (a sandboxed worker sees the
+common ``.git`` but not ``.swarm``). Stdlib only:
 minting runs in the engine, verifying in the MCP server, reading in the relay's twin.
 """
 
@@ -28,6 +30,9 @@ from swarm_pool.opencode.shell import MCP_SECRET_ENV
 
 PREFIX = "swp1"
 TOKEN_FILE = "swarm-mcp-token"
+# In the project's .swarm/ (private; hidden from a sandboxed worker, unlike .git/), for
+# coordinator sessions the pool's instances run in the project root.
+COORDINATOR_TOKEN_FILE = "mcp-coordinator-token"
 SECRET_ENV = MCP_SECRET_ENV
 
 
@@ -103,6 +108,28 @@ def git_dir(worktree: Path) -> Path | None:
     return target if target.is_absolute() else (worktree / target).resolve()
 
 
+def _write_private(path: Path, text: str) -> None:
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_coordinator_token(secret: str, swarm_dir: Path) -> Path:
+    """The coordinator token for sessions in the project root, in ``.swarm/`` (0600)."""
+    path = swarm_dir / COORDINATOR_TOKEN_FILE
+    _write_private(path, mint(secret, Role.COORDINATOR))
+    return path
+
+
 def write_worker_token(secret: str, worktree: Path) -> Path:
     """Write ``worktree``'s worker token into its git dir (0600); returns the file.
 
@@ -112,17 +139,5 @@ def write_worker_token(secret: str, worktree: Path) -> Path:
     if found is None:
         raise CapabilityError(f"{worktree} is not a git worktree: nowhere to put its token")
     path = found / TOKEN_FILE
-    token = mint(secret, Role.WORKER, worktree)
-    try:
-        if path.read_text() == token:
-            return path
-    except OSError:
-        pass
-    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, token.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    _write_private(path, mint(secret, Role.WORKER, worktree))
     return path

@@ -42,6 +42,7 @@ from swarm_pool.errors import (
     SwarmPoolError,
     UnknownInstanceError,
 )
+from swarm_pool.mcp.tokens import write_coordinator_token
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import process
 from swarm_pool.pool.control import ControlServer, socket_path_for
@@ -291,6 +292,7 @@ class Supervisor:
             # (and an adopted MCP child) stay valid.
             kept = previous.mcp_secret if previous is not None else ""
             self.mcp_secret = kept or secrets.token_urlsafe(32)
+            write_coordinator_token(self.mcp_secret, self.paths.swarm_dir)
         self._sink = EventSink(self.paths, self.config)
         control = ControlServer(self.socket_path, self._handle_command)
         rc = 0
