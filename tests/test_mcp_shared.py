@@ -137,11 +137,11 @@ async def relay_session(shared: Shared, cwd: Path) -> AsyncIterator[ClientSessio
 
 
 @asynccontextmanager
-async def coordinator_session(shared: Shared, token: str) -> AsyncIterator[ClientSession]:
+async def coordinator_session(url: str, token: str) -> AsyncIterator[ClientSession]:
     headers = {"Authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, trust_env=False, timeout=30) as http,
-        streamable_http_client(shared.url, http_client=http) as (r, w),
+        streamable_http_client(url, http_client=http) as (r, w),
         ClientSession(r, w) as session,
     ):
         await session.initialize()
@@ -214,13 +214,13 @@ def test_coordinator_token_and_refused_tokens(shared: Shared) -> None:
 
     async def main() -> None:
         token = tokens.mint(shared.secret, Role.COORDINATOR)
-        async with coordinator_session(shared, token) as c:
+        async with coordinator_session(shared.url, token) as c:
             names = {t.name for t in (await c.list_tools()).tools}
             assert set(COORDINATOR_TOOLS) <= names and set(WORKER_TOOLS) <= names
             err, data = await call(c, "hive_query", {"epic_id": project.epic_id})
             assert not err and len(data["subtasks"]) == 3, data
         # A valid worker token for a directory no worker uses: its calls say so.
-        async with coordinator_session(shared, worker_of_dir) as w:
+        async with coordinator_session(shared.url, worker_of_dir) as w:
             err, text = await call(w, "swarmmail_inbox", {})
             assert err and "no worker of this pool works in" in text, text
 
