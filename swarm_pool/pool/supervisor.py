@@ -95,6 +95,7 @@ class Supervisor:
         program_factory: ProgramsFn | None = None,
         with_model: bool | None = None,
         reaper: OrphanReaper | None = None,
+        with_mcp: bool | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -107,8 +108,11 @@ class Supervisor:
         self.socket_path = socket_path_for(paths)
         self.tag = ""
         self.gateway_password = ""
+        # The shared MCP server runs with [opencode] mcp = "shared"; a pool of stand-in
+        # programs (program_factory) has no MCP client, so it runs none unless asked.
         oc = config.opencode
-        self.with_mcp = oc.mcp_enabled and oc.mcp == "shared"
+        shared = oc.mcp_enabled and oc.mcp == "shared" and program_factory is None
+        self.with_mcp = shared if with_mcp is None else with_mcp
         self.mcp_secret = ""
         self.me: Owner | None = None
         self._children: dict[str, Watcher] = {}
