@@ -7,8 +7,10 @@ JSON answers: no session outlives a request, so a restarted server serves the ne
 as if nothing happened. Every request must carry ``Authorization: Bearer <token>``; the
 token (``tokens.py``) decides the caller's role and, for a worker, its directory, and
 each call runs as that caller (``Runtime.bound``). ``GET /health`` answers the
-supervisor's probe. The token secret comes in ``$SWARM_POOL_MCP_SECRET`` and is removed
-from the environment at once, so nothing this process starts inherits it.
+supervisor's probe. The token secret is read from the pool's private state file, as the
+gateway reads its passwords, so it is in no process's environment (``/proc/PID/environ``
+keeps a process's initial environment whatever it unsets later);
+``$SWARM_POOL_MCP_SECRET`` overrides it for a server run outside a pool.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from swarm_pool.errors import CapabilityError
+from swarm_pool.errors import CapabilityError, PoolError
 from swarm_pool.mcp.runtime import Runtime
 from swarm_pool.mcp.server import build_server, configure_logging
 from swarm_pool.mcp.tokens import SECRET_ENV, Principal, verify
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.state import read_state
 
 log = logging.getLogger("swarm_pool.mcp")
 
@@ -102,6 +106,15 @@ def build_app(runtime: Runtime, secret: str) -> Starlette:
     )
 
 
+def _state_secret(project: Path) -> str:
+    try:
+        state = read_state(ProjectPaths(project).state_file)
+    except PoolError as e:
+        log.error("%s", e)
+        return ""
+    return state.mcp_secret if state is not None else ""
+
+
 def url(port: int) -> str:
     return f"http://{HOST}:{port}{MCP_PATH}"
 
@@ -112,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     configure_logging()
-    secret = os.environ.pop(SECRET_ENV, "")
+    secret = os.environ.pop(SECRET_ENV, "") or _state_secret(args.project.resolve())
     if not secret:
-        print(f"swarm_pool.mcp.http: ${SECRET_ENV} is not set", file=sys.stderr)
+        print(
+            f"swarm_pool.mcp.http: no token secret (pool state or ${SECRET_ENV})",
+            file=sys.stderr,
+        )
         return 2
     runtime = Runtime(args.project.resolve())
     fast = importlib.util.find_spec("uvloop") is not None

@@ -9,8 +9,8 @@ OpenCode config; ready means ``GET /global/health`` answers healthy with Basic a
 Loopback traffic never goes through a proxy: our HTTP clients ignore the proxy env
 (``trust_env=False``) and the instance gets ``127.0.0.1`` in ``NO_PROXY``.
 ``model_program`` builds the scripted model server; ready means ``GET /v1/models``
-answers 200. ``mcp_program`` builds the pool's shared MCP server (streamable HTTP; its
-token secret in its environment only); ready means ``GET /health`` answers 200.
+answers 200. ``mcp_program`` builds the pool's shared MCP server (streamable HTTP; it
+reads its token secret from the state file); ready means ``GET /health`` answers 200.
 ``gateway_program`` builds the OpenCode-compatible gateway on its fixed port; it reads
 every secret from the private state file, never from its environment, and is ready when
 it answers ``GET /global/health`` to its own password. This module also counts an
@@ -301,8 +301,9 @@ def probe_mcp() -> Callable[[int, float], None]:
     return probe
 
 
-def mcp_program(paths: ProjectPaths, secret: str) -> Program:
-    """The pool's shared MCP server (kind ``mcp``, ``swarm_pool/mcp/http.py``)."""
+def mcp_program(paths: ProjectPaths) -> Program:
+    """The pool's shared MCP server (kind ``mcp``, ``swarm_pool/mcp/http.py``); it reads
+    its token secret from the private state file, never from its environment."""
 
     def command(port: int) -> list[str]:
         root = str(paths.root)
@@ -310,10 +311,9 @@ def mcp_program(paths: ProjectPaths, secret: str) -> Program:
 
     def env(port: int) -> dict[str, str]:
         out = dict(os.environ)
-        out.pop(PASSWORD_ENV, None)
+        for var in (PASSWORD_ENV, MCP_SECRET_ENV):
+            out.pop(var, None)
         out["SWARM_POOL_PROJECT"] = str(paths.root)
-        # It pops this at start-up, so nothing it runs (the check command) inherits it.
-        out[MCP_SECRET_ENV] = secret
         return with_no_proxy(out)
 
     return Program(

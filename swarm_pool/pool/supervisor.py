@@ -582,7 +582,7 @@ class Supervisor:
         if name == GATEWAY_NAME:
             return gateway_program(self.config, self.paths, self.gateway_password)
         if name == MCP_NAME:
-            return mcp_program(self.paths, self.mcp_secret)
+            return mcp_program(self.paths)
         if self.binary is None:
             from swarm_pool.opencode.binary import find_opencode
 
