@@ -191,7 +191,9 @@ def _no_password_below_instances(ctx: SwarmContext, bead: str) -> list[psutil.Pr
     paths = ctx.paths
     state = read_state(paths.state_file)
     assert state is not None
-    secrets = [rec.password for rec in state.opencode()]
+    # The instances' passwords, and the shared MCP server's token secret.
+    secrets = [rec.password for rec in state.opencode()] + [state.mcp_secret]
+    assert state.mcp_secret
     root = paths.root
     assert state.supervisor is not None
     sup = state.supervisor.pid
