@@ -83,19 +83,17 @@ def build_server(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         caller = runtime
+        refused: ToolOutcome | None = None
         if principal_of is not None:
             principal = principal_of(ctx)
             caller = runtime.bound(principal)
             if principal.role is Role.WORKER and params.name not in worker_names:
-                outcome = ToolOutcome.error(
+                refused = ToolOutcome.error(
                     f"{params.name} is a coordinator tool: a worker's token cannot call it"
                     if registry.get(params.name) is not None
                     else f"unknown tool {params.name!r}"
                 )
-            else:
-                outcome = await registry.dispatch(caller, params.name, params.arguments)
-        else:
-            outcome = await registry.dispatch(caller, params.name, params.arguments)
+        outcome = refused or await registry.dispatch(caller, params.name, params.arguments)
         return types.CallToolResult(
             content=[types.TextContent(text=outcome.text)],
             structured_content=outcome.result,
