@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,13 +52,8 @@ class Runtime:
 
     def bound(self, principal: Principal) -> Runtime:
         """A view for one caller of the shared server (same store, same store thread)."""
-        view = Runtime.__new__(Runtime)
-        view.cwd = self.cwd
-        view._opener = self._opener
-        view._store = None
-        view._registered = None
-        view._executor = self._executor
-        view._host = self
+        view = copy.copy(self)  # shares the executor; the store is reached through _host
+        view._host = self._host
         view.principal = principal
         return view
 
