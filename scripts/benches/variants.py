@@ -65,6 +65,12 @@ VARIANTS: dict[str, Variant] = {
         'mcp = "shared"\nsnapshot = false\n',
         "one shared MCP server per pool + a stdlib relay per directory, snapshots off",
     ),
+    # One switch at a time against lean: what snapshots alone cost.
+    "lean_snapshots": Variant(
+        "lean_snapshots",
+        'mcp = "shared"\nsnapshot = true\n',
+        "lean with OpenCode's snapshots on",
+    ),
 }
 
 
