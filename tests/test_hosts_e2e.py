@@ -28,6 +28,7 @@ import pytest
 
 from swarm_pool.config import STORE_URL_ENV, load_config
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.orphans import tagged
 from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
@@ -141,18 +142,23 @@ def test_store_password_reaches_no_instance_or_agent_env(
         assert not [
             line for line in seen.read_text().splitlines() if line.startswith("PGPASSWORD=")
         ]
+        # Every process of the worker's pool: daemon, instance, the shared MCP server or
+        # the worktree's relay, the bash tool's commands.
+        state = read_state(ProjectPaths(clones[worker.host]).state_file)
+        assert state is not None and state.tag
         checked = set()
-        for pid in pids[worker.host]:
-            inst = psutil.Process(pid)
-            for proc in [inst, *inst.children(recursive=True)]:
-                try:
-                    raw = _env_of(proc.pid)
-                    cmd = " ".join(proc.cmdline())
-                except (OSError, psutil.Error):
-                    continue
-                assert secret not in raw, cmd
-                assert b"PGPASSWORD=" not in raw, cmd
-                checked.add("mcp" if "swarm_pool.mcp_server" in cmd else "opencode")
+        for proc in tagged(state.tag):
+            try:
+                raw = _env_of(proc.pid)
+                cmd = " ".join(proc.cmdline())
+            except (OSError, psutil.Error):
+                continue
+            assert secret not in raw, cmd
+            assert b"PGPASSWORD=" not in raw, cmd
+            if "swarm_pool.mcp_server" in cmd or "mcp/relay.py" in cmd:
+                checked.add("mcp")
+            elif proc.pid in pids[worker.host]:
+                checked.add("opencode")
         assert checked == {"mcp", "opencode"}, checked
     finally:
         ctx.store.close()
