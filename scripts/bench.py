@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="store suite: which store backends to measure (PostgreSQL: a throw-away server)",
     )
+    parser.add_argument(
+        "--no-attach",
+        action="store_true",
+        help="gateway suite: skip the slow 8 `opencode run --attach` part",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))
