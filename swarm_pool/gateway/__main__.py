@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             ws="none",
             lifespan="on",
             access_log=False,
+            # Loopback only, no proxy in front: skip uvicorn's X-Forwarded-* middleware.
+            proxy_headers=False,
             log_level="warning",
             # Event streams never end on their own: do not wait for them at shutdown.
             timeout_graceful_shutdown=1,
