@@ -168,6 +168,7 @@ class EventHub:
             source.response.raise_for_status()
             self.connected.add(up.name)
             self.statuses.connected(up.name)
+            log.info("%s: event stream connected", up.name)
             # Subscribe first, then list: a session created in between shows in both.
             await self._reconcile(up)
             async for sse in source.aiter_sse():
