@@ -8,6 +8,8 @@ destructive tests (an instance, then the gateway, killed) run last.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import shlex
@@ -21,9 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import PoolState, read_state
@@ -331,6 +336,39 @@ def test_kill_9_of_the_gateway_restarts_it_with_the_session_map_intact(gw: Gatew
         for sid, (_inst, directory) in list(before.items())[:4]:
             resp = c.get(f"/session/{sid}", params={"directory": directory})
             assert resp.status_code == 200 and resp.json()["id"] == sid
+
+
+def test_a_pty_websocket_through_the_gateway_reaches_the_ptys_instance(gw: GatewayPool) -> None:
+    (directory,) = gw.new_dirs("pty", 1)
+    params = {"directory": str(directory)}
+    with gw.client() as c:
+        created = c.post("/pty", params=params, json={"command": "/bin/sh", "cwd": str(directory)})
+        assert created.status_code == 200, created.text
+        pty_id = created.json()["id"]
+        ticket = c.post(f"/pty/{pty_id}/connect-token", params=params).json()["ticket"]
+    base = gw.url.replace("http://", "ws://", 1) + f"/pty/{pty_id}/connect"
+    where = urlencode(params)
+    basic = "Basic " + base64.b64encode(f"opencode:{gw.password}".encode()).decode()
+
+    async def shell_says(url: str, headers: dict[str, str], marker: str) -> None:
+        async with ws_connect(url, additional_headers=headers, proxy=None) as ws:
+            # Only the shell's own output holds the sum: the echoed input holds $((...)).
+            await ws.send(f"echo {marker}-$((40+2))\n")
+            seen = ""
+            async with asyncio.timeout(60):
+                while f"{marker}-42" not in seen:
+                    frame = await ws.recv()
+                    seen += frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+
+    asyncio.run(shell_says(f"{base}?{where}", {"authorization": basic}, "basic"))
+    # A browser sends no credentials on a WebSocket: the ticket minted through the
+    # gateway stands in, and the PTY's instance checks it.
+    asyncio.run(shell_says(f"{base}?{where}&ticket={ticket}", {}, "ticket"))
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(shell_says(f"{base}?{where}", {}, "nobody"))
+    assert refused.value.response.status_code == 403
+    with gw.client() as c:
+        assert c.delete(f"/pty/{pty_id}", params=params).status_code == 200
 
 
 def test_session_status_follows_events_and_a_restarted_gateway_syncs_it(gw: GatewayPool) -> None:

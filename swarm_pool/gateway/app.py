@@ -28,9 +28,10 @@ from urllib.parse import urlencode
 
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from swarm_pool.config import Config
 from swarm_pool.errors import GatewayError, InstanceUnavailableError, SwarmPoolError
@@ -40,6 +41,7 @@ from swarm_pool.gateway.merge import merge, merge_health
 from swarm_pool.gateway.placement import Placement, resolve_directory
 from swarm_pool.gateway.table import Match, RouteKind, RoutingTable
 from swarm_pool.gateway.upstreams import PoolView, Upstream
+from swarm_pool.gateway.websocket import proxy as ws_proxy
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.core import Store
 from swarm_pool.store.sessions import Origin
@@ -48,6 +50,7 @@ log = logging.getLogger("swarm_pool.gateway")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 DIRECTORY_HEADER = "x-opencode-directory"
+PTY_CONNECT = frozenset({"pty.connect", "v2.pty.connect"})  # OpenCode's WebSocket routes
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -136,7 +139,7 @@ class Gateway:
 
     # --- requests --------------------------------------------------------------------
 
-    def _authorized(self, request: Request) -> bool:
+    def _authorized(self, request: HTTPConnection) -> bool:
         expected = self.view.gateway_auth
         given = request.headers.get("authorization", "")
         return bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
@@ -191,7 +194,30 @@ class Gateway:
             return await proxy.forward(self.view, up, request, body)
         return await proxy.forward(self.view, self._any_ready(), request, body)
 
-    def _directory(self, request: Request) -> str:
+    async def handle_ws(self, websocket: WebSocket) -> None:
+        """A WebSocket: OpenCode's PTY connections go to the instance that holds the PTY
+        (the same instance its other PTY routes go to); anything else is refused."""
+        match = self.table.match("GET", websocket.url.path)
+        operation = match.route.operation if match.route is not None else ""
+        # A browser cannot send Basic credentials on a WebSocket: OpenCode's single-use
+        # ``ticket`` (minted through the gateway) stands in, and the instance checks it.
+        allowed = self._authorized(websocket) or "ticket" in websocket.query_params
+        if operation not in PTY_CONNECT or not allowed:
+            await websocket.close(code=1008)  # before accept: the client gets 403
+            return
+        try:
+            if match.kind is RouteKind.DIRECTORY:
+                directory = self._directory(websocket)
+                up = self.placement.home_of(directory, self.view.instances.values())
+            else:
+                up = self._any_ready()
+            await ws_proxy(up, websocket)
+        except SwarmPoolError as e:
+            log.info("refused a PTY WebSocket to %s: %s", websocket.url.path, e)
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(code=1011)
+
+    def _directory(self, request: HTTPConnection) -> str:
         raw = request.query_params.get("directory") or request.headers.get(DIRECTORY_HEADER)
         return resolve_directory(raw, self.cwd)
 
@@ -440,6 +466,9 @@ def build_app(gateway: Gateway) -> Starlette:
             await gateway.stop()
 
     return Starlette(
-        routes=[Route("/{path:path}", gateway.handle, methods=METHODS)],
+        routes=[
+            Route("/{path:path}", gateway.handle, methods=METHODS),
+            WebSocketRoute("/{path:path}", gateway.handle_ws),
+        ],
         lifespan=lifespan,
     )
