@@ -345,7 +345,13 @@ def test_a_pty_websocket_through_the_gateway_reaches_the_ptys_instance(gw: Gatew
         created = c.post("/pty", params=params, json={"command": "/bin/sh", "cwd": str(directory)})
         assert created.status_code == 200, created.text
         pty_id = created.json()["id"]
-        ticket = c.post(f"/pty/{pty_id}/connect-token", params=params).json()["ticket"]
+        # OpenCode mints a ticket only for a request with this header (a browser page of
+        # another origin then needs a CORS preflight).
+        minted = c.post(
+            f"/pty/{pty_id}/connect-token", params=params, headers={"x-opencode-ticket": "1"}
+        )
+        assert minted.status_code == 200, minted.text
+        ticket = minted.json()["ticket"]
     base = gw.url.replace("http://", "ws://", 1) + f"/pty/{pty_id}/connect"
     where = urlencode(params)
     basic = "Basic " + base64.b64encode(f"opencode:{gw.password}".encode()).decode()
