@@ -120,7 +120,9 @@ class EventHub:
             if name not in self.view.instances:
                 self._tasks.pop(name).cancel()
                 self.connected.discard(name)
-                self.statuses.forget(name)
+                # Not forgotten: its epoch keeps counting, so a snapshot still in
+                # flight cannot land on a new instance of the same name.
+                self.statuses.lost(name)
         for name in self.view.instances:
             task = self._tasks.get(name)
             if task is None or task.done():

@@ -98,6 +98,3 @@ class StatusBoard:
 
     def statuses(self, instance: str, directory: str) -> dict[str, Any]:
         return self._of(instance).maps.get(directory, {})
-
-    def forget(self, instance: str) -> None:
-        self._instances.pop(instance, None)
