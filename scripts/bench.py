@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         help="store suite: which store backends to measure (PostgreSQL: a throw-away server)",
     )
     parser.add_argument(
+        "--no-attach",
+        action="store_true",
+        help="gateway suite: skip the slow 8 `opencode run --attach` part",
+    )
+    parser.add_argument(
         "--variants",
         default="",
         help="workers suite: compare these variants side by side (e.g. legacy,lean) "
