@@ -243,12 +243,16 @@ def test_supervisor_kill_9_between_session_creation_and_prompt(
 ) -> None:
     """The next dispatch dies right after recording its session: the restarted engine
     prompts that session (the intent that never was) instead of starting a second."""
+    go = pool.paths.swarm_dir / "intent-go"
     pool.kill_supervisor()
-    pool.start(env={"SWARM_POOL_FAULTS": "dispatch.before_prompt=kill"})
+    # The dispatch waits at the point until every spawn is queued (a spawn needs a live
+    # engine), then the daemon dies there.
+    pool.start(env={"SWARM_POOL_FAULTS": f"dispatch.before_prompt=wait:{go}+kill"})
     daemon = pool.supervisor()
     beads = six_tasks(ctx, "intent")
     for bead in beads:
         spawn_async(ctx, bead)
+    go.touch()
     wait_for(lambda: not daemon.is_running() or daemon.status() == psutil.STATUS_ZOMBIE, 120)
     intents = [w for w in ctx.store.workers.list() if w.status == "dispatching"]
     assert intents, "the fault point should have stopped a dispatch after its session"

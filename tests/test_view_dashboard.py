@@ -105,8 +105,8 @@ def test_once_shows_every_panel_with_real_values(
     assert max(len(line) for line in lines) == 120  # fixed width without a TTY
     assert "\x1b[" not in text  # no colour codes in a pipe
 
-    header = lines[0]
-    assert f"supervisor {os.getpid()} running" in header
+    header = "\n".join(lines[:2])  # the fixed facts, then the supervisor and the path
+    assert f"supervisor {os.getpid()} running" in lines[1]
     assert f"seq {history.last_seq}" in header
 
     # instances: name, state, port, pid, RSS, CPU, busy, restarts, uptime

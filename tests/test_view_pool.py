@@ -92,7 +92,7 @@ def test_dashboard_once_after_a_demo_run_shows_every_panel(demo: Demo) -> None:
     assert out.returncode == 0, out.stderr
     text = out.stdout
     lines = text.splitlines()
-    assert f"supervisor {status['supervisor']['pid']} running" in lines[0]
+    assert f"supervisor {status['supervisor']['pid']} running" in lines[1]
     # The supervisor appends instance_stats samples meanwhile: the header shows the store's
     # seq at the moment the frame was taken.
     shown = re.search(r"\bseq (\d+) ", lines[0])
@@ -134,8 +134,15 @@ def test_quitting_the_live_dashboard_leaves_the_pool_running(demo: Demo) -> None
     before = instance(demo.root)
     dash = PtyDashboard(demo.root)
     try:
-        wait_for(lambda: HEADER.search(dash.text) and f" {before['pid']} " in dash.text, 60)
-        assert "4/4 done" in dash.text
+        # A frame arrives in several reads: wait for the whole of it.
+        wait_for(
+            lambda: (
+                HEADER.search(dash.text)
+                and f" {before['pid']} " in dash.text
+                and "4/4 done" in dash.text
+            ),
+            60,
+        )
         dash.send(b"q")
         assert wait_for(lambda: dash.proc.poll() is not None, timeout=10)
         assert dash.proc.returncode == 0

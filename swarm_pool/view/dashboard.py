@@ -65,23 +65,23 @@ def _clock(ms: int) -> str:
 def header(snap: Snapshot, quit_hint: bool = False) -> Text:
     sup = snap.supervisor
     text = Text()
+    # Two lines: the short, fixed-width facts first, so the terminal never wraps them
+    # apart; then the supervisor and the project path, which may be long and wrap.
     text.append("swarm-pool", style="bold")
     if quit_hint:
-        # Up front: at the end of the line, a long project path wrapped it apart.
         text.append("  (q quits; the pool keeps running)", style="dim")
-    text.append(f"  {snap.project}  ")
+    text.append(f"  seq {snap.last_seq}  {_clock(snap.taken_at)}")
+    if sup.get("pid") is not None:
+        sandbox = sup.get("sandbox") or "off"
+        text.append(f"  sandbox {sandbox}", style="green" if sandbox != "off" else "yellow")
+    text.append("\n")
     if sup.get("pid") is None:
         text.append("no pool", style="dim")
     elif sup.get("running"):
         text.append(f"supervisor {sup['pid']} {sup.get('phase') or ''}".rstrip(), style="green")
     else:
         text.append(f"supervisor {sup['pid']} not running", style="bold red")
-    # The sequence number and the clock before the sandbox: a long project path may cut
-    # the header's end at the panel width.
-    text.append(f"  seq {snap.last_seq}  {_clock(snap.taken_at)}")
-    if sup.get("pid") is not None:
-        sandbox = sup.get("sandbox") or "off"
-        text.append(f"  sandbox {sandbox}", style="green" if sandbox != "off" else "yellow")
+    text.append(f"  {snap.project}")
     for host in snap.hosts:
         # Several hosts: one line each, a dead one in red.
         text.append(f"\nhost {host['name']}", style="bold")
