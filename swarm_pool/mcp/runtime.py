@@ -22,6 +22,7 @@ from swarm_pool.mcp.identity import (
     IdentityError,
     default_agent_name,
     identity_from_cwd,
+    slot_bead,
 )
 from swarm_pool.store import Store, find_project_store
 
@@ -70,7 +71,12 @@ class Runtime:
     def identity(self, store: Store) -> Identity | None:
         """The registered identity, else the one implied by the cwd, else None."""
         if self._registered is not None:
-            return self._registered
+            # A warm slot serves one bead after another with this same process: a
+            # registration made for the slot's previous bead lapses with it.
+            now = slot_bead(store, self.cwd)
+            if now is None or now == self._registered.bead_id:
+                return self._registered
+            self._registered = None
         return identity_from_cwd(store, self.cwd)
 
     def require_identity(self, store: Store) -> Identity:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from swarm_pool import faults
 from swarm_pool.errors import (
@@ -38,6 +38,7 @@ from swarm_pool.swarm.router import (
     busy_counts,
     choose_instance,
 )
+from swarm_pool.swarm.slots import acquire, uses_slots
 from swarm_pool.swarm.spec import PromptSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def start_session(
     title: str,
     routing: Routing = "least_busy",
     avoid: Iterable[str] = (),
+    slotted: bool = False,
+    prompt_for: Callable[[str], str] | None = None,
 ) -> WorkerSpawned | None:
     """Route, create the session in the worktree, record it, prompt it, record the spawn.
 
@@ -87,6 +90,9 @@ def start_session(
     spawn is recorded); the slow part, OpenCode bootstrapping a new directory for the
     session, runs outside it, so dispatches to different instances overlap. Another
     instance is tried only when the request to create the session was never sent.
+    With ``slotted`` the worker runs in a warm worktree slot of the chosen instance
+    (taken here, so ``worktree`` is only the fallback), and ``prompt_for(worktree)``
+    renders the prompt naming it.
     """
     limit = ctx.config.pool.max_sessions_per_instance
     failed: set[str] = set()
@@ -106,11 +112,15 @@ def start_session(
                 return None
             _reserve(slot.name, +1)
         try:
+            where = worktree
+            if slotted:
+                where = str(acquire(ctx, slot.name, bead_id, attempt))
+            text = prompt_for(where) if prompt_for is not None else prompt
             return _start_on(
                 ctx,
                 slot,
-                _Attempt(bead_id, epic_id, attempt, version, worktree, list(files)),
-                prompt,
+                _Attempt(bead_id, epic_id, attempt, version, where, list(files)),
+                text,
                 title,
             )
         except OpenCodeNotSentError:
@@ -275,7 +285,8 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
         )
         spec = load_spec(ctx, bead_id)
-        prompt = render_prompt(ctx, bead_id, worker.attempt, spec)
+        worktree = worker.worktree or getattr(queued, "worktree", "")
+        prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
             from swarm_pool.swarm.dedicated import request_instance
 
@@ -286,17 +297,24 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             epic_id=worker.epic_id,
             attempt=worker.attempt,
             version=worker.version,
-            worktree=worker.worktree or getattr(queued, "worktree", ""),
+            worktree=worktree,
             prompt=prompt,
             files=list(worker.files or getattr(queued, "files", [])),
             title=spec.contract.title or bead_id,
             routing=routing,
             avoid=_avoid_after_failure(ctx, bead_id),
+            slotted=uses_slots(ctx, routing),
+            prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
         )
 
 
-def render_prompt(ctx: SwarmContext, bead_id: str, attempt: int, spec: PromptSpec) -> str:
-    """The attempt's prompt (a retry's says why the earlier attempt ended)."""
+def render_prompt(
+    ctx: SwarmContext, bead_id: str, attempt: int, spec: PromptSpec, worktree: str = ""
+) -> str:
+    """The attempt's prompt (a retry's says why the earlier attempt ended), naming
+    ``worktree`` when given (a slot is known only once the worker is dispatched)."""
+    if worktree and spec.contract.worktree != worktree:
+        spec = replace(spec, contract=spec.contract.model_copy(update={"worktree": worktree}))
     reason = ""
     if attempt > 1:
         retried = ctx.last_event(bead_id, "worker_retried")

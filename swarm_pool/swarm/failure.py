@@ -32,6 +32,8 @@ from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.store.recorder import StoredEvent
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.slots import ReleaseReason
+from swarm_pool.swarm.slots import release_events as slot_release_events
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,9 @@ def _final_events(
             status="blocked",
             reason=f"worker failed: {reason}",
         ),
+        # Failed for good: its slot may serve another bead (not if it holds uncommitted
+        # work: that is checked before any reset).
+        *slot_release_events(ctx, worker.bead_id, ReleaseReason.FAILED),
     ]
 
 
