@@ -23,6 +23,7 @@ an instance killed between the creation and its record): no session leaks.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field, replace
 
 from swarm_pool.errors import OpenCodeError, OpenCodeStatusError, SwarmPoolError
