@@ -12,8 +12,9 @@ worktree under ``.swarm/slots/<instance>/<n>``) is ``swarm.slots``'s business.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from swarm_pool.errors import SlotConflictError
 from swarm_pool.store.db import Row
@@ -119,3 +120,27 @@ class Slots:
         if held is None or held.state != SlotState.BUSY:
             return []
         return [SlotReleased(slot=held.slot, bead_id=bead_id, reason=reason)]
+
+
+class _HasState(Protocol):
+    @property
+    def instance(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+def counts_by_instance(slots: Iterable[_HasState]) -> dict[str, dict[str, int]]:
+    """``{instance: {"free": n, "busy": n, "dirty": n}}`` for status and the dashboard."""
+    out: dict[str, dict[str, int]] = {}
+    for s in slots:
+        row = out.setdefault(s.instance, {state.value: 0 for state in SlotState})
+        row[s.state] = row.get(s.state, 0) + 1
+    return out
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``"1 busy, 2 free, 1 dirty"`` (states with none left out; "-" when empty)."""
+    order = (SlotState.BUSY, SlotState.FREE, SlotState.DIRTY)
+    parts = [f"{counts[s]} {s.value}" for s in order if counts.get(s)]
+    return ", ".join(parts) or "-"

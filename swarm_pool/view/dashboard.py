@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from swarm_pool.store.slots import counts_by_instance, describe_counts
 from swarm_pool.view.snapshot import EpicBlock, Snapshot
 
 LEVEL_STYLES = {
@@ -94,11 +95,13 @@ def instances_panel(snap: Snapshot) -> Panel:
         ("RSS MB", "right"),
         ("CPU %", "right"),
         ("busy", "right"),
+        ("slots", "left"),
         ("restarts", "right"),
         ("uptime", "right"),
         ("last sign", "right"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    slots = counts_by_instance(snap.slots)
     for inst in snap.instances:
         state = Text(inst.state, style=STATE_STYLES.get(inst.state, ""))
         if inst.draining:
@@ -114,12 +117,21 @@ def instances_panel(snap: Snapshot) -> Panel:
             _num(inst.rss_mb, "{:.0f}"),
             _num(inst.cpu_percent, "{:.1f}"),
             _num(inst.busy_sessions),
+            _slots_text(slots.get(inst.name, {})),
             Text(str(inst.restarts), style="yellow" if inst.restarts else ""),
             fmt_duration(inst.uptime_s),
             fmt_duration(inst.last_sign_s),
         )
     body: RenderableType = table if snap.instances else Text("no pool running", style="dim")
     return Panel(body, title=f"instances ({len(snap.instances)})", title_align="left")
+
+
+def _slots_text(counts: dict[str, int]) -> Text:
+    """The instance's warm worktree slots: busy, free and (yellow) dirty."""
+    text = Text(describe_counts(counts))
+    if counts.get("dirty"):
+        text.stylize("yellow")
+    return text
 
 
 def _epic_title(block: EpicBlock) -> Text:

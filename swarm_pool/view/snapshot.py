@@ -144,6 +144,15 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class SlotRow:
+    slot: str
+    instance: str
+    state: str  # free | busy | dirty
+    bead_id: str
+    path: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     project: str
     taken_at: int
@@ -157,6 +166,7 @@ class Snapshot:
     last_seq: int = 0
     store_present: bool = False
     problems: list[str] = field(default_factory=list)
+    slots: list[SlotRow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -449,6 +459,9 @@ class SnapshotSource:
                 for s in store.read(types=_EVENT_PANEL_TYPES, descending=True, limit=limits.events)
             ]
             last_seq = store.last_seq()
+            slots = [
+                SlotRow(s.slot, s.instance, s.state, s.bead_id, s.path) for s in store.slots.list()
+            ]
         except SwarmPoolError as e:  # shown in the frame; the next one tries again
             problems.append(f"store: {e}")
             return snap
@@ -465,6 +478,7 @@ class SnapshotSource:
             last_seq=last_seq,
             store_present=True,
             problems=problems,
+            slots=slots,
         )
 
     def _instances(self, busy: dict[str, int]) -> tuple[dict[str, Any], list[InstanceRow]]:
