@@ -27,8 +27,15 @@ _SESSION_TAG = uuid.uuid4().hex
 os.environ[SESSION_TAG_ENV] = _SESSION_TAG
 os.environ.pop(TEST_TAG_ENV, None)
 # One per-user state dir for the whole session, as on a real machine: port leases are
-# shared by every pool, including those of session-scoped fixtures.
-_HOME = Path(tempfile.mkdtemp(prefix="swarm-pool-tests-"))
+# shared by every pool, including those of session-scoped fixtures and of the other
+# pytest-xdist workers, which inherit the folder the controller made.
+_HOME_ENV = "PYTEST_SWARM_POOL_HOME"
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST_WORKER and os.environ.get(_HOME_ENV):
+    _HOME = Path(os.environ[_HOME_ENV])
+else:
+    _HOME = Path(tempfile.mkdtemp(prefix="swarm-pool-tests-"))
+    os.environ[_HOME_ENV] = str(_HOME)
 os.environ["SWARM_POOL_HOME"] = str(_HOME / "swarm-pool")
 for _xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
     os.environ[_xdg] = str(_HOME / _xdg.lower())
@@ -95,5 +102,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
             session.exitstatus = 1
-    # Only once nothing of ours runs any more: the per-user folder held their leases.
-    shutil.rmtree(_HOME, ignore_errors=True)
+    # Only once nothing of ours runs any more: the per-user folder held their leases. An
+    # xdist worker leaves it to the controller, which ends after every worker.
+    if not _XDIST_WORKER:
+        shutil.rmtree(_HOME, ignore_errors=True)
+
+
+# Modules that run longest, longest first (measured with --durations). Under xdist's
+# --dist loadfile each module goes whole to one worker in this order, so the long ones
+# start at once and the short ones fill in around them instead of trailing at the end.
+_LONGEST_FIRST = (
+    "test_lifecycle_e2e",
+    "test_workers_e2e",
+    "test_security_e2e",
+    "test_gateway_e2e",
+    "test_busy_not_dead",
+    "test_workers_run",
+    "test_pool_e2e",
+    "test_view_pool",
+    "test_mcp_e2e",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        return rank.get(item.path.stem, len(rank))
+
+    items.sort(key=key)  # stable: the order inside a module stays as written
