@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox} [--json] [--quick]``
+"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox,slots} [--json] [--quick]``
 (``store --backend sqlite|postgresql|both``).
 
 Each suite lives in ``scripts/benches/<name>.py`` and exposes ``run(args) -> dict``.
@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("pool", "store", "workers", "gateway", "sandbox")
+SUITES = ("pool", "store", "workers", "gateway", "sandbox", "slots")
 
 
 def machine() -> dict[str, Any]:
