@@ -16,17 +16,20 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from swarm_pool import faults
 from swarm_pool.config import Config
 from swarm_pool.errors import SlotConflictError, TranscriptNotFoundError
+from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store, open_project_store
 from swarm_pool.store.events import SlotTaken
 from swarm_pool.swarm import transcript
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.slots import ReleaseReason, acquire, release_events
+from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.slots import ReleaseReason, acquire, cleanup, release_events
 from tests.pool_cli import cli
 from tests.support import git, init_repo
 
@@ -204,6 +207,46 @@ def test_rebuild_reproduces_the_slots(ctx: SwarmContext) -> None:
     assert [r["state"] for r in before] == ["busy", "dirty", "busy"]
     ctx.store.rebuild()
     assert ctx.store.projections_snapshot()["slots"] == before
+
+
+def test_cleanup_trims_free_slots_beyond_the_limit_and_disposes_them(
+    repo: Path, store: Store
+) -> None:
+    disposed: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        disposed.append((request.url.path, request.url.params.get("directory", "")))
+        return httpx.Response(200, json=True)
+
+    inst = InstanceSlot("i1", "http://i1.test", "ready", "pw", pid=1)
+    config = Config()
+    config.pool.max_sessions_per_instance = 2
+    ctx = SwarmContext(
+        paths=ProjectPaths(repo),
+        config=config,
+        store=store,
+        instances_fn=lambda: [inst],
+        client_fn=lambda i: OpenCodeClient(
+            i.url, i.password, transport=httpx.MockTransport(handler)
+        ),
+    )
+    paths = [acquire(ctx, "i1", f"bd-aaa.{n}", 1) for n in (1, 2, 3)]
+    (paths[1] / "wip.txt").write_text("not committed\n")
+    for n in (1, 2, 3):
+        release(ctx, f"bd-aaa.{n}")
+    result = cleanup(ctx)
+    # Only i1/2 is beyond the limit (2 slots); i1/1 is dirty and kept, i1/0 stays warm.
+    assert result["removed"] == ["i1/2"]
+    assert not paths[2].exists() and paths[0].is_dir() and paths[1].is_dir()
+    assert disposed == [("/instance/dispose", str(paths[2]))]
+    assert [(s.slot, s.state) for s in ctx.store.slots.list()] == [
+        ("i1/0", "free"),
+        ("i1/1", "dirty"),
+    ]
+    assert "i1/1" in result["kept"]
+    # A new slot may take the removed one's number again.
+    again = acquire(ctx, "i1", "bd-bbb.1", 1)
+    assert again == paths[0]
 
 
 # --- transcripts ------------------------------------------------------------------------

@@ -416,6 +416,15 @@ class SlotReleased(BaseEvent):
     reason: str = ""  # merged | failed | cleaned
 
 
+class SlotRemoved(BaseEvent):
+    """A free slot's worktree was removed (more slots than the instance needs)."""
+
+    type: Literal["slot_removed"] = "slot_removed"
+    slot: str
+    path: str
+    reason: str = ""
+
+
 class SlotDirty(BaseEvent):
     """A slot found holding uncommitted work when it was to be reset: left as it is."""
 
@@ -473,6 +482,7 @@ Event = Annotated[
     | MergeConflict
     | SlotTaken
     | SlotReleased
+    | SlotRemoved
     | SlotDirty,
     Field(discriminator="type"),
 ]

@@ -680,6 +680,11 @@ def _slot_released(w: Writer, seq: int, e: ev.Event) -> None:
     )
 
 
+def _slot_removed(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.SlotRemoved)
+    w.execute("DELETE FROM slots WHERE slot = ? AND state = ?", (e.slot, ev.SlotState.FREE))
+
+
 def _slot_dirty(w: Writer, seq: int, e: ev.Event) -> None:
     assert isinstance(e, ev.SlotDirty)
     reason = "uncommitted: " + ", ".join(e.files[:5]) if e.files else "uncommitted work"
@@ -715,4 +720,5 @@ _HANDLERS = {
     "slot_taken": _slot_taken,
     "slot_released": _slot_released,
     "slot_dirty": _slot_dirty,
+    "slot_removed": _slot_removed,
 }

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from swarm_pool.errors import SlotConflictError
 from swarm_pool.store.db import Row
-from swarm_pool.store.events import SlotDirty, SlotReleased, SlotState, SlotTaken
+from swarm_pool.store.events import SlotDirty, SlotReleased, SlotRemoved, SlotState, SlotTaken
 from swarm_pool.store.recorder import Recorder
 
 
@@ -110,6 +110,14 @@ class Slots:
             taken = w.query_one("SELECT * FROM slots WHERE slot = ?", (slot,))
         assert taken is not None
         return SlotView.from_row(taken)
+
+    def remove(self, slot: str, *, path: str, expect_version: int, reason: str) -> None:
+        """Forget a free slot still at ``expect_version``; SlotConflictError otherwise."""
+        with self._rec.writing() as w:
+            row = w.query_one("SELECT version, state FROM slots WHERE slot = ?", (slot,))
+            if row is None or int(row["version"]) != expect_version or row["state"] != "free":
+                raise SlotConflictError(f"slot {slot} changed since it was read", slot=slot)
+            w.append(SlotRemoved(slot=slot, path=path, reason=reason))
 
     def mark_dirty(self, slot: str, bead_id: str, files: builtins.list[str]) -> None:
         self._rec.append_one(SlotDirty(slot=slot, bead_id=bead_id, files=files))

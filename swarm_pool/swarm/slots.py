@@ -10,7 +10,9 @@ is taken in the store first (a conditional append: two processes never put two b
 one slot) and only then reset, so the loser of a race never touches the winner's files.
 A bead keeps its slot across retries, and gives it back when it is merged, fails for
 good (``release_events``, appended with that outcome) or is cleaned up (``cleanup``). A
-slot found with uncommitted work is never reset: it is marked dirty and skipped.
+slot found with uncommitted work is never reset: it is marked dirty and skipped. Free
+slots beyond ``max_sessions_per_instance`` are removed and their directories disposed on
+their instance (``trim``), so an instance serves a bounded set of directories.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from swarm_pool import faults
-from swarm_pool.errors import DirtyWorktreeError, GitError, SlotConflictError, WorkerError
+from swarm_pool.errors import (
+    DirtyWorktreeError,
+    GitError,
+    OpenCodeError,
+    SlotConflictError,
+    SwarmPoolError,
+    WorkerError,
+)
 from swarm_pool.store.events import SlotReleased, SlotState
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.slots import SlotView
@@ -146,10 +155,8 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
     released: list[str] = []
     kept: dict[str, str] = {}
     for s in ctx.store.slots.list():
-        if s.state == SlotState.FREE:
-            continue
         worker = ctx.store.workers.get(s.bead_id) if s.bead_id else None
-        if worker is not None and worker.status in LIVE:
+        if s.state == SlotState.BUSY and worker is not None and worker.status in LIVE:
             continue
         try:
             dirty = ctx.worktrees.uncommitted_files(Path(s.path))
@@ -161,6 +168,8 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
                 ctx.store.slots.mark_dirty(s.slot, s.bead_id, dirty)
             kept[s.slot] = f"uncommitted changes: {', '.join(dirty[:10])}"
             continue
+        if s.state == SlotState.FREE:
+            continue
         merged = ctx.last_event(s.bead_id, "worktree_merged") if s.bead_id else None
         failed = worker is not None and worker.status == WorkerStatus.FAILED
         if worker is not None and merged is None and not failed:
@@ -170,7 +179,46 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
             [SlotReleased(slot=s.slot, bead_id=s.bead_id, reason=ReleaseReason.CLEANED)]
         )
         released.append(s.slot)
-    return {"released": released, "kept": kept}
+    return {"released": released, "kept": kept, "removed": trim(ctx)}
+
+
+def trim(ctx: SwarmContext) -> list[str]:
+    """Remove the free slots an instance has beyond ``max_sessions_per_instance`` (made
+    while others were held by unmerged or dirty work), and dispose their directories on
+    the instance: the set of directories an instance serves stays bounded."""
+    limit = ctx.config.pool.max_sessions_per_instance
+    removed: list[str] = []
+    for s in ctx.store.slots.list():
+        if s.state != SlotState.FREE or _number(s) < limit:
+            continue
+        try:
+            ctx.store.slots.remove(
+                s.slot, path=s.path, expect_version=s.version, reason="beyond the limit"
+            )
+        except SlotConflictError:
+            continue  # taken meanwhile: it is in use again
+        try:
+            ctx.worktrees.remove_slot(Path(s.path))
+        except GitError as e:
+            log.warning("slot %s: worktree %s kept: %s", s.slot, s.path, e)
+        dispose(ctx, s.instance, s.path)
+        removed.append(s.slot)
+    return removed
+
+
+def dispose(ctx: SwarmContext, instance: str, directory: str) -> bool:
+    """Dispose ``directory``'s state on ``instance`` (best effort: False if unreachable)."""
+    try:
+        client = ctx.client(ctx.instance(instance))
+    except SwarmPoolError:
+        return False
+    try:
+        client.dispose_directory(directory)
+        return True
+    except OpenCodeError:
+        return False
+    finally:
+        client.close()
 
 
 def slot_rows(ctx: SwarmContext) -> list[dict[str, Any]]:

@@ -417,6 +417,25 @@ class Worktrees:
                 raise GitError(f"slot {path} is not on {branch} after its reset")
             return self._info(bead_id, listed, created=True)
 
+    def remove_slot(self, path: Path) -> None:
+        """Remove a slot's worktree (its branch stays); DirtyWorktreeError if it holds
+        uncommitted work."""
+        path = path.resolve()
+        with self.lock.hold():
+            listed = self._find(path)
+            if listed is None or listed.prunable or not path.is_dir():
+                if listed is not None:
+                    self._git(self.root, "worktree", "prune")
+                return
+            dirty = self.uncommitted_files(path)
+            if dirty:
+                raise DirtyWorktreeError(
+                    f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); "
+                    "not removing it",
+                    files=dirty,
+                )
+            self._git(self.root, "worktree", "remove", "--force", str(path))
+
     def drop_merged_branch(self, bead_id: str) -> bool:
         """Delete ``swarm/<bead>`` if we merged it, nothing came after, and no checkout
         has it (a slot moved on to another bead); committed work is never lost."""
