@@ -177,6 +177,12 @@ def test_a_second_plan_reuses_the_slots_and_sees_only_its_own_branch(ctx: SwarmC
     assert (Path(w1.worktree) / "build" / "cache-a1.o").is_file()
     assert git(ctx.paths.root, "show", f"swarm/{a2}:a2-secret.txt") == "secret-a2"
     assert {s.state for s in ctx.store.slots.list()} == {"free"}
+    # The failed bead's session was deleted with its slot's release; its transcript kept.
+    failed = cli("transcript", a2, "--json", project=ctx.paths.root)
+    assert failed.returncode == 0, failed.stderr
+    entries = json.loads(failed.stdout)["entries"]
+    commands = [e["input"].get("command") for e in entries if e["kind"] == "tool"]
+    assert "git add -A && git commit -qm a2-commit" in commands
 
     b1, b2 = run_epic(
         ctx,
