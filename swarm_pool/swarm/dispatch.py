@@ -303,7 +303,8 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             title=spec.contract.title or bead_id,
             routing=routing,
             avoid=_avoid_after_failure(ctx, bead_id),
-            slotted=uses_slots(ctx, routing),
+            # A bead queued without a directory gets a slot even if the mode changed since.
+            slotted=uses_slots(ctx, routing) or not worktree,
             prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
         )
 
