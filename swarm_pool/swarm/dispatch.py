@@ -38,7 +38,7 @@ from swarm_pool.swarm.router import (
     busy_counts,
     choose_instance,
 )
-from swarm_pool.swarm.slots import acquire, uses_slots
+from swarm_pool.swarm.slots import acquire, is_slot_path
 from swarm_pool.swarm.spec import PromptSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -303,8 +303,8 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             title=spec.contract.title or bead_id,
             routing=routing,
             avoid=_avoid_after_failure(ctx, bead_id),
-            # A bead queued without a directory gets a slot even if the mode changed since.
-            slotted=uses_slots(ctx, routing) or not worktree,
+            # The spawner decided: no directory yet (or its slot, on a retry) means a slot.
+            slotted=not worktree or is_slot_path(ctx, worktree),
             prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
         )
 
