@@ -207,10 +207,11 @@ def test_a_second_plan_reuses_the_slots_and_sees_only_its_own_branch(ctx: SwarmC
         tools = {e["tool"]: e for e in entries if e["kind"] == "tool"}
         assert {"glob", "grep", "read", "bash", "write"} <= set(tools), entries
         assert any(t.endswith("swarm_complete") for t in tools), entries
+        assert tools["glob"]["status"] == tools["grep"]["status"] == "completed", entries
         globbed = tools["glob"]["output"]
         assert "README.md" in globbed and "a1.txt" in globbed  # the base, merged a1 in
         assert "a2-secret" not in globbed and "cache-a1" not in globbed
-        assert "secret-a2" not in tools["grep"].get("output", "")
+        assert "secret-a2" not in tools["grep"]["output"]
         assert tools["read"]["status"] == "error"
         listing = tools["bash"]["output"]
         assert "a2-secret" not in listing and "cache-a1" not in listing
