@@ -37,7 +37,7 @@ from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import spawn_async
 from tests.pool_cli import cli, pool_processes
-from tests.support import git, init_repo, wait_for
+from tests.support import TEST_TAG_ENV, git, init_repo, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -512,3 +512,55 @@ def test_run_survives_its_supervisor_kill_9_and_await_refuses_to_wait_for_nothin
     assert summary["merged"] == summary["total"] == 3, summary
     for name in ("a", "b", "c"):
         assert git(pool.root, "cat-file", "-t", f"main:survivor/{name}.txt") == "blob"
+
+
+def test_run_with_restart_pool_starts_a_supervisor_itself_after_a_kill_9(
+    pool: Pool, ctx: SwarmContext, tmp_path: Path
+) -> None:
+    steps = toml_value(script(answer_s=1.0))
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[epic]\ntitle = "phoenix"\n\n'
+        + "".join(
+            f'[[tasks]]\nid = "{name}"\ntitle = "phoenix {name}"\n'
+            f'files = ["phoenix/{name}.txt"]\nscript = {steps}\n\n'
+            for name in ("a", "b")
+        )
+    )
+    args = ["run", str(plan), "--json", "--restart-pool", "--config", str(pool.config_path)]
+    # The supervisor this run starts outlives the test (the module's pool): no test tag.
+    env = {k: v for k, v in os.environ.items() if k != TEST_TAG_ENV}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "swarm_pool", *args, "--project", str(pool.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+
+        def queued_epic() -> str | None:
+            for s in ctx.store.read(types=["worker_queued"]):
+                cell = ctx.store.hive.get_cell(getattr(s.event, "bead_id", ""))
+                if cell.title.startswith("phoenix"):
+                    return cell.epic_id
+            return None
+
+        epic_id = wait_for(queued_epic, 120, interval=0.1)
+        # With an engine running, a wait that runs out is a timeout (2), not a stall (3).
+        waited = cli("await", epic_id, "--timeout", "0.1", project=pool.root)
+        assert waited.returncode == 2, waited.stdout + waited.stderr
+        old = pool.supervisor()
+        pool.kill_supervisor()
+        stdout, stderr = run.communicate(timeout=400)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, stdout + stderr
+    assert "starting one" in stderr and "carries on" in stderr, stderr
+    assert pool.supervisor().pid != old.pid  # the run's own start, still serving
+    summary = json.loads(stdout)
+    assert summary["merged"] == summary["total"] == 2, summary
+    for name in ("a", "b"):
+        assert git(pool.root, "cat-file", "-t", f"main:phoenix/{name}.txt") == "blob"

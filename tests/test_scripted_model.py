@@ -232,6 +232,38 @@ def test_fault_delay(model: ModelServerProcess) -> None:
     assert time.monotonic() - start >= 1.0
 
 
+def test_barrier_answers_only_once_enough_requests_wait_together(
+    model: ModelServerProcess,
+) -> None:
+    # Alone, a request at a barrier of 2 is refused after the barrier's timeout.
+    alone = [{"text": "never", "barrier": "alone", "barrier_count": 2, "barrier_timeout_s": 0.5}]
+    resp = httpx.post(
+        f"{model.url}/chat/completions", json=_body(_messages(_prompt(script=alone))), timeout=30
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "barrier_timeout"
+    # Three at once: none is answered before the third arrives, then all are.
+    step = {"text": "together", "barrier": "trio", "barrier_count": 3, "barrier_timeout_s": 60}
+    body = _body(_messages(_prompt("bd-trio01.1", script=[step])))
+    answered: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: answered.append(_summary(_stream(model, body))["text"]))
+        for _ in range(3)
+    ]
+    for t in threads[:2]:
+        t.start()
+    wait_for(lambda: _waiting(model) >= 2, 30)
+    assert answered == []  # two wait; the barrier needs three
+    threads[2].start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answered == ["together"] * 3
+
+
+def _waiting(model: ModelServerProcess) -> int:
+    stats = httpx.get(f"{model.url}/stats", timeout=10).json()
+    return sum(1 for r in stats["recent"] if r["bead_id"] == "bd-trio01.1")
+
+
 def test_fault_http_error_with_retry_after(model: ModelServerProcess) -> None:
     script = [{"http_error": 503, "retry_after_s": 0.25, "error_message": "down for {bead_id}"}]
     resp = httpx.post(

@@ -125,8 +125,9 @@ def test_pty_refreshes_shows_new_events_and_quits_on_q(
     project: Path, pty_dashboard: PtyDashboard
 ) -> None:
     dash = pty_dashboard
-    wait_for(lambda: HEADER.search(dash.text), timeout=30)
-    assert "q quits" in dash.text and "workers by epic" in dash.text
+    # A frame arrives in several reads: wait for its end, not just its header.
+    wait_for(lambda: HEADER.search(dash.text) and "workers by epic" in dash.text, timeout=30)
+    assert "q quits" in dash.text
     # Cbreak while it runs: keys arrive one at a time, not line by line.
     wait_for(lambda: not dash.lflag() & termios.ICANON, timeout=10)
     wait_for(lambda: len(clocks(dash.text)) >= 2, timeout=10)  # redrawn on its own

@@ -1,18 +1,21 @@
 """Scripts for the scripted model: what they look like, where they come from, which step is next.
 
 A script is a list of steps. A step is a tool call (``tool`` + ``args``), a text reply
-(``text``), or both in one assistant message; ``each_file`` repeats a step once per owned
-literal file, and ``include`` splices in another named script. Any step may carry a
-fault: ``delay_s`` (answer late), ``http_error`` (an error status instead of an answer,
-optionally with ``retry_after_s``), ``malformed`` (a broken stream chunk) or ``hang``
-(never answer); with ``times: N`` the fault hits only the first N requests of a session
-for that step, and the step's tool or text is answered after that (OpenCode retries a
-failed turn with the same conversation). Arguments may use placeholders
-(``{bead_id}``, ``{epic_id}``, ``{worktree}``, ``{file}``, ``{path}``, ...) filled from
-the worker's contract; an argument that is exactly ``"{files}"`` or
-``"{literal_files}"`` becomes a list. Scripts come inline from the contract (a plan's
-``script``), from a TOML file (by bead id, epic id, a ``[match]`` glob on the bead id,
-or ``default``), or from the built-in default worker script.
+(``text``), or both in one assistant message; ``each_file`` repeats a step once per
+owned literal file, and ``include`` splices in another named script. Any step may carry
+a fault: ``delay_s`` (answer late), ``barrier`` (answer only once ``barrier_count``
+requests wait at the same named barrier at once: proof that sessions really run side by
+side, whatever the machine's load; an HTTP 400 after ``barrier_timeout_s``),
+``http_error`` (an error status instead of an answer, optionally with
+``retry_after_s``), ``malformed`` (a broken stream chunk) or ``hang`` (never answer);
+with ``times: N`` the fault hits only the first N requests of a session for that step,
+and the step's tool or text is answered after that (OpenCode retries a failed turn with
+the same conversation). Arguments may use placeholders (``{bead_id}``, ``{epic_id}``,
+``{worktree}``, ``{file}``, ``{path}``, ...) filled from the worker's contract; an
+argument that is exactly ``"{files}"`` or ``"{literal_files}"`` becomes a list. Scripts
+come inline from the contract (a plan's ``script``), from a TOML file (by bead id, epic
+id, a ``[match]`` glob on the bead id, or ``default``), or from the built-in default
+worker script.
 
 Everything here is pure: the server derives the step index from the conversation it is
 sent (the number of assistant messages so far), so it keeps no per-session state (only
@@ -66,6 +69,9 @@ class Step(BaseModel):
     retry_after_s: float | None = Field(None, ge=0, description="Retry-After on http_error")
     malformed: bool = False
     hang: bool = False
+    barrier: str | None = Field(None, min_length=1, description="a barrier's name")
+    barrier_count: int = Field(2, ge=2, le=1000, description="requests the barrier waits for")
+    barrier_timeout_s: float = Field(120.0, gt=0, le=3600)
     times: int | None = Field(
         None, ge=1, description="the fault hits only the first N requests of a session"
     )
@@ -92,6 +98,8 @@ class Step(BaseModel):
             raise ValueError("a step with times needs a tool or a text to answer afterwards")
         if self.retry_after_s is not None and self.http_error is None:
             raise ValueError("retry_after_s applies to http_error only")
+        if self.barrier is not None and not (self.tool or self.text is not None):
+            raise ValueError("a barrier step needs a tool or a text to answer once it opens")
         return self
 
 
@@ -283,6 +291,9 @@ class PlannedStep:
     malformed: bool
     hang: bool
     times: int | None
+    barrier: str | None = None
+    barrier_count: int = 2
+    barrier_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -350,6 +361,9 @@ class ScriptBook:
                         malformed=step.malformed,
                         hang=step.hang,
                         times=step.times,
+                        barrier=step.barrier,
+                        barrier_count=step.barrier_count,
+                        barrier_timeout_s=step.barrier_timeout_s,
                     )
                 )
         return out

@@ -3,7 +3,7 @@
 It owns the wire format (streaming SSE chunks with text and ``delta.tool_calls`` ending
 in ``data: [DONE]``, or one JSON answer when ``stream`` is false), ``GET /v1/models``,
 the answer to OpenCode's title request (a request without tools), the faults a step can
-ask for (delay, HTTP error, malformed chunk, hang), and per-request stats served at
+ask for (delay, barrier, HTTP error, malformed chunk, hang), and per-request stats served at
 ``GET /v1/stats``. It is stateless about conversations: the step to play is the number
 of assistant messages in the request, so restarts and parallel sessions are harmless.
 Hangs and delays wait on the server's stop event and on the client's socket, so no
@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -131,6 +132,8 @@ def _fault_name(step: PlannedStep) -> str | None:
         return f"http_{step.http_error}"
     if step.delay_s:
         return "delay"
+    if step.barrier:
+        return "barrier"
     return None
 
 
@@ -144,6 +147,32 @@ class ScriptedModel:
         # (session or bead, step index) -> fault hits so far, for steps with ``times``.
         self._hits: dict[tuple[str, int], int] = {}
         self._hits_lock = threading.Lock()
+        # Barrier name -> requests waiting at it now; a barrier that opened stays open.
+        self._waiting: Counter[str] = Counter()
+        self._opened: set[str] = set()
+        self._barriers = threading.Condition()
+
+    def pass_barrier(
+        self, name: str, count: int, timeout_s: float, gone: Callable[[], bool]
+    ) -> bool:
+        """Wait until ``count`` requests wait at ``name`` at once (then it opens for good);
+        False when the deadline passes, the server stops or the client leaves first."""
+        deadline = time.monotonic() + timeout_s
+        with self._barriers:
+            self._waiting[name] += 1
+            try:
+                while name not in self._opened:
+                    if self._waiting[name] >= count:
+                        self._opened.add(name)
+                        self._barriers.notify_all()
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self.stop_event.is_set() or gone():
+                        return False
+                    self._barriers.wait(min(0.2, remaining))
+                return True
+            finally:
+                self._waiting[name] -= 1
 
     def _count_fault(self, key: str, index: int, step: PlannedStep) -> PlannedStep:
         """The step itself while its fault has hits left, else the step without the fault."""
@@ -313,6 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
             if step.hang:
                 self._wait(None)
                 self.close_connection = True
+                return
+            if step.barrier and not model.pass_barrier(
+                step.barrier, step.barrier_count, step.barrier_timeout_s, self._client_gone
+            ):
+                self._error(400, f"barrier {step.barrier!r} did not open", "barrier_timeout")
                 return
             if step.http_error is not None:
                 self._http_error(step)
