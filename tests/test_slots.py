@@ -11,6 +11,7 @@ privately, read back, rendered, and a clear error when there is none.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import threading
 from collections.abc import Iterator
@@ -340,3 +341,29 @@ def test_transcript_command_errors_clearly(ctx: SwarmContext) -> None:
         "tool",
         "tool",
     ]
+
+
+def test_the_dashboard_shows_each_instances_slots() -> None:
+    from rich.console import Console
+
+    from swarm_pool.view.dashboard import instances_panel
+    from swarm_pool.view.snapshot import InstanceRow, SlotRow, Snapshot
+
+    row = InstanceRow("oc-1", "opencode", "ready", 4101, 10, 300.0, 1.0, 2, 0, 5.0)
+    snap = Snapshot(
+        project="/p",
+        taken_at=0,
+        supervisor={"pid": 1, "running": True},
+        instances=[row, InstanceRow("oc-2", "opencode", "ready", 4102, 11, 1.0, 1.0, 0, 0, 5.0)],
+        slots=[
+            SlotRow("oc-1/0", "oc-1", "busy", "bd-aaa.1", "/s/0"),
+            SlotRow("oc-1/1", "oc-1", "busy", "bd-aaa.2", "/s/1"),
+            SlotRow("oc-1/2", "oc-1", "dirty", "bd-aaa.3", "/s/2"),
+            SlotRow("oc-2/0", "oc-2", "free", "", "/t/0"),
+        ],
+    )
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(instances_panel(snap))
+    lines = console.export_text().splitlines()
+    assert any("oc-1" in ln and "2 busy, 1 dirty" in ln for ln in lines), lines
+    assert any("oc-2" in ln and "1 free" in ln for ln in lines), lines

@@ -95,10 +95,10 @@ def instances_panel(snap: Snapshot) -> Panel:
         ("RSS MB", "right"),
         ("CPU %", "right"),
         ("busy", "right"),
-        ("slots", "left"),
         ("restarts", "right"),
         ("uptime", "right"),
         ("last sign", "right"),
+        ("slots", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     slots = counts_by_instance(snap.slots)
@@ -117,10 +117,10 @@ def instances_panel(snap: Snapshot) -> Panel:
             _num(inst.rss_mb, "{:.0f}"),
             _num(inst.cpu_percent, "{:.1f}"),
             _num(inst.busy_sessions),
-            _slots_text(slots.get(inst.name, {})),
             Text(str(inst.restarts), style="yellow" if inst.restarts else ""),
             fmt_duration(inst.uptime_s),
             fmt_duration(inst.last_sign_s),
+            _slots_text(slots.get(inst.name, {})),
         )
     body: RenderableType = table if snap.instances else Text("no pool running", style="dim")
     return Panel(body, title=f"instances ({len(snap.instances)})", title_align="left")
