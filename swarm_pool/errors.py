@@ -37,10 +37,11 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── EventValidationError    unknown type / missing or bad field
     │   ├── NotFoundError           unknown epic, cell, message or reservation
     │   │   └── TranscriptNotFoundError  no transcript saved for that bead (or attempt)
-    │   └── WorkerStateError        a worker event the lifecycle refuses (nothing written)
-    │       ├── IllegalTransitionError  the transition table forbids it
-    │       └── VersionConflictError    the bead changed since the caller read it
-    │   └── SlotConflictError       a worktree slot changed since the caller read it
+    │   ├── WorkerStateError        a worker event the lifecycle refuses (nothing written)
+    │   │   ├── IllegalTransitionError  the transition table forbids it
+    │   │   └── VersionConflictError    the bead changed since the caller read it
+    │   └── SlotConflictError       a worktree slot changed since the caller read it (or is
+    │                               busy with another bead): read the slots again
     ├── HiveError                   cycle, unknown dependency, bad id
     ├── ReservationError
     │   └── PathEscapeError         a path or pattern leaves the project
