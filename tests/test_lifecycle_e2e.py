@@ -466,101 +466,109 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def test_run_survives_its_supervisor_kill_9_and_await_refuses_to_wait_for_nothing(
-    pool: Pool, ctx: SwarmContext, tmp_path: Path
-) -> None:
-    steps = toml_value(script(answer_s=1.0))
-    plan = tmp_path / "plan.toml"
-    plan.write_text(
-        '[epic]\ntitle = "survivor"\n\n'
-        + "".join(
-            f'[[tasks]]\nid = "{name}"\ntitle = "survivor {name}"\n'
-            f'files = ["survivor/{name}.txt"]\n{deps}script = {steps}\n\n'
-            for name, deps in (("a", ""), ("b", ""), ("c", 'depends_on = ["a"]\n'))
-        )
-    )
-    args = ["run", str(plan), "--json", "--config", str(pool.config_path)]
-    run = subprocess.Popen(
-        [sys.executable, "-m", "swarm_pool", *args, "--project", str(pool.root)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+@dataclass
+class PlanRun:
+    """A `run` of a small plan (tasks ``TITLE name``), as a client process of the pool."""
 
-        def queued_epic() -> str | None:
+    title: str
+    proc: subprocess.Popen[str]
+
+    @classmethod
+    def start(
+        cls,
+        pool: Pool,
+        tmp_path: Path,
+        title: str,
+        tasks: dict[str, str],
+        *options: str,
+        outlives_test: bool = False,
+    ) -> PlanRun:
+        """``tasks`` maps a task id to its extra TOML lines (e.g. ``depends_on``)."""
+        steps = toml_value(script(answer_s=1.0))
+        plan = tmp_path / "plan.toml"
+        plan.write_text(
+            f'[epic]\ntitle = "{title}"\n\n'
+            + "".join(
+                f'[[tasks]]\nid = "{name}"\ntitle = "{title} {name}"\n'
+                f'files = ["{title}/{name}.txt"]\n{extra}script = {steps}\n\n'
+                for name, extra in tasks.items()
+            )
+        )
+        args = ["run", str(plan), "--json", *options, "--config", str(pool.config_path)]
+        env = dict(os.environ)
+        if outlives_test:  # a supervisor it starts serves the module's pool after the test
+            env.pop(TEST_TAG_ENV)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "swarm_pool", *args, "--project", str(pool.root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        return cls(title, proc)
+
+    def queued_epic(self, ctx: SwarmContext) -> str:
+        def find() -> str | None:
             for s in ctx.store.read(types=["worker_queued"]):
                 cell = ctx.store.hive.get_cell(getattr(s.event, "bead_id", ""))
-                if cell.title.startswith("survivor"):
+                if cell.title.startswith(f"{self.title} "):
                     return cell.epic_id
             return None
 
-        epic_id = wait_for(queued_epic, 120, interval=0.1)
+        epic_id: str = wait_for(find, 120, interval=0.1)
+        return epic_id
+
+    def finish(self, pool: Pool) -> tuple[str, dict[str, Any]]:
+        """Its stderr and JSON summary, once it exited 0 with every task merged."""
+        stdout, stderr = self.proc.communicate(timeout=400)
+        assert self.proc.returncode == 0, stdout + stderr
+        summary: dict[str, Any] = json.loads(stdout)
+        assert summary["merged"] == summary["total"], summary
+        for task in summary["tasks"]:
+            name = task["title"].removeprefix(f"{self.title} ")
+            assert git(pool.root, "cat-file", "-t", f"main:{self.title}/{name}.txt") == "blob"
+        return stderr, summary
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def test_run_survives_its_supervisor_kill_9_and_await_refuses_to_wait_for_nothing(
+    pool: Pool, ctx: SwarmContext, tmp_path: Path
+) -> None:
+    tasks = {"a": "", "b": "", "c": 'depends_on = ["a"]\n'}
+    run = PlanRun.start(pool, tmp_path, "survivor", tasks)
+    try:
+        epic_id = run.queued_epic(ctx)
         pool.kill_supervisor()
         stalled = cli("await", epic_id, "--timeout", "60", project=pool.root)
         assert stalled.returncode == 3, stalled.stdout + stalled.stderr
         assert "start" in stalled.stderr and "Traceback" not in stalled.stderr
         pool.start()
-        stdout, stderr = run.communicate(timeout=400)
+        stderr, summary = run.finish(pool)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
-    assert run.returncode == 0, stdout + stderr
+        run.kill()
+    assert summary["total"] == 3, summary
     assert "supervisor is gone" in stderr and "carries on" in stderr, stderr
-    summary = json.loads(stdout)
-    assert summary["merged"] == summary["total"] == 3, summary
-    for name in ("a", "b", "c"):
-        assert git(pool.root, "cat-file", "-t", f"main:survivor/{name}.txt") == "blob"
 
 
 def test_run_with_restart_pool_starts_a_supervisor_itself_after_a_kill_9(
     pool: Pool, ctx: SwarmContext, tmp_path: Path
 ) -> None:
-    steps = toml_value(script(answer_s=1.0))
-    plan = tmp_path / "plan.toml"
-    plan.write_text(
-        '[epic]\ntitle = "phoenix"\n\n'
-        + "".join(
-            f'[[tasks]]\nid = "{name}"\ntitle = "phoenix {name}"\n'
-            f'files = ["phoenix/{name}.txt"]\nscript = {steps}\n\n'
-            for name in ("a", "b")
-        )
-    )
-    args = ["run", str(plan), "--json", "--restart-pool", "--config", str(pool.config_path)]
-    # The supervisor this run starts outlives the test (the module's pool): no test tag.
-    env = {k: v for k, v in os.environ.items() if k != TEST_TAG_ENV}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "swarm_pool", *args, "--project", str(pool.root)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    tasks = {"a": "", "b": ""}
+    run = PlanRun.start(pool, tmp_path, "phoenix", tasks, "--restart-pool", outlives_test=True)
     try:
-
-        def queued_epic() -> str | None:
-            for s in ctx.store.read(types=["worker_queued"]):
-                cell = ctx.store.hive.get_cell(getattr(s.event, "bead_id", ""))
-                if cell.title.startswith("phoenix"):
-                    return cell.epic_id
-            return None
-
-        epic_id = wait_for(queued_epic, 120, interval=0.1)
+        epic_id = run.queued_epic(ctx)
         # With an engine running, a wait that runs out is a timeout (2), not a stall (3).
         waited = cli("await", epic_id, "--timeout", "0.1", project=pool.root)
         assert waited.returncode == 2, waited.stdout + waited.stderr
         old = pool.supervisor()
         pool.kill_supervisor()
-        stdout, stderr = run.communicate(timeout=400)
+        stderr, summary = run.finish(pool)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
-    assert run.returncode == 0, stdout + stderr
+        run.kill()
+    assert summary["total"] == 2, summary
     assert "starting one" in stderr and "carries on" in stderr, stderr
     assert pool.supervisor().pid != old.pid  # the run's own start, still serving
-    summary = json.loads(stdout)
-    assert summary["merged"] == summary["total"] == 2, summary
-    for name in ("a", "b"):
-        assert git(pool.root, "cat-file", "-t", f"main:phoenix/{name}.txt") == "blob"
