@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox,slots} [--json] [--quick]``
-(``store --backend sqlite|postgresql|both``).
+(``store --backend sqlite|postgresql|both``; ``workers --variants legacy,lean [--sizes
+1,2] [--repeats 2]`` compares OpenCode/MCP set-ups side by side, ``benches/variants.py``).
 
 Each suite lives in ``scripts/benches/<name>.py`` and exposes ``run(args) -> dict``.
 Results are compared side by side within one run, as ratios, never against constants.
@@ -42,10 +43,24 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="store suite: which store backends to measure (PostgreSQL: a throw-away server)",
     )
+    parser.add_argument(
+        "--no-attach",
+        action="store_true",
+        help="gateway suite: skip the slow 8 `opencode run --attach` part",
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="workers suite: compare these variants side by side (e.g. legacy,lean) "
+        "instead of the ADR figures",
+    )
+    parser.add_argument("--sizes", default="1,2", help="workers --variants: pool sizes K")
+    parser.add_argument("--repeats", type=int, default=2, help="workers --variants: repeats")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))
-    module = importlib.import_module(f"benches.{args.suite}")
+    suite = "variants" if args.suite == "workers" and args.variants else args.suite
+    module = importlib.import_module(f"benches.{suite}")
     result = {"suite": args.suite, "machine": machine(), "results": module.run(args)}
     if args.json:
         print(json.dumps(result, indent=2))

@@ -40,6 +40,8 @@ _NON_CONFIG_ENV = {
     "SWARM_POOL_MCP_LOG",
     # Fault points armed by tests (swarm_pool.faults).
     "SWARM_POOL_FAULTS",
+    # The shared MCP server's token secret, in that child's environment only.
+    "SWARM_POOL_MCP_SECRET",
     # The pool's own process tag (pool/orphans.py), inherited by all its processes.
     "SWARM_POOL_TAG",
     # Process tags the test suite puts in every child's environment.
@@ -114,6 +116,19 @@ class OpenCodeSection(_Section):
     )
     extra_config: dict[str, Any] = Field(default_factory=dict)
     mcp_enabled: bool = True
+    # "shared": one MCP server per pool (a supervised child, streamable HTTP), reached
+    # through a tiny stdio relay per directory that adds the directory's capability
+    # token; "local": OpenCode starts a full MCP server per session directory (the
+    # round-1 layout, ~78 MB and ~1 CPU-s each; kept for comparison).
+    mcp: Literal["shared", "local"] = "shared"
+    # OpenCode's per-step git snapshots (for its undo): ~700 short git processes per 8
+    # workers and ~15% of its CPU; a worker's history is its branch, so off.
+    snapshot: bool = False
+    # Language servers: a TypeScript worktree's tsserver alone took 2.8-3.7 GB upstream;
+    # off by default in 1.18.33 already, set explicitly since the docs disagree.
+    lsp: bool = False
+    # Formatters run after each edit; a worker's diff should be what the agent wrote.
+    formatter: bool = False
 
     @field_validator("model")
     @classmethod

@@ -53,6 +53,7 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── DependencyBlockedError
     │   ├── DuplicateSpawnError
     │   └── ReviewRequiredError     merge refused: no approving review of the branch head
+    ├── CapabilityError             an MCP capability token is missing, malformed or forged
     ├── PlanError                   bad plan file
     └── ScriptError                 bad scripted-model script
 """
@@ -298,3 +299,7 @@ class PlanError(SwarmPoolError):
 
 class ScriptError(SwarmPoolError):
     pass
+
+
+class CapabilityError(SwarmPoolError):
+    """An MCP capability token is missing, malformed or not signed by this pool."""

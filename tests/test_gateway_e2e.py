@@ -8,6 +8,8 @@ destructive tests (an instance, then the gateway, killed) run last.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import shlex
@@ -21,9 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import PoolState, read_state
@@ -38,10 +43,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parent.parent
 SDK = ROOT / ".tools/sdk/node_modules/@opencode-ai/sdk/dist/v2/client.js"
 REPLY = "pong from the pool"
+HANG = "bd-hang01"  # a prompt naming this bead id stays busy until aborted
 SCRIPTS = f"""
 [scripts.default]
 steps = [{{ text = "{REPLY}", delay_s = 1.0 }}]
 final_text = "{REPLY}"
+
+[scripts.{HANG}]
+steps = [{{ hang = true }}]
 """
 
 
@@ -327,3 +336,85 @@ def test_kill_9_of_the_gateway_restarts_it_with_the_session_map_intact(gw: Gatew
         for sid, (_inst, directory) in list(before.items())[:4]:
             resp = c.get(f"/session/{sid}", params={"directory": directory})
             assert resp.status_code == 200 and resp.json()["id"] == sid
+
+
+def test_a_pty_websocket_through_the_gateway_reaches_the_ptys_instance(gw: GatewayPool) -> None:
+    (directory,) = gw.new_dirs("pty", 1)
+    params = {"directory": str(directory)}
+    with gw.client() as c:
+        created = c.post("/pty", params=params, json={"command": "/bin/sh", "cwd": str(directory)})
+        assert created.status_code == 200, created.text
+        pty_id = created.json()["id"]
+        # OpenCode mints a ticket only for a request with this header (a browser page of
+        # another origin then needs a CORS preflight).
+        minted = c.post(
+            f"/pty/{pty_id}/connect-token", params=params, headers={"x-opencode-ticket": "1"}
+        )
+        assert minted.status_code == 200, minted.text
+        ticket = minted.json()["ticket"]
+    base = gw.url.replace("http://", "ws://", 1) + f"/pty/{pty_id}/connect"
+    where = urlencode(params)
+    basic = "Basic " + base64.b64encode(f"opencode:{gw.password}".encode()).decode()
+
+    async def shell_says(url: str, headers: dict[str, str], marker: str) -> None:
+        async with ws_connect(url, additional_headers=headers, proxy=None) as ws:
+            # Only the shell's own output holds the sum: the echoed input holds $((...)).
+            await ws.send(f"echo {marker}-$((40+2))\n")
+            seen = ""
+            async with asyncio.timeout(60):
+                while f"{marker}-42" not in seen:
+                    frame = await ws.recv()
+                    seen += frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+
+    asyncio.run(shell_says(f"{base}?{where}", {"authorization": basic}, "basic"))
+    # A browser sends no credentials on a WebSocket: the ticket minted through the
+    # gateway stands in, and the PTY's instance checks it.
+    asyncio.run(shell_says(f"{base}?{where}&ticket={ticket}", {}, "ticket"))
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(shell_says(f"{base}?{where}", {}, "nobody"))
+    assert refused.value.response.status_code == 403
+    with gw.client() as c:
+        assert c.delete(f"/pty/{pty_id}", params=params).status_code == 200
+
+
+def test_session_status_follows_events_and_a_restarted_gateway_syncs_it(gw: GatewayPool) -> None:
+    (directory,) = gw.new_dirs("status", 1)
+    params = {"directory": str(directory)}
+    log = gw.paths.instance_dir("gateway") / "gateway.log"
+    with gw.client() as c:
+        sid = c.post("/session", params=params, json={}).json()["id"]
+        owner = gw.session_map()[sid][0]
+        rec = gw.state().child(owner)
+        assert rec is not None and rec.url is not None
+
+        def status() -> dict[str, Any]:
+            resp = c.get("/session/status", params=params)
+            assert resp.status_code == 200, resp.text
+            answer: dict[str, Any] = resp.json()
+            return answer
+
+        prompt = {"parts": [{"type": "text", "text": f"{HANG}: stay busy"}]}
+        assert c.post(f"/session/{sid}/prompt_async", params=params, json=prompt).status_code == 204
+        wait_for(lambda: status().get(sid, {}).get("type") == "busy", timeout=60, interval=0.1)
+        with httpx.Client(
+            base_url=rec.url, auth=("opencode", rec.password), trust_env=False, timeout=60
+        ) as direct:
+            assert direct.get("/session/status", params=params).json().get(sid) == status()[sid]
+        # A gateway started while the session is busy has seen no event of it: once its
+        # stream is back, one snapshot of the directory must show it busy.
+        old = gw.state().gateway()
+        assert old is not None and old.pid is not None
+        seen = len(log.read_text())
+        os.kill(old.pid, signal.SIGKILL)
+
+        def reconnected() -> bool:
+            rec = gw.state().gateway()
+            up = rec is not None and rec.state == "ready" and rec.pid not in (None, old.pid)
+            return up and f"{owner}: event stream connected" in log.read_text()[seen:]
+
+        wait_for(reconnected, timeout=90, interval=0.2)
+        assert status().get(sid, {}).get("type") == "busy", gw.log_tail()
+        assert status().get(sid, {}).get("type") == "busy"  # now from the synced board
+        # The abort's session.status event takes it out, with no snapshot to help.
+        c.post(f"/session/{sid}/abort", params=params).raise_for_status()
+        wait_for(lambda: sid not in status(), timeout=60, interval=0.1)

@@ -39,7 +39,7 @@ def table() -> RoutingTable:
     [
         ("POST", "/session", RouteKind.CREATE_SESSION, "session.create"),
         ("GET", "/session", RouteKind.MERGED_LIST, "session.list"),
-        ("GET", "/session/status", RouteKind.MERGED_LIST, "session.status"),
+        ("GET", "/session/status", RouteKind.SESSION_STATUS, "session.status"),
         ("GET", "/session/ses_1", RouteKind.SESSION, "session.get"),
         ("POST", "/session/ses_1/prompt_async", RouteKind.SESSION, "session.prompt_async"),
         ("POST", "/session/ses_1/permissions/per_1", RouteKind.SESSION, "permission.respond"),

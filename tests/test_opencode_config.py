@@ -15,6 +15,7 @@ from swarm_pool.opencode.config import (
     CONFIG_ENV,
     SCRIPTED_MODEL,
     deep_merge,
+    mcp_timeout_ms,
     opencode_config,
     opencode_env,
     serialize,
@@ -60,7 +61,8 @@ def test_mcp_server_block(tmp_path: Path) -> None:
     # env -u: the MCP server never holds the instance's password, not even in its
     # /proc/PID/environ (OpenCode's `environment` can only add variables).
     env, *drop, python, flag, module = server["command"]
-    assert Path(env).name == "env" and drop == ["-u", "OPENCODE_SERVER_PASSWORD"]
+    assert Path(env).name == "env"
+    assert drop == ["-u", "OPENCODE_SERVER_PASSWORD", "-u", "SWARM_POOL_MCP_SECRET"]
     assert [python, flag, module] == [sys.executable, "-m", "swarm_pool.mcp_server"]
     # The bash tool's shell is our wrapper (opencode/shell.py).
     assert cfg["shell"] == str(tmp_path.resolve() / ".swarm" / "bin" / "bash")
@@ -70,6 +72,31 @@ def test_mcp_server_block(tmp_path: Path) -> None:
     assert server["timeout"] == 660_000
     config.opencode.mcp_enabled = False
     assert "mcp" not in opencode_config(config, project_root=tmp_path, model_url=URL)
+
+
+def test_shared_mcp_goes_through_the_relay(tmp_path: Path) -> None:
+    mcp_url = "http://127.0.0.1:4999/mcp"
+    cfg = opencode_config(Config(), project_root=tmp_path, model_url=URL, mcp_url=mcp_url)
+    server = cfg["mcp"][MCP_SERVER_NAME]
+    env, *drop, python, isolated, no_site, relay, url = server["command"]
+    assert Path(env).name == "env" and "SWARM_POOL_MCP_SECRET" in drop
+    # -I -S: no site-packages, no user hooks; the relay imports the standard library only.
+    assert [python, isolated, no_site, url] == [sys.executable, "-I", "-S", mcp_url]
+    assert Path(relay).name == "relay.py" and Path(relay).is_file()
+    assert server["timeout"] == mcp_timeout_ms(Config())
+
+
+def test_headless_defaults_and_overrides(tmp_path: Path) -> None:
+    cfg = opencode_config(Config(), project_root=tmp_path, model_url=URL)
+    assert (cfg["snapshot"], cfg["lsp"], cfg["formatter"]) == (False, False, False)
+    config = load_config(
+        environ={"SWARM_POOL_OPENCODE__SNAPSHOT": "true", "SWARM_POOL_OPENCODE__LSP": "true"}
+    )
+    cfg = opencode_config(config, project_root=tmp_path, model_url=URL)
+    assert (cfg["snapshot"], cfg["lsp"]) == (True, True)
+    assert Config().opencode.mcp == "shared"
+    with pytest.raises(ConfigError, match=r"opencode\.mcp"):
+        load_config(environ={"SWARM_POOL_OPENCODE__MCP": '"remote"'})
 
 
 def test_permission_policy_never_asks(tmp_path: Path) -> None:

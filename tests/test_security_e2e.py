@@ -191,7 +191,9 @@ def _no_password_below_instances(ctx: SwarmContext, bead: str) -> list[psutil.Pr
     paths = ctx.paths
     state = read_state(paths.state_file)
     assert state is not None
-    secrets = [rec.password for rec in state.opencode()]
+    # The instances' passwords, and the shared MCP server's token secret.
+    secrets = [rec.password for rec in state.opencode()] + [state.mcp_secret]
+    assert state.mcp_secret
     root = paths.root
     assert state.supervisor is not None
     sup = state.supervisor.pid
@@ -222,8 +224,10 @@ def _no_password_below_instances(ctx: SwarmContext, bead: str) -> list[psutil.Pr
             continue  # gone meanwhile
         assert not any(s.encode() in raw for s in secrets), cmd
         assert b"OPENCODE_SERVER_PASSWORD=" not in raw, cmd
-        kinds.add("mcp" if "swarm_pool.mcp_server" in cmd else cmd.split()[0])
-    # What was read: the worktree's MCP server and the bash tool's commands.
+        per_directory_mcp = "swarm_pool.mcp_server" in cmd or "mcp/relay.py" in cmd
+        kinds.add("mcp" if per_directory_mcp else cmd.split()[0])
+    # What was read: the worktree's MCP process (the relay to the shared server, or a
+    # whole server with mcp = "local") and the bash tool's commands.
     assert "mcp" in kinds and "sleep" in kinds, kinds
     return sleepers(root, "1000") + sleepers(root, "1001")
 

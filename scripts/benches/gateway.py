@@ -11,8 +11,10 @@ cost or a ratio:
 - ``sse``: one ``/event`` stream on the gateway and one on the instance, both open while
   ``PATCH /session/{id}`` produces ``session.updated`` events; the added delay of each
   event (same event id) at p50/p90;
-- ``throughput``: ``GET /session/status`` from concurrent kept-alive clients for a fixed
-  time, gateway and direct (the load generator shares the 2 cores);
+- ``throughput``: ``GET /session/status`` from 16 concurrent kept-alive connections for
+  a fixed time, gateway and direct, with two load generators: httpx (what a Python
+  client pays) and a lean one (httptools on raw asyncio connections), since the load
+  generator shares the 2 cores and httpx alone costs about a millisecond a request;
 - ``run_attach``: 8 ``opencode run --attach`` clients at once, each in its own new
   directory, against the gateway (pool of 2) and against one instance; wall times and
   their ratio, repeated.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -33,11 +36,18 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import httptools
 import httpx
 import psutil
+
+try:
+    import uvloop
+except ImportError:  # the gateway runs without it too
+    uvloop = None  # type: ignore[assignment]
 
 from swarm_pool.pool.state import PoolState, read_state
 
@@ -192,12 +202,88 @@ async def _hammer(
         return done / (time.perf_counter() - t0)
 
 
-def _throughput(gw: Side, direct: Side, params: dict[str, str], seconds: float) -> dict[str, Any]:
+class _KeptAlive(asyncio.Protocol):
+    """One kept-alive connection sending the same GET again as soon as the answer to
+    the last one is complete (no pipelining), until ``end``; httptools (uvicorn's own
+    C parser) reads the answers, so the generator costs a few dozen microseconds a
+    request where httpx costs about a millisecond."""
+
+    def __init__(self, request: bytes, end: float, finished: asyncio.Future[int]) -> None:
+        self.request = request
+        self.end = end
+        self.finished = finished
+        self.done = 0
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        assert self.transport is not None
+        if self.parser.get_status_code() != 200:
+            self._finish(RuntimeError(f"status {self.parser.get_status_code()}"))
+            return
+        self.done += 1
+        if time.perf_counter() < self.end:
+            self.transport.write(self.request)
+        else:
+            self._finish(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc or RuntimeError("connection closed"))
+
+    def _finish(self, error: Exception | None) -> None:
+        if self.finished.done():
+            return
+        if error is None:
+            self.finished.set_result(self.done)
+        else:
+            self.finished.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _hammer_lean(
+    side: Side, path: str, params: dict[str, str], seconds: float, conc: int
+) -> float:
+    url = httpx.URL(side.url + path, params=params)
+    token = base64.b64encode(f"opencode:{side.password}".encode()).decode()
+    request = (
+        f"GET {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+        f"Authorization: Basic {token}\r\nAccept: application/json\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    end = time.perf_counter() + seconds
+    finished: list[asyncio.Future[int]] = [loop.create_future() for _ in range(conc)]
+    port = url.port or 80
+    t0 = time.perf_counter()
+    for fut in finished:
+        await loop.create_connection(partial(_KeptAlive, request, end, fut), url.host, port)
+    done: list[int] = await asyncio.gather(*finished)
+    return sum(done) / (time.perf_counter() - t0)
+
+
+def _throughput(
+    gw: Side, direct: Side, params: dict[str, str], seconds: float, gw_pid: int
+) -> dict[str, Any]:
+    """Each load generator on each side, direct / gateway / direct again (a load trend
+    shows as a difference between the two direct figures); with the lean generator, the
+    gateway's own CPU per request too."""
     out: dict[str, Any] = {}
-    for name, side in (("direct", direct), ("gateway", gw), ("direct_again", direct)):
-        out[f"{name}_req_s"] = round(
-            asyncio.run(_hammer(side, "/session/status", params, seconds, 16)), 1
-        )
+    runner = uvloop.run if uvloop is not None else asyncio.run
+    for gen, hammer in (("httpx", _hammer), ("lean", _hammer_lean)):
+        for name, side in (("direct", direct), ("gateway", gw), ("direct_again", direct)):
+            cpu0 = _cpu_s(gw_pid)
+            rate = runner(hammer(side, "/session/status", params, seconds, 16))
+            out[f"{gen}_{name}_req_s"] = round(rate, 1)
+            if name == "gateway" and gen == "lean":
+                cpu = _cpu_s(gw_pid) - cpu0
+                out["lean_gateway_cpu_ms_per_request"] = round(cpu / (rate * seconds) * 1000, 3)
     return out
 
 
@@ -288,24 +374,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 gw, direct, f"/session/{sid}", params, n, gw_pid
             )
             result["sse"] = _sse(gw, direct, sid, directory, 50 if quick else 200)
-            result["throughput"] = _throughput(gw, direct, params, 3.0 if quick else 8.0)
+            result["throughput"] = _throughput(gw, direct, params, 3.0 if quick else 8.0, gw_pid)
             # Partial results survive a failure of the slow part below.
             print(json.dumps(result), file=sys.stderr, flush=True)
             walls: dict[str, list[float]] = {"gateway": [], "one_instance": []}
-            for rep in range(1 if quick else 2):
+            reps = 0 if getattr(args, "no_attach", False) else 1 if quick else 2
+            for rep in range(reps):
                 # Alternate which side goes first, so a load trend favours neither.
                 order = [("gateway", gw), ("one_instance", direct)]
                 for name, side in order if rep % 2 == 0 else order[::-1]:
                     walls[name].append(_run_attach(side, base / "runs", f"{name}{rep}"))
                 print(json.dumps({"run_attach_so_far": walls}), file=sys.stderr, flush=True)
-            result["run_attach_8"] = {
-                "gateway_pool_of_2_wall_s": [round(w, 2) for w in walls["gateway"]],
-                "one_instance_wall_s": [round(w, 2) for w in walls["one_instance"]],
-                "ratio_gateway_over_one": round(
-                    statistics.median(walls["gateway"]) / statistics.median(walls["one_instance"]),
-                    2,
-                ),
-            }
+            if reps:
+                result["run_attach_8"] = {
+                    "gateway_pool_of_2_wall_s": [round(w, 2) for w in walls["gateway"]],
+                    "one_instance_wall_s": [round(w, 2) for w in walls["one_instance"]],
+                    "ratio_gateway_over_one": round(
+                        statistics.median(walls["gateway"])
+                        / statistics.median(walls["one_instance"]),
+                        2,
+                    ),
+                }
         finally:
             _cli("stop", project=project)
     result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)

@@ -59,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             loop="uvloop" if fast else "asyncio",
             http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            ws="none",
+            ws="websockets-sansio",
             lifespan="on",
             access_log=False,
+            # Loopback only, no proxy in front: skip uvicorn's X-Forwarded-* middleware.
+            proxy_headers=False,
             log_level="warning",
             # Event streams never end on their own: do not wait for them at shutdown.
             timeout_graceful_shutdown=1,

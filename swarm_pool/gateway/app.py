@@ -5,10 +5,12 @@ it persists the session map to) and ``handle``, the one ASGI endpoint every path
 to: it checks the gateway's own Basic password, matches the route in the routing table
 and sends it where the issue's rules say: a new session to the router's choice with
 directory affinity, a session's routes to its owner (503 + ``Retry-After`` while the
-owner restarts), lists merged over every ready instance, events merged from every
-instance, health aggregated, directory routes to the directory's home, anything else to
-any ready instance. ``build_app`` wraps it in a Starlette app whose lifespan starts and
-stops the background tasks. Our errors become HTTP answers here and nowhere else.
+owner restarts), session statuses from the event-fed status board (an instance is asked
+only until its stream is synced), lists merged over every ready instance, events merged
+from every instance, health aggregated, directory routes to the directory's home,
+anything else to any ready instance. ``build_app`` wraps it in a Starlette app whose
+lifespan starts and stops the background tasks. Our errors become HTTP answers here and
+nowhere else.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from swarm_pool.config import Config
 from swarm_pool.errors import GatewayError, InstanceUnavailableError, SwarmPoolError
@@ -36,6 +41,7 @@ from swarm_pool.gateway.merge import merge, merge_health
 from swarm_pool.gateway.placement import Placement, resolve_directory
 from swarm_pool.gateway.table import Match, RouteKind, RoutingTable
 from swarm_pool.gateway.upstreams import PoolView, Upstream
+from swarm_pool.gateway.websocket import proxy as ws_proxy
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.core import Store
 from swarm_pool.store.sessions import Origin
@@ -44,6 +50,7 @@ log = logging.getLogger("swarm_pool.gateway")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 DIRECTORY_HEADER = "x-opencode-directory"
+PTY_CONNECT = frozenset({"pty.connect", "v2.pty.connect"})  # OpenCode's WebSocket routes
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -79,6 +86,8 @@ class Gateway:
         # One writer thread: store appends are blocking, and keep their order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-store")
         self._poller: asyncio.Task[None] | None = None
+        # In-flight status snapshots, one per (instance, directory), shared by requests.
+        self._syncing: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -130,7 +139,7 @@ class Gateway:
 
     # --- requests --------------------------------------------------------------------
 
-    def _authorized(self, request: Request) -> bool:
+    def _authorized(self, request: HTTPConnection) -> bool:
         expected = self.view.gateway_auth
         given = request.headers.get("authorization", "")
         return bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
@@ -163,6 +172,8 @@ class Gateway:
             if match.route is not None and match.route.operation == "session.fork":
                 await self._learn_from(response, up, self._directory(request), "gateway")
             return response
+        if kind is RouteKind.SESSION_STATUS:
+            return await self._session_status(request)
         if kind is RouteKind.MERGED_LIST:
             assert match.route is not None
             return await self._merged(request, match.route.operation)
@@ -183,7 +194,30 @@ class Gateway:
             return await proxy.forward(self.view, up, request, body)
         return await proxy.forward(self.view, self._any_ready(), request, body)
 
-    def _directory(self, request: Request) -> str:
+    async def handle_ws(self, websocket: WebSocket) -> None:
+        """A WebSocket: OpenCode's PTY connections go to the instance that holds the PTY
+        (the same instance its other PTY routes go to); anything else is refused."""
+        match = self.table.match("GET", websocket.url.path)
+        operation = match.route.operation if match.route is not None else ""
+        # A browser cannot send Basic credentials on a WebSocket: OpenCode's single-use
+        # ``ticket`` (minted through the gateway) stands in, and the instance checks it.
+        allowed = self._authorized(websocket) or "ticket" in websocket.query_params
+        if operation not in PTY_CONNECT or not allowed:
+            await websocket.close(code=1008)  # before accept: the client gets 403
+            return
+        try:
+            if match.kind is RouteKind.DIRECTORY:
+                directory = self._directory(websocket)
+                up = self.placement.home_of(directory, self.view.instances.values())
+            else:
+                up = self._any_ready()
+            await ws_proxy(up, websocket)
+        except SwarmPoolError as e:
+            log.info("refused a PTY WebSocket to %s: %s", websocket.url.path, e)
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(code=1011)
+
+    def _directory(self, request: HTTPConnection) -> str:
         raw = request.query_params.get("directory") or request.headers.get(DIRECTORY_HEADER)
         return resolve_directory(raw, self.cwd)
 
@@ -309,6 +343,76 @@ class Gateway:
             limit = None
         return _json(merge(operation, answers, limit))
 
+    async def _session_status(self, request: Request) -> Response:
+        """``GET /session/status`` from the status board: no instance is asked once the
+        request's directory is synced on every instance that may hold a session of it
+        (a session of that directory known on it, or a status event of it seen)."""
+        if any(key != "directory" for key in request.query_params):
+            # A workspace, or anything else OpenCode may learn to take: ask them all.
+            return await self._merged(request, "session.status")
+        ready = self.view.ready()
+        if not ready:
+            raise InstanceUnavailableError("no instance of the pool is ready")
+        directory = self._directory(request)
+        board = self.hub.statuses
+        holders = self.placement.instances_in.get(directory, set())
+        relevant = [u for u in ready if u.name in holders or board.seen(u.name, directory)]
+        unsynced = [u for u in relevant if not board.synced(u.name, directory)]
+        fetched: dict[str, dict[str, Any]] = {}
+        if unsynced:
+            answers = await asyncio.gather(*(self._status_of(u, directory) for u in unsynced))
+            fetched = dict(zip((u.name for u in unsynced), answers, strict=True))
+        out: dict[str, Any] = {}
+        for up in relevant:
+            found = fetched.get(up.name)
+            out.update(board.statuses(up.name, directory) if found is None else found)
+        return _json(out)
+
+    async def _status_of(self, up: Upstream, directory: str) -> dict[str, Any]:
+        """One instance's statuses of ``directory`` when the board cannot answer yet:
+        its stream is connected (sync the board once, then answer from it) or not (ask
+        the instance, as long as it takes)."""
+        board = self.hub.statuses
+        if not board.live(up.name):
+            return await self._fetch_status(up, directory)
+        key = (up.name, directory)
+        task = self._syncing.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._sync_status(up, directory))
+            self._syncing[key] = task
+            task.add_done_callback(lambda _t: self._syncing.pop(key, None))
+        # Shielded: a client that goes away does not waste the snapshot for the others.
+        snapshot = await asyncio.shield(task)
+        if board.synced(up.name, directory):
+            return dict(board.statuses(up.name, directory))
+        return snapshot  # the stream reconnected meanwhile: this answer is still fresh
+
+    async def _sync_status(self, up: Upstream, directory: str) -> dict[str, Any]:
+        epoch = self.hub.statuses.epoch(up.name)
+        snapshot = await self._fetch_status(up, directory)
+        self.hub.statuses.apply_snapshot(up.name, directory, epoch, snapshot)
+        return snapshot
+
+    async def _fetch_status(self, up: Upstream, directory: str) -> dict[str, Any]:
+        query = urlencode({"directory": directory}).encode()
+        try:
+            resp = await proxy.send(self.view, up, "GET", "/session/status", query, {}, b"")
+        except GatewayError as e:
+            log.info("%s: no session statuses (%s)", up.name, e)
+            return {}
+        try:
+            body = await resp.aread()
+        except httpx.HTTPError as e:
+            log.info("%s: lost while reading its session statuses (%s)", up.name, e)
+            return {}
+        finally:
+            await resp.aclose()
+        try:
+            data = json.loads(body) if resp.status_code == 200 else None
+        except ValueError:
+            data = None
+        return data if isinstance(data, dict) else {}
+
     async def _health(self, request: Request) -> Response:
         answers, _other = await self._gather_json(request, "/global/health")
         merged = merge_health(answers)
@@ -362,6 +466,9 @@ def build_app(gateway: Gateway) -> Starlette:
             await gateway.stop()
 
     return Starlette(
-        routes=[Route("/{path:path}", gateway.handle, methods=METHODS)],
+        routes=[
+            Route("/{path:path}", gateway.handle, methods=METHODS),
+            WebSocketRoute("/{path:path}", gateway.handle_ws),
+        ],
         lifespan=lifespan,
     )

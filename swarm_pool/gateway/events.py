@@ -30,6 +30,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from swarm_pool.gateway.placement import Placement
+from swarm_pool.gateway.status import StatusBoard
 from swarm_pool.gateway.upstreams import PoolView, Upstream
 
 log = logging.getLogger("swarm_pool.gateway")
@@ -101,6 +102,7 @@ class EventHub:
         self._learn = learn
         self.reconnect_max_s = reconnect_max_s
         self.subscribers: set[Subscriber] = set()
+        self.statuses = StatusBoard()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.connected: set[str] = set()
 
@@ -118,6 +120,9 @@ class EventHub:
             if name not in self.view.instances:
                 self._tasks.pop(name).cancel()
                 self.connected.discard(name)
+                # Not forgotten: its epoch keeps counting, so a snapshot still in
+                # flight cannot land on a new instance of the same name.
+                self.statuses.lost(name)
         for name in self.view.instances:
             task = self._tasks.get(name)
             if task is None or task.done():
@@ -152,6 +157,7 @@ class EventHub:
                 log.info("%s: event stream lost (%s); reconnecting", name, e)
             finally:
                 self.connected.discard(name)
+                self.statuses.lost(name)
                 self.placement.forget_instance_busy(name)
             await asyncio.sleep(delay)
             delay = min(self.reconnect_max_s, delay * 2)
@@ -163,6 +169,8 @@ class EventHub:
         ) as source:
             source.response.raise_for_status()
             self.connected.add(up.name)
+            self.statuses.connected(up.name)
+            log.info("%s: event stream connected", up.name)
             # Subscribe first, then list: a session created in between shows in both.
             await self._reconcile(up)
             async for sse in source.aiter_sse():
@@ -221,8 +229,10 @@ class EventHub:
             kind = status.get("type") if isinstance(status, dict) else None
             if isinstance(kind, str):
                 self.placement.set_status(instance, sid, kind)
+                self.statuses.record(instance, directory, sid, status)
         elif etype == "session.idle" and isinstance(sid, str):
             self.placement.set_status(instance, sid, "idle")
+            self.statuses.record(instance, directory, sid, {"type": "idle"})
         elif etype in ("permission.asked", "question.asked"):
             rid = props.get("id")
             if isinstance(rid, str):

@@ -1,10 +1,11 @@
 """Where sessions live and where new ones go: the gateway's session map in memory.
 
-It owns four maps, all fed from what the gateway sees: session -> instance (loaded from
+It owns five maps, all fed from what the gateway sees: session -> instance (loaded from
 the store's ``session_instances`` at start, extended by every session the gateway
 creates or learns from an instance's events), directory -> home instance (the instance
 of the newest session in that directory, so a directory's sessions stay together and
-OpenCode's per-directory state is not duplicated), the busy sessions of each instance
+OpenCode's per-directory state is not duplicated), directory -> every instance holding a
+session of it (whom ``GET /session/status`` must cover), the busy sessions of each instance
 (from ``session.status`` events, for the router), and permission/question request ->
 instance (from ``permission.asked``/``question.asked``). ``place_new`` asks the pool's
 router (ready, not draining, least busy, under the session cap; among the instances
@@ -36,6 +37,9 @@ class Placement:
         self.owner: dict[str, str] = {}
         self.directory_of: dict[str, str] = {}
         self.home: dict[str, str] = {}
+        # directory -> every instance known to hold a session of it (never shrinks:
+        # at worst one needless status fetch)
+        self.instances_in: dict[str, set[str]] = {}
         self.busy: dict[str, set[str]] = {}
         self.requests: dict[str, str] = {}
 
@@ -48,6 +52,7 @@ class Placement:
         if directory:
             self.directory_of[session_id] = directory
             self.home[directory] = instance
+            self.instances_in.setdefault(directory, set()).add(instance)
         return changed
 
     def forget_instance_busy(self, instance: str) -> None:

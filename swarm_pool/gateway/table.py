@@ -25,6 +25,7 @@ class RouteKind(enum.Enum):
     SESSION = "session"  # the instance that owns the path's session
     REQUEST_REPLY = "request_reply"  # the instance that asked the permission/question
     MERGED_LIST = "merged_list"  # every ready instance, results merged
+    SESSION_STATUS = "session_status"  # from the event-fed status board (gateway/status.py)
     EVENTS = "events"  # /event: merged SSE, filtered to one directory
     GLOBAL_EVENTS = "global_events"  # /global/event: merged SSE, every directory
     HEALTH = "health"  # aggregated over the ready instances
@@ -36,7 +37,7 @@ class RouteKind(enum.Enum):
 _BY_OPERATION: dict[str, RouteKind] = {
     "session.create": RouteKind.CREATE_SESSION,
     "session.list": RouteKind.MERGED_LIST,
-    "session.status": RouteKind.MERGED_LIST,
+    "session.status": RouteKind.SESSION_STATUS,
     "experimental.session.list": RouteKind.MERGED_LIST,
     "permission.list": RouteKind.MERGED_LIST,
     "question.list": RouteKind.MERGED_LIST,

@@ -1,9 +1,12 @@
 """Who is calling: the agent name, bead and epic behind this MCP process.
 
-OpenCode starts one MCP process per session directory with that directory as its cwd,
-so a process started in ``<root>/.swarm/worktrees/<bead>`` serves that bead's worker.
-``swarmmail_init`` can state the identity explicitly (and must, outside a worktree);
-otherwise it is derived from the cwd. This module also maps the paths an agent passes
+With ``[opencode] mcp = "local"`` OpenCode starts one MCP process per session directory
+with that directory as its cwd, so a process started in ``<root>/.swarm/worktrees/<bead>``
+serves that bead's worker; ``swarmmail_init`` can state the identity explicitly (and
+must, outside a worktree); otherwise it is derived from the cwd. On the shared server a
+worker token names a directory, and ``identity_from_directory`` finds the worker that
+directory holds now in the store (the workers projection's ``worktree``), whatever the
+path is called. This module also maps the paths an agent passes
 (relative, or absolute inside its worktree) to project-relative ones.
 """
 
@@ -106,6 +109,19 @@ def identity_from_cwd(store: Store, cwd: Path) -> Identity | None:
         bead_id=bead_id,
         epic_id=cell.epic_id,
         worktree=worktree,
+    )
+
+
+def identity_from_directory(store: Store, directory: Path) -> Identity:
+    """The identity of the worker ``directory`` holds now; IdentityError when none does."""
+    worker = store.workers.in_directory(str(directory))
+    if worker is None:
+        raise IdentityError(f"no worker of this pool works in {directory}")
+    return Identity(
+        agent=worker.agent_name or default_agent_name(worker.bead_id),
+        bead_id=worker.bead_id,
+        epic_id=worker.epic_id,
+        worktree=directory,
     )
 
 

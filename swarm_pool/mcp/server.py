@@ -1,4 +1,5 @@
-"""The MCP server itself: the official SDK's low-level ``Server`` over stdio.
+"""The MCP server itself: the official SDK's low-level ``Server``, over stdio here and
+over streamable HTTP in ``http.py`` (the pool's shared server).
 
 It publishes the registry's tools (name, description, input schema) and hands every call
 to ``Registry.dispatch``, returning the result as JSON text plus structured content.
@@ -13,7 +14,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
 from swarm_pool import __version__
-from swarm_pool.mcp.registry import Registry, ToolSpec
+from swarm_pool.mcp.registry import Registry, ToolOutcome, ToolSpec
 from swarm_pool.mcp.runtime import Runtime
+from swarm_pool.mcp.tokens import Principal, Role
 from swarm_pool.mcp.worker_tools import WORKER_SPECS
 from swarm_pool.protocol import MCP_SERVER_NAME
 from swarm_pool.store import find_project_store
@@ -47,22 +49,51 @@ def default_specs() -> list[ToolSpec]:
     return specs
 
 
-def build_server(runtime: Runtime, specs: Iterable[ToolSpec] | None = None) -> Server[Any]:
+PrincipalOf = Callable[[ServerRequestContext[Any]], Principal]
+
+
+def worker_tool_names() -> frozenset[str]:
+    return frozenset(s.name for s in WORKER_SPECS)
+
+
+def build_server(
+    runtime: Runtime,
+    specs: Iterable[ToolSpec] | None = None,
+    *,
+    principal_of: PrincipalOf | None = None,
+) -> Server[Any]:
+    """The MCP server. With ``principal_of`` (the shared server), each call runs as the
+    caller its capability token names, and a worker is offered the worker tools only."""
     registry = Registry(default_specs() if specs is None else specs)
     tools = [
         types.Tool(name=s.name, description=s.description, input_schema=s.input_schema())
         for s in registry.specs()
     ]
+    worker_names = worker_tool_names()
+    worker_tools = [t for t in tools if t.name in worker_names]
 
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        if principal_of is not None and principal_of(ctx).role is Role.WORKER:
+            return types.ListToolsResult(tools=worker_tools)
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        outcome = await registry.dispatch(runtime, params.name, params.arguments)
+        caller = runtime
+        refused: ToolOutcome | None = None
+        if principal_of is not None:
+            principal = principal_of(ctx)
+            caller = runtime.bound(principal)
+            if principal.role is Role.WORKER and params.name not in worker_names:
+                refused = ToolOutcome.error(
+                    f"{params.name} is a coordinator tool: a worker's token cannot call it"
+                    if registry.get(params.name) is not None
+                    else f"unknown tool {params.name!r}"
+                )
+        outcome = refused or await registry.dispatch(caller, params.name, params.arguments)
         return types.CallToolResult(
             content=[types.TextContent(text=outcome.text)],
             structured_content=outcome.result,

@@ -59,7 +59,12 @@ def _dump(view: Any) -> dict[str, Any]:
 
 async def swarmmail_init(rt: Runtime, args: InitArgs) -> dict[str, Any]:
     def run(store: Store) -> dict[str, Any]:
-        implied = rt.identity(store)
+        implied = rt.require_identity(store) if rt.fixed else rt.identity(store)
+        if rt.fixed and args.agent_name and implied and args.agent_name != implied.agent:
+            raise IdentityError(
+                f"your capability token makes you {implied.agent} (bead {implied.bead_id}); "
+                f"you cannot register as {args.agent_name}"
+            )
         bead_id = args.bead_id or (implied.bead_id if implied else None)
         in_worktree = implied is not None and implied.worktree is not None
         if in_worktree and implied and args.bead_id and args.bead_id != implied.bead_id:

@@ -1,11 +1,14 @@
 """The per-instance OpenCode config, passed as ``OPENCODE_CONFIG_CONTENT`` (never written
 into the user's repo).
 
-It owns four choices: the model (the built-in scripted one, served on loopback, or the
+It owns five choices: the model (the built-in scripted one, served on loopback, or the
 user's own ``provider/model`` so their credentials keep working), the swarm MCP server
-(started by OpenCode once per session directory, through ``env -u`` so it never holds
-the instance's password), the bash tool's ``shell`` (our wrapper, ``opencode/shell.py``),
-and a permission policy under which a background worker never waits for a human (from
+(``[opencode] mcp``: "shared", the default, is the pool's one MCP server reached through
+a stdlib relay per session directory that adds the directory's capability token;
+"local" is a whole MCP server per session directory; both start through ``env -u`` so
+they never hold the instance's password), the bash tool's ``shell`` (our wrapper,
+``opencode/shell.py``), the headless switches (``snapshot``, ``lsp``, ``formatter``), and a
+permission policy under which a background worker never waits for a human (from
 ``[opencode].permission``). OpenCode
 merges this over the user's global and project config, so keys we do not set stay
 theirs. ``[opencode].extra_config`` is deep-merged last and wins.
@@ -29,6 +32,7 @@ SCRIPTED = "scripted"
 SCRIPTED_PROVIDER = "swarmpool"
 SCRIPTED_MODEL = f"{SCRIPTED_PROVIDER}/{SCRIPTED}"
 MCP_MODULE = "swarm_pool.mcp_server"
+RELAY_PATH = Path(__file__).resolve().parent.parent / "mcp" / "relay.py"
 CONFIG_ENV = "OPENCODE_CONFIG_CONTENT"
 
 
@@ -79,6 +83,17 @@ def _model_section(model: str, model_url: str | None) -> dict[str, Any]:
     return {"model": model}
 
 
+def _env_minus_secrets() -> list[str]:
+    drop = [arg for var in SECRET_ENV for arg in ("-u", var)]
+    return [shutil.which("env") or "/usr/bin/env", *drop]
+
+
+def relay_command(mcp_url: str) -> list[str]:
+    """The per-directory relay to the shared server: ``-I -S`` skip site-packages and the
+    user's environment hooks, so it starts in ~20 ms of CPU and ~12 MB."""
+    return [*_env_minus_secrets(), sys.executable, "-I", "-S", str(RELAY_PATH), mcp_url]
+
+
 def mcp_command() -> list[str]:
     """How OpenCode starts our MCP server: this interpreter, so the venv's packages load.
 
@@ -86,19 +101,26 @@ def mcp_command() -> list[str]:
     which can add or override a variable but not remove one; ``env -u`` removes the
     secrets before our server starts (so not even its /proc/PID/environ holds them).
     """
-    drop = [arg for var in SECRET_ENV for arg in ("-u", var)]
-    return [shutil.which("env") or "/usr/bin/env", *drop, sys.executable, "-m", MCP_MODULE]
+    return [*_env_minus_secrets(), sys.executable, "-m", MCP_MODULE]
 
 
 def mcp_timeout_ms(config: Config) -> int:
     return int(max(60.0, config.workers.check_timeout_s + 60.0) * 1000)
 
 
-def opencode_config(config: Config, *, project_root: Path, model_url: str | None) -> dict[str, Any]:
+def opencode_config(
+    config: Config,
+    *,
+    project_root: Path,
+    model_url: str | None,
+    mcp_url: str | None = None,
+) -> dict[str, Any]:
     """The config for one instance of the pool of ``project_root``.
 
     ``model_url`` is the scripted model's base URL (``http://127.0.0.1:P/v1``); it is
     required when ``config.opencode.model`` is ``"scripted"`` and ignored otherwise.
+    ``mcp_url`` is the shared MCP server's (``http://127.0.0.1:P/mcp``): given, each
+    directory reaches it through the relay; None, each gets a whole MCP server.
     """
     oc = config.opencode
     out: dict[str, Any] = {
@@ -110,13 +132,20 @@ def opencode_config(config: Config, *, project_root: Path, model_url: str | None
         "default_agent": "build",
         # The bash tool's shell: drops the secrets, and boxes the worker when configured.
         "shell": str(shell_path(project_root.resolve())),
+        # Headless switches ([opencode] in config.py says why each is off).
+        "snapshot": oc.snapshot,
+        "lsp": oc.lsp,
+        "formatter": oc.formatter,
     }
     out.update(_model_section(oc.model, model_url))
     if oc.mcp_enabled:
+        # The pool passes mcp_url only when it runs the shared server ([opencode] mcp =
+        # "shared"); a config built without one (a test rig) gets the per-directory one.
+        command = relay_command(mcp_url) if mcp_url else mcp_command()
         out["mcp"] = {
             MCP_SERVER_NAME: {
                 "type": "local",
-                "command": mcp_command(),
+                "command": command,
                 "enabled": True,
                 # Tool calls time out after this (ms; OpenCode's default is the MCP SDK's
                 # 60 s); swarm_complete may run the check command for check_timeout_s.
@@ -135,7 +164,9 @@ def serialize(config: Mapping[str, Any]) -> str:
     return json.dumps(config, separators=(",", ":"), sort_keys=False)
 
 
-def opencode_env(config: Config, *, project_root: Path, model_url: str | None) -> dict[str, str]:
+def opencode_env(
+    config: Config, *, project_root: Path, model_url: str | None, mcp_url: str | None = None
+) -> dict[str, str]:
     """The environment entries that hand an instance its config."""
-    built = opencode_config(config, project_root=project_root, model_url=model_url)
+    built = opencode_config(config, project_root=project_root, model_url=model_url, mcp_url=mcp_url)
     return {CONFIG_ENV: serialize(built)}

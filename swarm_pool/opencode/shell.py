@@ -31,7 +31,9 @@ PASSWORD_ENV = "OPENCODE_SERVER_PASSWORD"
 # What an instance holds in its env that no process started for an agent may inherit
 # (the MCP server, the bash tool's shell). Defined here, not next to the HTTP client:
 # the boxed shell imports this module for every command and must start fast.
-SECRET_ENV = (PASSWORD_ENV,)
+# The shared MCP server's token secret (mcp/tokens.py): only that child may hold it.
+MCP_SECRET_ENV = "SWARM_POOL_MCP_SECRET"
+SECRET_ENV = (PASSWORD_ENV, MCP_SECRET_ENV)
 
 SHELL_NAME = "bash"  # OpenCode picks its argument style by the shell's file name
 BWRAP = "bwrap"

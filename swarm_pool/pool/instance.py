@@ -3,17 +3,19 @@
 Every child, an ``opencode serve`` instance or the scripted model server, is described
 the same way, so the supervisor treats them alike. ``opencode_program`` builds an
 instance: ``opencode serve --hostname 127.0.0.1 --port P`` with its own database
-(``OPENCODE_DB`` under ``.swarm/instances/NAME/``; ``XDG_DATA_HOME`` is left alone so the
-user's provider credentials keep working), its own password, and the per-instance
+(``OPENCODE_DB`` under ``.swarm/instances/NAME/``; ``XDG_DATA_HOME`` is left alone so
+the user's provider credentials keep working), its own password, and the per-instance
 OpenCode config; ready means ``GET /global/health`` answers healthy with Basic auth.
 Loopback traffic never goes through a proxy: our HTTP clients ignore the proxy env
 (``trust_env=False``) and the instance gets ``127.0.0.1`` in ``NO_PROXY``.
 ``model_program`` builds the scripted model server; ready means ``GET /v1/models``
-answers 200. ``gateway_program`` builds the OpenCode-compatible gateway on its fixed port;
-it reads every secret from the private state file, never from its environment, and is
-ready when it answers ``GET /global/health`` to its own password. This module also
-counts an instance's busy sessions (see ``busy_sessions``) and rotates the logs
-children append to.
+answers 200. ``mcp_program`` builds the pool's shared MCP server (streamable HTTP; it
+reads its token secret from the state file); ready means ``GET /health`` answers 200.
+``gateway_program`` builds the OpenCode-compatible gateway on its fixed port; it reads
+every secret from the private state file, never from its environment, and is ready when
+it answers ``GET /global/health`` to its own password. This module also counts an
+instance's busy sessions (see ``busy_sessions``) and rotates the logs children append
+to.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import httpx
 from swarm_pool.config import Config
 from swarm_pool.errors import OpenCodeError
 from swarm_pool.opencode.client import USERNAME, OpenCodeClient
-from swarm_pool.opencode.shell import PASSWORD_ENV
+from swarm_pool.opencode.shell import MCP_SECRET_ENV, PASSWORD_ENV
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import ChildKind
 
@@ -40,6 +42,7 @@ HOST = "127.0.0.1"
 LOG_NAME = "opencode.log"
 MODEL_NAME = "model"
 GATEWAY_NAME = "gateway"
+MCP_NAME = "mcp"
 # Env a parent may carry that would change how an instance authenticates or stores data.
 _DROPPED_ENV = ("OPENCODE_SERVER_USERNAME", "OPENCODE_DB", "OPENCODE_CONFIG_CONTENT")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -64,6 +67,8 @@ class Program:
 
     def url(self, port: int) -> str:
         base = f"http://{HOST}:{port}"
+        if self.kind == MCP_NAME:
+            return f"{base}/mcp"
         return f"{base}/v1" if self.kind == MODEL_NAME else base
 
 
@@ -79,6 +84,7 @@ def build_instance_env(
     password: str,
     model_url: str | None,
     base_env: Mapping[str, str] | None = None,
+    mcp_url: str | None = None,
 ) -> dict[str, str]:
     """The environment of instance ``name`` (its data folder is created here)."""
     env = dict(os.environ if base_env is None else base_env)
@@ -107,7 +113,7 @@ def build_instance_env(
     )
 
     env[CONFIG_ENV] = serialize(
-        opencode_config(config, project_root=paths.root, model_url=model_url)
+        opencode_config(config, project_root=paths.root, model_url=model_url, mcp_url=mcp_url)
     )
     return env
 
@@ -216,13 +222,19 @@ def opencode_program(
     binary: Path,
     password: str,
     model_url: Callable[[], str | None],
+    mcp_url: Callable[[], str | None] = lambda: None,
 ) -> Program:
     def command(port: int) -> list[str]:
         return [str(binary), "serve", "--hostname", HOST, "--port", str(port)]
 
     def env(port: int) -> dict[str, str]:
         return build_instance_env(
-            config, paths=paths, name=name, password=password, model_url=model_url()
+            config,
+            paths=paths,
+            name=name,
+            password=password,
+            model_url=model_url(),
+            mcp_url=mcp_url(),
         )
 
     def busy(port: int, timeout: float) -> int | None:
@@ -270,6 +282,48 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
         cwd=paths.root,
         log_path=paths.instance_dir(MODEL_NAME) / "model.log",
         probe=probe_model(),
+    )
+
+
+def probe_mcp() -> Callable[[int, float], None]:
+    clients = _Clients(lambda port: httpx.Client(base_url=f"http://{HOST}:{port}", trust_env=False))
+
+    def probe(port: int, timeout: float) -> None:
+        client = clients.get(port)
+        assert isinstance(client, httpx.Client)
+        try:
+            resp = client.get("/health", timeout=timeout)
+        except httpx.HTTPError as e:
+            raise OpenCodeError(f"GET http://{HOST}:{port}/health failed: {e!r}") from e
+        if resp.status_code != 200:
+            raise OpenCodeError(f"GET http://{HOST}:{port}/health answered {resp.status_code}")
+
+    return probe
+
+
+def mcp_program(paths: ProjectPaths) -> Program:
+    """The pool's shared MCP server (kind ``mcp``, ``swarm_pool/mcp/http.py``); it reads
+    its token secret from the private state file, never from its environment."""
+
+    def command(port: int) -> list[str]:
+        root = str(paths.root)
+        return [sys.executable, "-m", "swarm_pool.mcp.http", "--project", root, "--port", str(port)]
+
+    def env(port: int) -> dict[str, str]:
+        out = dict(os.environ)
+        for var in (PASSWORD_ENV, MCP_SECRET_ENV):
+            out.pop(var, None)
+        out["SWARM_POOL_PROJECT"] = str(paths.root)
+        return with_no_proxy(out)
+
+    return Program(
+        name=MCP_NAME,
+        kind="mcp",
+        command=command,
+        env=env,
+        cwd=paths.root,
+        log_path=paths.instance_dir(MCP_NAME) / "mcp.log",
+        probe=probe_mcp(),
     )
 
 

@@ -2,13 +2,13 @@
 
 The supervisor writes it on every change; the CLI, the router, the gateway and the
 dashboard read it. It holds the supervisor's pid and ``create_time``, the pool's process
-tag, the gateway's own password, the control socket, and for each child (opencode
-instances, the scripted model and the gateway) its port, pid, ``create_time``, password
-(each instance has its own), state, restarts, start time, last exit and whether it is
-draining. It is created with mode 0600 (it holds the passwords) and replaced atomically
-(tmp + rename), so a reader never sees half a file. Readers use ``read_state``;
-``live_view`` adds what only psutil knows (is the supervisor alive, which recorded pids
-still run).
+tag, the gateway's own password, the shared MCP server's token secret, the control
+socket, and for each child (opencode instances, the scripted model and the gateway) its
+port, pid, ``create_time``, password (each instance has its own), state, restarts, start
+time, last exit and whether it is draining. It is created with mode 0600 (it holds the
+passwords) and replaced atomically (tmp + rename), so a reader never sees half a file.
+Readers use ``read_state``; ``live_view`` adds what only psutil knows (is the supervisor
+alive, which recorded pids still run).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from swarm_pool.errors import PoolError
 from swarm_pool.pool.process import ProcRef
 
 ChildState = Literal["starting", "ready", "unhealthy", "backoff", "fatal", "stopped"]
-ChildKind = Literal["opencode", "model", "gateway"]
+ChildKind = Literal["opencode", "model", "gateway", "mcp"]
 Phase = Literal["starting", "running", "stopping", "stopped", "failed"]
 STATE_VERSION = 1
 
@@ -70,6 +70,8 @@ class ChildRecord(_Model):
         if self.port is None:
             return None
         base = f"http://127.0.0.1:{self.port}"
+        if self.kind == "mcp":
+            return f"{base}/mcp"
         return f"{base}/v1" if self.kind == "model" else base
 
     @property
@@ -99,6 +101,8 @@ class PoolState(_Model):
     sandbox: str = "off"  # the workers' sandbox, as WorkersSection.sandbox_label() says
     # The gateway's own Basic-auth password (user opencode); empty without a gateway.
     gateway_password: str = ""
+    # The shared MCP server's capability-token secret (tokens.py); empty without it.
+    mcp_secret: str = ""
     socket: str | None = None
     model_url: str | None = None
     instances: list[ChildRecord] = Field(default_factory=list)
@@ -186,7 +190,11 @@ def dump(state: PoolState) -> dict[str, Any]:
 
 
 # What leaves the supervisor over the control socket: never a password.
-SECRET_FIELDS: dict[str, Any] = {"gateway_password": True, "instances": {"__all__": {"password"}}}
+SECRET_FIELDS: dict[str, Any] = {
+    "gateway_password": True,
+    "mcp_secret": True,
+    "instances": {"__all__": {"password"}},
+}
 
 
 def public_dump(state: PoolState) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 One ``Supervisor`` runs in the background daemon (``daemon.py``). It holds
 ``.swarm/supervisor.lock`` for its whole life, so two supervisors never run one project.
-Start-up brings up the scripted model first (when configured), then the gateway (when
-enabled; its fixed port taken by anything else fails the start before any instance
+Start-up brings up the scripted model first (when configured), then the shared MCP
+server (``[opencode] mcp = "shared"``: instances are configured with its URL), then the
+gateway (when enabled; its fixed port taken by anything else fails the start before any instance
 runs), then the opencode instances in parallel, each on its own ``Watcher`` thread
 (``watcher.py`` holds the per-child checks and restart logic); children left running by
 a supervisor that was SIGKILLed are adopted instead of replaced when their pid,
@@ -41,15 +42,18 @@ from swarm_pool.errors import (
     SwarmPoolError,
     UnknownInstanceError,
 )
+from swarm_pool.mcp.tokens import write_coordinator_token
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import process
 from swarm_pool.pool.control import ControlServer, socket_path_for
 from swarm_pool.pool.instance import (
     GATEWAY_NAME,
+    MCP_NAME,
     MODEL_NAME,
     Program,
     gateway_program,
     instance_names,
+    mcp_program,
     model_program,
     opencode_program,
 )
@@ -91,6 +95,7 @@ class Supervisor:
         program_factory: ProgramsFn | None = None,
         with_model: bool | None = None,
         reaper: OrphanReaper | None = None,
+        with_mcp: bool | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -103,6 +108,12 @@ class Supervisor:
         self.socket_path = socket_path_for(paths)
         self.tag = ""
         self.gateway_password = ""
+        # The shared MCP server runs with [opencode] mcp = "shared"; a pool of stand-in
+        # programs (program_factory) has no MCP client, so it runs none unless asked.
+        oc = config.opencode
+        shared = oc.mcp_enabled and oc.mcp == "shared" and program_factory is None
+        self.with_mcp = shared if with_mcp is None else with_mcp
+        self.mcp_secret = ""
         self.me: Owner | None = None
         self._children: dict[str, Watcher] = {}
         self._rec_lock = threading.RLock()
@@ -115,6 +126,7 @@ class Supervisor:
         self._error: ErrorInfo | None = None
         self._sink: EventSink | None = None
         self._model: Watcher | None = None
+        self._mcp: Watcher | None = None
         self._ctx: PoolContext | None = None
         # Set by the daemon, which made itself the child subreaper (orphans.py).
         self.reaper = reaper
@@ -150,6 +162,7 @@ class Supervisor:
                 tag=self.tag,
                 sandbox=self.config.workers.sandbox_label(),
                 gateway_password=self.gateway_password,
+                mcp_secret=self.mcp_secret,
                 socket=str(self.socket_path),
                 model_url=self._model_url(),
                 instances=[c.live_record() for c in self._ordered()],
@@ -278,6 +291,12 @@ class Supervisor:
         previous = self._read_previous()
         self.tag = os.environ.get(POOL_TAG_ENV, "")
         self.gateway_password = self._choose_gateway_password(previous)
+        if self.with_mcp:
+            # Kept across restarts of the pool: tokens already written into worktrees
+            # (and an adopted MCP child) stay valid.
+            kept = previous.mcp_secret if previous is not None else ""
+            self.mcp_secret = kept or secrets.token_urlsafe(32)
+            write_coordinator_token(self.mcp_secret, self.paths.swarm_dir)
         self._sink = EventSink(self.paths, self.config)
         control = ControlServer(self.socket_path, self._handle_command)
         rc = 0
@@ -355,6 +374,19 @@ class Supervisor:
                 for rec in adoptable.values():
                     self._stop_stray(rec)
                 adoptable = {}
+        old_mcp = adoptable.pop(MCP_NAME, None)
+        if self.with_mcp and not self._stop.is_set():
+            mcp = self._new_child(MCP_NAME, adopt_from=old_mcp)
+            self._mcp = mcp
+            mcp.start()
+            self._await_startup([mcp], deadline)
+            if old_mcp is not None and old_mcp.port != mcp.port:
+                # Live instances' relays talk to the old URL: replace rather than adopt.
+                for rec in adoptable.values():
+                    self._stop_stray(rec)
+                adoptable = {}
+        elif old_mcp is not None:
+            self._stop_stray(old_mcp)
         old_gateway = adoptable.pop(GATEWAY_NAME, None)
         if self.config.gateway.enabled and not self._stop.is_set():
             # Before any instance: a port taken by the user's own server fails the start
@@ -448,7 +480,7 @@ class Supervisor:
 
     def _ordered(self) -> list[Watcher]:
         kids = list(self._children.values())
-        order = {"model": 0, "gateway": 1}
+        order = {"model": 0, "mcp": 1, "gateway": 2}
         return sorted(kids, key=lambda c: (order.get(c.program.kind, 2), _name_key(c.name)))
 
     def _model_url(self) -> str | None:
@@ -456,6 +488,12 @@ class Supervisor:
         if model is None or model.port is None:
             return None
         return model.program.url(model.port)
+
+    def _mcp_url(self) -> str | None:
+        mcp = self._mcp
+        if mcp is None or mcp.port is None:
+            return None
+        return mcp.program.url(mcp.port)
 
     def _flush_state(self) -> None:
         if self._dirty.is_set():
@@ -543,6 +581,8 @@ class Supervisor:
             return model_program(self.config, self.paths)
         if name == GATEWAY_NAME:
             return gateway_program(self.config, self.paths, self.gateway_password)
+        if name == MCP_NAME:
+            return mcp_program(self.paths)
         if self.binary is None:
             from swarm_pool.opencode.binary import find_opencode
 
@@ -554,6 +594,7 @@ class Supervisor:
             binary=self.binary,
             password=password or secrets.token_urlsafe(24),
             model_url=self._model_url,
+            mcp_url=self._mcp_url,
         )
 
     def _wait_ready(
@@ -592,12 +633,12 @@ _EXTRA_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 def is_extra_name(name: str) -> bool:
     """An instance added by name (``add``), not one of the sized pool's ``oc-N``."""
-    return name not in (MODEL_NAME, GATEWAY_NAME) and not _POOL_NAME_RE.match(name)
+    return name not in (MODEL_NAME, GATEWAY_NAME, MCP_NAME) and not _POOL_NAME_RE.match(name)
 
 
 def check_extra_name(name: str) -> None:
     if not _EXTRA_NAME_RE.match(name) or not is_extra_name(name):
         raise PoolError(
             f"bad extra instance name {name!r}: lowercase letters, digits, - and _, "
-            "not 'model' or 'gateway' and not the pool's own oc-N"
+            "not 'model', 'mcp' or 'gateway' and not the pool's own oc-N"
         )

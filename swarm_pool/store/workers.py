@@ -10,6 +10,7 @@ counts the changes applied, for conditional appends. ``session_status`` is the l
 from __future__ import annotations
 
 import builtins
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -127,6 +128,19 @@ class Workers:
         with self._rec.reading() as r:
             row = r.query_one("SELECT * FROM workers WHERE bead_id = ?", (bead_id,))
         return None if row is None else WorkerView.from_row(row)
+
+    def in_directory(self, directory: str) -> WorkerView | None:
+        """The worker ``directory`` (a worktree or a reused slot) holds now: the one not
+        yet finished, else the latest to have used it; None when no worker ever did."""
+        candidates = {directory, os.path.realpath(directory)}
+        marks = ", ".join("?" for _ in candidates)
+        with self._rec.reading() as r:
+            rows = r.query(f"SELECT * FROM workers WHERE worktree IN ({marks})", list(candidates))
+        found = [WorkerView.from_row(row) for row in rows]
+        if not found:
+            return None
+        live = [w for w in found if not w.done]
+        return max(live or found, key=lambda w: (w.spawned_at or 0, w.attempt or 0))
 
     def by_session(self, session_id: str) -> WorkerView | None:
         """The worker whose current session this is, if any."""

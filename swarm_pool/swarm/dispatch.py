@@ -4,9 +4,10 @@ The engine in the supervisor daemon is the single dispatcher. ``dispatch`` asks 
 router for an instance, creates the session with ``directory=<worktree>`` (OpenCode
 bootstraps a new directory here, which takes one to a few seconds, so it is kept off the
 spawner's path), records it (``worker_session_created``: the intent, before any prompt),
-fires ``prompt_async`` and records ``worker_spawned``; every append is conditional on the
-version it read, and a worker stays queued while the pool is full. What a crash or an
-unanswered request leaves half done, ``reconcile`` finishes.
+fires ``prompt_async`` and records ``worker_spawned``. Before OpenCode opens the
+directory, the worktree gets its capability token for the shared MCP server; every
+append is conditional on the version it read, and a worker stays queued while the pool
+is full. What a crash or an unanswered request leaves half done, ``reconcile`` finishes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from swarm_pool import faults
 from swarm_pool.errors import (
@@ -24,12 +26,14 @@ from swarm_pool.errors import (
     OpenCodeUnknownOutcomeError,
     WorkerStateError,
 )
+from swarm_pool.mcp.tokens import write_worker_token
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.failure import infra_backoff_until
+from swarm_pool.swarm.pool_view import mcp_secret
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import (
     InstanceSlot,
@@ -65,6 +69,17 @@ def _busy(ctx: SwarmContext) -> dict[str, int]:
     return busy
 
 
+def grant_token(ctx: SwarmContext, worktree: str) -> None:
+    """Give ``worktree`` its capability token for the shared MCP server, before OpenCode
+    opens the directory (its relay reads the token from the worktree's git dir)."""
+    oc = ctx.config.opencode
+    if not (oc.mcp_enabled and oc.mcp == "shared"):
+        return
+    secret = mcp_secret(ctx.paths)
+    if secret:
+        write_worker_token(secret, Path(worktree))
+
+
 def start_session(
     ctx: SwarmContext,
     *,
@@ -94,6 +109,8 @@ def start_session(
     (taken here, so ``worktree`` is only the fallback), and ``prompt_for(worktree)``
     renders the prompt naming it.
     """
+    if not slotted:
+        grant_token(ctx, worktree)
     limit = ctx.config.pool.max_sessions_per_instance
     failed: set[str] = set()
     while True:
@@ -115,6 +132,7 @@ def start_session(
             where = worktree
             if slotted:
                 where = str(acquire(ctx, slot.name, bead_id, attempt))
+                grant_token(ctx, where)
             text = prompt_for(where) if prompt_for is not None else prompt
             return _start_on(
                 ctx,

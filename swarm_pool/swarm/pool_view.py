@@ -2,9 +2,10 @@
 
 It owns the translation from the supervisor's state file (``pool/state.py``) to the
 router's ``InstanceSlot``s (ready or not, draining, dedicated to a bead, with the
-instance's own password), and the few pool operations ``run`` needs: make sure a pool runs (starting
-one through the pool's own start path when none does) and stop the pool it started.
-Instances dedicated to one worker are named ``dw-<bead>`` (dots become underscores).
+instance's own password), the shared MCP server's token secret, and the few pool
+operations ``run`` needs: make sure a pool runs (starting one through the pool's own
+start path when none does) and stop the pool it started. Instances dedicated to one
+worker are named ``dw-<bead>`` (dots become underscores).
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ def dedicated_bead(name: str) -> str | None:
     if not name.startswith(DEDICATED_PREFIX):
         return None
     return name[len(DEDICATED_PREFIX) :].replace("_", ".")
+
+
+def mcp_secret(paths: ProjectPaths) -> str:
+    """The shared MCP server's token secret from the private state file ("" if none)."""
+    from swarm_pool.pool.state import read_state
+
+    try:
+        state = read_state(paths.state_file)
+    except PoolError:
+        return ""
+    return state.mcp_secret if state is not None else ""
 
 
 def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> list[InstanceSlot]:
