@@ -10,6 +10,8 @@ that names the key and the value.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +31,8 @@ from swarm_pool.errors import ConfigError
 ENV_PREFIX = "SWARM_POOL_"
 # The store URL's env override, which `start` also hands to the daemon it launches.
 STORE_URL_ENV = "SWARM_POOL_STORE__URL"
+# ... and the host name (`start --host`).
+HOST_ENV = "SWARM_POOL_POOL__HOST"
 # Env vars with this prefix that are not config overrides.
 _NON_CONFIG_ENV = {
     "SWARM_POOL_OPENCODE",
@@ -52,6 +56,26 @@ _NON_CONFIG_ENV = {
 }
 
 
+# A host's name in a store shared by several hosts: what DNS allows in one label or a
+# dotted name, so the machine's hostname fits by default.
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+
+
+def default_host() -> str:
+    """The machine's hostname, as the default ``[pool] host``."""
+    return socket.gethostname() or "localhost"
+
+
+def checked_host(value: str) -> str:
+    """``value`` if it is a valid host name; ConfigError otherwise."""
+    if not HOST_NAME_RE.match(value):
+        raise ConfigError(
+            f"bad host name {value!r}: use letters, digits, '.', '_' and '-' "
+            "(at most 63, starting with a letter or digit)"
+        )
+    return value
+
+
 class _Section(BaseModel):
     # Strict: values come from TOML (and env overrides in TOML syntax), which are typed;
     # the string "yes" is not a boolean and 2.0 is not an integer.
@@ -68,11 +92,31 @@ class PoolSection(_Section):
     max_sessions_per_instance: int = Field(4, ge=1)
     avoid_restarted_s: float = Field(30.0, ge=0, description="new work avoids it this long")
     avoid_flapping_restarts: int = Field(2, ge=0, description="restarts in flap_window_s")
+    # Several hosts on one PostgreSQL store: this pool's name among them.
+    host: str = Field(default_factory=default_host, description="empty: the machine's hostname")
+    hosts_beat_s: float = Field(2.0, gt=0, description="heartbeat period into the store")
+    hosts_stale_s: float = Field(30.0, gt=0, description="a host silent this long is dead")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value:
+            return default_host()
+        if not HOST_NAME_RE.match(value):
+            raise ValueError(
+                "use letters, digits, '.', '_' and '-' (at most 63, starting with a "
+                "letter or digit)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _range(self) -> PoolSection:
         if self.port_min > self.port_max:
             raise ValueError(f"port_min {self.port_min} > port_max {self.port_max}")
+        if self.hosts_stale_s <= self.hosts_beat_s:
+            raise ValueError(
+                f"hosts_stale_s {self.hosts_stale_s} must exceed hosts_beat_s {self.hosts_beat_s}"
+            )
         return self
 
 
@@ -166,6 +210,12 @@ class WorkersSection(_Section):
     )
     slot_keep_ignored: bool = Field(
         False, description="true: a slot's reset keeps ignored files (build caches)"
+    )
+    remote: str = Field(
+        "origin", description="several hosts: the git remote branches and merges meet on"
+    )
+    push_wait_s: float = Field(
+        60.0, ge=0, description="review/merge wait this long for another host's push"
     )
     sandbox: Literal["off", "bwrap"] = Field(
         "off", description="bwrap: each worker's bash tool runs in a bubblewrap sandbox"

@@ -48,7 +48,9 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── MailError
     ├── GitError
     │   ├── DirtyWorktreeError      refusing to remove uncommitted work
-    │   └── MergeConflictError
+    │   ├── MergeConflictError
+    │   └── RemoteMovedError        the shared remote's base moved during a merge (push
+    │                               refused): fetch and merge again
     ├── WorkerError
     │   ├── DependencyBlockedError
     │   ├── DuplicateSpawnError
@@ -271,6 +273,11 @@ class MergeConflictError(GitError):
         self.files = list(files)
         self.branch = branch
         self.base = base
+
+
+class RemoteMovedError(GitError):
+    """The shared remote's base branch moved while we merged (the push was refused); our
+    merge stays local only. Merging again fetches the new base first."""
 
 
 class WorkerError(SwarmPoolError):

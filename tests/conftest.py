@@ -112,6 +112,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # --dist loadfile each module goes whole to one worker in this order, so the long ones
 # start at once and the short ones fill in around them instead of trailing at the end.
 _LONGEST_FIRST = (
+    "test_hosts_e2e",  # two pools on PostgreSQL, an 8-task and a 4-task plan: ~4-5 min
     "test_lifecycle_e2e",
     "test_workers_e2e",
     "test_security_e2e",

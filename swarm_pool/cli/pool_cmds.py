@@ -18,6 +18,7 @@ from rich.table import Table
 
 from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.config import checked_host
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool import api
@@ -61,6 +62,8 @@ def _print_table(status: dict[str, Any]) -> None:
     for inst in status["instances"]:
         if inst["state"] in ("fatal", "backoff", "unhealthy") and inst.get("reason"):
             console.print(f"{inst['name']}: {inst['reason']}", markup=False)
+    if status.get("hosts"):
+        print_hosts(console, status["hosts"])
     for name, counts in sorted((status.get("slot_counts") or {}).items()):
         console.print(f"slots of {name}: {describe_counts(counts)}", markup=False)
     for s in status.get("slots") or []:
@@ -97,8 +100,48 @@ def _with_engine(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _with_hosts(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
+    """Several hosts on a PostgreSQL store: each host's beat, capacity, load, instances."""
+    from swarm_pool.store.core import parse_store_url
+    from swarm_pool.store.dialect import Backend
+
+    if parse_store_url(app.config.store.url)[0] is not Backend.POSTGRESQL:
+        return result
+    from swarm_pool.store import open_project_store
+    from swarm_pool.store.hosts import hosts_overview
+
+    # The running pool's own name (its `start --host`), else this config's.
+    result["host"] = (result.get("engine") or {}).get("host") or app.config.pool.host
+    try:
+        with open_project_store(app.paths, app.config) as store:
+            result["hosts"] = hosts_overview(store, app.config.pool.hosts_stale_s)
+    except SwarmPoolError as e:  # the pool's own status still shows
+        result["hosts_error"] = str(e)
+    return result
+
+
+def print_hosts(console: Console, hosts: list[dict[str, Any]]) -> None:
+    table = Table(title="hosts", title_justify="left", header_style="bold")
+    for col in ("host", "state", "last beat", "capacity", "in flight", "load", "instances"):
+        table.add_column(col)
+    for h in hosts:
+        instances = ", ".join(
+            f"{i['name']} {i['state']} ({i['busy']} busy)" for i in h["instances"]
+        )
+        table.add_row(
+            h["name"],
+            "STALE" if h["stale"] else "alive",
+            f"{h['last_beat_s']}s ago",
+            str(h["capacity"]),
+            str(h["in_flight"]),
+            f"{h['load']:.2f}",
+            instances,
+        )
+    console.print(table)
+
+
 def _show_status(app: AppContext, as_json: bool) -> None:
-    result = _with_engine(app, api.pool_status(app.paths))
+    result = _with_hosts(app, _with_engine(app, api.pool_status(app.paths)))
     if as_json:
         echo_json(_public(result))
     else:
@@ -113,9 +156,20 @@ def _show_status(app: AppContext, as_json: bool) -> None:
     is_flag=True,
     help="Also run the OpenCode-compatible gateway (one URL for the pool; [gateway] port).",
 )
+@click.option(
+    "--host",
+    "host",
+    default=None,
+    help="This pool's name among several hosts sharing a PostgreSQL store "
+    "(default: [pool] host, else the machine's hostname).",
+)
 @project_options
-def start(app: AppContext, size: int | None, as_json: bool, gateway: bool) -> None:
+def start(
+    app: AppContext, size: int | None, as_json: bool, gateway: bool, host: str | None
+) -> None:
     """Start the supervisor and N opencode instances; return when all are ready."""
+    if host is not None:
+        app.config.pool.host = checked_host(host)
     total = size or app.config.pool.size
     with pool_progress(app.paths, "start", total=total, as_json=as_json):
         api.start_pool(
@@ -130,7 +184,7 @@ def start(app: AppContext, size: int | None, as_json: bool, gateway: bool) -> No
 def status(app: AppContext, as_json: bool) -> None:
     """Show the pool; exit 0 only when it runs, every instance is ready and the worker
     engine is alive."""
-    result = _with_engine(app, api.pool_status(app.paths))
+    result = _with_hosts(app, _with_engine(app, api.pool_status(app.paths)))
     if as_json:
         echo_json(_public(result))
     elif not result["instances"] and result["supervisor"]["pid"] is None:

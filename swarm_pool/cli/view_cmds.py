@@ -19,6 +19,7 @@ from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.errors import StoreError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.store.hosts import hosts_overview
 from swarm_pool.view import logtail
 from swarm_pool.view.dashboard import render
 from swarm_pool.view.metrics import METRIC_EVENT_TYPES, LiveStats, compute
@@ -119,7 +120,10 @@ def metrics(app: AppContext, as_json: bool, epic_id: str | None) -> None:
     restarts, peak RSS, mean CPU, sessions served."""
     with existing_store(app) as store:
         events = store.read(types=METRIC_EVENT_TYPES)
+        hosts = hosts_overview(store, app.config.pool.hosts_stale_s)
     result = compute(events, _live_stats(app.paths), epic_id=epic_id)
+    if hosts:
+        result["hosts"] = hosts
     if epic_id is not None and not result["epics"]:
         raise StoreError(f"no workers recorded for epic {epic_id}")
     if as_json:
@@ -173,6 +177,10 @@ def metrics(app: AppContext, as_json: bool, epic_id: str | None) -> None:
         )
     console.print(epics if result["epics"] else "no workers recorded yet")
     console.print(instances if result["instances"] else "no instances recorded yet")
+    if result.get("hosts"):
+        from swarm_pool.cli.pool_cmds import print_hosts
+
+        print_hosts(console, result["hosts"])
     if not sys.stdout.isatty():
         return
     console.print(

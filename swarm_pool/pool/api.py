@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from swarm_pool.config import STORE_URL_ENV, Config
+from swarm_pool.config import HOST_ENV, STORE_URL_ENV, Config
 from swarm_pool.errors import (
     InstanceStartError,
     PoolAlreadyRunningError,
@@ -95,8 +96,13 @@ def start_pool(
     env = dict(os.environ if environ is None else environ)
     if config.store.url:
         # The daemon, its instances and their MCP servers open the same store; an env
-        # entry keeps a password off every command line (`ps` shows those).
-        env[STORE_URL_ENV] = config.store.url
+        # entry keeps the URL off every command line (`ps` shows those), and its
+        # password goes to a private passfile rather than into anyone's environment.
+        from swarm_pool.store.pgpass import seal_store_url
+
+        env[STORE_URL_ENV] = seal_store_url(config.store.url, paths.swarm_dir, env)
+    # JSON quoting is TOML's too: a host named "1" stays a string.
+    env[HOST_ENV] = json.dumps(config.pool.host)
     env[POOL_TAG_ENV] = _pool_tag(paths)
     if gateway:
         env["SWARM_POOL_GATEWAY__ENABLED"] = "true"

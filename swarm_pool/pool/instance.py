@@ -44,7 +44,8 @@ MODEL_NAME = "model"
 GATEWAY_NAME = "gateway"
 MCP_NAME = "mcp"
 # Env a parent may carry that would change how an instance authenticates or stores data.
-_DROPPED_ENV = ("OPENCODE_SERVER_USERNAME", "OPENCODE_DB", "OPENCODE_CONFIG_CONTENT")
+# PGPASSWORD: a store password reaches our processes only through the passfile.
+_DROPPED_ENV = ("OPENCODE_SERVER_USERNAME", "OPENCODE_DB", "OPENCODE_CONFIG_CONTENT", "PGPASSWORD")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

@@ -26,6 +26,7 @@ from swarm_pool.paths import SWARM_DIR, ProjectPaths
 from swarm_pool.store.dialect import Backend
 from swarm_pool.store.events import BaseEvent
 from swarm_pool.store.hive import Hive
+from swarm_pool.store.hosts import Hosts
 from swarm_pool.store.mail import Mail
 from swarm_pool.store.projections import check_versions, dump
 from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
@@ -52,6 +53,7 @@ class Store:
         self.workers = Workers(recorder)
         self.sessions = SessionMap(recorder)
         self.slots = Slots(recorder)
+        self.hosts = Hosts(recorder)
 
     def __enter__(self) -> Store:
         return self

@@ -229,6 +229,20 @@ class WorkerQueued(_WorkerEvent):
     prompt_hash: str = ""
     routing: str = "least_busy"
     reason: str = ""
+    # The prompt's spec (JSON), for an engine on another host, which has no copy of the
+    # spawner's .swarm/prompts/ ("" on a retry: the attempt's first queue event has it).
+    spec: str = ""
+
+
+class WorkerClaimed(_WorkerEvent):
+    """A host's engine takes a queued attempt (several hosts on one store): only that
+    host dispatches it; its worktree is the one on that host (``from_host``: the stale
+    host it was taken over from)."""
+
+    type: Literal["worker_claimed"] = "worker_claimed"
+    host: str
+    worktree: str = ""
+    from_host: str = ""
 
 
 class WorkerSessionCreated(_WorkerEvent):
@@ -246,6 +260,42 @@ class WorkerNeedsReview(_WorkerEvent):
     type: Literal["worker_needs_review"] = "worker_needs_review"
     instance: str = ""
     reason: str = ""
+
+
+class BranchPushed(BaseEvent):
+    """A worker's finished branch reached the shared git remote (several hosts): review
+    and merge may run on another host now."""
+
+    type: Literal["branch_pushed"] = "branch_pushed"
+    bead_id: str
+    epic_id: str
+    attempt: int = Field(1, ge=1)
+    host: str
+    remote: str
+    branch: str
+    commit: str
+
+
+class HostInstance(BaseModel):
+    """One instance as its host reports it in a heartbeat."""
+
+    name: str
+    state: str
+    busy: int = 0
+
+
+class HostBeat(BaseEvent):
+    """A host's heartbeat (several hosts on one store): who it is, what it can take and
+    how loaded it is. A host whose last beat is older than ``pool.hosts_stale_s`` is
+    presumed dead, and its in-flight workers are failed and retried elsewhere."""
+
+    type: Literal["host_beat"] = "host_beat"
+    host: str
+    pid: int
+    capacity: int = Field(ge=0)
+    in_flight: int = Field(0, ge=0)
+    load: float = Field(0.0, ge=0)
+    instances: list[HostInstance] = Field(default_factory=list)
 
 
 class SessionStatus(BaseEvent):
@@ -466,6 +516,9 @@ Event = Annotated[
     | WorkerQueued
     | WorkerNeedsReview
     | WorkerSessionCreated
+    | WorkerClaimed
+    | HostBeat
+    | BranchPushed
     | SessionStatus
     | SessionError
     | SessionRouted

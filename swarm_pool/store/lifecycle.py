@@ -15,6 +15,7 @@ The table (event -> status it leads to, from which statuses):
   pending/dispatching -> pending (the same attempt queued again; from dispatching when
   its session was never prompted and is gone);
 - ``worker_retried``: failed -> pending (the next attempt);
+- ``worker_claimed``: pending -> pending (a host takes the attempt; several hosts);
 - ``worker_session_created``: pending -> dispatching (the session exists, not prompted);
 - ``worker_spawned``: pending/dispatching -> running (this attempt), and
   none/completed/needs_review/failed -> running for a spawn recorded without a queue
@@ -68,6 +69,7 @@ WORKER_EVENTS = frozenset(
         "worker_queued",
         "worker_retried",
         "worker_session_created",
+        "worker_claimed",
         "worker_spawned",
         "worker_progress",
         "worker_blocked",
@@ -82,6 +84,7 @@ _NEW_ATTEMPT_FROM = frozenset({None, *TERMINAL})
 _SAME_ATTEMPT_FROM: dict[str, frozenset[WorkerStatus | None]] = {
     "worker_queued": frozenset({S.PENDING, S.DISPATCHING}),
     "worker_session_created": frozenset({S.PENDING}),
+    "worker_claimed": frozenset({S.PENDING}),
     "worker_spawned": frozenset({S.PENDING, S.DISPATCHING}),
     "worker_progress": frozenset({S.DISPATCHING, S.RUNNING, S.BLOCKED, S.NEEDS_REVIEW}),
     "worker_blocked": frozenset({S.DISPATCHING, S.RUNNING, S.BLOCKED}),
@@ -104,6 +107,7 @@ _TARGET = {
     "worker_queued": S.PENDING,
     "worker_retried": S.PENDING,
     "worker_session_created": S.DISPATCHING,
+    "worker_claimed": S.PENDING,
     "worker_spawned": S.RUNNING,
     "worker_progress": S.RUNNING,
     "worker_blocked": S.BLOCKED,

@@ -50,7 +50,7 @@ from psycopg.rows import dict_row
 from swarm_pool.errors import MigrationError, StoreError, StoreUnavailableError
 from swarm_pool.store import projections
 from swarm_pool.store.db import Migration, Params, Row
-from swarm_pool.store.dialect import POSTGRESQL
+from swarm_pool.store.dialect import POSTGRESQL, Backend
 from swarm_pool.store.events import Event
 from swarm_pool.store.recorder import (
     INSERT_EVENT,
@@ -155,6 +155,8 @@ class _PgWriter(_PgReader, EventWriter):
 
 class PostgresRecorder:
     """The PostgreSQL recorder: one connection, the write lock, LISTEN/NOTIFY."""
+
+    backend = Backend.POSTGRESQL
 
     def __init__(
         self,

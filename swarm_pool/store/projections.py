@@ -197,6 +197,26 @@ WORKER_BLOCKED_TIME = (
 )
 
 
+# Several hosts on one store (migration 8): the host that claimed a worker's current
+# attempt ('' while unclaimed, and always on a single host), and each host's last
+# heartbeat.
+HOSTS = (
+    "ALTER TABLE workers ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX workers_host ON workers (host, status)",
+    """CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        capacity INTEGER NOT NULL,
+        in_flight INTEGER NOT NULL,
+        load REAL NOT NULL,
+        instances TEXT NOT NULL DEFAULT '[]',
+        first_beat INTEGER NOT NULL,
+        last_beat INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+)
+
+
 def pattern_prefix(pattern: str) -> str:
     """The literal leading segments of a normalized pattern ("" if it starts with glob
     syntax)."""
@@ -220,6 +240,7 @@ TABLES: dict[str, str] = {
     "worker_stale": "seq",
     "session_instances": "session_id",
     "slots": "slot",
+    "hosts": "name",
 }
 
 # Worker events plus the session events that annotate a worker's row.
@@ -345,6 +366,7 @@ _WORKER_COLUMNS = (
     "version",
     "blocked_since",
     "blocked_ms",
+    "host",
 )
 _UPSERT_WORKER = (
     f"INSERT INTO workers ({', '.join(_WORKER_COLUMNS)})"
@@ -381,6 +403,7 @@ def _fresh_worker(e: ev.Event) -> dict[str, Any]:
         "version": 0,
         "blocked_since": None,
         "blocked_ms": 0,
+        "host": "",
     }
 
 
@@ -403,6 +426,8 @@ def _worker_event(w: Writer, seq: int, e: ev.Event) -> None:
     assert decision.status is not None
     if prev is None or isinstance(e, ev.WorkerSpawned | ev.WorkerQueued):
         row = _fresh_worker(e)
+        if isinstance(e, ev.WorkerSpawned) and prev is not None and prev["attempt"] == e.attempt:
+            row["host"] = prev["host"]  # the claiming host's attempt, now running
     else:
         row = dict(prev)
         row["epic_id"] = e.epic_id
@@ -446,8 +471,11 @@ def _apply_worker_change(row: dict[str, Any], e: ev.Event) -> None:
             worktree=e.worktree or row["worktree"],
             spawned_at=e.timestamp,
         )
+    elif isinstance(e, ev.WorkerClaimed):
+        row.update(host=e.host, worktree=e.worktree or row["worktree"])
     elif isinstance(e, ev.WorkerRetried):
         row.update(
+            host="",
             error=None,
             blocked_reason=None,
             completed_at=None,
@@ -695,6 +723,21 @@ def _slot_dirty(w: Writer, seq: int, e: ev.Event) -> None:
     )
 
 
+def _host_beat(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.HostBeat)
+    instances = dump_json([i.model_dump() for i in e.instances])
+    w.execute(
+        "INSERT INTO hosts (name, pid, capacity, in_flight, load, instances, first_beat,"
+        " last_beat, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+        " pid = excluded.pid, capacity = excluded.capacity, in_flight = excluded.in_flight,"
+        " load = excluded.load, instances = excluded.instances,"
+        " first_beat = CASE WHEN hosts.pid = excluded.pid THEN hosts.first_beat"
+        " ELSE excluded.first_beat END,"
+        " last_beat = excluded.last_beat, seq = excluded.seq",
+        (e.host, e.pid, e.capacity, e.in_flight, e.load, instances, e.timestamp, e.timestamp, seq),
+    )
+
+
 _HANDLERS = {
     "epic_created": _epic_created,
     "cell_created": _cell_created,
@@ -708,6 +751,8 @@ _HANDLERS = {
     "worker_queued": _worker_event,
     "worker_needs_review": _worker_event,
     "worker_session_created": _worker_event,
+    "worker_claimed": _worker_event,
+    "host_beat": _host_beat,
     "session_status": _session_event,
     "session_error": _session_event,
     "file_reserved": _file_reserved,

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from swarm_pool.errors import EventValidationError, StoreError, SwarmPoolError
 from swarm_pool.store import projections
 from swarm_pool.store.db import Database, Migration, Params, Row
+from swarm_pool.store.dialect import Backend
 from swarm_pool.store.events import EVENT_TYPES, BaseEvent, Event, parse_event
 
 EPIC_ID_RE = re.compile(r"^bd-[0-9a-z]{3,40}$")
@@ -103,6 +104,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "worker_blocked_time", projections.WORKER_BLOCKED_TIME),
     Migration(6, "session_instances", projections.SESSION_INSTANCES),
     Migration(7, "worktree_slots", projections.SLOTS),
+    Migration(8, "hosts", projections.HOSTS),
 )
 
 
@@ -136,6 +138,8 @@ class Writer(Reader, Protocol):
 
 class Recorder(Protocol):
     """What the store needs from a database backend."""
+
+    backend: Backend
 
     def append_one(self, event: Event) -> int:
         """Record one event (and its projection changes) in a transaction of its own."""
@@ -375,6 +379,8 @@ class _SQLiteWriter(_SQLiteReader, EventWriter):
 
 class SQLiteRecorder:
     """The SQLite recorder: one ``Database`` plus the events table and projections."""
+
+    backend = Backend.SQLITE
 
     def __init__(
         self,

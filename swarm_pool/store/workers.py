@@ -48,6 +48,8 @@ class WorkerView:
     # Time blocked on a human: finished spells, and the start of the current one.
     blocked_ms: int = 0
     blocked_since: int | None = None
+    # The host that claimed the current attempt ('' unclaimed; always '' on one host).
+    host: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,7 @@ class WorkerView:
             version=row["version"],
             blocked_ms=row["blocked_ms"],
             blocked_since=row["blocked_since"],
+            host=row["host"],
         )
 
     def running_ms(self, now: int) -> int:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from swarm_pool import faults
@@ -33,6 +33,7 @@ from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.failure import infra_backoff_until
+from swarm_pool.swarm.hosts import local_spec, local_worktree, mine, multi_host
 from swarm_pool.swarm.pool_view import mcp_secret
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import (
@@ -61,7 +62,7 @@ def _reserve(name: str, delta: int) -> None:
 
 
 def _busy(ctx: SwarmContext) -> dict[str, int]:
-    live = [w.instance for w in ctx.store.workers.list() if w.status in IN_FLIGHT]
+    live = [w.instance for w in mine(ctx, ctx.store.workers.list()) if w.status in IN_FLIGHT]
     busy = busy_counts(live)
     with _reserved_guard:
         for name, n in _reserved.items():
@@ -295,6 +296,10 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         worker = ctx.store.workers.get(bead_id)
         if worker is None or worker.status != WorkerStatus.PENDING:
             return None
+        if multi_host(ctx):
+            if worker.host != ctx.config.pool.host:
+                return None  # not claimed by this host: another host's engine starts it
+            worker = local_worktree(ctx, worker)
         not_before = infra_backoff_until(ctx, bead_id)
         if not_before is not None and now_ms() < not_before:
             return None  # an infra retry's backoff: the engine's next ticks try again
@@ -302,7 +307,7 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         routing: Routing = (
             "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
         )
-        spec = load_spec(ctx, bead_id)
+        spec = local_spec(load_spec(ctx, bead_id), worker.worktree)
         worktree = worker.worktree or getattr(queued, "worktree", "")
         prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
@@ -332,8 +337,7 @@ def render_prompt(
 ) -> str:
     """The attempt's prompt (a retry's says why the earlier attempt ended), naming
     ``worktree`` when given (a slot is known only once the worker is dispatched)."""
-    if worktree and spec.contract.worktree != worktree:
-        spec = replace(spec, contract=spec.contract.model_copy(update={"worktree": worktree}))
+    spec = local_spec(spec, worktree)
     reason = ""
     if attempt > 1:
         retried = ctx.last_event(bead_id, "worker_retried")

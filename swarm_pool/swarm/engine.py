@@ -25,6 +25,10 @@ supervisor's pool is running. Each tick, woken by store changes or every ``tick_
   when the SSE idle, ``/session/status``, the last assistant message and the instance's
   health all agree (never one signal alone). Sessions whose idle event was missed are
   re-checked every ``recheck_s``.
+
+On a PostgreSQL store the engine is one host among several (``swarm/hosts.py``): each
+tick it first heartbeats, takes over from dead hosts and claims queued workers, and
+from then on it looks only at the workers it claimed.
 """
 
 from __future__ import annotations
@@ -45,13 +49,15 @@ from swarm_pool.config import Config
 from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import FailureCause, WorkerNeedsReview, now_ms
-from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, WorkerStatus
+from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, MERGEABLE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
 from swarm_pool.swarm.dispatch import dispatch
 from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.failure import fail
+from swarm_pool.swarm.hosts import HostDuty, mine, multi_host
 from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
+from swarm_pool.swarm.remote import push_branch, pushed
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.spec import load_spec
 from swarm_pool.swarm.watch import (
@@ -124,6 +130,9 @@ class Engine:
         self._swept = time.monotonic()
         self._sweep: concurrent.futures.Future[list[str]] | None = None
         self._acting = False
+        self._hosts: HostDuty | None = None
+        # (bead, attempt) whose finished branch was pushed or is being pushed.
+        self._pushed: set[tuple[str, int]] = set()
         self.ticks = 0
         self.errors = 0
         self.last_tick_ms: int | None = None
@@ -154,7 +163,7 @@ class Engine:
         if ctx is None:
             return None
         try:
-            workers = ctx.store.workers.list()
+            workers = mine(ctx, ctx.store.workers.list())
         except SwarmPoolError:
             return None
         return sum(1 for w in workers if w.instance == instance and w.status in IN_FLIGHT)
@@ -201,6 +210,7 @@ class Engine:
                     errors=self.errors,
                     acting=acting,
                     error=error,
+                    host=self.config.pool.host,
                 ),
             )
 
@@ -273,6 +283,11 @@ class Engine:
         self.last_tick_ms = now_ms()
         slots = ctx.instances()
         ready = [s for s in slots if s.state in ("ready", "unhealthy")]
+        if multi_host(ctx):
+            if self._hosts is None:
+                self._hosts = HostDuty(ctx)
+            # Beat, take over from dead hosts, claim: before anything looks at "mine".
+            self._hosts.step(slots)
         if not self._reconciled:
             # Before anything is dispatched or watched: what did a crash leave behind?
             report = reconcile(ctx, ready)
@@ -302,7 +317,7 @@ class Engine:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)
         by_name = {s.name: s for s in slots}
-        workers = ctx.store.workers.list()
+        workers = mine(ctx, ctx.store.workers.list())
         now = now_ms()
         for w in workers:
             if w.status not in ACTIVE:
@@ -311,6 +326,8 @@ class Engine:
                 self._check_worker(ctx, w, by_name, now)
             except SwarmPoolError as e:
                 log.warning("engine: checking %s failed: %s", w.bead_id, e)
+        if self._hosts is not None:
+            self._push_finished(ctx, workers)
         pending = sorted(
             (w for w in workers if w.status == WorkerStatus.PENDING),
             key=lambda w: w.updated_at or 0,
@@ -321,6 +338,28 @@ class Engine:
                 self._futures.append(self._pool.submit(self._dispatch, w.bead_id))
         if wait:
             self.drain()
+
+    def _push_finished(self, ctx: SwarmContext, workers: list[WorkerView]) -> None:
+        """Several hosts: push this host's finished branches to the shared remote, on a
+        dispatcher thread (a push to a slow remote must not hold up the tick)."""
+        for w in workers:
+            key = (w.bead_id, w.attempt)
+            if w.status not in MERGEABLE or key in self._pushed:
+                continue
+            self._pushed.add(key)
+            self._futures.append(self._pool.submit(self._push, w))
+
+    def _push(self, worker: WorkerView) -> None:
+        ctx = self._context()
+        try:
+            if pushed(ctx, worker) is None:
+                push_branch(ctx, worker)
+        except SwarmPoolError as e:
+            log.warning("engine: pushing %s failed, will retry: %s", worker.bead_id, e)
+            self._pushed.discard((worker.bead_id, worker.attempt))
+        except Exception:
+            log.exception("engine: pushing %s crashed", worker.bead_id)
+            self._pushed.discard((worker.bead_id, worker.attempt))
 
     def drain(self, timeout: float = 60.0) -> None:
         """Wait for the dispatches in flight (tests, shutdown)."""
@@ -343,7 +382,10 @@ class Engine:
 
     def _track_instances(self, ctx: SwarmContext, slots: list[InstanceSlot]) -> None:
         now = now_ms()
-        for stored in ctx.store.read(types=_INSTANCE_EVENTS, after_seq=self._instance_seq):
+        # Several hosts: instance names repeat from host to host, so another host's
+        # instance events say nothing about ours; the pool state's pids and states do.
+        instance_events = [] if multi_host(ctx) else _INSTANCE_EVENTS
+        for stored in ctx.store.read(types=instance_events, after_seq=self._instance_seq):
             self._instance_seq = max(self._instance_seq, stored.seq)
             name = getattr(stored.event, "instance", "")
             self._gone_at[name] = max(self._gone_at.get(name, 0), stored.timestamp)

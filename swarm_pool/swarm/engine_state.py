@@ -35,6 +35,9 @@ class EngineBeat:
     errors: int
     acting: bool  # the pool is running under this engine's supervisor
     error: str = ""
+    # The pool's name among several hosts (`start --host`), which `status` cannot know
+    # from its own config.
+    host: str = ""
 
 
 def write_beat(paths: ProjectPaths, beat: EngineBeat) -> None:
@@ -78,4 +81,5 @@ def engine_status(paths: ProjectPaths, stale_after_s: float = 30.0) -> dict[str,
         "errors": beat.errors,
         "acting": beat.acting,
         "error": beat.error,
+        "host": beat.host,
     }

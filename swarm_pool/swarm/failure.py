@@ -32,7 +32,6 @@ from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.store.recorder import StoredEvent
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.review import release_session
 from swarm_pool.swarm.slots import ReleaseReason, is_slot_path
 from swarm_pool.swarm.slots import release_events as slot_release_events
 
@@ -170,6 +169,9 @@ def fail(
             return "ignored"
         if outcome == "failed" and is_slot_path(ctx, worker.worktree):
             # Its slot serves the next bead: the session goes now, its transcript kept.
+            # (Imported here: review -> remote -> hosts imports this module.)
+            from swarm_pool.swarm.review import release_session
+
             release_session(ctx, bead_id)
         if outcome == "failed":
             queued = ctx.last_event(bead_id, "worker_queued")

@@ -32,6 +32,7 @@ from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.dispatch import record_spawn, render_prompt, requeue
+from swarm_pool.swarm.hosts import mine
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.spec import load_spec
 
@@ -56,7 +57,7 @@ def reconcile(
     report = ReconcileReport()
     workers = [
         w
-        for w in map(lambda w: _with_slot(ctx, w), ctx.store.workers.list())
+        for w in (_with_slot(ctx, w) for w in mine(ctx, ctx.store.workers.list()))
         if w.status in LIVE and w.worktree and w.bead_id not in skip
     ]
     for slot in slots:
@@ -150,7 +151,7 @@ def reconcile_dispatching(ctx: SwarmContext, slots: list[InstanceSlot], grace_s:
     by_name = {s.name: s for s in slots}
     now = now_ms()
     report = ReconcileReport()
-    for w in ctx.store.workers.list(status=WorkerStatus.DISPATCHING.value):
+    for w in mine(ctx, ctx.store.workers.list(status=WorkerStatus.DISPATCHING.value)):
         slot = by_name.get(w.instance)
         if slot is not None and now - (w.updated_at or 0) >= grace_s * 1000:
             with contextlib.suppress(OpenCodeError):

@@ -13,6 +13,9 @@ worker's OpenCode session: its transcript is saved, the session is deleted and (
 it is a warm slot, given back in the merge's own transaction) its directory disposed on
 its instance. ``cleanup`` removes merged worktrees and never one with uncommitted
 changes.
+With several hosts (``remote.py``) both first fetch a branch another host ran, and
+``merge`` fast-forwards the base to the shared remote's before merging and pushes it
+after.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from swarm_pool.store.lifecycle import MERGEABLE
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm import transcript
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.remote import fetch_branch, publish_base, sync_base
 from swarm_pool.swarm.slots import ReleaseReason, is_slot_path
 from swarm_pool.swarm.slots import cleanup as cleanup_slots
 from swarm_pool.swarm.slots import release_events as slot_release_events
@@ -113,6 +117,8 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     worker = ctx.store.workers.get(bead_id)
     if worker is None:
         raise NotFoundError(f"bead {bead_id} has no worker")
+    # Several hosts: the work of a worker another host ran is on the shared remote.
+    fetch_branch(ctx, worker)
     cell = ctx.store.hive.get_cell(bead_id)
     owned = list(worker.files or cell.files)
     diff = ctx.worktrees.diff(bead_id)
@@ -185,10 +191,15 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
     if worker.status not in MERGEABLE:
         raise WorkerError(f"worker {bead_id} is {worker.status}; only finished work is merged")
     trees = ctx.worktrees
+    fetch_branch(ctx, worker)
     require_approval(ctx, bead_id)
     leftovers = trees.commit_all(bead_id, f"swarm-pool: uncommitted work of {bead_id}")
+    # Several hosts: merge onto the remote's base, and publish it only if all went well
+    # (a conflict raises below and leaves the remote's base as it was).
+    before = sync_base(ctx, trees.base_of(bead_id, base))
     try:
         result = trees.merge(bead_id, base)
+        publish_base(ctx, result.base, before)
     except MergeConflictError as e:
         ctx.store.append(
             MergeConflict(
@@ -279,6 +290,8 @@ def release_session(ctx: SwarmContext, bead_id: str) -> bool:
     worker = ctx.store.workers.get(bead_id)
     if worker is None or not worker.instance or not worker.session_id:
         return False
+    if worker.host and worker.host != ctx.config.pool.host:
+        return False  # its session is on another host's instance (names repeat there)
     done = False
     try:
         slot = ctx.instance(worker.instance)

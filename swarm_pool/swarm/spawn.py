@@ -165,6 +165,7 @@ def spawn_async(
                         prompt_hash=prompt_hash(text),
                         routing=policy,
                         reason="spawned",
+                        spec=spec.to_json(),
                     ),
                     CellStatusChanged(
                         cell_id=bead_id,

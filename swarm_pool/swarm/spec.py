@@ -84,9 +84,29 @@ def save_spec(ctx: SwarmContext, bead_id: str, spec: PromptSpec) -> None:
 
 
 def load_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec:
+    """The bead's spec: this host's copy, else (an engine on another host than the
+    spawner's) the one its queue event carries, kept here from then on."""
+    path = _spec_path(ctx, bead_id)
     try:
-        return PromptSpec.from_json(_spec_path(ctx, bead_id).read_text())
+        return PromptSpec.from_json(path.read_text())
+    except FileNotFoundError as e:
+        stored = _stored_spec(ctx, bead_id)
+        if stored is None:
+            raise WorkerError(f"the prompt of {bead_id} is missing ({e.strerror})") from e
+        save_spec(ctx, bead_id, stored)
+        return stored
     except OSError as e:
         raise WorkerError(f"the prompt of {bead_id} is missing ({e.strerror})") from e
     except (ValueError, KeyError) as e:
         raise WorkerError(f"the prompt of {bead_id} is unreadable: {e}") from e
+
+
+def _stored_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec | None:
+    for stored in ctx.store.read(types=["worker_queued"], bead_id=bead_id, descending=True):
+        text = getattr(stored.event, "spec", "")
+        if text:
+            try:
+                return PromptSpec.from_json(text)
+            except (ValueError, KeyError) as e:
+                raise WorkerError(f"the stored prompt of {bead_id} is unreadable: {e}") from e
+    return None

@@ -205,6 +205,17 @@ class Worktrees:
             raise GitError(f"git {' '.join(args[:3])} failed in {cwd}: {detail}")
         return result
 
+    def run(self, *args: str, cwd: Path | None = None, ok: Sequence[int] = (0,)) -> tuple[int, str]:
+        """One git command in the project (or ``cwd``), for the remote's push and fetch
+        (``swarm/remote.py``); the caller holds ``lock`` when it changes anything.
+        Returns (status, stdout); GitError on a status outside ``ok``."""
+        out = self._git(cwd or self.root, *args, ok=ok)
+        return out.status, out.stdout
+
+    def rev(self, ref: str, cwd: Path | None = None) -> str | None:
+        """The commit ``ref`` names, or None."""
+        return self._rev(ref, cwd)
+
     def _rev(self, ref: str, cwd: Path | None = None) -> str | None:
         out = self._git(cwd or self.root, "rev-parse", "--verify", "--quiet", ref, ok=(0, 1))
         return out.stdout.strip() if out.status == 0 else None

@@ -80,6 +80,18 @@ def header(snap: Snapshot) -> Text:
     if sup.get("pid") is not None:
         sandbox = sup.get("sandbox") or "off"
         text.append(f"  sandbox {sandbox}", style="green" if sandbox != "off" else "yellow")
+    for host in snap.hosts:
+        # Several hosts: one line each, a dead one in red.
+        text.append(f"\nhost {host['name']}", style="bold")
+        if host["stale"]:
+            text.append(f"  SILENT {host['last_beat_s']}s", style="bold red")
+        else:
+            text.append(f"  beat {host['last_beat_s']}s ago", style="green")
+        text.append(
+            f"  capacity {host['capacity']}  in flight {host['in_flight']}"
+            f"  load {host['load']:.2f}  "
+            + " ".join(f"{i['name']}:{i['state']}/{i['busy']}" for i in host["instances"])
+        )
     for problem in snap.problems:
         text.append(f"\n{problem}", style="bold red")
     return text

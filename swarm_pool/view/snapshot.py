@@ -27,6 +27,7 @@ from swarm_pool.pool.process import ProcRef
 from swarm_pool.store import Store, StoredEvent, open_project_store
 from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES, now_ms
+from swarm_pool.store.hosts import hosts_overview
 from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.view.metrics import LiveStats
 
@@ -167,6 +168,8 @@ class Snapshot:
     store_present: bool = False
     problems: list[str] = field(default_factory=list)
     slots: list[SlotRow] = field(default_factory=list)
+    # Several hosts on a PostgreSQL store (``Hosts.overview``); empty on one host.
+    hosts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -462,6 +465,7 @@ class SnapshotSource:
             slots = [
                 SlotRow(s.slot, s.instance, s.state, s.bead_id, s.path) for s in store.slots.list()
             ]
+            hosts = hosts_overview(store, self.config.pool.hosts_stale_s)
         except SwarmPoolError as e:  # shown in the frame; the next one tries again
             problems.append(f"store: {e}")
             return snap
@@ -479,6 +483,7 @@ class SnapshotSource:
             store_present=True,
             problems=problems,
             slots=slots,
+            hosts=hosts,
         )
 
     def _instances(self, busy: dict[str, int]) -> tuple[dict[str, Any], list[InstanceRow]]:

@@ -1,0 +1,186 @@
+"""An engine's part in a pool of several hosts sharing one PostgreSQL store.
+
+On a PostgreSQL store every engine is one host among possibly several (``[pool] host``),
+and each tick it (``HostDuty.step``):
+
+- heartbeats (``host_beat``: its capacity, its instances and their busy sessions, the
+  machine's load) every ``pool.hosts_beat_s``;
+- takes over from any host silent for ``pool.hosts_stale_s``: that host's queued
+  workers are claimed for itself, and its in-flight ones are failed with cause infra
+  (and so retried, under the infra budget, by whichever live host claims them next);
+  every step is a conditional append, so when several live hosts see the same dead one,
+  each worker is taken over exactly once;
+- claims queued, unclaimed workers up to its free capacity (ready instances times
+  ``pool.max_sessions_per_instance``, less the workers it already holds).
+
+The rest of the engine then only looks at the workers this host claimed (``mine``):
+their worktrees and sessions are local to it, and instance names (``oc-1``, ...) repeat
+from host to host. On SQLite there is one host and none of this runs: workers carry no
+host, and the engine dispatches every queued worker as it always did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from swarm_pool import faults
+from swarm_pool.errors import SwarmPoolError
+from swarm_pool.store.dialect import Backend
+from swarm_pool.store.events import FailureCause, HostBeat, HostInstance, now_ms
+from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE, WorkerStatus
+from swarm_pool.store.workers import WorkerView
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.failure import fail
+from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.spec import PromptSpec
+
+log = logging.getLogger(__name__)
+
+_READY = ("ready", "unhealthy")
+
+
+def multi_host(ctx: SwarmContext) -> bool:
+    """Whether this store may be shared by several hosts (PostgreSQL)."""
+    return bool(ctx.store.recorder.backend is Backend.POSTGRESQL)
+
+
+def mine(ctx: SwarmContext, workers: Iterable[WorkerView]) -> list[WorkerView]:
+    """The workers this host's engine looks after: all of them on one host, else the
+    ones it claimed."""
+    if not multi_host(ctx):
+        return list(workers)
+    host = ctx.config.pool.host
+    return [w for w in workers if w.host == host]
+
+
+def capacity(ctx: SwarmContext, slots: Iterable[InstanceSlot]) -> int:
+    ready = sum(1 for s in slots if s.state in _READY)
+    return ready * ctx.config.pool.max_sessions_per_instance
+
+
+def local_worktree(ctx: SwarmContext, worker: WorkerView) -> WorkerView:
+    """Make sure the claimed worker's worktree exists in this host's clone (a worker
+    queued on another host has none here yet); the worker as it stands."""
+    if not worker.worktree or Path(worker.worktree).is_dir():
+        return worker
+    base = ctx.config.workers.base_branch or None
+    info = ctx.worktrees.create(worker.bead_id, base=base)
+    return dataclasses.replace(worker, worktree=str(info.path))
+
+
+def local_spec(spec: PromptSpec, worktree: str) -> PromptSpec:
+    """The spec with the contract's worktree this host's (the spawner's may differ)."""
+    if not worktree or spec.contract.worktree == worktree:
+        return spec
+    contract = spec.contract.model_copy(update={"worktree": worktree})
+    return dataclasses.replace(spec, contract=contract)
+
+
+class HostDuty:
+    """One engine's heartbeat, takeover and claims (see the module docstring)."""
+
+    def __init__(self, ctx: SwarmContext) -> None:
+        self.ctx = ctx
+        self.host = ctx.config.pool.host
+        self._beat_at = 0.0
+        self.claimed = 0
+        self.taken_over = 0
+
+    def step(self, slots: list[InstanceSlot]) -> None:
+        ctx = self.ctx
+        workers = ctx.store.workers.list()
+        if time.monotonic() - self._beat_at >= ctx.config.pool.hosts_beat_s:
+            self.beat(slots, workers)
+        self.take_over_stale()
+        if any(w.status == WorkerStatus.PENDING and not w.host for w in workers):
+            # (Only then: a claim is a write transaction under the store's write lock.)
+            self.claim(slots)
+
+    def beat(self, slots: list[InstanceSlot], workers: list[WorkerView]) -> None:
+        held = [w for w in workers if w.host == self.host and w.status in IN_FLIGHT]
+        busy: dict[str, int] = {}
+        for w in held:
+            busy[w.instance] = busy.get(w.instance, 0) + 1
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+        self.ctx.store.append(
+            HostBeat(
+                host=self.host,
+                pid=os.getpid(),
+                capacity=capacity(self.ctx, slots),
+                in_flight=len(held),
+                load=round(load, 2),
+                instances=[
+                    HostInstance(name=s.name, state=s.state, busy=busy.get(s.name, 0))
+                    for s in slots
+                ],
+            )
+        )
+        self._beat_at = time.monotonic()
+
+    def claim(self, slots: list[InstanceSlot]) -> list[str]:
+        ctx = self.ctx
+        held = sum(1 for w in ctx.store.workers.list() if w.host == self.host and w.status in LIVE)
+        free = capacity(ctx, slots) - held
+        if free <= 0:
+            return []
+        got = ctx.store.hosts.claim(self.host, free, worktree=self._worktree_pattern())
+        if got:
+            log.info("hosts: %s claimed %s", self.host, got)
+            self.claimed += len(got)
+        return got
+
+    def _worktree_pattern(self) -> str:
+        return str(self.ctx.paths.worktrees_dir / "{bead_id}")
+
+    def take_over_stale(self) -> list[str]:
+        """Take over the workers of every host silent for ``hosts_stale_s``; returns the
+        beads this engine moved (each one by exactly one engine)."""
+        ctx = self.ctx
+        now = now_ms()
+        stale_ms = int(ctx.config.pool.hosts_stale_s * 1000)
+        dead = {
+            h.name for h in ctx.store.hosts.list() if h.name != self.host and h.stale(now, stale_ms)
+        }
+        if not dead:
+            return []
+        moved: list[str] = []
+        for w in ctx.store.workers.list():
+            if w.host not in dead or w.status not in LIVE:
+                continue
+            faults.point("hosts.before_takeover")
+            try:
+                if w.status == WorkerStatus.PENDING:
+                    if ctx.store.hosts.take_over(
+                        w.bead_id,
+                        host=self.host,
+                        from_host=w.host,
+                        version=w.version,
+                        worktree=self._worktree_pattern(),
+                    ):
+                        moved.append(w.bead_id)
+                    continue
+                outcome = fail(
+                    ctx,
+                    w.bead_id,
+                    error=f"host {w.host} stopped heartbeating while the worker was running",
+                    reason="host_stale",
+                    cause=FailureCause.INFRA,
+                    session_id=w.session_id,
+                    attempt=w.attempt,
+                )
+                if outcome != "ignored":
+                    moved.append(w.bead_id)
+            except SwarmPoolError as e:
+                log.warning("hosts: taking %s over from %s failed: %s", w.bead_id, w.host, e)
+        if moved:
+            log.info("hosts: %s took over %s from %s", self.host, moved, sorted(dead))
+            self.taken_over += len(moved)
+        return moved

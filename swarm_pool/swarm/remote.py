@@ -1,0 +1,170 @@
+"""Where the branches of several hosts meet: the shared git remote.
+
+With a PostgreSQL store each host runs in its own clone, so a worker's branch exists
+only where its host ran it. When this is on (``remote_of``: a multi-host store and a
+clone that has ``[workers] remote``, ``origin`` by default), the host that ran a worker
+pushes its finished branch (``push_branch``, leftovers committed first, recorded as
+``branch_pushed``); whoever reviews or merges on another host fetches it into a local
+worktree first (``fetch_branch``); and ``merge`` runs on the shared base
+(``sync_base`` fast-forwards the local base to the remote's, the merge is the usual
+local one, ``publish_base`` pushes it). A merge conflict raises before anything is
+pushed, so the remote's base is untouched; a push the remote refuses because its base
+moved meanwhile is ``RemoteMovedError``, and the local base goes back to the remote's.
+A single host, or a clone without the remote, is left exactly as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from swarm_pool.errors import GitError, RemoteMovedError, WorkerError
+from swarm_pool.store.events import BranchPushed
+from swarm_pool.store.workers import WorkerView
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.hosts import multi_host
+from swarm_pool.swarm.worktree import branch_name
+
+log = logging.getLogger(__name__)
+
+
+def remote_of(ctx: SwarmContext) -> str | None:
+    """The shared remote's name, or None when branches stay local (one host)."""
+    name = ctx.config.workers.remote
+    if not name or not multi_host(ctx):
+        return None
+    status, _ = ctx.worktrees.run("remote", "get-url", name, ok=(0, 2, 128))
+    return name if status == 0 else None
+
+
+def pushed(ctx: SwarmContext, worker: WorkerView) -> BranchPushed | None:
+    """The push of the worker's current attempt, if it happened."""
+    for stored in ctx.store.read(types=["branch_pushed"], bead_id=worker.bead_id, descending=True):
+        event = stored.event
+        if isinstance(event, BranchPushed) and event.attempt == worker.attempt:
+            return event
+    return None
+
+
+def _wait_for_push(ctx: SwarmContext, worker: WorkerView) -> BranchPushed | None:
+    # The host that ran it pushes on its engine's next tick after the worker finished.
+    deadline = time.monotonic() + ctx.config.workers.push_wait_s
+    seq = ctx.store.last_seq()
+    while True:
+        push = pushed(ctx, worker)
+        left = deadline - time.monotonic()
+        if push is not None or left <= 0:
+            return push
+        seq = ctx.store.wait_for_change(seq, min(left, 1.0))
+
+
+def push_branch(ctx: SwarmContext, worker: WorkerView) -> str | None:
+    """Push the finished worker's branch (its leftovers committed first) to the remote
+    and record it; the commit pushed (None when there is no remote)."""
+    remote = remote_of(ctx)
+    if remote is None:
+        return None
+    trees = ctx.worktrees
+    trees.commit_all(worker.bead_id, f"swarm-pool: uncommitted work of {worker.bead_id}")
+    branch = branch_name(worker.bead_id)
+    with trees.lock.hold():
+        # --force: the branch belongs to the bead's current attempt, which may have
+        # started over from the base on another host.
+        trees.run("push", "--quiet", "--force", remote, f"refs/heads/{branch}:refs/heads/{branch}")
+        commit = trees.rev(f"refs/heads/{branch}")
+    if commit is None:
+        raise GitError(f"branch {branch} vanished while it was pushed")
+    ctx.store.append(
+        BranchPushed(
+            bead_id=worker.bead_id,
+            epic_id=worker.epic_id,
+            attempt=worker.attempt,
+            host=ctx.config.pool.host,
+            remote=remote,
+            branch=branch,
+            commit=commit,
+        )
+    )
+    log.info("remote: pushed %s at %s to %s", branch, commit[:12], remote)
+    return commit
+
+
+def fetch_branch(ctx: SwarmContext, worker: WorkerView) -> None:
+    """Bring a worker's branch that another host ran into this clone's worktree of the
+    bead (WorkerError while that host has not pushed it yet). No-op on one host, and
+    for this host's own workers."""
+    remote = remote_of(ctx)
+    if remote is None or not worker.host or worker.host == ctx.config.pool.host:
+        return
+    push = _wait_for_push(ctx, worker)
+    if push is None:
+        raise WorkerError(
+            f"the branch of {worker.bead_id} is not on the remote yet: host {worker.host} "
+            "pushes it when the worker finishes"
+        )
+    trees = ctx.worktrees
+    branch = branch_name(worker.bead_id)
+    tracking = f"refs/remotes/{remote}/{branch}"
+    with trees.lock.hold():
+        trees.run("fetch", "--quiet", remote, f"+refs/heads/{branch}:{tracking}")
+    if trees.rev(tracking) != push.commit:
+        raise WorkerError(f"{remote} has another commit on {branch} than the one pushed")
+    path = trees.path_for(worker.bead_id)
+    if trees.get(worker.bead_id) is None:
+        with trees.lock.hold():
+            trees.run("branch", "--force", branch, tracking)
+        trees.create(worker.bead_id, base=ctx.config.workers.base_branch or None)
+    else:
+        with trees.lock.hold():
+            trees.run("reset", "--quiet", "--hard", tracking, cwd=path)
+
+
+def sync_base(ctx: SwarmContext, base: str) -> str | None:
+    """Fast-forward the local ``base`` to the remote's; the remote's commit (None when
+    there is no remote). GitError when the local base has commits the remote lacks."""
+    remote = remote_of(ctx)
+    if remote is None:
+        return None
+    trees = ctx.worktrees
+    tracking = f"refs/remotes/{remote}/{base}"
+    with trees.lock.hold():
+        trees.run("fetch", "--quiet", remote, f"+refs/heads/{base}:{tracking}")
+        theirs = trees.rev(tracking)
+        ours = trees.rev(f"refs/heads/{base}")
+        if theirs is None or ours == theirs:
+            return theirs
+        status, _ = trees.run(
+            "merge-base", "--is-ancestor", f"refs/heads/{base}", tracking, ok=(0, 1)
+        )
+        if status != 0:
+            raise GitError(
+                f"local {base} has commits that {remote}/{base} lacks; push or reset it first"
+            )
+        checkout = trees.checkout_of(base)
+        if checkout is not None:
+            trees.run("merge", "--quiet", "--ff-only", tracking, cwd=checkout)
+        else:
+            trees.run("update-ref", f"refs/heads/{base}", theirs, ours or "")
+    return theirs
+
+
+def publish_base(ctx: SwarmContext, base: str, before: str | None) -> None:
+    """Push the merged local ``base``; on refusal (the remote moved since ``before``)
+    put the local base back to ``before`` and raise RemoteMovedError."""
+    remote = remote_of(ctx)
+    if remote is None:
+        return
+    trees = ctx.worktrees
+    with trees.lock.hold():
+        status, _ = trees.run(
+            "push", "--quiet", remote, f"refs/heads/{base}:refs/heads/{base}", ok=(0, 1)
+        )
+        if status == 0:
+            return
+        if before is not None:
+            checkout = trees.checkout_of(base)
+            if checkout is not None:
+                trees.run("reset", "--quiet", "--keep", before, cwd=checkout)
+            else:
+                trees.run("update-ref", f"refs/heads/{base}", before)
+    raise RemoteMovedError(f"{remote}/{base} moved while merging; merge again")
