@@ -209,4 +209,4 @@ def test_logs_prints_the_instance_output(demo: Demo) -> None:
     )
     assert cli("logs", "model", project=demo.root).stdout.strip()
     bad = cli("logs", "oc-7", project=demo.root)
-    assert bad.returncode == 1 and "known: model, oc-1" in bad.stderr
+    assert bad.returncode == 1 and "known: mcp, model, oc-1" in bad.stderr

@@ -63,10 +63,13 @@ def _clock(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
 
 
-def header(snap: Snapshot) -> Text:
+def header(snap: Snapshot, quit_hint: bool = False) -> Text:
     sup = snap.supervisor
     text = Text()
     text.append("swarm-pool", style="bold")
+    if quit_hint:
+        # Up front: at the end of the line, a long project path wrapped it apart.
+        text.append("  (q quits; the pool keeps running)", style="dim")
     text.append(f"  {snap.project}  ")
     if sup.get("pid") is None:
         text.append("no pool", style="dim")
@@ -241,9 +244,7 @@ def events_panel(snap: Snapshot) -> Panel:
 
 def render(snap: Snapshot, *, quit_hint: bool = False) -> RenderableType:
     """The whole frame: header, then the four panels top to bottom."""
-    head = header(snap)
-    if quit_hint:
-        head.append("  (q quits; the pool keeps running)", style="dim")
+    head = header(snap, quit_hint)
     if not snap.store_present:
         head.append("\nno store yet: nothing has been recorded in this project", style="dim")
     return Group(
