@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox} [--json] [--quick]``
+"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox,slots} [--json] [--quick]``
 (``store --backend sqlite|postgresql|both``; ``workers --variants legacy,lean [--sizes
 1,2] [--repeats 2]`` compares OpenCode/MCP set-ups side by side, ``benches/variants.py``).
 
@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("pool", "store", "workers", "gateway", "sandbox")
+SUITES = ("pool", "store", "workers", "gateway", "sandbox", "slots")
 
 
 def machine() -> dict[str, Any]:

@@ -203,6 +203,14 @@ class WorkersSection(_Section):
     check_command: str = Field("", description="run in the worktree by swarm_complete")
     check_timeout_s: float = Field(300.0, gt=0)
     base_branch: str = Field("", description="empty: the branch checked out at spawn")
+    worktrees: Literal["slots", "fresh"] = Field(
+        "slots",
+        description="slots: reuse each instance's warm worktree directories; fresh: a new "
+        "worktree path per bead (the benchmark's legacy mode)",
+    )
+    slot_keep_ignored: bool = Field(
+        False, description="true: a slot's reset keeps ignored files (build caches)"
+    )
     remote: str = Field(
         "origin", description="several hosts: the git remote branches and merges meet on"
     )

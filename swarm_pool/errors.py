@@ -36,9 +36,12 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     │   ├── MigrationError
     │   ├── EventValidationError    unknown type / missing or bad field
     │   ├── NotFoundError           unknown epic, cell, message or reservation
-    │   └── WorkerStateError        a worker event the lifecycle refuses (nothing written)
-    │       ├── IllegalTransitionError  the transition table forbids it
-    │       └── VersionConflictError    the bead changed since the caller read it
+    │   │   └── TranscriptNotFoundError  no transcript saved for that bead (or attempt)
+    │   ├── WorkerStateError        a worker event the lifecycle refuses (nothing written)
+    │   │   ├── IllegalTransitionError  the transition table forbids it
+    │   │   └── VersionConflictError    the bead changed since the caller read it
+    │   └── SlotConflictError       a worktree slot changed since the caller read it (or is
+    │                               busy with another bead): read the slots again
     ├── HiveError                   cycle, unknown dependency, bad id
     ├── ReservationError
     │   └── PathEscapeError         a path or pattern leaves the project
@@ -217,6 +220,19 @@ class VersionConflictError(WorkerStateError):
         super().__init__(message, bead_id=bead_id)
         self.expected = expected
         self.actual = actual
+
+
+class SlotConflictError(StoreError):
+    """Another process took (or changed) the worktree slot since it was read: read the
+    slots again and pick another."""
+
+    def __init__(self, message: str, *, slot: str) -> None:
+        super().__init__(message)
+        self.slot = slot
+
+
+class TranscriptNotFoundError(NotFoundError):
+    pass
 
 
 class HiveError(SwarmPoolError):

@@ -98,6 +98,14 @@ class ProjectPaths:
     def worktrees_dir(self) -> Path:
         return self.swarm_dir / "worktrees"
 
+    @property
+    def slots_dir(self) -> Path:
+        return self.swarm_dir / "slots"
+
+    @property
+    def transcripts_dir(self) -> Path:
+        return self.swarm_dir / "transcripts"
+
     def instance_dir(self, name: str) -> Path:
         return self.instances_dir / name
 

@@ -377,7 +377,9 @@ def test_sandboxed_worker_is_refused_outside_its_worktree_but_commits(
     assert "No such file or directory" in other_wt and "exit=1" in other_wt
     assert "Read-only file system" in home and "exit=1" in home
     assert "Read-only file system" in project and "exit=1" in project
-    assert listing.strip() == "worktrees\nexit=0", listing  # only the way to its own
+    # Only the way to its own checkout ("slots" for a warm slot, the default).
+    way = Path(worker.worktree).relative_to(paths.swarm_dir.resolve()).parts[0]
+    assert listing.strip() == f"{way}\nexit=0", listing
     # Its own network namespace: loopback there has nothing listening, the host's is gone.
     assert "Connection refused" in network or "unreachable" in network, network
     assert "boxed commit" in commit and "exit=0" in commit, commit

@@ -48,9 +48,11 @@ from swarm_pool.store.events import (
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine import Engine
 from swarm_pool.swarm.failure import infra_backoff_until
+from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
 from swarm_pool.swarm.runner import SupervisorWatch
+from swarm_pool.swarm.slots import acquire
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
 from swarm_pool.view.metrics import epic_metrics
@@ -258,14 +260,16 @@ def test_spawn_queues_at_once_and_the_engine_starts_the_session(
     assert time.perf_counter() - started < 2.0
     assert result.status == "pending" and result.attempt == 1
     assert not pool.sessions  # spawn never talks to an instance itself
-    wt = Path(result.worktree)
-    assert wt == ctx.paths.worktrees_dir / bead and wt.is_dir()
-    assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == f"swarm/{bead}"
+    # Warm slots (the default): the directory is the chosen instance's, known at dispatch.
+    assert result.worktree == ""
     assert ctx.store.hive.get_cell(bead).status == "in_progress"
     assert [w.bead_id for w in poll(ctx).groups["pending"]] == [bead]
     engine.tick(wait=True)
     w = ctx.store.workers.get(bead)
     assert w is not None and w.status == "running" and w.session_id
+    wt = Path(w.worktree)
+    assert wt == ctx.paths.slots_dir.resolve() / w.instance / "0" and wt.is_dir()
+    assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == f"swarm/{bead}"
     sess = pool.sessions[w.session_id]
     assert sess["directory"] == str(wt) and sess["instance"] == w.instance
     (prompt,) = sess["prompts"]
@@ -273,7 +277,9 @@ def test_spawn_queues_at_once_and_the_engine_starts_the_session(
     assert contract is not None and contract.bead_id == bead and contract.files == ["a.txt"]
     assert "the shared context" in prompt
     spawned = ctx.store.read(types=["worker_spawned"], bead_id=bead)[-1].event
-    assert getattr(spawned, "prompt_hash", "") == result.prompt_hash != ""
+    # The prompt sent names the slot, which the spawn (and its hash) could not know.
+    assert getattr(spawned, "prompt_hash", "") == prompt_hash(prompt) != ""
+    assert result.prompt_hash != ""
 
 
 def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext, engine: Engine) -> None:
@@ -588,7 +594,10 @@ def test_review_and_merge(ctx: SwarmContext, repo: Path, pool: FakePool, engine:
     assert outcome.leftovers_commit and outcome.files == ["src/a.txt"]
     assert (repo / "src" / "a.txt").read_text() == "A\n"
     assert outcome.session_released and pool.sessions[wa.session_id or ""].get("deleted")
-    assert (wa.instance, "POST", "/instance/dispose") in pool.calls
+    # A warm slot's directory stays served (not disposed), and is free for the next bead.
+    assert (wa.instance, "POST", "/instance/dispose") not in pool.calls
+    held = ctx.store.slots.holding(a)
+    assert held is not None and held.state == "free" and held.path == wa.worktree
     assert [w.bead_id for w in poll(ctx).groups["completed"] if w.merged] == [a]
     # b writes outside its files: the review says so and does not approve
     (Path(wb.worktree) / "b.txt").write_text("B\n")
@@ -880,9 +889,9 @@ def test_restarted_engine_prompts_the_intent_that_never_was(
     assert wa is not None and wa.status == "dispatching" and wa.session_id
     assert pool.sessions[wa.session_id]["prompts"] == []
     spawn_async(ctx, b)
-    wb = ctx.store.workers.get(b)
-    assert wb is not None
-    orphan = pool.client(pool.slots["i2"]).create_session(wb.worktree, title="lost")["id"]
+    # The dispatcher of b took its slot and created a session, then died unrecorded.
+    where = str(acquire(ctx, "i2", b, 1))
+    orphan = pool.client(pool.slots["i2"]).create_session(where, title="lost")["id"]
     fresh = engine_for(ctx, pool)  # a new engine: reconciles on its first pass
     try:
         fresh.tick(wait=True)

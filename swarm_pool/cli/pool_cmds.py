@@ -6,6 +6,7 @@ Thin wrappers over ``swarm_pool.pool.api``: parse, call, print a rich table or `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from swarm_pool.config import checked_host
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool import api
+from swarm_pool.store.slots import counts_by_instance, describe_counts
 from swarm_pool.view.progress import pool_progress
 
 
@@ -62,6 +64,23 @@ def _print_table(status: dict[str, Any]) -> None:
             console.print(f"{inst['name']}: {inst['reason']}", markup=False)
     if status.get("hosts"):
         print_hosts(console, status["hosts"])
+    for name, counts in sorted((status.get("slot_counts") or {}).items()):
+        console.print(f"slots of {name}: {describe_counts(counts)}", markup=False)
+    for s in status.get("slots") or []:
+        if s["state"] == "dirty":
+            console.print(f"dirty slot {s['slot']}: {s['path']} ({s['reason']})", markup=False)
+
+
+def _with_slots(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
+    """The warm worktree slots (free, busy, dirty) from the store, when there is one."""
+    from swarm_pool.store.core import open_project_store, project_store_exists
+
+    if project_store_exists(app.paths, app.config):
+        with open_project_store(app.paths, app.config) as store:
+            views = store.slots.list()
+        result["slots"] = [s.to_dict() for s in views]
+        result["slot_counts"] = counts_by_instance(views)
+    return result
 
 
 def _public(status: dict[str, Any]) -> dict[str, Any]:
@@ -70,9 +89,11 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
 
 def _with_engine(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     """The pool's status plus its worker engine's (alive, queue, last tick), when a
-    supervisor runs: queued work only moves while the engine does."""
+    supervisor runs: queued work only moves while the engine does; and its slots."""
     from swarm_pool.swarm.engine_state import engine_status
 
+    with contextlib.suppress(SwarmPoolError):
+        _with_slots(app, result)
     if result["supervisor"].get("running"):
         result["engine"] = engine_status(app.paths, app.config.workers.engine_stale_s)
         result["ok"] = result["ok"] and result["engine"]["alive"]

@@ -1,5 +1,5 @@
 """Worker commands: ``spawn``, ``poll``, ``await``, ``review``, ``merge``, ``answer``,
-``workers`` and ``run``, each with ``--json``.
+``workers``, ``transcript`` and ``run``, each with ``--json``.
 
 They parse, call the core in ``swarm_pool.swarm`` and print a table or JSON. Exit codes:
 0 on success; 1 on an error (one line on stderr, via the root group); 2 for ``await``
@@ -188,6 +188,25 @@ def review(app: AppContext, bead_id: str, as_json: bool) -> None:
             click.echo(result.diffstat)
     if not result.approved:
         sys.exit(2)
+
+
+@main.command()
+@click.argument("bead_id")
+@click.option("--attempt", type=click.IntRange(1), default=None, help="Default: the latest.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (entries: text, tool calls).")
+@project_options
+def transcript(app: AppContext, bead_id: str, attempt: int | None, as_json: bool) -> None:
+    """Print what a worker did: its text, its tool calls and their results (saved when
+    its session is deleted, after the merge)."""
+    from swarm_pool.swarm import transcript as transcripts
+
+    with swarm_context(app) as ctx:
+        ctx.store.hive.get_cell(bead_id)  # NotFoundError: an unknown bead says so
+        summary = transcripts.summarize(transcripts.load(app.paths, bead_id, attempt))
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(transcripts.render(summary), nl=False)
 
 
 @main.command()

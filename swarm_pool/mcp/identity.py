@@ -20,6 +20,7 @@ from typing import Any
 from swarm_pool.errors import NotFoundError, PathEscapeError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store
+from swarm_pool.store.events import SlotState
 
 
 class IdentityError(SwarmPoolError):
@@ -64,9 +65,36 @@ def worktree_of(cwd: Path, project_root: Path) -> tuple[str, Path] | None:
     return rel.parts[0], worktrees / rel.parts[0]
 
 
+def _slot_of(store: Store, cwd: Path) -> tuple[str, Path] | None:
+    """``(bead_id, slot_dir)`` when ``cwd`` lies in a warm worktree slot
+    (``.swarm/slots/<instance>/<n>``): the bead is the one the store has in that slot
+    now, read on every call, because one MCP process serves a slot's successive beads."""
+    slots = ProjectPaths(store.project_root.resolve()).slots_dir.resolve()
+    try:
+        rel = cwd.resolve().relative_to(slots)
+    except ValueError:
+        return None
+    if len(rel.parts) < 2:
+        return None
+    path = slots / rel.parts[0] / rel.parts[1]
+    held = store.slots.at_path(str(path))
+    if held is None or held.state != SlotState.BUSY or not held.bead_id:
+        raise IdentityError(f"this MCP server runs in slot {path}, which holds no bead now")
+    return held.bead_id, path
+
+
+def slot_bead(store: Store, cwd: Path) -> str | None:
+    """The bead in the slot ``cwd`` lies in; None outside slots or in an idle slot."""
+    try:
+        found = _slot_of(store, cwd)
+    except IdentityError:
+        return None
+    return found[0] if found else None
+
+
 def identity_from_cwd(store: Store, cwd: Path) -> Identity | None:
     """The identity implied by the worktree ``cwd`` is in; None outside any worktree."""
-    found = worktree_of(cwd, store.project_root)
+    found = worktree_of(cwd, store.project_root) or _slot_of(store, cwd)
     if found is None:
         return None
     bead_id, worktree = found

@@ -29,6 +29,7 @@ from swarm_pool.mcp.identity import (
     default_agent_name,
     identity_from_cwd,
     identity_from_directory,
+    slot_bead,
 )
 from swarm_pool.mcp.tokens import Principal, Role
 from swarm_pool.store import Store, find_project_store
@@ -102,8 +103,14 @@ class Runtime:
         if principal is not None and principal.role is Role.WORKER:
             assert principal.directory is not None
             return identity_from_directory(store, principal.directory)
-        if self._host._registered is not None:
-            return self._host._registered
+        registered = self._host._registered
+        if registered is not None:
+            # A warm slot serves one bead after another with this same (stdio) process:
+            # a registration made for the slot's previous bead lapses with it.
+            now = slot_bead(store, self.cwd)
+            if now is None or now == registered.bead_id:
+                return registered
+            self._host._registered = None
         if principal is not None:
             return None  # the shared server's cwd says nothing about its caller
         return identity_from_cwd(store, self.cwd)

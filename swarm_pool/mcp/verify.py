@@ -73,7 +73,7 @@ def real_changes(
 ) -> tuple[str, list[str]]:
     """``(base, files)``: what the worktree changed since its merge-base with its base."""
     trees = Worktrees(project_root)
-    if trees.path_for(bead_id) == worktree.resolve():
+    if trees.locate(bead_id) == worktree.resolve():
         base = trees.base_of(bead_id, base_branch or None)
         return base, trees.changed_files(bead_id, base)
     base = base_branch or trees.default_base()

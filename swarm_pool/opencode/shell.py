@@ -39,6 +39,7 @@ SHELL_NAME = "bash"  # OpenCode picks its argument style by the shell's file nam
 BWRAP = "bwrap"
 SWARM_DIR = ".swarm"
 WORKTREES = "worktrees"
+SLOTS = "slots"
 
 
 def shell_path(project_root: Path) -> Path:
@@ -140,15 +141,18 @@ def install_shell(project_root: Path, *, sandbox: bool, network: bool = True) ->
 
 
 def worktree_of(project_root: Path, cwd: Path) -> Path | None:
-    """The pool worktree holding ``cwd`` (``<project>/.swarm/worktrees/<bead>``), or None."""
-    base = (project_root / SWARM_DIR / WORKTREES).resolve()
-    try:
-        rel = cwd.resolve().relative_to(base)
-    except ValueError:
-        return None
-    if not rel.parts:
-        return None
-    return base / rel.parts[0]
+    """The pool worktree holding ``cwd`` (``<project>/.swarm/worktrees/<bead>``, or a
+    slot ``<project>/.swarm/slots/<instance>/<n>``), or None."""
+    for sub, depth in ((WORKTREES, 1), (SLOTS, 2)):
+        base = (project_root / SWARM_DIR / sub).resolve()
+        try:
+            rel = cwd.resolve().relative_to(base)
+        except ValueError:
+            continue
+        if len(rel.parts) < depth:
+            return None
+        return base.joinpath(*rel.parts[:depth])
+    return None
 
 
 def git_dirs(worktree: Path) -> tuple[Path, Path] | None:

@@ -32,6 +32,7 @@ from swarm_pool.store.projections import check_versions, dump
 from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
 from swarm_pool.store.reservations import Reservations
 from swarm_pool.store.sessions import SessionMap
+from swarm_pool.store.slots import Slots
 from swarm_pool.store.workers import Workers, WorkerView
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
@@ -51,6 +52,7 @@ class Store:
         self.mail = Mail(recorder)
         self.workers = Workers(recorder)
         self.sessions = SessionMap(recorder)
+        self.slots = Slots(recorder)
         self.hosts = Hosts(recorder)
 
     def __enter__(self) -> Store:

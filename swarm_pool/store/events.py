@@ -437,6 +437,53 @@ class WorktreeMerged(BaseEvent):
     commit: str
 
 
+# --- worktree slots -------------------------------------------------------------------
+
+
+class SlotState(StrEnum):
+    """A worktree slot's state (the ``slots`` projection's ``state``)."""
+
+    FREE = "free"  # its last bead is merged, failed for good or cleaned: reusable
+    BUSY = "busy"  # a bead works in it (or finished, not merged yet)
+    DIRTY = "dirty"  # uncommitted work of a finished bead: never reset, skipped
+
+
+class SlotTaken(BaseEvent):
+    """A bead takes a slot (a reusable worktree directory owned by an instance)."""
+
+    type: Literal["slot_taken"] = "slot_taken"
+    slot: str  # "<instance>/<n>"
+    instance: str
+    path: str
+    bead_id: str
+    attempt: int = 1
+
+
+class SlotReleased(BaseEvent):
+    type: Literal["slot_released"] = "slot_released"
+    slot: str
+    bead_id: str
+    reason: str = ""  # merged | failed | cleaned
+
+
+class SlotRemoved(BaseEvent):
+    """A free slot's worktree was removed (more slots than the instance needs)."""
+
+    type: Literal["slot_removed"] = "slot_removed"
+    slot: str
+    path: str
+    reason: str = ""
+
+
+class SlotDirty(BaseEvent):
+    """A slot found holding uncommitted work when it was to be reset: left as it is."""
+
+    type: Literal["slot_dirty"] = "slot_dirty"
+    slot: str
+    bead_id: str = ""  # the bead whose work it holds
+    files: list[str] = Field(default_factory=list)
+
+
 class MergeConflict(BaseEvent):
     type: Literal["merge_conflict"] = "merge_conflict"
     bead_id: str
@@ -485,7 +532,11 @@ Event = Annotated[
     | AgentRegistered
     | ReviewCompleted
     | WorktreeMerged
-    | MergeConflict,
+    | MergeConflict
+    | SlotTaken
+    | SlotReleased
+    | SlotRemoved
+    | SlotDirty,
     Field(discriminator="type"),
 ]
 

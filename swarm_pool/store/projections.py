@@ -1,4 +1,5 @@
-"""The projections: workers, epics/cells, reservations and messages, kept from events.
+"""The projections: workers, epics/cells, reservations, messages and worktree slots,
+kept from events.
 
 Owns the projection tables and ``apply(writer, seq, event)``, which the recorder calls
 inside the append's own transaction, so a reader never sees an event without its effect
@@ -14,7 +15,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from swarm_pool.errors import HiveError, MailError, NotFoundError, VersionConflictError
+from swarm_pool.errors import (
+    HiveError,
+    MailError,
+    NotFoundError,
+    SlotConflictError,
+    VersionConflictError,
+)
 from swarm_pool.store import events as ev
 from swarm_pool.store.globs import has_magic
 from swarm_pool.store.lifecycle import WORKER_EVENTS, WorkerStatus, decide
@@ -159,6 +166,28 @@ SESSION_INSTANCES = (
 )
 
 
+# Migration 7: the worktree slots, one row per slot directory. ``bead_id`` is the bead
+# that last took it (kept once the slot is free, so the bead's next attempt finds its own
+# branch there); ``version`` counts the slot events applied, for conditional takes.
+SLOTS = (
+    """CREATE TABLE slots (
+        slot TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL,
+        bead_id TEXT NOT NULL DEFAULT '',
+        attempt INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        version INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX slots_instance ON slots (instance, slot)",
+    "CREATE INDEX slots_bead ON slots (bead_id)",
+    "CREATE INDEX slots_path ON slots (path)",
+)
+
+
 # Time spent blocked (waiting for a human), migration 5: a worker's timeout counts its
 # running time only. ``blocked_since`` is set while blocked, ``blocked_ms`` sums the
 # attempt's finished blocked spells.
@@ -210,6 +239,7 @@ TABLES: dict[str, str] = {
     "message_recipients": "message_id, agent",
     "worker_stale": "seq",
     "session_instances": "session_id",
+    "slots": "slot",
     "hosts": "name",
 }
 
@@ -642,6 +672,57 @@ def _session_routed(w: Writer, seq: int, e: ev.Event) -> None:
     )
 
 
+# --- worktree slots -------------------------------------------------------------------
+
+
+def _slot_taken(w: Writer, seq: int, e: ev.Event) -> None:
+    """Take a slot: refused (SlotConflictError, the append rolls back) unless it is new,
+    free, dirty (its taker checked it is clean now) or already the same bead's."""
+    assert isinstance(e, ev.SlotTaken)
+    row = w.query_one("SELECT state, bead_id, path FROM slots WHERE slot = ?", (e.slot,))
+    if row is not None:
+        if row["state"] == ev.SlotState.BUSY and row["bead_id"] != e.bead_id:
+            raise SlotConflictError(
+                f"slot {e.slot} is busy with bead {row['bead_id']}", slot=e.slot
+            )
+        if row["path"] != e.path:
+            raise SlotConflictError(f"slot {e.slot} is at {row['path']}, not {e.path}", slot=e.slot)
+    w.execute(
+        "INSERT INTO slots (slot, instance, path, state, bead_id, attempt, reason, version,"
+        " updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, '', 1, ?, ?) ON CONFLICT (slot) DO UPDATE"
+        " SET state = excluded.state, bead_id = excluded.bead_id, attempt = excluded.attempt,"
+        " reason = '', version = slots.version + 1, updated_at = excluded.updated_at,"
+        " seq = excluded.seq",
+        (e.slot, e.instance, e.path, ev.SlotState.BUSY, e.bead_id, e.attempt, e.timestamp, seq),
+    )
+
+
+def _slot_released(w: Writer, seq: int, e: ev.Event) -> None:
+    # Only the bead holding the slot releases it: a late release of an earlier bead is a
+    # no-op (recorded, never applied).
+    assert isinstance(e, ev.SlotReleased)
+    w.execute(
+        "UPDATE slots SET state = ?, reason = ?, version = version + 1, updated_at = ?, seq = ?"
+        " WHERE slot = ? AND bead_id = ? AND state <> ?",
+        (ev.SlotState.FREE, e.reason, e.timestamp, seq, e.slot, e.bead_id, ev.SlotState.FREE),
+    )
+
+
+def _slot_removed(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.SlotRemoved)
+    w.execute("DELETE FROM slots WHERE slot = ? AND state = ?", (e.slot, ev.SlotState.FREE))
+
+
+def _slot_dirty(w: Writer, seq: int, e: ev.Event) -> None:
+    assert isinstance(e, ev.SlotDirty)
+    reason = "uncommitted: " + ", ".join(e.files[:5]) if e.files else "uncommitted work"
+    w.execute(
+        "UPDATE slots SET state = ?, bead_id = CASE WHEN ? = '' THEN bead_id ELSE ? END,"
+        " reason = ?, version = version + 1, updated_at = ?, seq = ? WHERE slot = ?",
+        (ev.SlotState.DIRTY, e.bead_id, e.bead_id, reason, e.timestamp, seq, e.slot),
+    )
+
+
 def _host_beat(w: Writer, seq: int, e: ev.Event) -> None:
     assert isinstance(e, ev.HostBeat)
     instances = dump_json([i.model_dump() for i in e.instances])
@@ -681,4 +762,8 @@ _HANDLERS = {
     "message_read": _message_read,
     "message_acked": _message_acked,
     "session_routed": _session_routed,
+    "slot_taken": _slot_taken,
+    "slot_released": _slot_released,
+    "slot_dirty": _slot_dirty,
+    "slot_removed": _slot_removed,
 }

@@ -103,6 +103,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "worker_lifecycle", projections.WORKER_LIFECYCLE),
     Migration(5, "worker_blocked_time", projections.WORKER_BLOCKED_TIME),
     Migration(6, "session_instances", projections.SESSION_INSTANCES),
+    Migration(7, "worktree_slots", projections.SLOTS),
     Migration(8, "hosts", projections.HOSTS),
 )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from swarm_pool.swarm.router import (
     busy_counts,
     choose_instance,
 )
+from swarm_pool.swarm.slots import acquire, is_slot_path
 from swarm_pool.swarm.spec import PromptSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ def start_session(
     title: str,
     routing: Routing = "least_busy",
     avoid: Iterable[str] = (),
+    slotted: bool = False,
+    prompt_for: Callable[[str], str] | None = None,
 ) -> WorkerSpawned | None:
     """Route, create the session in the worktree, record it, prompt it, record the spawn.
 
@@ -103,8 +106,12 @@ def start_session(
     spawn is recorded); the slow part, OpenCode bootstrapping a new directory for the
     session, runs outside it, so dispatches to different instances overlap. Another
     instance is tried only when the request to create the session was never sent.
+    With ``slotted`` the worker runs in a warm worktree slot of the chosen instance
+    (taken here, so ``worktree`` is only the fallback), and ``prompt_for(worktree)``
+    renders the prompt naming it.
     """
-    grant_token(ctx, worktree)
+    if not slotted:
+        grant_token(ctx, worktree)
     limit = ctx.config.pool.max_sessions_per_instance
     failed: set[str] = set()
     while True:
@@ -123,11 +130,16 @@ def start_session(
                 return None
             _reserve(slot.name, +1)
         try:
+            where = worktree
+            if slotted:
+                where = str(acquire(ctx, slot.name, bead_id, attempt))
+                grant_token(ctx, where)
+            text = prompt_for(where) if prompt_for is not None else prompt
             return _start_on(
                 ctx,
                 slot,
-                _Attempt(bead_id, epic_id, attempt, version, worktree, list(files)),
-                prompt,
+                _Attempt(bead_id, epic_id, attempt, version, where, list(files)),
+                text,
                 title,
             )
         except OpenCodeNotSentError:
@@ -296,7 +308,8 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
         )
         spec = local_spec(load_spec(ctx, bead_id), worker.worktree)
-        prompt = render_prompt(ctx, bead_id, worker.attempt, spec)
+        worktree = worker.worktree or getattr(queued, "worktree", "")
+        prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
             from swarm_pool.swarm.dedicated import request_instance
 
@@ -307,17 +320,24 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             epic_id=worker.epic_id,
             attempt=worker.attempt,
             version=worker.version,
-            worktree=worker.worktree or getattr(queued, "worktree", ""),
+            worktree=worktree,
             prompt=prompt,
             files=list(worker.files or getattr(queued, "files", [])),
             title=spec.contract.title or bead_id,
             routing=routing,
             avoid=_avoid_after_failure(ctx, bead_id),
+            # The spawner decided: no directory yet (or its slot, on a retry) means a slot.
+            slotted=not worktree or is_slot_path(ctx, worktree),
+            prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
         )
 
 
-def render_prompt(ctx: SwarmContext, bead_id: str, attempt: int, spec: PromptSpec) -> str:
-    """The attempt's prompt (a retry's says why the earlier attempt ended)."""
+def render_prompt(
+    ctx: SwarmContext, bead_id: str, attempt: int, spec: PromptSpec, worktree: str = ""
+) -> str:
+    """The attempt's prompt (a retry's says why the earlier attempt ended), naming
+    ``worktree`` when given (a slot is known only once the worker is dispatched)."""
+    spec = local_spec(spec, worktree)
     reason = ""
     if attempt > 1:
         retried = ctx.last_event(bead_id, "worker_retried")

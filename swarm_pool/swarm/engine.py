@@ -64,6 +64,7 @@ from swarm_pool.swarm.watch import (
     InstanceWatcher,
     StoreLookup,
     WatchManager,
+    last_answer_error,
     record_watched,
     session_finished,
 )
@@ -476,10 +477,24 @@ class Engine:
             client.health(timeout=2.0)
             if not session_finished(client, w.session_id, w.worktree or None):
                 return
+            # Its SSE session.error may not be recorded yet (a warm directory answers
+            # fast): an idle session whose last answer failed is a session error.
+            error = last_answer_error(client, w.session_id, w.worktree or None)
         except OpenCodeError:
             return  # an unhealthy instance proves nothing; the supervisor handles it
         finally:
             client.close()
+
+        if error:
+            fail(
+                ctx,
+                w.bead_id,
+                error=error,
+                reason="session_error",
+                session_id=w.session_id,
+                attempt=w.attempt,
+            )
+            return
 
         def build(current: WorkerView | None) -> list[WorkerNeedsReview] | None:
             # swarm_complete, a failure or a retry may have landed meanwhile.

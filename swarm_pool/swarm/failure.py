@@ -32,6 +32,8 @@ from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.store.recorder import StoredEvent
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.slots import ReleaseReason, is_slot_path
+from swarm_pool.swarm.slots import release_events as slot_release_events
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,12 @@ def fail(
             ctx.store.change_worker(bead_id, build)
         except WorkerStateError:
             return "ignored"
+        if outcome == "failed" and is_slot_path(ctx, worker.worktree):
+            # Its slot serves the next bead: the session goes now, its transcript kept.
+            # (Imported here: review -> remote -> hosts imports this module.)
+            from swarm_pool.swarm.review import release_session
+
+            release_session(ctx, bead_id)
         if outcome == "failed":
             queued = ctx.last_event(bead_id, "worker_queued")
             if getattr(queued, "routing", "") == "dedicated":
@@ -214,6 +222,9 @@ def _final_events(
             status="blocked",
             reason=f"worker failed: {reason}",
         ),
+        # Failed for good: its slot may serve another bead (not if it holds uncommitted
+        # work: that is checked before any reset).
+        *slot_release_events(ctx, worker.bead_id, ReleaseReason.FAILED),
     ]
 
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from swarm_pool.errors import OpenCodeError, OpenCodeStatusError, SwarmPoolError
-from swarm_pool.store.events import now_ms
+from swarm_pool.store.events import SlotState, now_ms
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
@@ -57,7 +57,7 @@ def reconcile(
     report = ReconcileReport()
     workers = [
         w
-        for w in mine(ctx, ctx.store.workers.list())
+        for w in (_with_slot(ctx, w) for w in mine(ctx, ctx.store.workers.list()))
         if w.status in LIVE and w.worktree and w.bead_id not in skip
     ]
     for slot in slots:
@@ -69,6 +69,17 @@ def reconcile(
     return report
 
 
+def _with_slot(ctx: SwarmContext, w: WorkerView) -> WorkerView:
+    """A queued worker names no directory yet; the slot it holds (taken by a dispatcher
+    that then died) is its directory all the same."""
+    if w.worktree or w.status not in LIVE:
+        return w
+    held = ctx.store.slots.holding(w.bead_id)
+    if held is None or held.state != SlotState.BUSY:
+        return w
+    return replace(w, worktree=held.path)
+
+
 def sweep_unknown(ctx: SwarmContext, slots: list[InstanceSlot], grace_s: float) -> list[str]:
     """Delete sessions in the workers' worktrees that the store has never heard of and
     that are older than ``grace_s`` (a dispatcher records its session within that)."""
@@ -76,7 +87,12 @@ def sweep_unknown(ctx: SwarmContext, slots: list[InstanceSlot], grace_s: float) 
         str(getattr(s.event, "session_id", ""))
         for s in ctx.store.read(types=["worker_session_created", "worker_spawned"])
     }
-    worktrees = sorted({w.worktree for w in ctx.store.workers.list() if w.worktree})
+    worktrees = sorted(
+        {w.worktree for w in ctx.store.workers.list() if w.worktree}
+        # A slot is taken before its session is created, so a dispatcher that died in
+        # between left its session in a busy slot its worker does not name yet.
+        | {s.path for s in ctx.store.slots.list() if s.state == SlotState.BUSY}
+    )
     cutoff = now_ms() - int(grace_s * 1000)
     removed: list[str] = []
     for slot in slots:
@@ -166,7 +182,7 @@ def settle_intent(
                 spec = load_spec(ctx, w.bead_id)
             except SwarmPoolError:
                 return
-            prompt = render_prompt(ctx, w.bead_id, w.attempt, spec)
+            prompt = render_prompt(ctx, w.bead_id, w.attempt, spec, w.worktree)
             if not any(_is_user(m) for m in messages):
                 client.prompt_async(w.session_id, prompt, directory=w.worktree)
                 report.prompted.append(w.bead_id)

@@ -9,8 +9,10 @@ unless the bead's latest ``review_completed`` approved exactly that head and con
 then it commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
 branch under the git lock (``Worktrees.merge``), records ``worktree_merged`` (or
 ``merge_conflict``, with the base left untouched), closes the bead, and releases the
-worker's OpenCode session: the session is deleted and its directory disposed on its
-instance. ``cleanup`` removes merged worktrees and never one with uncommitted changes.
+worker's OpenCode session: its transcript is saved, the session is deleted and (unless
+it is a warm slot, given back in the merge's own transaction) its directory disposed on
+its instance. ``cleanup`` removes merged worktrees and never one with uncommitted
+changes.
 With several hosts (``remote.py``) both first fetch a branch another host ran, and
 ``merge`` fast-forwards the base to the shared remote's before merging and pushes it
 after.
@@ -31,6 +33,7 @@ from swarm_pool.errors import (
     SwarmPoolError,
     WorkerError,
 )
+from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.store.events import (
     CellStatusChanged,
     MergeConflict,
@@ -39,8 +42,13 @@ from swarm_pool.store.events import (
 )
 from swarm_pool.store.globs import matches
 from swarm_pool.store.lifecycle import MERGEABLE
+from swarm_pool.store.workers import WorkerView
+from swarm_pool.swarm import transcript
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.remote import fetch_branch, publish_base, sync_base
+from swarm_pool.swarm.slots import ReleaseReason, is_slot_path
+from swarm_pool.swarm.slots import cleanup as cleanup_slots
+from swarm_pool.swarm.slots import release_events as slot_release_events
 
 
 @dataclass(frozen=True)
@@ -224,6 +232,8 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
     merged += ctx.store.reservations.release_events(
         bead_id, worker.agent_name or f"worker-{bead_id}", "merged"
     )
+    # Its slot (if it ran in one) is free for the next bead from the same moment.
+    merged += slot_release_events(ctx, bead_id, ReleaseReason.MERGED)
     ctx.store.append_many(merged, expect={bead_id: worker.version})
     released = release_session(ctx, bead_id)
     return MergeOutcome(
@@ -267,11 +277,15 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
 
 
 def release_session(ctx: SwarmContext, bead_id: str) -> bool:
-    """Delete the worker's session and dispose its directory on its instance.
+    """Save the worker's transcript, delete its session, and dispose its directory on
+    its instance unless it is a warm slot.
 
-    Disposing frees the instance's per-directory state (the MCP process among it); its
-    RSS does not shrink, which the supervisor's memory-limit restart handles. Dedicated
-    instances are stopped instead. Best effort: False if the instance is unreachable.
+    A slot's directory stays served (that is what keeps it warm: the next bead in it
+    skips OpenCode's per-directory set-up), so an instance serves a bounded set of
+    directories. A fresh worktree's directory will never be used again: disposing frees
+    the instance's per-directory state (the MCP process among it); its RSS does not
+    shrink, which the supervisor's memory-limit restart bounds. Dedicated instances are
+    stopped instead. Best effort: False if the instance is unreachable.
     """
     worker = ctx.store.workers.get(bead_id)
     if worker is None or not worker.instance or not worker.session_id:
@@ -286,8 +300,9 @@ def release_session(ctx: SwarmContext, bead_id: str) -> bool:
     if slot is not None:
         client = ctx.client(slot)
         try:
+            keep_transcript(ctx, client, worker)
             client.delete_session(worker.session_id, directory=worker.worktree or None)
-            if worker.worktree:
+            if worker.worktree and not is_slot_path(ctx, worker.worktree):
                 client.dispose_directory(worker.worktree)
             done = True
         except OpenCodeError:
@@ -302,6 +317,25 @@ def release_session(ctx: SwarmContext, bead_id: str) -> bool:
     return done
 
 
+def keep_transcript(ctx: SwarmContext, client: OpenCodeClient, worker: WorkerView) -> None:
+    """Save the session's messages before it goes (OpenCodeError if they cannot be read:
+    the session is then not deleted either)."""
+    assert worker.session_id is not None
+    messages = client.messages(worker.session_id, directory=worker.worktree or None)
+    transcript.save(
+        ctx.paths,
+        bead_id=worker.bead_id,
+        attempt=worker.attempt,
+        session_id=worker.session_id,
+        instance=worker.instance,
+        worktree=worker.worktree,
+        messages=messages,
+    )
+
+
 def cleanup(ctx: SwarmContext) -> dict[str, Any]:
-    """Remove merged worktrees; anything with uncommitted changes is kept (and said why)."""
-    return ctx.worktrees.cleanup().to_dict()
+    """Remove merged worktrees and give back idle clean slots; anything with uncommitted
+    changes is kept (and said why)."""
+    result = ctx.worktrees.cleanup().to_dict()
+    result["slots"] = cleanup_slots(ctx)
+    return result

@@ -38,7 +38,7 @@ from swarm_pool.errors import (
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.review import merge, review
+from swarm_pool.swarm.review import cleanup, merge, review
 from swarm_pool.swarm.status import PollResult, poll
 from swarm_pool.swarm.workers import spawn_async
 
@@ -377,7 +377,7 @@ def _run(
         if display is not None:
             display.close()
     with contextlib.suppress(SwarmPoolError):
-        ctx.worktrees.cleanup()
+        cleanup(ctx)
     return RunSummary(
         epic_id=runner.epic_id,
         tasks=runner.tasks,

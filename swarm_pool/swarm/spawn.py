@@ -1,7 +1,8 @@
 """Spawning a worker without waiting: ``spawn_async``.
 
 It checks the bead's dependencies and that no live spawn of it exists, creates (or
-reuses) its git worktree, saves its prompt spec, records ``worker_queued`` (with the
+reuses) its git worktree (with warm slots, the default, the dispatcher gives it one of
+the chosen instance's slots instead), saves its prompt spec, records ``worker_queued`` (with the
 bead in progress, in one transaction) and returns: about a git worktree's worth of
 milliseconds. The engine dispatches it (``dispatch``).
 """
@@ -26,7 +27,9 @@ from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import ROUTINGS, Routing
+from swarm_pool.swarm.slots import uses_slots
 from swarm_pool.swarm.spec import PromptSpec, save_spec
+from swarm_pool.swarm.worktree import branch_name
 
 # Kept for callers of the old names; the vocabulary is store.lifecycle's.
 LIVE_STATUSES = LIVE
@@ -118,12 +121,17 @@ def spawn_async(
             )
         attempt = current.attempt + 1 if current is not None else 1
         base = ctx.config.workers.base_branch or None
-        tree = ctx.worktrees.create(bead_id, base=base)
+        if uses_slots(ctx, policy):
+            # The dispatcher puts it in a warm slot of the instance it picks.
+            branch_name(bead_id)
+            worktree = ""
+        else:
+            worktree = str(ctx.worktrees.create(bead_id, base=base).path)
         contract = Contract(
             bead_id=bead_id,
             epic_id=cell.epic_id,
             title=title or cell.title,
-            worktree=str(tree.path),
+            worktree=worktree,
             files=owned,
             read_only=list(read_only),
             attempt=attempt,
@@ -152,7 +160,7 @@ def spawn_async(
                         epic_id=cell.epic_id,
                         attempt=attempt,
                         title=contract.title,
-                        worktree=str(tree.path),
+                        worktree=worktree,
                         files=owned,
                         prompt_hash=prompt_hash(text),
                         routing=policy,
@@ -177,7 +185,7 @@ def spawn_async(
         epic_id=cell.epic_id,
         status="pending",
         attempt=attempt,
-        worktree=str(tree.path),
+        worktree=worktree,
         prompt_hash=prompt_hash(text),
         routing=policy,
         elapsed_ms=round((time.perf_counter() - started) * 1000, 2),

@@ -292,6 +292,19 @@ def session_finished(client: OpenCodeClient, session_id: str, directory: str | N
     return isinstance(times, dict) and bool(times.get("completed"))
 
 
+def last_answer_error(client: OpenCodeClient, session_id: str, directory: str | None) -> str:
+    """The error the session's last assistant message ended with ("" if none): a session
+    that stopped on a model error is idle like a finished one."""
+    messages = client.messages(session_id, directory=directory)
+    info = messages[-1].get("info") if messages and isinstance(messages[-1], dict) else None
+    error = info.get("error") if isinstance(info, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    data = error.get("data")
+    detail = data.get("message") if isinstance(data, dict) else None
+    return f"{error.get('name', 'error')}: {detail}" if detail else str(error.get("name", "error"))
+
+
 def record_watched(store: Any, events: list[BaseEvent]) -> None:
     """Record what a watcher saw. Session events go in as they are; a worker event only
     if its attempt's session is still the worker's and the change still applies, decided

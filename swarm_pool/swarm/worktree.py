@@ -9,7 +9,10 @@ plus thread lock), because parallel git commands on one repository collide on ``
 lock files. Git runs through gitpython's command wrapper; its failures become
 ``GitError`` subclasses. Each branch's base is remembered in the repository config
 (``branch.swarm/<bead>.swarmbase``) and a merge is marked there too, so ``merge`` and
-``cleanup`` need no other state.
+``cleanup`` need no other state. A bead's checkout is wherever git has its branch
+checked out (``locate``): its own ``.swarm/worktrees/<bead>``, or a reusable slot that
+``reset_slot`` moved to its branch (which slot belongs to which bead is the store's
+record, kept by ``swarm.slots``).
 """
 
 from __future__ import annotations
@@ -285,6 +288,15 @@ class Worktrees:
         branch_name(bead_id)  # validates the id before it becomes a path
         return self.dir / bead_id
 
+    def locate(self, bead_id: str) -> Path:
+        """Where the bead's branch is checked out (a slot, or its own worktree); its own
+        worktree's path when it is checked out nowhere."""
+        own = self.path_for(bead_id)
+        found = self.checkout_of(branch_name(bead_id))
+        if found is not None and found != self.root:
+            return found
+        return own
+
     def current_branch(self, cwd: Path | None = None) -> str | None:
         out = self._git(cwd or self.root, "symbolic-ref", "--quiet", "--short", "HEAD", ok=(0, 1))
         return out.stdout.strip() if out.status == 0 else None
@@ -361,8 +373,94 @@ class Worktrees:
                 raise GitError(f"git worktree add did not register {path}")
             return self._info(bead_id, listed, created=True)
 
+    def reset_slot(
+        self, path: Path, bead_id: str, base: str | None = None, *, keep_ignored: bool = False
+    ) -> WorktreeInfo:
+        """Put slot ``path`` on branch ``swarm/<bead>``, creating the slot if needed.
+
+        A slot already on the bead's branch is returned as it is (a retry continues the
+        attempt's work). Otherwise the slot must be clean (DirtyWorktreeError names the
+        files: uncommitted work is never reset); it then checks out the bead's branch
+        (made from ``base`` if new) and loses everything of the previous bead: tracked
+        changes, untracked files and, unless ``keep_ignored``, ignored ones (build
+        caches).
+        """
+        branch = branch_name(bead_id)
+        path = path.resolve()
+        with self.lock.hold():
+            listed = self._find(path)
+            if listed is None or listed.prunable or not path.is_dir():
+                if listed is not None:
+                    self._git(self.root, "worktree", "prune")
+                if path.exists() and any(path.iterdir()):
+                    raise GitError(f"{path} exists but is not a git worktree; move it away")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                start = self._check_branch(base) if base else self.default_base()
+                self._git(self.root, "worktree", "add", "--detach", str(path), start)
+                listed = self._find(path)
+                if listed is None:
+                    raise GitError(f"git worktree add did not register {path}")
+            if listed.branch == branch:
+                return self._info(bead_id, listed, created=False)
+            dirty = self.uncommitted_files(path)
+            if dirty:
+                raise DirtyWorktreeError(
+                    f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); "
+                    "not resetting it",
+                    files=dirty,
+                )
+            elsewhere = self.checkout_of(branch)
+            if elsewhere is not None:
+                raise GitError(f"branch {branch} is already checked out at {elsewhere}")
+            if self._rev(f"refs/heads/{branch}") is not None:
+                # Commits of an earlier attempt survive on the branch: continue from them.
+                self._git(path, "checkout", "--force", "--quiet", branch)
+                if base:
+                    self._git(self.root, "config", f"branch.{branch}.{_BASE_KEY}", base)
+            else:
+                base_name = self._check_branch(base) if base else self.default_base()
+                self._git(path, "checkout", "--force", "--quiet", "-b", branch, base_name)
+                self._git(self.root, "config", f"branch.{branch}.{_BASE_KEY}", base_name)
+            self._git(path, "reset", "--hard", "--quiet", "HEAD")
+            self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq")
+            listed = self._find(path)
+            if listed is None or listed.branch != branch:
+                raise GitError(f"slot {path} is not on {branch} after its reset")
+            return self._info(bead_id, listed, created=True)
+
+    def remove_slot(self, path: Path) -> None:
+        """Remove a slot's worktree (its branch stays); DirtyWorktreeError if it holds
+        uncommitted work."""
+        path = path.resolve()
+        with self.lock.hold():
+            listed = self._find(path)
+            if listed is None or listed.prunable or not path.is_dir():
+                if listed is not None:
+                    self._git(self.root, "worktree", "prune")
+                return
+            dirty = self.uncommitted_files(path)
+            if dirty:
+                raise DirtyWorktreeError(
+                    f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); "
+                    "not removing it",
+                    files=dirty,
+                )
+            self._git(self.root, "worktree", "remove", "--force", str(path))
+
+    def drop_merged_branch(self, bead_id: str) -> bool:
+        """Delete ``swarm/<bead>`` if we merged it, nothing came after, and no checkout
+        has it (a slot moved on to another bead); committed work is never lost."""
+        branch = branch_name(bead_id)
+        with self.lock.hold():
+            marker = self._config_get(f"branch.{branch}.{_MERGED_KEY}")
+            tip = self._rev(f"refs/heads/{branch}")
+            if marker is None or tip != marker or self.checkout_of(branch) is not None:
+                return False
+            self._git(self.root, "branch", "-D", branch)
+            return True
+
     def get(self, bead_id: str) -> WorktreeInfo | None:
-        listed = self._find(self.path_for(bead_id))
+        listed = self._find(self.locate(bead_id))
         if listed is None or listed.prunable:
             return None
         return self._info(bead_id, listed, created=False)
@@ -380,7 +478,7 @@ class Worktrees:
     def _where(self, target: str | Path) -> tuple[Path, str | None]:
         if isinstance(target, Path):
             return target.resolve(), None
-        path = self.path_for(target)
+        path = self.locate(target)
         if not path.is_dir():
             raise GitError(f"no worktree for {target} at {path}")
         return path, target
@@ -496,7 +594,7 @@ class Worktrees:
             tip = self._rev(f"refs/heads/{branch}")
             if tip is None:
                 raise GitError(f"branch {branch} does not exist")
-            path = self.path_for(bead_id)
+            path = self.locate(bead_id)
             if require_clean and path.is_dir() and self._find(path) is not None:
                 dirty = self.uncommitted_files(path)
                 if dirty:
@@ -657,7 +755,9 @@ class Worktrees:
             elif path.exists():
                 raise GitError(f"{path} is not a registered worktree; not touching it")
             tip = self._rev(f"refs/heads/{branch}")
-            if not delete_branch or tip is None:
+            if not delete_branch or tip is None or self.checkout_of(branch) is not None:
+                # Checked out elsewhere (a slot): git would refuse, and the slot is
+                # reset to another branch when it is next taken.
                 return False
             base = self._recorded_base(bead_id) or self.current_branch()
             if base is None or self._rev(f"refs/heads/{base}") is None:

@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from swarm_pool.store.slots import counts_by_instance, describe_counts
 from swarm_pool.view.snapshot import EpicBlock, Snapshot
 
 LEVEL_STYLES = {
@@ -112,8 +113,10 @@ def instances_panel(snap: Snapshot) -> Panel:
         ("restarts", "right"),
         ("uptime", "right"),
         ("last sign", "right"),
+        ("slots", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    slots = counts_by_instance(snap.slots)
     for inst in snap.instances:
         state = Text(inst.state, style=STATE_STYLES.get(inst.state, ""))
         if inst.draining:
@@ -132,9 +135,18 @@ def instances_panel(snap: Snapshot) -> Panel:
             Text(str(inst.restarts), style="yellow" if inst.restarts else ""),
             fmt_duration(inst.uptime_s),
             fmt_duration(inst.last_sign_s),
+            _slots_text(slots.get(inst.name, {})),
         )
     body: RenderableType = table if snap.instances else Text("no pool running", style="dim")
     return Panel(body, title=f"instances ({len(snap.instances)})", title_align="left")
+
+
+def _slots_text(counts: dict[str, int]) -> Text:
+    """The instance's warm worktree slots: busy, free and (yellow) dirty."""
+    text = Text(describe_counts(counts))
+    if counts.get("dirty"):
+        text.stylize("yellow")
+    return text
 
 
 def _epic_title(block: EpicBlock) -> Text:

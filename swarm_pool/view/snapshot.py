@@ -145,6 +145,15 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class SlotRow:
+    slot: str
+    instance: str
+    state: str  # free | busy | dirty
+    bead_id: str
+    path: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     project: str
     taken_at: int
@@ -158,6 +167,7 @@ class Snapshot:
     last_seq: int = 0
     store_present: bool = False
     problems: list[str] = field(default_factory=list)
+    slots: list[SlotRow] = field(default_factory=list)
     # Several hosts on a PostgreSQL store (``Hosts.overview``); empty on one host.
     hosts: list[dict[str, Any]] = field(default_factory=list)
 
@@ -452,6 +462,9 @@ class SnapshotSource:
                 for s in store.read(types=_EVENT_PANEL_TYPES, descending=True, limit=limits.events)
             ]
             last_seq = store.last_seq()
+            slots = [
+                SlotRow(s.slot, s.instance, s.state, s.bead_id, s.path) for s in store.slots.list()
+            ]
             hosts = hosts_overview(store, self.config.pool.hosts_stale_s)
         except SwarmPoolError as e:  # shown in the frame; the next one tries again
             problems.append(f"store: {e}")
@@ -469,6 +482,7 @@ class SnapshotSource:
             last_seq=last_seq,
             store_present=True,
             problems=problems,
+            slots=slots,
             hosts=hosts,
         )
 

@@ -1,0 +1,236 @@
+"""Warm worktree slots: the reusable worktree directories each instance keeps.
+
+OpenCode pays its per-directory set-up (config, project and VCS detection, tools, MCP
+clients) on the first session in a directory, and keeps that state warm after. So,
+unless ``[workers] worktrees = "fresh"`` or the routing is ``dedicated``, a worker does
+not get a new path: at dispatch, once the router has chosen its instance, ``acquire``
+gives it one of that instance's slots (``.swarm/slots/<instance>/<n>``), reset with git
+to the bead's branch. Slots are made lazily, when none of the instance's is free. A slot
+is taken in the store first (a conditional append: two processes never put two beads in
+one slot) and only then reset, so the loser of a race never touches the winner's files.
+A bead keeps its slot across retries, and gives it back when it is merged, fails for
+good (``release_events``, appended with that outcome) or is cleaned up (``cleanup``). A
+slot found with uncommitted work is never reset: it is marked dirty and skipped. Free
+slots beyond ``max_sessions_per_instance`` are removed and their directories disposed on
+their instance (``trim``), so an instance serves a bounded set of directories.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from swarm_pool import faults
+from swarm_pool.errors import (
+    DirtyWorktreeError,
+    GitError,
+    OpenCodeError,
+    SlotConflictError,
+    SwarmPoolError,
+    WorkerError,
+)
+from swarm_pool.store.events import SlotReleased, SlotState
+from swarm_pool.store.lifecycle import LIVE, WorkerStatus
+from swarm_pool.store.slots import SlotView
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.router import Routing
+
+log = logging.getLogger(__name__)
+
+# Races lost in a row before acquire gives up (each loss means another taker progressed).
+_TRIES = 16
+
+
+class ReleaseReason(StrEnum):
+    """Why a slot was given back (``slot_released.reason``)."""
+
+    MERGED = "merged"
+    FAILED = "failed"
+    CLEANED = "cleaned"
+
+
+def uses_slots(ctx: SwarmContext, routing: str) -> bool:
+    """Whether a worker with this routing runs in a slot (not a fresh worktree)."""
+    dedicated: Routing = "dedicated"
+    return ctx.config.workers.worktrees == "slots" and routing != dedicated
+
+
+def is_slot_path(ctx: SwarmContext, path: str) -> bool:
+    if not path:
+        return False
+    try:
+        Path(path).resolve().relative_to(ctx.paths.slots_dir.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _number(view: SlotView) -> int:
+    try:
+        return int(view.slot.rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _candidates(ctx: SwarmContext, instance: str, bead_id: str) -> list[SlotView]:
+    """The slots to try, best first: the bead's own (a retry continues there), then the
+    instance's free ones, then its dirty ones that are clean again."""
+    own = ctx.store.slots.holding(bead_id)
+    mine = ctx.store.slots.list(instance=instance)
+    found = [own] if own is not None else []
+    found += [s for s in mine if s.state == SlotState.FREE and s.slot != getattr(own, "slot", "")]
+    for s in mine:
+        if s.state != SlotState.DIRTY or s.slot == getattr(own, "slot", ""):
+            continue
+        try:
+            if not ctx.worktrees.uncommitted_files(Path(s.path)):
+                found.append(s)
+        except GitError:
+            continue
+    return found
+
+
+def _new_slot(ctx: SwarmContext, instance: str) -> SlotView:
+    used = {_number(s) for s in ctx.store.slots.list(instance=instance)}
+    n = next(i for i in itertools.count() if i not in used)
+    path = ctx.paths.slots_dir.resolve() / instance / str(n)
+    return SlotView(f"{instance}/{n}", instance, str(path), SlotState.FREE, "", 0, "", 0, 0)
+
+
+def acquire(ctx: SwarmContext, instance: str, bead_id: str, attempt: int) -> Path:
+    """A slot of ``instance`` for the bead, on its branch: the directory to run it in.
+
+    Raises WorkerError when every try lost a race, GitError when git fails.
+    """
+    base = ctx.config.workers.base_branch or None
+    keep = ctx.config.workers.slot_keep_ignored
+    for _ in range(_TRIES):
+        lost = False
+        for cand in [*_candidates(ctx, instance, bead_id), _new_slot(ctx, instance)]:
+            faults.point("slots.before_take")
+            try:
+                taken = ctx.store.slots.take(
+                    cand.slot,
+                    instance=cand.instance,
+                    path=cand.path,
+                    bead_id=bead_id,
+                    attempt=attempt,
+                    expect_version=cand.version,
+                )
+            except SlotConflictError:
+                lost = True
+                break  # someone else moved: read the slots again
+            try:
+                ctx.worktrees.reset_slot(Path(taken.path), bead_id, base, keep_ignored=keep)
+            except DirtyWorktreeError as e:
+                # Never reset: hand it back to the work it holds, shown as dirty.
+                ctx.store.slots.mark_dirty(taken.slot, cand.bead_id or bead_id, list(e.files))
+                continue
+            except GitError:
+                ctx.store.slots.mark_dirty(taken.slot, cand.bead_id, [])
+                raise
+            if cand.bead_id and cand.bead_id != bead_id:
+                try:
+                    ctx.worktrees.drop_merged_branch(cand.bead_id)
+                except GitError as e:
+                    log.info("slot %s: branch of %s kept: %s", taken.slot, cand.bead_id, e)
+            return Path(taken.path)
+        if not lost:
+            break
+    raise WorkerError(f"could not take a worktree slot on {instance} for {bead_id}")
+
+
+def release_events(ctx: SwarmContext, bead_id: str, reason: str) -> list[SlotReleased]:
+    """What frees the bead's slot, to append with the outcome that frees it."""
+    return ctx.store.slots.release_events(bead_id, reason)
+
+
+def cleanup(ctx: SwarmContext) -> dict[str, Any]:
+    """Give back the slots of beads that are no longer worked on and hold nothing
+    uncommitted; mark the ones with uncommitted work dirty. Unmerged finished work stays
+    (like a fresh worktree's), reported under ``kept``."""
+    released: list[str] = []
+    kept: dict[str, str] = {}
+    for s in ctx.store.slots.list():
+        worker = ctx.store.workers.get(s.bead_id) if s.bead_id else None
+        if s.state == SlotState.BUSY and worker is not None and worker.status in LIVE:
+            continue
+        try:
+            dirty = ctx.worktrees.uncommitted_files(Path(s.path))
+        except GitError as e:
+            kept[s.slot] = str(e)
+            continue
+        if dirty:
+            if s.state != SlotState.DIRTY:
+                ctx.store.slots.mark_dirty(s.slot, s.bead_id, dirty)
+            kept[s.slot] = f"uncommitted changes: {', '.join(dirty[:10])}"
+            continue
+        if s.state == SlotState.FREE:
+            continue
+        merged = ctx.last_event(s.bead_id, "worktree_merged") if s.bead_id else None
+        failed = worker is not None and worker.status == WorkerStatus.FAILED
+        if worker is not None and merged is None and not failed:
+            kept[s.slot] = f"{s.bead_id} is not merged"
+            continue
+        ctx.store.append_many(
+            [SlotReleased(slot=s.slot, bead_id=s.bead_id, reason=ReleaseReason.CLEANED)]
+        )
+        released.append(s.slot)
+    return {"released": released, "kept": kept, "removed": trim(ctx)}
+
+
+def trim(ctx: SwarmContext) -> list[str]:
+    """Remove the free slots an instance has beyond ``max_sessions_per_instance`` (made
+    while others were held by unmerged or dirty work), and dispose their directories on
+    the instance: the set of directories an instance serves stays bounded."""
+    limit = ctx.config.pool.max_sessions_per_instance
+    removed: list[str] = []
+    for s in ctx.store.slots.list():
+        if s.state != SlotState.FREE or _number(s) < limit:
+            continue
+        try:
+            ctx.store.slots.remove(
+                s.slot, path=s.path, expect_version=s.version, reason="beyond the limit"
+            )
+        except SlotConflictError:
+            continue  # taken meanwhile: it is in use again
+        try:
+            ctx.worktrees.remove_slot(Path(s.path))
+        except GitError as e:
+            log.warning("slot %s: worktree %s kept: %s", s.slot, s.path, e)
+        dispose(ctx, s.instance, s.path)
+        removed.append(s.slot)
+    return removed
+
+
+def dispose(ctx: SwarmContext, instance: str, directory: str) -> bool:
+    """Dispose ``directory``'s state on ``instance`` (best effort: False if unreachable)."""
+    try:
+        client = ctx.client(ctx.instance(instance))
+    except SwarmPoolError:
+        return False
+    try:
+        client.dispose_directory(directory)
+        return True
+    except OpenCodeError:
+        return False
+    finally:
+        client.close()
+
+
+def slot_rows(ctx: SwarmContext) -> list[dict[str, Any]]:
+    """The slots as status and the dashboard show them."""
+    return [
+        {
+            "slot": s.slot,
+            "instance": s.instance,
+            "state": s.state,
+            "bead_id": s.bead_id,
+            "path": s.path,
+            "reason": s.reason,
+        }
+        for s in ctx.store.slots.list()
+    ]

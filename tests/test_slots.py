@@ -1,0 +1,369 @@
+"""Warm worktree slots and transcripts over a real store and real git (no OpenCode).
+
+What an agent in a reused slot sees is proven against the real binary in
+``test_slots_e2e.py``; here the slot rules run fast: a reset leaves nothing of the
+previous bead, a busy slot is not reused before its release, a dirty slot is never
+reset, a retry keeps its slot, two takers racing for one slot (forced with a fault
+hook) end in two slots, and a rebuild reproduces the projection. Transcripts: saved
+privately, read back, rendered, and a clear error when there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from swarm_pool import faults
+from swarm_pool.config import Config
+from swarm_pool.errors import SlotConflictError, TranscriptNotFoundError
+from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.store import Store, open_project_store
+from swarm_pool.store.events import SlotTaken
+from swarm_pool.swarm import transcript
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.slots import ReleaseReason, acquire, cleanup, release_events
+from tests.pool_cli import cli
+from tests.support import git, init_repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return init_repo(tmp_path / "proj", {"README.md": "hello\n", ".gitignore": "build/\n"})
+
+
+@pytest.fixture
+def store(repo: Path) -> Iterator[Store]:
+    s = open_project_store(ProjectPaths(repo))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ctx(repo: Path, store: Store) -> SwarmContext:
+    return SwarmContext(paths=ProjectPaths(repo), config=Config(), store=store)
+
+
+def release(ctx: SwarmContext, bead: str, reason: ReleaseReason = ReleaseReason.MERGED) -> None:
+    events = release_events(ctx, bead, reason)
+    assert events, f"{bead} holds no busy slot"
+    ctx.store.append_many(events)
+
+
+def slot_dirs(ctx: SwarmContext) -> list[Path]:
+    return sorted(p for p in ctx.paths.slots_dir.glob("*/*") if p.is_dir())
+
+
+def test_a_reset_slot_holds_nothing_of_the_previous_bead(ctx: SwarmContext) -> None:
+    first = acquire(ctx, "i1", "bd-aaa.1", 1)
+    assert first == ctx.paths.slots_dir.resolve() / "i1" / "0"
+    assert git(first, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-aaa.1"
+    (first / "committed.txt").write_text("on the old branch\n")
+    git(first, "add", "committed.txt")
+    git(first, "commit", "-qm", "old work")
+    (first / "build").mkdir()
+    (first / "build" / "cache.o").write_text("ignored build output\n")
+    release(ctx, "bd-aaa.1")
+    second = acquire(ctx, "i1", "bd-bbb.1", 1)
+    assert second == first  # the same warm directory
+    assert git(second, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-bbb.1"
+    assert git(second, "rev-parse", "HEAD") == git(ctx.paths.root, "rev-parse", "main")
+    assert sorted(p.name for p in second.iterdir()) == [".git", ".gitignore", "README.md"]
+    # The old bead's committed work survives on its branch, only not in the slot.
+    assert git(ctx.paths.root, "show", "swarm/bd-aaa.1:committed.txt") == "on the old branch"
+
+
+def test_ignored_build_caches_stay_only_if_the_config_allows(ctx: SwarmContext) -> None:
+    ctx.config.workers.slot_keep_ignored = True
+    first = acquire(ctx, "i1", "bd-aaa.1", 1)
+    (first / "build").mkdir()
+    (first / "build" / "cache.o").write_text("kept\n")
+    (first / "untracked.txt").write_text("goes\n")
+    git(first, "add", "untracked.txt")
+    git(first, "commit", "-qm", "work")
+    release(ctx, "bd-aaa.1")
+    second = acquire(ctx, "i1", "bd-bbb.1", 1)
+    assert (second / "build" / "cache.o").read_text() == "kept\n"
+    assert not (second / "untracked.txt").exists()
+
+
+def test_a_busy_slot_is_not_reused_before_its_bead_is_released(ctx: SwarmContext) -> None:
+    a = acquire(ctx, "i1", "bd-aaa.1", 1)
+    # bd-aaa.1 finished but is neither merged, failed for good nor cleaned.
+    b = acquire(ctx, "i1", "bd-bbb.1", 1)
+    assert b != a and git(a, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-aaa.1"
+    # Another instance's free slot is not this instance's to take.
+    acquire(ctx, "i2", "bd-ccc.1", 1)
+    release(ctx, "bd-ccc.1", ReleaseReason.FAILED)
+    release(ctx, "bd-aaa.1")
+    d = acquire(ctx, "i1", "bd-ddd.1", 1)
+    assert d == a
+    assert len(slot_dirs(ctx)) == 3
+    states = {s.slot: (s.state, s.bead_id) for s in ctx.store.slots.list()}
+    assert states == {
+        "i1/0": ("busy", "bd-ddd.1"),
+        "i1/1": ("busy", "bd-bbb.1"),
+        "i2/0": ("free", "bd-ccc.1"),
+    }
+
+
+def test_a_dirty_slot_is_never_reset(ctx: SwarmContext) -> None:
+    a = acquire(ctx, "i1", "bd-aaa.1", 1)
+    (a / "README.md").write_text("edited, never committed\n")
+    (a / "new.txt").write_text("untracked work\n")
+    release(ctx, "bd-aaa.1", ReleaseReason.FAILED)
+    b = acquire(ctx, "i1", "bd-bbb.1", 1)
+    assert b != a
+    assert (a / "README.md").read_text() == "edited, never committed\n"
+    assert (a / "new.txt").read_text() == "untracked work\n"
+    assert git(a, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-aaa.1"
+    dirty = ctx.store.slots.get("i1/0")
+    assert dirty is not None and dirty.state == "dirty" and dirty.bead_id == "bd-aaa.1"
+    assert "README.md" in dirty.reason
+    # Skipped again while dirty (checked before it is even taken) ...
+    release(ctx, "bd-bbb.1")
+    c = acquire(ctx, "i1", "bd-ccc.1", 1)
+    assert c == b and (a / "new.txt").exists()
+    # ... and reusable once someone dealt with the work.
+    git(a, "checkout", "--", "README.md")
+    (a / "new.txt").unlink()
+    assert acquire(ctx, "i1", "bd-ddd.1", 1) == a
+
+
+def test_a_retry_keeps_its_slot_and_its_work(ctx: SwarmContext) -> None:
+    a = acquire(ctx, "i1", "bd-aaa.1", 1)
+    (a / "half.txt").write_text("half done\n")
+    # The retry may run on another instance; it continues in its own slot.
+    assert acquire(ctx, "i2", "bd-aaa.1", 2) == a
+    assert (a / "half.txt").read_text() == "half done\n"
+    held = ctx.store.slots.holding("bd-aaa.1")
+    assert held is not None and held.attempt == 2 and held.state == "busy"
+
+
+def test_two_takers_racing_for_one_slot_end_in_two(ctx: SwarmContext) -> None:
+    """The first taker reads the slots, then waits at the fault point until the second
+    has taken the very slot it chose: its conditional take loses, and it reads again."""
+    second_done = threading.Event()
+    arrivals: list[str] = []
+
+    def hook() -> None:
+        name = threading.current_thread().name
+        arrivals.append(name)
+        if name == "first" and arrivals.count("first") == 1:
+            second.start()
+            assert second_done.wait(60)
+
+    results: dict[str, Path] = {}
+
+    def take(bead: str) -> None:
+        results[threading.current_thread().name] = acquire(ctx, "i1", bead, 1)
+
+    second = threading.Thread(target=lambda: (take("bd-bbb.1"), second_done.set()), name="second")
+    with faults.inject("slots.before_take", hook):
+        take_first = threading.Thread(target=take, args=("bd-aaa.1",), name="first")
+        take_first.start()
+        take_first.join(60)
+        second.join(60)
+    assert results["second"] == ctx.paths.slots_dir.resolve() / "i1" / "0"
+    assert results["first"] == ctx.paths.slots_dir.resolve() / "i1" / "1"
+    assert arrivals.count("first") == 2  # it lost once, read again, and took another
+    assert git(results["first"], "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-aaa.1"
+    assert git(results["second"], "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-bbb.1"
+    taken = ctx.store.read(types=["slot_taken"])
+    assert [(e.event.slot, e.event.bead_id) for e in taken] == [  # type: ignore[union-attr]
+        ("i1/0", "bd-bbb.1"),
+        ("i1/1", "bd-aaa.1"),
+    ]
+
+
+def test_the_projection_refuses_a_busy_slot_to_another_bead(ctx: SwarmContext) -> None:
+    a = acquire(ctx, "i1", "bd-aaa.1", 1)
+    before = ctx.store.last_seq()
+    with pytest.raises(SlotConflictError):
+        ctx.store.append(
+            SlotTaken(slot="i1/0", instance="i1", path=str(a), bead_id="bd-bbb.1", attempt=1)
+        )
+    with pytest.raises(SlotConflictError):
+        ctx.store.slots.take(
+            "i1/0", instance="i1", path=str(a), bead_id="bd-aaa.1", attempt=2, expect_version=0
+        )
+    assert ctx.store.last_seq() == before
+
+
+def test_rebuild_reproduces_the_slots(ctx: SwarmContext) -> None:
+    acquire(ctx, "i1", "bd-aaa.1", 1)
+    b = acquire(ctx, "i1", "bd-bbb.1", 1)
+    (b / "x.txt").write_text("dirty\n")
+    release(ctx, "bd-bbb.1", ReleaseReason.FAILED)
+    acquire(ctx, "i1", "bd-ccc.1", 1)  # finds i1/1 dirty on the way, makes i1/2
+    before = ctx.store.projections_snapshot()["slots"]
+    assert [r["state"] for r in before] == ["busy", "dirty", "busy"]
+    ctx.store.rebuild()
+    assert ctx.store.projections_snapshot()["slots"] == before
+
+
+def test_cleanup_trims_free_slots_beyond_the_limit_and_disposes_them(
+    repo: Path, store: Store
+) -> None:
+    disposed: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        disposed.append((request.url.path, request.url.params.get("directory", "")))
+        return httpx.Response(200, json=True)
+
+    inst = InstanceSlot("i1", "http://i1.test", "ready", "pw", pid=1)
+    config = Config()
+    config.pool.max_sessions_per_instance = 2
+    ctx = SwarmContext(
+        paths=ProjectPaths(repo),
+        config=config,
+        store=store,
+        instances_fn=lambda: [inst],
+        client_fn=lambda i: OpenCodeClient(
+            i.url, i.password, transport=httpx.MockTransport(handler)
+        ),
+    )
+    paths = [acquire(ctx, "i1", f"bd-aaa.{n}", 1) for n in (1, 2, 3)]
+    (paths[1] / "wip.txt").write_text("not committed\n")
+    for n in (1, 2, 3):
+        release(ctx, f"bd-aaa.{n}")
+    result = cleanup(ctx)
+    # Only i1/2 is beyond the limit (2 slots); i1/1 is dirty and kept, i1/0 stays warm.
+    assert result["removed"] == ["i1/2"]
+    assert not paths[2].exists() and paths[0].is_dir() and paths[1].is_dir()
+    assert disposed == [("/instance/dispose", str(paths[2]))]
+    assert [(s.slot, s.state) for s in ctx.store.slots.list()] == [
+        ("i1/0", "free"),
+        ("i1/1", "dirty"),
+    ]
+    assert "i1/1" in result["kept"]
+    # A new slot may take the removed one's number again.
+    again = acquire(ctx, "i1", "bd-bbb.1", 1)
+    assert again == paths[0]
+
+
+# --- transcripts ------------------------------------------------------------------------
+
+MESSAGES = [
+    {"info": {"role": "user"}, "parts": [{"type": "text", "text": "do bd-aaa.1"}]},
+    {
+        "info": {"role": "assistant"},
+        "parts": [
+            {"type": "step-start"},
+            {"type": "text", "text": "Reading the file."},
+            {
+                "type": "tool",
+                "tool": "read",
+                "state": {"status": "completed", "input": {"filePath": "a.txt"}, "output": "A"},
+            },
+            {
+                "type": "tool",
+                "tool": "bash",
+                "state": {"status": "error", "input": {"command": "false"}, "error": "exit 1"},
+            },
+        ],
+    },
+]
+
+
+def test_a_transcript_is_saved_privately_and_read_back(ctx: SwarmContext) -> None:
+    path = transcript.save(
+        ctx.paths,
+        bead_id="bd-aaa.1",
+        attempt=1,
+        session_id="ses_1",
+        instance="i1",
+        worktree="/w",
+        messages=MESSAGES,
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(ctx.paths.transcripts_dir.stat().st_mode) == 0o700
+    summary = transcript.summarize(transcript.load(ctx.paths, "bd-aaa.1"))
+    assert summary["entries"] == [
+        {"role": "user", "kind": "text", "text": "do bd-aaa.1"},
+        {"role": "assistant", "kind": "text", "text": "Reading the file."},
+        {
+            "role": "assistant",
+            "kind": "tool",
+            "tool": "read",
+            "status": "completed",
+            "input": {"filePath": "a.txt"},
+            "output": "A",
+        },
+        {
+            "role": "assistant",
+            "kind": "tool",
+            "tool": "bash",
+            "status": "error",
+            "input": {"command": "false"},
+            "error": "exit 1",
+        },
+    ]
+    text = transcript.render(summary)
+    assert "[tool read] completed" in text and '"filePath": "a.txt"' in text
+    assert "[tool bash] error" in text and "exit 1" in text
+    with pytest.raises(TranscriptNotFoundError, match="attempt 2"):
+        transcript.load(ctx.paths, "bd-aaa.1", 2)
+    with pytest.raises(TranscriptNotFoundError, match=r"no transcript saved for bd-bbb\.1"):
+        transcript.load(ctx.paths, "bd-bbb.1")
+
+
+def test_transcript_command_errors_clearly(ctx: SwarmContext) -> None:
+    epic = ctx.store.hive.create_epic("e", [{"title": "t"}])
+    bead = epic.cells[0].id
+    unknown = cli("transcript", "bd-zzzzzz.1", project=ctx.paths.root)
+    assert unknown.returncode == 1 and "bd-zzzzzz.1 does not exist" in unknown.stderr
+    missing = cli("transcript", bead, project=ctx.paths.root)
+    assert missing.returncode == 1 and f"no transcript saved for {bead}" in missing.stderr
+    transcript.save(
+        ctx.paths,
+        bead_id=bead,
+        attempt=1,
+        session_id="ses_1",
+        instance="i1",
+        worktree="/w",
+        messages=MESSAGES,
+    )
+    shown = cli("transcript", bead, "--json", project=ctx.paths.root)
+    assert shown.returncode == 0, shown.stderr
+    assert [e["kind"] for e in json.loads(shown.stdout)["entries"]] == [
+        "text",
+        "text",
+        "tool",
+        "tool",
+    ]
+
+
+def test_the_dashboard_shows_each_instances_slots() -> None:
+    from rich.console import Console
+
+    from swarm_pool.view.dashboard import instances_panel
+    from swarm_pool.view.snapshot import InstanceRow, SlotRow, Snapshot
+
+    row = InstanceRow("oc-1", "opencode", "ready", 4101, 10, 300.0, 1.0, 2, 0, 5.0)
+    snap = Snapshot(
+        project="/p",
+        taken_at=0,
+        supervisor={"pid": 1, "running": True},
+        instances=[row, InstanceRow("oc-2", "opencode", "ready", 4102, 11, 1.0, 1.0, 0, 0, 5.0)],
+        slots=[
+            SlotRow("oc-1/0", "oc-1", "busy", "bd-aaa.1", "/s/0"),
+            SlotRow("oc-1/1", "oc-1", "busy", "bd-aaa.2", "/s/1"),
+            SlotRow("oc-1/2", "oc-1", "dirty", "bd-aaa.3", "/s/2"),
+            SlotRow("oc-2/0", "oc-2", "free", "", "/t/0"),
+        ],
+    )
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(instances_panel(snap))
+    lines = console.export_text().splitlines()
+    assert any("oc-1" in ln and "2 busy, 1 dirty" in ln for ln in lines), lines
+    assert any("oc-2" in ln and "1 free" in ln for ln in lines), lines
