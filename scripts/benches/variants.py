@@ -52,13 +52,16 @@ class Variant:
     name: str
     opencode: str  # lines of the [opencode] section
     note: str
+    workers: str = ""  # extra lines of the [workers] section
 
 
 VARIANTS: dict[str, Variant] = {
     "legacy": Variant(
         "legacy",
         'mcp = "local"\nsnapshot = true\n',
-        "round 1: a whole MCP server per session directory, snapshots on",
+        "round 1: a fresh worktree per bead, a whole MCP server per session directory, "
+        "snapshots on",
+        workers='worktrees = "fresh"\n',
     ),
     "lean": Variant(
         "lean",
@@ -92,7 +95,7 @@ def _project(base: Path, variant: Variant, n: int) -> ProjectPaths:
     paths = ProjectPaths(root).ensure()
     (paths.swarm_dir / "pool.toml").write_text(
         f"[pool]\nmax_sessions_per_instance = {n}\n"
-        "[workers]\ntimeout_s = 600.0\n"
+        f"[workers]\ntimeout_s = 600.0\n{variant.workers}"
         "[supervisor]\nmax_rss_mb = 0\n"
         f"[opencode]\n{variant.opencode}"
     )
