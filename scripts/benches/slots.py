@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from benches.project import bench_project, worker_script
 from swarm_pool.config import load_config
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import pool_status, start_pool, stop_pool
@@ -36,39 +36,13 @@ from swarm_pool.swarm.workers import spawn_async
 WAVES = 3
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def _project(base: Path, mode: str, n: int) -> ProjectPaths:
-    root = base / mode
-    root.mkdir()
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "config", "user.name", "bench")
-    _git(root, "config", "user.email", "bench@example.invalid")
-    (root / "README.md").write_text("bench\n")
-    _git(root, "add", "README.md")
-    _git(root, "commit", "-q", "-m", "init")
-    paths = ProjectPaths(root).ensure()
-    (paths.swarm_dir / "pool.toml").write_text(
+    return bench_project(
+        base / mode,
         f"[pool]\nmax_sessions_per_instance = {n}\n"
         f'[workers]\ntimeout_s = 600.0\nworktrees = "{mode}"\n'
-        "[supervisor]\nmax_rss_mb = 0\n"
+        "[supervisor]\nmax_rss_mb = 0\n",
     )
-    return paths
-
-
-def _script(delay_s: float) -> list[dict[str, Any]]:
-    args = {"bead_id": "{bead_id}", "summary": "done", "files_touched": "{literal_files}"}
-    return [
-        {"tool": "swarmmail_init", "args": {"bead_id": "{bead_id}"}, "delay_s": delay_s},
-        {
-            "tool": "write",
-            "each_file": True,
-            "args": {"filePath": "{path}", "content": "# {file} by {bead_id}\n"},
-        },
-        {"tool": "swarm_complete", "args": args},
-    ]
 
 
 def _instance(paths: ProjectPaths) -> psutil.Process:
@@ -113,7 +87,11 @@ def _rss_mb(proc: psutil.Process) -> dict[str, float]:
 
 def _wave(ctx: SwarmContext, name: str, n: int, delay_s: float) -> list[str]:
     specs = [
-        SubtaskSpec(title=f"{name} {i}", files=[f"{name}/{i}.txt"], script=_script(delay_s))
+        SubtaskSpec(
+            title=f"{name} {i}",
+            files=[f"{name}/{i}.txt"],
+            script=worker_script(delay_s, "# {file} by {bead_id}\n"),
+        )
         for i in range(n)
     ]
     epic = ctx.store.hive.create_epic(name, specs)

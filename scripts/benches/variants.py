@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 
+from benches.project import bench_project
 from swarm_pool.config import load_config
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import start_pool, stop_pool
@@ -77,32 +78,8 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def _git(cwd: Path, *args: str) -> None:
-    import subprocess
-
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _project(base: Path, variant: Variant, n: int) -> ProjectPaths:
-    root = base / "proj"
-    root.mkdir(parents=True)
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "config", "user.name", "bench")
-    _git(root, "config", "user.email", "bench@example.invalid")
-    (root / "README.md").write_text("bench\n")
-    _git(root, "add", "README.md")
-    _git(root, "commit", "-q", "-m", "init")
-    paths = ProjectPaths(root).ensure()
-    (paths.swarm_dir / "pool.toml").write_text(
-        f"[pool]\nmax_sessions_per_instance = {n}\n"
-        f"[workers]\ntimeout_s = 600.0\n{variant.workers}"
-        "[supervisor]\nmax_rss_mb = 0\n"
-        f"[opencode]\n{variant.opencode}"
-    )
-    return paths
-
-
 def _script(delay_s: float) -> list[dict[str, Any]]:
+    # Three answers, each ``delay_s`` late (ANSWERS): the model chain the bound uses.
     done = {"bead_id": "{bead_id}", "summary": "done", "files_touched": "{literal_files}"}
     return [
         {"tool": "swarmmail_init", "args": {}, "delay_s": delay_s},
@@ -114,6 +91,16 @@ def _script(delay_s: float) -> list[dict[str, Any]]:
         },
         {"tool": "swarm_complete", "args": done, "delay_s": delay_s},
     ]
+
+
+def _project(base: Path, variant: Variant, n: int) -> ProjectPaths:
+    return bench_project(
+        base / "proj",
+        f"[pool]\nmax_sessions_per_instance = {n}\n"
+        f"[workers]\ntimeout_s = 600.0\n{variant.workers}"
+        "[supervisor]\nmax_rss_mb = 0\n"
+        f"[opencode]\n{variant.opencode}",
+    )
 
 
 def _epic(ctx: SwarmContext, name: str, n: int, delay_s: float) -> tuple[str, list[str]]:

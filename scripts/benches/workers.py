@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benches.project import bench_project, worker_script
 from swarm_pool.config import load_config
 from swarm_pool.errors import OpenCodeError
 from swarm_pool.paths import ProjectPaths
@@ -45,43 +45,17 @@ POLL_PERIOD_S = 5.0
 _DROPPED: list[str] = []  # blocking prompts whose connection the server dropped
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def _project(base: Path, max_sessions: int) -> ProjectPaths:
-    root = base / "proj"
-    root.mkdir()
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "config", "user.name", "bench")
-    _git(root, "config", "user.email", "bench@example.invalid")
-    (root / "README.md").write_text("bench\n")
-    _git(root, "add", "README.md")
-    _git(root, "commit", "-q", "-m", "init")
-    paths = ProjectPaths(root).ensure()
     # Every worker opens a new directory on its instance, which grows its RSS by ~60-100
     # MB that dispose does not return; ~40 workers on one instance cross the default
     # 2 GB limit and the supervisor restarts it mid-run. The memory limit is a separate
     # concern from the orchestration measured here, so it is off.
-    (paths.swarm_dir / "pool.toml").write_text(
+    return bench_project(
+        base / "proj",
         f"[pool]\nmax_sessions_per_instance = {max_sessions}\n"
         "[workers]\ntimeout_s = 600.0\n"
-        "[supervisor]\nmax_rss_mb = 0\n"
+        "[supervisor]\nmax_rss_mb = 0\n",
     )
-    return paths
-
-
-def _script(delay_s: float) -> list[dict[str, Any]]:
-    args = {"bead_id": "{bead_id}", "summary": "done", "files_touched": "{literal_files}"}
-    return [
-        {"tool": "swarmmail_init", "args": {"bead_id": "{bead_id}"}, "delay_s": delay_s},
-        {
-            "tool": "write",
-            "each_file": True,
-            "args": {"filePath": "{path}", "content": "# {file}\n"},
-        },
-        {"tool": "swarm_complete", "args": args},
-    ]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -103,7 +77,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 def _epic(ctx: SwarmContext, name: str, n: int, delay_s: float) -> list[str]:
     specs = [
-        SubtaskSpec(title=f"{name} {i}", files=[f"{name}/{i}.txt"], script=_script(delay_s))
+        SubtaskSpec(title=f"{name} {i}", files=[f"{name}/{i}.txt"], script=worker_script(delay_s))
         for i in range(n)
     ]
     return [c.id for c in ctx.store.hive.create_epic(name, specs).cells]
