@@ -156,18 +156,25 @@ def probe_opencode(password: str) -> Callable[[int, float], None]:
     return probe
 
 
-def probe_model() -> Callable[[int, float], None]:
-    clients = _Clients(lambda port: httpx.Client(base_url=f"http://{HOST}:{port}", trust_env=False))
+def probe_http(
+    path: str, *, password: str | None = None, up: tuple[int, ...] = (200,)
+) -> Callable[[int, float], None]:
+    """A readiness probe for one of the pool's own HTTP servers: ``GET path`` answers
+    one of the ``up`` statuses (with Basic auth when ``password`` is given)."""
+    auth = httpx.BasicAuth(USERNAME, password) if password is not None else None
+    clients = _Clients(
+        lambda port: httpx.Client(base_url=f"http://{HOST}:{port}", auth=auth, trust_env=False)
+    )
 
     def probe(port: int, timeout: float) -> None:
         client = clients.get(port)
         assert isinstance(client, httpx.Client)
         try:
-            resp = client.get("/v1/models", timeout=timeout)
+            resp = client.get(path, timeout=timeout)
         except httpx.HTTPError as e:
-            raise OpenCodeError(f"GET http://{HOST}:{port}/v1/models failed: {e!r}") from e
-        if resp.status_code != 200:
-            raise OpenCodeError(f"GET http://{HOST}:{port}/v1/models answered {resp.status_code}")
+            raise OpenCodeError(f"GET http://{HOST}:{port}{path} failed: {e!r}") from e
+        if resp.status_code not in up:
+            raise OpenCodeError(f"GET http://{HOST}:{port}{path} answered {resp.status_code}")
 
     return probe
 
@@ -282,24 +289,8 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
         env=env,
         cwd=paths.root,
         log_path=paths.instance_dir(MODEL_NAME) / "model.log",
-        probe=probe_model(),
+        probe=probe_http("/v1/models"),
     )
-
-
-def probe_mcp() -> Callable[[int, float], None]:
-    clients = _Clients(lambda port: httpx.Client(base_url=f"http://{HOST}:{port}", trust_env=False))
-
-    def probe(port: int, timeout: float) -> None:
-        client = clients.get(port)
-        assert isinstance(client, httpx.Client)
-        try:
-            resp = client.get("/health", timeout=timeout)
-        except httpx.HTTPError as e:
-            raise OpenCodeError(f"GET http://{HOST}:{port}/health failed: {e!r}") from e
-        if resp.status_code != 200:
-            raise OpenCodeError(f"GET http://{HOST}:{port}/health answered {resp.status_code}")
-
-    return probe
 
 
 def mcp_program(paths: ProjectPaths) -> Program:
@@ -324,34 +315,8 @@ def mcp_program(paths: ProjectPaths) -> Program:
         env=env,
         cwd=paths.root,
         log_path=paths.instance_dir(MCP_NAME) / "mcp.log",
-        probe=probe_mcp(),
+        probe=probe_http("/health"),
     )
-
-
-def probe_gateway(password: str) -> Callable[[int, float], None]:
-    clients = _Clients(
-        lambda port: httpx.Client(
-            base_url=f"http://{HOST}:{port}",
-            auth=httpx.BasicAuth(USERNAME, password),
-            trust_env=False,
-        )
-    )
-
-    def probe(port: int, timeout: float) -> None:
-        client = clients.get(port)
-        assert isinstance(client, httpx.Client)
-        try:
-            resp = client.get("/global/health", timeout=timeout)
-        except httpx.HTTPError as e:
-            raise OpenCodeError(f"GET http://{HOST}:{port}/global/health failed: {e!r}") from e
-        # 503 means no instance is ready behind it: the gateway itself is up, and
-        # restarting it would not help the instances.
-        if resp.status_code not in (200, 503):
-            raise OpenCodeError(
-                f"gateway GET http://{HOST}:{port}/global/health answered {resp.status_code}"
-            )
-
-    return probe
 
 
 def gateway_settings(config: Config) -> str:
@@ -397,7 +362,9 @@ def gateway_program(config: Config, paths: ProjectPaths, password: str) -> Progr
         env=env,
         cwd=paths.root,
         log_path=paths.instance_dir(GATEWAY_NAME) / "gateway.log",
-        probe=probe_gateway(password),
+        # 503 means no instance is ready behind it: the gateway itself is up, and
+        # restarting it would not help the instances.
+        probe=probe_http("/global/health", password=password, up=(200, 503)),
     )
 
 
