@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from swarm_pool.paths import ProjectPaths
 from tests.support import TEST_TAG_ENV
 
 # Pools that never get a prompt skip the scripted model child (one process less to start).
@@ -70,3 +73,18 @@ def pool_processes(project: Path) -> list[psutil.Process]:
         if is_daemon or env.get("SWARM_POOL_PROJECT") == str(project):
             found.append(proc)
     return found
+
+
+@contextmanager
+def running_pool(root: Path, pool_toml: str) -> Iterator[ProjectPaths]:
+    """A pool of ``root`` started with ``pool_toml`` as its ``.swarm/pool.toml`` (which
+    git ignores), for a module's tests to share; stopped at the end."""
+    paths = ProjectPaths(root).ensure()
+    (paths.swarm_dir / "pool.toml").write_text(pool_toml)
+    out = cli("start", "--json", project=root, session_scoped=True, timeout=240)
+    log = paths.supervisor_log
+    assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
+    try:
+        yield paths
+    finally:
+        cli("stop", project=root, session_scoped=True, timeout=120)

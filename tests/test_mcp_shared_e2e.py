@@ -34,7 +34,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import PoolState, read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import AgentRegistered
-from tests.pool_cli import cli
+from tests.pool_cli import running_pool
 from tests.support import git, init_repo, wait_for
 from tests.test_mcp_server import call, run_async
 from tests.test_mcp_shared import coordinator_session
@@ -149,15 +149,8 @@ def pool_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             ".opencode/README.md": "the user's own folder\n",
         },
     )
-    paths = ProjectPaths(root).ensure()
-    (paths.swarm_dir / "pool.toml").write_text(POOL_TOML)
-    out = cli("start", "--json", project=root, session_scoped=True, timeout=240)
-    log = paths.supervisor_log
-    assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
-    try:
+    with running_pool(root, POOL_TOML):
         yield root
-    finally:
-        cli("stop", project=root, session_scoped=True, timeout=120)
 
 
 def test_plan_merges_through_the_shared_server_across_a_kill_9(

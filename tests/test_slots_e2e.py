@@ -26,7 +26,7 @@ from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers
 from swarm_pool.swarm.workers import spawn_async
-from tests.pool_cli import cli
+from tests.pool_cli import cli, running_pool
 from tests.support import git, init_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -93,15 +93,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         (tmp_path_factory.mktemp("slots-e2e") / "proj").resolve(),
         {"README.md": "project\n", ".gitignore": "build/\n"},
     )
-    paths = ProjectPaths(root).ensure()
-    (paths.swarm_dir / "pool.toml").write_text(POOL_TOML)
-    out = cli("start", "--json", project=root, session_scoped=True, timeout=240)
-    log = paths.supervisor_log
-    assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
-    try:
+    with running_pool(root, POOL_TOML):
         yield root
-    finally:
-        cli("stop", project=root, session_scoped=True, timeout=120)
 
 
 @pytest.fixture

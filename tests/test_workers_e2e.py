@@ -28,7 +28,7 @@ from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.watch import session_finished
 from swarm_pool.swarm.workers import spawn_async
-from tests.pool_cli import cli
+from tests.pool_cli import cli, running_pool
 from tests.support import git, init_repo, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -70,15 +70,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     root = init_repo(
         (tmp_path_factory.mktemp("workers-e2e") / "proj").resolve(), {"README.md": "project\n"}
     )
-    paths = ProjectPaths(root).ensure()
-    (paths.swarm_dir / "pool.toml").write_text(POOL_TOML)  # .swarm/ is git-ignored
-    out = cli("start", "--json", project=root, session_scoped=True, timeout=240)
-    log = paths.supervisor_log
-    assert out.returncode == 0, f"{out.stderr}\n{log.read_text() if log.exists() else ''}"
-    try:
+    with running_pool(root, POOL_TOML) as paths:
         yield Pool(root, paths)
-    finally:
-        cli("stop", project=root, session_scoped=True, timeout=120)
 
 
 @pytest.fixture
