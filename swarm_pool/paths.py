@@ -43,6 +43,20 @@ def make_private(path: Path, mode: int = FILE_MODE) -> None:
         pass
 
 
+def write_private(path: Path, data: str | bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` atomically with ``data``, the file ``mode`` (0600 by default) from
+    its first byte, so no reader ever sees it half written or with looser bits."""
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask, or an old tmp file, may have left other bits
+        os.write(fd, raw)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def user_state_dir() -> Path:
     """Per-user folder shared by every pool of this user (``$SWARM_POOL_HOME`` wins)."""
     if os.environ.get("SWARM_POOL_HOME"):

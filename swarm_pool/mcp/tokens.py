@@ -27,6 +27,7 @@ from pathlib import Path
 
 from swarm_pool.errors import CapabilityError
 from swarm_pool.opencode.shell import MCP_SECRET_ENV
+from swarm_pool.paths import write_private
 
 PREFIX = "swp1"
 TOKEN_FILE = "swarm-mcp-token"
@@ -114,13 +115,7 @@ def _write_private(path: Path, text: str) -> None:
             return
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, text)
 
 
 def write_coordinator_token(secret: str, swarm_dir: Path) -> Path:

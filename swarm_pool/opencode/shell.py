@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from swarm_pool.errors import SandboxError
+from swarm_pool.paths import write_private
 
 # OpenCode takes its server password only from this env var (checked against 1.18.33).
 PASSWORD_ENV = "OPENCODE_SERVER_PASSWORD"
@@ -129,14 +130,7 @@ def install_shell(project_root: Path, *, sandbox: bool, network: bool = True) ->
             return path
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o700)
-    os.replace(tmp, path)
+    write_private(path, text, 0o700)
     return path
 
 

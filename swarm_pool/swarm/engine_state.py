@@ -10,14 +10,13 @@ the engine is alive when the file names a live process and its last pass is rece
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from swarm_pool.paths import ProjectPaths
+from swarm_pool.paths import ProjectPaths, write_private
 from swarm_pool.store.events import now_ms
 
 
@@ -41,12 +40,7 @@ class EngineBeat:
 
 
 def write_beat(paths: ProjectPaths, beat: EngineBeat) -> None:
-    path = engine_file(paths)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(beat), fh)
-    os.replace(tmp, path)
+    write_private(engine_file(paths), json.dumps(asdict(beat)))
 
 
 def read_beat(paths: ProjectPaths) -> EngineBeat | None:

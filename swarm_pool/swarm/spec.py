@@ -8,11 +8,11 @@ needs it to dispatch a queued spawn or to retry a failed one with a new attempt 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from swarm_pool.errors import WorkerError
+from swarm_pool.paths import write_private
 from swarm_pool.protocol import Contract
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.prompt import build_worker_prompt
@@ -76,11 +76,7 @@ def _spec_path(ctx: SwarmContext, bead_id: str) -> Path:
 def save_spec(ctx: SwarmContext, bead_id: str, spec: PromptSpec) -> None:
     path = _spec_path(ctx, bead_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(spec.to_json())
-    os.replace(tmp, path)
+    write_private(path, spec.to_json())
 
 
 def load_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec:

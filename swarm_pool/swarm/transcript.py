@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm_pool.errors import TranscriptNotFoundError
-from swarm_pool.paths import DIR_MODE, FILE_MODE, ProjectPaths
+from swarm_pool.paths import DIR_MODE, ProjectPaths, write_private
 from swarm_pool.store.events import now_ms
 from swarm_pool.swarm.worktree import branch_name
 
@@ -60,13 +60,7 @@ def save(
         "messages": messages,
     }
     path = folder / f"attempt-{attempt}.json"
-    tmp = folder / f".attempt-{attempt}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    try:
-        os.write(fd, json.dumps(doc, indent=1).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(doc, indent=1))
     return path
 
 
