@@ -275,6 +275,15 @@ class Worktrees:
         resolved = path.resolve()
         return next((w for w in self._listed() if w.path == resolved), None)
 
+    def _live(self, path: Path) -> _Listed | None:
+        """The worktree registered at ``path`` if it is really there; a stale
+        registration (prunable, or its folder gone) is pruned and None returned."""
+        listed = self._find(path)
+        if listed is not None and (listed.prunable or not path.is_dir()):
+            self._git(self.root, "worktree", "prune")
+            return None
+        return listed
+
     def checkout_of(self, branch: str) -> Path | None:
         """The working tree (main or linked) that has ``branch`` checked out, if any."""
         for w in self._listed():
@@ -343,13 +352,11 @@ class Worktrees:
         branch = branch_name(bead_id)
         path = self.path_for(bead_id)
         with self.lock.hold():
-            listed = self._find(path)
-            if listed is not None and not listed.prunable and path.is_dir():
+            listed = self._live(path)
+            if listed is not None:
                 if listed.branch != branch:
                     raise GitError(f"{path} is a worktree on {listed.branch}, not {branch}")
                 return self._info(bead_id, listed, created=False)
-            if listed is not None:
-                self._git(self.root, "worktree", "prune")
             if path.exists():
                 if path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
@@ -388,10 +395,8 @@ class Worktrees:
         branch = branch_name(bead_id)
         path = path.resolve()
         with self.lock.hold():
-            listed = self._find(path)
-            if listed is None or listed.prunable or not path.is_dir():
-                if listed is not None:
-                    self._git(self.root, "worktree", "prune")
+            listed = self._live(path)
+            if listed is None:
                 if path.exists() and any(path.iterdir()):
                     raise GitError(f"{path} exists but is not a git worktree; move it away")
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -433,10 +438,7 @@ class Worktrees:
         uncommitted work."""
         path = path.resolve()
         with self.lock.hold():
-            listed = self._find(path)
-            if listed is None or listed.prunable or not path.is_dir():
-                if listed is not None:
-                    self._git(self.root, "worktree", "prune")
+            if self._live(path) is None:
                 return
             dirty = self.uncommitted_files(path)
             if dirty:
