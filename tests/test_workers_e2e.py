@@ -37,6 +37,10 @@ POOL_TOML = """
 [pool]
 size = 2
 max_sessions_per_instance = 4
+# The kill tests restart oc-1; the router's preference for steady instances would keep
+# later tests' work off it for a while, and they check where work runs.
+avoid_restarted_s = 0
+avoid_flapping_restarts = 0
 
 [supervisor]
 check_interval_s = 0.5
