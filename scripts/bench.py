@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox,slots} [--json] [--quick]``
-(``store --backend sqlite|postgresql|both``; ``workers --variants legacy,lean [--sizes
-1,2] [--repeats 2]`` compares OpenCode/MCP set-ups side by side, ``benches/variants.py``).
+(``store --backend sqlite|postgresql|both``; ``workers --variants legacy,lean [--workers 8,16]
+[--sizes 1,2,4] [--waves 3] [--repeats 2]`` compares OpenCode/MCP/worktree set-ups side by
+side, in waves, ``benches/variants.py``).
 
 Each suite lives in ``scripts/benches/<name>.py`` and exposes ``run(args) -> dict``.
 Results are compared side by side within one run, as ratios, never against constants.
@@ -56,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", default="1,2", help="workers --variants: pool sizes K")
     parser.add_argument("--repeats", type=int, default=2, help="workers --variants: repeats")
+    parser.add_argument(
+        "--workers", default="8", help="workers --variants: workers per wave N (e.g. 8,16)"
+    )
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=3,
+        help="workers --variants: waves per pool (cold, then warm)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))

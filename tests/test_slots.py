@@ -81,6 +81,32 @@ def test_a_reset_slot_holds_nothing_of_the_previous_bead(ctx: SwarmContext) -> N
     assert git(ctx.paths.root, "show", "swarm/bd-aaa.1:committed.txt") == "on the old branch"
 
 
+def test_a_slot_moving_on_deletes_the_previous_branch_only_once_merged(
+    ctx: SwarmContext,
+) -> None:
+    first = acquire(ctx, "i1", "bd-aaa.1", 1)
+    (first / "a.txt").write_text("merged work\n")
+    git(first, "add", "a.txt")
+    git(first, "commit", "-qm", "a")
+    ctx.worktrees.merge("bd-aaa.1")
+    release(ctx, "bd-aaa.1")
+    acquire(ctx, "i1", "bd-bbb.1", 1)
+    branches = git(ctx.paths.root, "branch", "--list", "swarm/*", "--format=%(refname:short)")
+    assert branches.split() == ["swarm/bd-bbb.1"]  # the merged branch went
+    assert git(ctx.paths.root, "show", "main:a.txt") == "merged work"
+    # A branch with commits after its merge is kept: that work is not in the base.
+    (first / "b.txt").write_text("merged\n")
+    git(first, "add", "b.txt")
+    git(first, "commit", "-qm", "b")
+    ctx.worktrees.merge("bd-bbb.1")
+    (first / "c.txt").write_text("after the merge\n")
+    git(first, "add", "c.txt")
+    git(first, "commit", "-qm", "c")
+    release(ctx, "bd-bbb.1")
+    acquire(ctx, "i1", "bd-ccc.1", 1)
+    assert git(ctx.paths.root, "show", "swarm/bd-bbb.1:c.txt") == "after the merge"
+
+
 def test_ignored_build_caches_stay_only_if_the_config_allows(ctx: SwarmContext) -> None:
     ctx.config.workers.slot_keep_ignored = True
     first = acquire(ctx, "i1", "bd-aaa.1", 1)

@@ -1,21 +1,35 @@
 """Workers benchmark, variants side by side: ``scripts/bench.py workers --variants legacy,lean``.
 
-Each variant is a set of ``[opencode]`` settings; for every pool size K and repeat, the
-variants run one after the other (interleaved, so load drifts hit them alike), each in a
-fresh throw-away git project with a fresh pool: warm-up (one worker per instance, so
-start-up costs are not counted), then N workers spawned at once, each with three
-scripted model answers ``delay`` seconds apart. Figures per run:
+Each variant is a set of ``[opencode]`` and ``[workers]`` settings. For every number of
+workers N (``--workers 8,16``), pool size K (``--sizes 1,2,4``) and repeat, the variants
+run one after the other (interleaved, so load drifts hit them alike), each in a fresh
+throw-away git project with a fresh pool of K instances:
+
+- a warm-up worker per instance (so the instances' own start-up is not counted); it is
+  merged only after wave 1, so wave 1 runs in new directories in every variant;
+- ``--waves`` waves (3 by default) of N workers spawned at once, each with three scripted
+  model answers ``delay`` seconds apart; after each wave, outside its timing, every
+  worker is reviewed and merged (which frees a warm slot for the next wave, and disposes
+  a fresh worktree's directory). So wave 1 is cold everywhere, and waves 2-3 show warm
+  slots in ``lean`` (``legacy`` takes a fresh worktree per bead every time).
+
+Figures per wave:
 
 - ``wall_s`` from the first spawn to ``await``;
 - CPU-s per worker by process kind, over the pool's process tree (psutil): for each
   long-lived process, its own CPU plus what its exited children used (``children_*``
   times, so the short git processes of snapshots land in ``opencode_exited_children``),
   plus the live per-directory MCP servers and relays found under the instances, plus the
-  spawner's own git (this process's exited children);
-- ``instance_rss_mb``: the instances' trees after the run;
+  spawner's own git (this process's exited children). ``cpu_s_per_worker_total`` leaves
+  out the scripted model (it stands in for a remote LLM API; its share is reported as
+  ``model_cpu_s_per_worker``);
+- ``instance_rss_mb``: the instances' trees after the wave's merges, the directories
+  they have served so far, and the RSS per served directory;
+- the MCP processes (per-directory servers or relays) under the instances;
 - ``bound_s = max(model chain, total CPU / cores)``, and ``wall_s / bound_s``.
 
-To add a variant (e.g. warm slots), add an entry to ``VARIANTS``.
+The summary takes medians over the repeats: wave 1 (``cold``) and waves 2.. (``warm``).
+To add a variant, add an entry to ``VARIANTS``.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers
 from swarm_pool.swarm.workers import spawn_async
 
@@ -181,7 +196,7 @@ def _live_mcp_processes(paths: ProjectPaths) -> dict[str, int]:
     return counts
 
 
-def _wave(ctx: SwarmContext, name: str, n: int, delay_s: float) -> float:
+def _spawn_wave(ctx: SwarmContext, name: str, n: int, delay_s: float) -> tuple[float, list[str]]:
     epic_id, beads = _epic(ctx, name, n, delay_s)
     started = time.perf_counter()
     for bead in beads:
@@ -190,38 +205,75 @@ def _wave(ctx: SwarmContext, name: str, n: int, delay_s: float) -> float:
     wall = time.perf_counter() - started
     if result.counts.get("completed", 0) != n:
         raise RuntimeError(f"{name}: only {result.counts} of {n} completed")
-    return wall
+    return wall, beads
 
 
-def _one(variant: Variant, k: int, n: int, delay_s: float) -> dict[str, Any]:
+def _merge_all(ctx: SwarmContext, beads: list[str]) -> None:
+    for bead in beads:
+        if not review(ctx, bead).approved:
+            raise RuntimeError(f"{bead}: review did not approve")
+        merge(ctx, bead)
+
+
+def _served(ctx: SwarmContext, beads: list[str]) -> set[str]:
+    return {
+        getattr(e.event, "worktree", "")
+        for bead in beads
+        for e in ctx.store.read(types=["worker_session_created"], bead_id=bead)
+    }
+
+
+def _cpu_figures(
+    before: dict[str, float], after: dict[str, float], n: int, delay_s: float
+) -> dict[str, Any]:
+    cpu = {
+        kind: round((after.get(kind, 0.0) - before.get(kind, 0.0)) / n, 3)
+        for kind in sorted(set(after) | set(before))
+    }
+    cpu = {kind: v for kind, v in cpu.items() if abs(v) >= 0.0005}
+    model = sum(v for kind, v in cpu.items() if kind.startswith("model"))
+    per_worker = sum(cpu.values()) - model
+    bound = max(ANSWERS * delay_s, per_worker * n / (psutil.cpu_count() or 1))
+    return {
+        "cpu_s_per_worker": cpu,
+        "cpu_s_per_worker_total": round(per_worker, 3),
+        "model_cpu_s_per_worker": round(model, 3),
+        "bound_s": round(bound, 2),
+    }
+
+
+def _one(variant: Variant, k: int, n: int, waves: int, delay_s: float) -> list[dict[str, Any]]:
     base = Path(tempfile.mkdtemp(prefix=f"swarm-bench-{variant.name}-"))
     paths = _project(base, variant, n)
     config = load_config(None, project_root=paths.root)
     start_pool(paths, config, size=k)
     store = open_project_store(paths, config)
     ctx = SwarmContext(paths=paths, config=config, store=store)
+    out: list[dict[str, Any]] = []
     try:
-        _wave(ctx, "warm", k, 0.0)
-        before = _tree_cpu(paths)
-        wall = _wave(ctx, "run", n, delay_s)
-        after = _tree_cpu(paths)
-        cpu = {
-            kind: round((after.get(kind, 0.0) - before.get(kind, 0.0)) / n, 3)
-            for kind in sorted(set(after) | set(before))
-        }
-        cpu = {kind: v for kind, v in cpu.items() if abs(v) >= 0.0005}
-        total = sum(cpu.values()) * n
-        cores = psutil.cpu_count() or 1
-        bound = max(ANSWERS * delay_s, total / cores)
-        return {
-            "wall_s": round(wall, 2),
-            "cpu_s_per_worker": cpu,
-            "cpu_s_per_worker_total": round(total / n, 3),
-            "instance_rss_mb": _instance_rss_mb(paths),
-            "mcp_processes_under_instances": _live_mcp_processes(paths),
-            "bound_s": round(bound, 2),
-            "wall_over_bound": round(wall / bound, 2),
-        }
+        _, warm = _spawn_wave(ctx, "warm", k, 0.0)
+        served = _served(ctx, warm)
+        for i in range(1, waves + 1):
+            before = _tree_cpu(paths)
+            wall, beads = _spawn_wave(ctx, f"wave{i}", n, delay_s)
+            after = _tree_cpu(paths)
+            _merge_all(ctx, beads + warm if i == 1 else beads)
+            served |= _served(ctx, beads)
+            figures = _cpu_figures(before, after, n, delay_s)
+            rss = _instance_rss_mb(paths)
+            out.append(
+                {
+                    "wave": i,
+                    "wall_s": round(wall, 2),
+                    **figures,
+                    "wall_over_bound": round(wall / figures["bound_s"], 2),
+                    "instance_rss_mb": rss,
+                    "directories_served": len(served),
+                    "rss_mb_per_served_directory": round(rss / len(served), 1),
+                    "mcp_processes_under_instances": _live_mcp_processes(paths),
+                }
+            )
+        return out
     finally:
         store.close()
         stop_pool(paths, config)
@@ -232,51 +284,97 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
 
+def _summary(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians over the repeats: wave 1 (cold) and the later waves (warm), and the RSS
+    after each wave."""
+
+    def med(key: str, waves: range) -> float:
+        return _median([r[w][key] for r in runs for w in waves if w < len(r)])
+
+    count = len(runs[0])
+    out: dict[str, Any] = {}
+    for label, waves in (("cold", range(0, 1)), ("warm", range(1, count))):
+        if not waves:
+            continue
+        out[label] = {
+            "wall_s": med("wall_s", waves),
+            "cpu_s_per_worker": med("cpu_s_per_worker_total", waves),
+            "wall_over_bound": med("wall_over_bound", waves),
+        }
+    out["instance_rss_mb_after_wave"] = [
+        med("instance_rss_mb", range(w, w + 1)) for w in range(count)
+    ]
+    out["rss_mb_per_served_directory_last_wave"] = med(
+        "rss_mb_per_served_directory", range(count - 1, count)
+    )
+    rss = out["instance_rss_mb_after_wave"]
+    out["rss_last_over_first_wave"] = round(rss[-1] / rss[0], 3)
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 2) if b else float("nan")
+
+
+def _ratios(
+    summary: dict[str, Any], names: list[str], ns: list[int], sizes: list[int]
+) -> dict[str, Any]:
+    """The issue's table, as ratios within this run."""
+    out: dict[str, Any] = {}
+    phases = [p for p in ("cold", "warm") if all(p in v for v in summary.values())]
+    for n in ns:
+        for phase in phases:
+            if "legacy" in names and "lean" in names:
+                for k in sizes:
+                    lean = summary[f"lean_N{n}_K{k}"][phase]
+                    legacy = summary[f"legacy_N{n}_K{k}"][phase]
+                    out[f"N{n}_K{k}_{phase}_cpu_per_worker_lean_over_legacy"] = _ratio(
+                        lean["cpu_s_per_worker"], legacy["cpu_s_per_worker"]
+                    )
+                    out[f"N{n}_K{k}_{phase}_wall_lean_over_legacy"] = _ratio(
+                        lean["wall_s"], legacy["wall_s"]
+                    )
+            for name in names:
+                if 1 in sizes and 2 in sizes:
+                    out[f"{name}_N{n}_{phase}_K1_over_K2_wall"] = _ratio(
+                        summary[f"{name}_N{n}_K1"][phase]["wall_s"],
+                        summary[f"{name}_N{n}_K2"][phase]["wall_s"],
+                    )
+                if 2 in sizes and 4 in sizes:
+                    out[f"{name}_N{n}_{phase}_K4_over_K2_wall"] = _ratio(
+                        summary[f"{name}_N{n}_K4"][phase]["wall_s"],
+                        summary[f"{name}_N{n}_K2"][phase]["wall_s"],
+                    )
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     names = [v.strip() for v in str(args.variants).split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     quick = bool(getattr(args, "quick", False))
-    n = 4 if quick else 8
+    ns = [4] if quick else [int(x) for x in str(getattr(args, "workers", "8")).split(",")]
     delay_s = 1.0 if quick else 2.0
     sizes = [int(k) for k in str(getattr(args, "sizes", "1,2")).split(",")]
     repeats = 1 if quick else int(getattr(args, "repeats", 2))
+    waves = 2 if quick else int(getattr(args, "waves", 3))
+    if waves < 1 or repeats < 1 or min(ns) < 1 or min(sizes) < 1:
+        raise SystemExit("--workers, --sizes, --waves and --repeats must be at least 1")
     load_before = os.getloadavg()
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {v: {k: [] for k in sizes} for v in names}
-    for k in sizes:
-        for _ in range(repeats):
-            for name in names:
-                print(f"variants: {name} K={k} N={n}", file=sys.stderr, flush=True)
-                runs[name][k].append(_one(VARIANTS[name], k, n, delay_s))
-    summary: dict[str, Any] = {}
-    for name in names:
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
+    for n in ns:
         for k in sizes:
-            rs = runs[name][k]
-            summary[f"{name}_K{k}"] = {
-                "wall_s_median": _median([r["wall_s"] for r in rs]),
-                "cpu_s_per_worker_median": _median([r["cpu_s_per_worker_total"] for r in rs]),
-                "instance_rss_mb_median": _median([r["instance_rss_mb"] for r in rs]),
-                "wall_over_bound_median": _median([r["wall_over_bound"] for r in rs]),
-            }
-    ratios: dict[str, Any] = {}
-    if "legacy" in names and "lean" in names:
-        for k in sizes:
-            lean, legacy = summary[f"lean_K{k}"], summary[f"legacy_K{k}"]
-            ratios[f"K{k}_cpu_per_worker_lean_over_legacy"] = round(
-                lean["cpu_s_per_worker_median"] / legacy["cpu_s_per_worker_median"], 2
-            )
-            ratios[f"K{k}_wall_lean_over_legacy"] = round(
-                lean["wall_s_median"] / legacy["wall_s_median"], 2
-            )
-        if 1 in sizes and 2 in sizes:
-            for name in names:
-                ratios[f"{name}_K1_over_K2_wall"] = round(
-                    summary[f"{name}_K1"]["wall_s_median"] / summary[f"{name}_K2"]["wall_s_median"],
-                    2,
-                )
+            for _ in range(repeats):
+                for name in names:
+                    print(f"variants: {name} N={n} K={k}", file=sys.stderr, flush=True)
+                    key = f"{name}_N{n}_K{k}"
+                    runs.setdefault(key, []).append(_one(VARIANTS[name], k, n, waves, delay_s))
+    summary = {key: _summary(rs) for key, rs in runs.items()}
     return {
-        "workers": n,
+        "workers": ns,
+        "sizes": sizes,
+        "waves": waves,
         "model_answers_per_worker": ANSWERS,
         "model_delay_s": delay_s,
         "repeats": repeats,
@@ -284,6 +382,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_before": [round(x, 1) for x in load_before],
         "load_average_after": [round(x, 1) for x in os.getloadavg()],
         "summary": summary,
-        "ratios": ratios,
-        "runs": {name: {f"K{k}": runs[name][k] for k in sizes} for name in names},
+        "ratios": _ratios(summary, names, ns, sizes),
+        "runs": runs,
     }

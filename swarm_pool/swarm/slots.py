@@ -132,11 +132,6 @@ def acquire(ctx: SwarmContext, instance: str, bead_id: str, attempt: int) -> Pat
             except GitError:
                 ctx.store.slots.mark_dirty(taken.slot, cand.bead_id, [])
                 raise
-            if cand.bead_id and cand.bead_id != bead_id:
-                try:
-                    ctx.worktrees.drop_merged_branch(cand.bead_id)
-                except GitError as e:
-                    log.info("slot %s: branch of %s kept: %s", taken.slot, cand.bead_id, e)
             return Path(taken.path)
         if not lost:
             break

@@ -17,6 +17,7 @@ record, kept by ``swarm.slots``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -382,56 +383,79 @@ class Worktrees:
 
     def reset_slot(
         self, path: Path, bead_id: str, base: str | None = None, *, keep_ignored: bool = False
-    ) -> WorktreeInfo:
+    ) -> Path:
         """Put slot ``path`` on branch ``swarm/<bead>``, creating the slot if needed.
 
-        A slot already on the bead's branch is returned as it is (a retry continues the
+        A slot already on the bead's branch is left as it is (a retry continues the
         attempt's work). Otherwise the slot must be clean (DirtyWorktreeError names the
         files: uncommitted work is never reset); it then checks out the bead's branch
         (made from ``base`` if new) and loses everything of the previous bead: tracked
         changes, untracked files and, unless ``keep_ignored``, ignored ones (build
-        caches).
+        caches). The previous bead's branch is deleted if it was merged and nothing came
+        after. Only the steps on the repository's shared state (worktree registry, refs,
+        config) hold the git lock; the slot's own checks and cleaning run outside it, as
+        the store gives a slot to one bead at a time, so parallel dispatches do not queue
+        behind each other's git processes.
         """
         branch = branch_name(bead_id)
         path = path.resolve()
         with self.lock.hold():
-            listed = self._live(path)
+            listing = self._listed()
+            listed = next((w for w in listing if w.path == path), None)
+            if listed is not None and (listed.prunable or not path.is_dir()):
+                self._git(self.root, "worktree", "prune")
+                listed = None
             if listed is None:
                 if path.exists() and any(path.iterdir()):
                     raise GitError(f"{path} exists but is not a git worktree; move it away")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 start = self._check_branch(base) if base else self.default_base()
                 self._git(self.root, "worktree", "add", "--detach", str(path), start)
-                listed = self._find(path)
+                listing = self._listed()
+                listed = next((w for w in listing if w.path == path), None)
                 if listed is None:
                     raise GitError(f"git worktree add did not register {path}")
             if listed.branch == branch:
-                return self._info(bead_id, listed, created=False)
-            dirty = self.uncommitted_files(path)
-            if dirty:
-                raise DirtyWorktreeError(
-                    f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); "
-                    "not resetting it",
-                    files=dirty,
-                )
-            elsewhere = self.checkout_of(branch)
+                return path
+            elsewhere = next(
+                (w.path for w in listing if w.branch == branch and not w.prunable), None
+            )
             if elsewhere is not None:
                 raise GitError(f"branch {branch} is already checked out at {elsewhere}")
+            # The project's branch, from the same listing (its first record).
+            project_branch = listing[0].branch if listing else None
+        dirty = self.uncommitted_files(path)
+        if dirty:
+            raise DirtyWorktreeError(
+                f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); not resetting it",
+                files=dirty,
+            )
+        with self.lock.hold():
             if self._rev(f"refs/heads/{branch}") is not None:
                 # Commits of an earlier attempt survive on the branch: continue from them.
                 self._git(path, "checkout", "--force", "--quiet", branch)
                 if base:
                     self._git(self.root, "config", f"branch.{branch}.{_BASE_KEY}", base)
             else:
-                base_name = self._check_branch(base) if base else self.default_base()
+                if base:
+                    base_name = self._check_branch(base)
+                elif project_branch is not None:
+                    base_name = project_branch
+                else:
+                    raise GitError(
+                        f"{self.root} has a detached HEAD; name the base branch explicitly"
+                    )
                 self._git(path, "checkout", "--force", "--quiet", "-b", branch, base_name)
                 self._git(self.root, "config", f"branch.{branch}.{_BASE_KEY}", base_name)
-            self._git(path, "reset", "--hard", "--quiet", "HEAD")
-            self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq")
-            listed = self._find(path)
-            if listed is None or listed.branch != branch:
-                raise GitError(f"slot {path} is not on {branch} after its reset")
-            return self._info(bead_id, listed, created=True)
+            if listed.branch is not None and listed.branch.startswith(BRANCH_PREFIX):
+                # Git lets a branch be checked out in one worktree only, and it was here.
+                # A branch that cannot be deleted now stays; cleanup tries again.
+                with contextlib.suppress(GitError):
+                    self._drop_if_merged(listed.branch)
+        # checkout --force already matched the index and tracked files to the branch;
+        # what is left of the previous bead is untracked (or ignored) files.
+        self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq")
+        return path
 
     def remove_slot(self, path: Path) -> None:
         """Remove a slot's worktree (its branch stays); DirtyWorktreeError if it holds
@@ -449,17 +473,14 @@ class Worktrees:
                 )
             self._git(self.root, "worktree", "remove", "--force", str(path))
 
-    def drop_merged_branch(self, bead_id: str) -> bool:
-        """Delete ``swarm/<bead>`` if we merged it, nothing came after, and no checkout
-        has it (a slot moved on to another bead); committed work is never lost."""
-        branch = branch_name(bead_id)
-        with self.lock.hold():
-            marker = self._config_get(f"branch.{branch}.{_MERGED_KEY}")
-            tip = self._rev(f"refs/heads/{branch}")
-            if marker is None or tip != marker or self.checkout_of(branch) is not None:
-                return False
-            self._git(self.root, "branch", "-D", branch)
-            return True
+    def _drop_if_merged(self, branch: str) -> bool:
+        """Delete ``branch`` (checked out nowhere; under the lock) if we merged it and
+        nothing came after: committed work is never lost."""
+        marker = self._config_get(f"branch.{branch}.{_MERGED_KEY}")
+        if marker is None or self._rev(f"refs/heads/{branch}") != marker:
+            return False
+        self._git(self.root, "branch", "-D", branch)
+        return True
 
     def get(self, bead_id: str) -> WorktreeInfo | None:
         listed = self._find(self.locate(bead_id))
