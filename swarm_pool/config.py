@@ -122,6 +122,9 @@ class PoolSection(_Section):
 
 class SupervisorSection(_Section):
     check_interval_s: float = Field(1.0, gt=0)
+    health_interval_s: float = Field(
+        5.0, gt=0, description="readiness probe period while healthy (every check if not)"
+    )
     health_timeout_s: float = Field(2.0, gt=0)
     health_failures: int = Field(3, ge=1, description="K failed health checks -> restart")
     slow_answer_s: float = Field(15.0, gt=0, description="a health answer this late is alive")

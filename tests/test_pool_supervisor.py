@@ -7,10 +7,13 @@ real processes and real signals in a few seconds.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,7 @@ class Harness:
 def make_config(**supervisor: Any) -> Config:
     sup = {
         "check_interval_s": 0.1,
+        "health_interval_s": 0.1,
         "health_timeout_s": 0.5,
         "health_failures": 2,
         "no_progress_s": 0.3,
@@ -223,6 +227,35 @@ def test_failed_health_checks_restart(tmp_path: Path, start: Callable[..., Runni
     causes = restarts_of(pool.paths, "oc-1")
     assert causes and all(c == "unhealthy" for c, _ in causes), causes
     assert "unhealthy with no progress for" in causes[0][1]
+
+
+def test_a_healthy_child_is_probed_every_health_interval_not_every_check(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    probes: list[float] = []
+
+    class Counting(Harness):
+        def program(self, name: str, model_url: Callable[[], str | None]) -> Program:
+            base = super().program(name, model_url)
+
+            def probe(port: int, timeout: float) -> None:
+                probes.append(time.monotonic())
+                standin_probe(port, timeout)
+
+            return dataclasses.replace(base, probe=probe)
+
+    pool = start(Counting(tmp_path), size=1, check_interval_s=0.05, health_interval_s=0.6)
+    wait_for(lambda: pool.record("oc-1").state == "ready", 10)
+    seen = len(probes)
+    wait_for(lambda: len(probes) >= seen + 4, 20)
+    gaps = [b - a for a, b in itertools.pairwise(probes[seen:])]
+    # Checks run every 0.05 s; the probe only every 0.6 s (a slow machine only widens it).
+    assert min(gaps) >= 0.5, gaps
+    # Liveness is still checked every check: a kill -9 is seen long before the next probe.
+    pid = pool.record("oc-1").pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: pool.record("oc-1").pid not in (pid, None), 10)
+    pool.stop()
 
 
 def restarts_of(paths: ProjectPaths, name: str) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ from swarm_pool.swarm.watch import (
     InstanceWatcher,
     WatchManager,
     WorkerRef,
+    idle_outcome,
     session_finished,
     unwrap,
 )
@@ -295,6 +296,35 @@ def test_session_finished_needs_a_completed_assistant_message() -> None:
     assert session_finished(client, "ses_1", None)
     state["status"] = {"ses_1": {"type": "busy"}}
     assert not session_finished(client, "ses_1", None)
+
+
+def test_idle_outcome_asks_only_the_status_of_a_running_session_and_names_a_failed_answer() -> None:
+    paths: list[str] = []
+    state: dict[str, Any] = {"status": {"ses_1": {"type": "busy"}}, "messages": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        if request.url.path == "/session/status":
+            return httpx.Response(200, json=state["status"])
+        return httpx.Response(200, json=state["messages"])
+
+    client = OpenCodeClient("http://x", "pw", transport=httpx.MockTransport(handler))
+    assert idle_outcome(client, "ses_1", None) is None
+    assert paths == ["/session/status"]  # a running session costs OpenCode one request
+    state["status"] = {}
+    user = {"info": {"role": "user", "time": {"created": 1}}, "parts": []}
+    failed = {
+        "info": {
+            "role": "assistant",
+            "time": {"created": 2, "completed": 3},
+            "error": {"name": "APIError", "data": {"message": "overloaded"}},
+        },
+        "parts": [],
+    }
+    state["messages"] = [user, failed]
+    assert idle_outcome(client, "ses_1", None) == "APIError: overloaded"
+    state["messages"] = [user, {**failed, "info": {**failed["info"], "error": None}}]
+    assert idle_outcome(client, "ses_1", None) == ""
 
 
 @pytest.mark.parametrize(

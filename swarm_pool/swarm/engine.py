@@ -64,9 +64,8 @@ from swarm_pool.swarm.watch import (
     InstanceWatcher,
     StoreLookup,
     WatchManager,
-    last_answer_error,
+    idle_outcome,
     record_watched,
-    session_finished,
 )
 
 log = logging.getLogger(__name__)
@@ -474,12 +473,14 @@ class Engine:
     def _confirm_idle(self, ctx: SwarmContext, w: Any, slot: InstanceSlot) -> None:
         client = ctx.client(slot)
         try:
-            client.health(timeout=2.0)
-            if not session_finished(client, w.session_id, w.worktree or None):
-                return
             # Its SSE session.error may not be recorded yet (a warm directory answers
             # fast): an idle session whose last answer failed is a session error.
-            error = last_answer_error(client, w.session_id, w.worktree or None)
+            error = idle_outcome(client, w.session_id, w.worktree or None)
+            if error is None:
+                return
+            # The instance's health must agree too; asked last, as a running session
+            # (what the periodic re-check mostly finds) needs no more than its status.
+            client.health(timeout=2.0)
         except OpenCodeError:
             return  # an unhealthy instance proves nothing; the supervisor handles it
         finally:

@@ -8,7 +8,7 @@ marks a blocked worker running again); it drops sessions that are not workers an
 repeated statuses. ``InstanceWatcher`` is one thread per instance that keeps an SSE
 stream open on ``/global/event``, reconnects with capped backoff after a drop, and polls
 ``GET /session/status`` while the stream is down so nothing is missed. ``WatchManager``
-keeps one watcher per instance in step with the pool. ``session_finished`` is the second
+keeps one watcher per instance in step with the pool. ``idle_outcome`` is the second
 opinion the engine asks before it believes an idle signal: the server no longer lists
 the session as running and its last assistant message is complete.
 """
@@ -274,35 +274,37 @@ class StoreLookup:
         ]
 
 
-def session_finished(client: OpenCodeClient, session_id: str, directory: str | None) -> bool:
-    """True when the server agrees the session is done: not running, last answer complete.
+def idle_outcome(client: OpenCodeClient, session_id: str, directory: str | None) -> str | None:
+    """The server's own account of a session: None while it is not finished (listed as
+    running, or no complete assistant answer yet), else the error its last answer ended
+    with ("" if none: a session that stopped on a model error is idle like a finished
+    one).
 
     A session is absent from ``/session/status`` both before its prompt starts and after
     it ends, so absence alone proves nothing; a completed last assistant message does.
+    The status comes first: it is the cheap answer for a running session, which is what
+    a periodic re-check mostly finds (every request costs OpenCode about 20 ms of CPU).
     """
     if session_id in client.session_status(directory=directory):
-        return False
-    messages = client.messages(session_id, directory=directory)
-    if not messages:
-        return False
-    info = messages[-1].get("info") if isinstance(messages[-1], dict) else None
-    if not isinstance(info, dict) or info.get("role") != "assistant":
-        return False
-    times = info.get("time")
-    return isinstance(times, dict) and bool(times.get("completed"))
-
-
-def last_answer_error(client: OpenCodeClient, session_id: str, directory: str | None) -> str:
-    """The error the session's last assistant message ended with ("" if none): a session
-    that stopped on a model error is idle like a finished one."""
+        return None
     messages = client.messages(session_id, directory=directory)
     info = messages[-1].get("info") if messages and isinstance(messages[-1], dict) else None
-    error = info.get("error") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or info.get("role") != "assistant":
+        return None
+    times = info.get("time")
+    if not (isinstance(times, dict) and times.get("completed")):
+        return None
+    error = info.get("error")
     if not isinstance(error, dict):
         return ""
     data = error.get("data")
     detail = data.get("message") if isinstance(data, dict) else None
     return f"{error.get('name', 'error')}: {detail}" if detail else str(error.get("name", "error"))
+
+
+def session_finished(client: OpenCodeClient, session_id: str, directory: str | None) -> bool:
+    """True when the server agrees the session is done: not running, last answer complete."""
+    return idle_outcome(client, session_id, directory) is not None
 
 
 def record_watched(store: Any, events: list[BaseEvent]) -> None:
