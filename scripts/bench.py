@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox,slots} [--json] [--quick]``
+"""Benchmarks: ``scripts/bench.py {pool,store,workers,gateway,sandbox} [--json] [--quick]``
 (``store --backend sqlite|postgresql|both``; ``workers --variants legacy,lean [--workers 8,16]
 [--sizes 1,2,4] [--waves 3] [--repeats 2]`` compares OpenCode/MCP/worktree set-ups side by
 side, in waves, ``benches/variants.py``).
@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ("pool", "store", "workers", "gateway", "sandbox", "slots")
+SUITES = ("pool", "store", "workers", "gateway", "sandbox")
 
 
 def machine() -> dict[str, Any]:

@@ -84,7 +84,14 @@ VARIANTS: dict[str, Variant] = {
         'mcp = "shared"\nsnapshot = false\n',
         "one shared MCP server per pool + a stdlib relay per directory, snapshots off",
     ),
-    # One switch at a time against lean: what snapshots alone cost.
+    # One switch at a time against lean: what warm slots alone save, what snapshots
+    # alone cost.
+    "lean_fresh": Variant(
+        "lean_fresh",
+        'mcp = "shared"\nsnapshot = false\n',
+        "lean with a fresh worktree per bead (no warm slots)",
+        workers='worktrees = "fresh"\n',
+    ),
     "lean_snapshots": Variant(
         "lean_snapshots",
         'mcp = "shared"\nsnapshot = true\n',
@@ -319,20 +326,22 @@ def _ratio(a: float, b: float) -> float:
 def _ratios(
     summary: dict[str, Any], names: list[str], ns: list[int], sizes: list[int]
 ) -> dict[str, Any]:
-    """The issue's table, as ratios within this run."""
+    """The issue's table, as ratios within this run: each variant against the first one
+    named (e.g. ``lean_over_legacy``), and each variant's pool sizes against K=2."""
     out: dict[str, Any] = {}
     phases = [p for p in ("cold", "warm") if all(p in v for v in summary.values())]
+    base = names[0]
     for n in ns:
         for phase in phases:
-            if "legacy" in names and "lean" in names:
+            for name in names[1:]:
                 for k in sizes:
-                    lean = summary[f"lean_N{n}_K{k}"][phase]
-                    legacy = summary[f"legacy_N{n}_K{k}"][phase]
-                    out[f"N{n}_K{k}_{phase}_cpu_per_worker_lean_over_legacy"] = _ratio(
-                        lean["cpu_s_per_worker"], legacy["cpu_s_per_worker"]
+                    this = summary[f"{name}_N{n}_K{k}"][phase]
+                    that = summary[f"{base}_N{n}_K{k}"][phase]
+                    out[f"N{n}_K{k}_{phase}_cpu_per_worker_{name}_over_{base}"] = _ratio(
+                        this["cpu_s_per_worker"], that["cpu_s_per_worker"]
                     )
-                    out[f"N{n}_K{k}_{phase}_wall_lean_over_legacy"] = _ratio(
-                        lean["wall_s"], legacy["wall_s"]
+                    out[f"N{n}_K{k}_{phase}_wall_{name}_over_{base}"] = _ratio(
+                        this["wall_s"], that["wall_s"]
                     )
             for name in names:
                 if 1 in sizes and 2 in sizes:
