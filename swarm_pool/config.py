@@ -84,8 +84,10 @@ class _Section(BaseModel):
 
 class PoolSection(_Section):
     size: int = Field(2, ge=1, le=64, description="instances started by `start`")
-    port_min: int = Field(47100, ge=1024, le=65535)
-    port_max: int = Field(47999, ge=1024, le=65535)
+    # Below Linux's ephemeral range (32768-60999 by default): a port in it can be taken
+    # by any outgoing connection's local end between our bind probe and the child's bind.
+    port_min: int = Field(27100, ge=1024, le=65535)
+    port_max: int = Field(27999, ge=1024, le=65535)
     start_timeout_s: float = Field(30.0, gt=0)
     stop_grace_s: float = Field(5.0, ge=0)
     routing: Literal["least_busy", "dedicated"] = "least_busy"

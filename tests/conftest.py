@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -39,6 +40,10 @@ else:
 os.environ["SWARM_POOL_HOME"] = str(_HOME / "swarm-pool")
 for _xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
     os.environ[_xdg] = str(_HOME / _xdg.lower())
+# A shell starts a background job (`scripts/test &`) with SIGINT ignored, and an ignored
+# signal stays ignored across exec: the ctrl-c tests' children would never see theirs.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _check_no_leak(env_name: str, tag: str, what: str) -> None:
