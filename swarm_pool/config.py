@@ -92,6 +92,9 @@ class PoolSection(_Section):
     stop_grace_s: float = Field(5.0, ge=0)
     routing: Literal["least_busy", "dedicated"] = "least_busy"
     max_sessions_per_instance: int = Field(4, ge=1)
+    active_instances: int = Field(
+        0, ge=0, description="instances that take work before the rest (0: one per core)"
+    )
     avoid_restarted_s: float = Field(30.0, ge=0, description="new work avoids it this long")
     avoid_flapping_restarts: int = Field(2, ge=0, description="restarts in flap_window_s")
     # Several hosts on one PostgreSQL store: this pool's name among them.

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from swarm_pool.config import Config
-from swarm_pool.swarm.router import InstanceSlot, Steadiness, busy_counts, choose_instance
+from swarm_pool.swarm.router import (
+    InstanceSlot,
+    Steadiness,
+    active_instances,
+    busy_counts,
+    choose_instance,
+)
 
 
 def slot(name: str, state: str = "ready", **kw: object) -> InstanceSlot:
@@ -120,3 +128,38 @@ def test_steadiness_comes_from_the_config() -> None:
         {"pool": {"avoid_restarted_s": 7.0, "avoid_flapping_restarts": 3}}
     )
     assert Steadiness.from_config(config) == Steadiness(7.0, 3, 120.0)
+
+
+def test_instances_beyond_the_active_ones_are_overflow() -> None:
+    pool = [slot("oc-1"), slot("oc-2"), slot("oc-3"), slot("oc-4")]
+
+    def pick(busy: dict[str, int], instances: list[InstanceSlot] = pool) -> str:
+        chosen = choose_instance(instances, busy, 4, active=2)
+        assert chosen is not None
+        return chosen.name
+
+    # Fewest busy among the first two, even when the others are idle.
+    assert pick({}) == "oc-1"
+    assert pick({"oc-1": 3, "oc-2": 2}) == "oc-2"
+    # The overflow takes work only once the active ones are full.
+    assert pick({"oc-1": 4, "oc-2": 4, "oc-3": 1}) == "oc-4"
+    # An instance that takes no work is not among the active ones: the next one is.
+    down = [slot("oc-1", "backoff"), *pool[1:]]
+    assert pick({"oc-2": 3, "oc-3": 1}, down) == "oc-3"
+    # Without a limit, every instance is active.
+    spread = choose_instance(pool, {"oc-1": 3, "oc-2": 2}, 4)
+    assert spread is not None and spread.name == "oc-3"
+
+
+def test_a_steady_overflow_instance_beats_an_unsteady_active_one() -> None:
+    now = 1000.0
+    pool = [slot("oc-1", restarted_at=(now - 1,)), slot("oc-2"), slot("oc-3")]
+    steadiness = Steadiness(settle_s=30, flap_restarts=0, flap_window_s=120)
+    chosen = choose_instance(pool, {"oc-2": 4}, 4, steadiness=steadiness, now=now, active=2)
+    assert chosen is not None and chosen.name == "oc-3"
+
+
+def test_active_instances_defaults_to_the_cores() -> None:
+    assert active_instances(Config()) == len(os.sched_getaffinity(0))
+    config = Config.model_validate({"pool": {"active_instances": 3}})
+    assert active_instances(config) == 3

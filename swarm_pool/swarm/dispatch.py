@@ -40,6 +40,7 @@ from swarm_pool.swarm.router import (
     InstanceSlot,
     Routing,
     Steadiness,
+    active_instances,
     busy_counts,
     choose_instance,
 )
@@ -125,6 +126,7 @@ def start_session(
                 bead_id=bead_id,
                 avoid=set(avoid),
                 steadiness=Steadiness.from_config(ctx.config),
+                active=active_instances(ctx.config),
             )
             if slot is None:
                 return None

@@ -9,12 +9,16 @@ are dedicated to another worker never get new work. Under the ``dedicated`` poli
 worker only ever goes to the instance started for it. An instance that is not steady
 (restarted moments ago, or flapping: several restarts in the supervisor's flap window)
 only gets work when no steady one can take it, so a retry does not land on the instance
-that is failing its workers. The router does no I/O, so it is
+that is failing its workers. With ``[pool] active_instances`` (default: one per core),
+only the first that many instances take work while one of them has room; the others
+are overflow: on a 2-core machine 4 instances cost more CPU per worker than 2 and were
+slower, never faster (the workers benchmark). The router does no I/O, so it is
 unit-tested directly; reading the pool state and the store lives in ``pool_view``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -73,6 +77,17 @@ class Steadiness:
         return self.flap_restarts > 0 and len(recent) >= self.flap_restarts
 
 
+def active_instances(config: Config) -> int:
+    """How many instances take work before the others: ``[pool] active_instances``, or
+    the CPU cores this process may run on when 0."""
+    if config.pool.active_instances > 0:
+        return config.pool.active_instances
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def busy_counts(instances_of_live_workers: Iterable[str]) -> dict[str, int]:
     """Count live worker sessions per instance name (one entry per live worker)."""
     counts: dict[str, int] = {}
@@ -92,37 +107,39 @@ def choose_instance(
     avoid: Collection[str] = (),
     steadiness: Steadiness | None = None,
     now: float | None = None,
+    active: int = 0,
 ) -> InstanceSlot | None:
     """The instance for a new session, or None when none can take it now.
 
     ``avoid`` names instances to use only if nothing else can take the session (a retry
     prefers another instance than the one that just failed it); with ``steadiness``,
     unsteady instances come last too (``now``: wall clock, default the current time).
+    With ``active`` > 0, instances after the first ``active`` that accept work (in the
+    given order) are overflow: used only when none of those can take the session.
     """
     if routing == "dedicated":
         for inst in instances:
             if inst.dedicated_to == bead_id and inst.accepts_work:
                 return inst
         return None
-    candidates = [
-        inst
-        for inst in instances
-        if inst.accepts_work and inst.dedicated_to is None and busy.get(inst.name, 0) < max_sessions
-    ]
+    eligible = [inst for inst in instances if inst.accepts_work and inst.dedicated_to is None]
+    candidates = [inst for inst in eligible if busy.get(inst.name, 0) < max_sessions]
     if not candidates:
         return None
     at = time.time() if now is None else now
+    first = {inst.name for inst in eligible[:active]} if active > 0 else None
 
     def unsteady(inst: InstanceSlot) -> bool:
         return steadiness is not None and steadiness.unsteady(inst, at)
 
-    # Steady before unsteady, then not avoided before avoided, then fewest busy; the
-    # name breaks ties so the choice is deterministic.
+    # Steady before unsteady, then not avoided before avoided, then active before
+    # overflow, then fewest busy; the name breaks ties so the choice is deterministic.
     return min(
         candidates,
         key=lambda inst: (
             unsteady(inst),
             inst.name in avoid,
+            first is not None and inst.name not in first,
             busy.get(inst.name, 0),
             inst.name,
         ),
