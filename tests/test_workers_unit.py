@@ -79,6 +79,8 @@ class FakePool:
         self.down: set[str] = set()
         # Instances that create the session, then never answer (outcome unknown).
         self.create_times_out: set[str] = set()
+        # (instance, directory) of every GET /session?directory=: OpenCode sets each up.
+        self.directories_opened: set[tuple[str, str | None]] = set()
 
     def set(self, name: str, **kw: Any) -> None:
         old = self.slots[name]
@@ -114,8 +116,10 @@ class FakePool:
                 if name in self.create_times_out:
                     raise httpx.ReadTimeout("no answer")
                 return httpx.Response(200, json={"id": sid})
-            if path == "/session" and request.method == "GET":
+            if path in ("/session", "/experimental/session") and request.method == "GET":
                 directory = request.url.params.get("directory")
+                if path == "/session":
+                    self.directories_opened.add((name, directory))
                 return httpx.Response(
                     200,
                     json=[
@@ -948,5 +952,7 @@ def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
         # Younger than the grace: it may be a dispatch about to record it.
         assert not pool.sessions[fresh].get("deleted")
         assert not pool.sessions[w.session_id].get("deleted")  # known to the store
+        # The sweep lists each instance's sessions at once: it opens no worktree there.
+        assert pool.directories_opened == set()
     finally:
         engine._pool.shutdown(wait=True)

@@ -160,6 +160,13 @@ class OpenCodeClient:
         data = self._json("GET", "/session", directory=directory)
         return [s for s in data if isinstance(s, dict)] if isinstance(data, list) else []
 
+    def all_sessions(self) -> list[dict[str, Any]]:
+        """Every session of the instance, whatever its directory, in one request that
+        opens no directory (``GET /session?directory=D`` makes OpenCode set up D, about a
+        CPU-second and tens of MB for a directory it has not served)."""
+        data = self._json("GET", "/experimental/session")
+        return [s for s in data if isinstance(s, dict)] if isinstance(data, list) else []
+
     def get_session(self, session_id: str, directory: str | None = None) -> dict[str, Any]:
         data = self._json("GET", f"/session/{session_id}", directory=directory)
         return data if isinstance(data, dict) else {}

@@ -87,33 +87,36 @@ def sweep_unknown(ctx: SwarmContext, slots: list[InstanceSlot], grace_s: float) 
         str(getattr(s.event, "session_id", ""))
         for s in ctx.store.read(types=["worker_session_created", "worker_spawned"])
     }
-    worktrees = sorted(
-        {w.worktree for w in ctx.store.workers.list() if w.worktree}
+    worktrees = {w.worktree for w in ctx.store.workers.list() if w.worktree} | {
         # A slot is taken before its session is created, so a dispatcher that died in
         # between left its session in a busy slot its worker does not name yet.
-        | {s.path for s in ctx.store.slots.list() if s.state == SlotState.BUSY}
-    )
+        s.path
+        for s in ctx.store.slots.list()
+        if s.state == SlotState.BUSY
+    }
     cutoff = now_ms() - int(grace_s * 1000)
     removed: list[str] = []
     for slot in slots:
         client = ctx.client(slot)
         try:
-            for worktree in worktrees:
-                for session in client.sessions(directory=worktree):
-                    sid = str(session.get("id", ""))
-                    created = (session.get("time") or {}).get("created")
-                    if not sid or sid in known or session.get("directory") != worktree:
-                        continue
-                    if not isinstance(created, int | float) or created > cutoff:
-                        continue
-                    with contextlib.suppress(OpenCodeError):
-                        client.abort(sid, directory=worktree)
-                    with contextlib.suppress(OpenCodeError):
-                        client.delete_session(sid, directory=worktree)
-                    removed.append(sid)
-                    log.info(
-                        "reconcile: removed session %s in %s (unknown to the store)", sid, worktree
-                    )
+            # One listing per instance: asking per worktree would make every instance
+            # set up every worktree it never served (every 30 s, for the whole history).
+            for session in client.all_sessions():
+                sid = str(session.get("id", ""))
+                worktree = str(session.get("directory", ""))
+                created = (session.get("time") or {}).get("created")
+                if not sid or sid in known or worktree not in worktrees:
+                    continue
+                if not isinstance(created, int | float) or created > cutoff:
+                    continue
+                with contextlib.suppress(OpenCodeError):
+                    client.abort(sid, directory=worktree)
+                with contextlib.suppress(OpenCodeError):
+                    client.delete_session(sid, directory=worktree)
+                removed.append(sid)
+                log.info(
+                    "reconcile: removed session %s in %s (unknown to the store)", sid, worktree
+                )
         except OpenCodeError as e:
             log.warning("reconcile: sweeping %s failed: %s", slot.name, e)
         finally:
