@@ -34,7 +34,7 @@ import httpx
 from swarm_pool.config import Config
 from swarm_pool.errors import OpenCodeError
 from swarm_pool.opencode.client import USERNAME, OpenCodeClient
-from swarm_pool.opencode.shell import MCP_SECRET_ENV, PASSWORD_ENV
+from swarm_pool.opencode.shell import PASSWORD_ENV, SECRET_ENV
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import ChildKind
 
@@ -126,6 +126,15 @@ def with_no_proxy(env: dict[str, str]) -> dict[str, str]:
         current = [h.strip() for h in env.get(var, "").split(",") if h.strip()]
         env[var] = ",".join([*current, *(h for h in _LOOPBACK if h not in current)])
     return env
+
+
+def pool_child_env(paths: ProjectPaths) -> dict[str, str]:
+    """The environment of the pool's own children (model, MCP server, gateway): the
+    supervisor's, without any secret (each reads what it needs from the private state
+    file), with the project named and loopback kept off any proxy."""
+    out = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    out["SWARM_POOL_PROJECT"] = str(paths.root)
+    return with_no_proxy(out)
 
 
 class _Clients:
@@ -278,9 +287,7 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
         return argv
 
     def env(port: int) -> dict[str, str]:
-        out = dict(os.environ)
-        out["SWARM_POOL_PROJECT"] = str(paths.root)
-        return with_no_proxy(out)
+        return pool_child_env(paths)
 
     return Program(
         name=MODEL_NAME,
@@ -302,11 +309,7 @@ def mcp_program(paths: ProjectPaths) -> Program:
         return [sys.executable, "-m", "swarm_pool.mcp.http", "--project", root, "--port", str(port)]
 
     def env(port: int) -> dict[str, str]:
-        out = dict(os.environ)
-        for var in (PASSWORD_ENV, MCP_SECRET_ENV):
-            out.pop(var, None)
-        out["SWARM_POOL_PROJECT"] = str(paths.root)
-        return with_no_proxy(out)
+        return pool_child_env(paths)
 
     return Program(
         name=MCP_NAME,
@@ -349,11 +352,8 @@ def gateway_program(config: Config, paths: ProjectPaths, password: str) -> Progr
         ]
 
     def env(port: int) -> dict[str, str]:
-        out = dict(os.environ)
         # It reads the instances' and its own password from .swarm/pool.json (0600).
-        out.pop("OPENCODE_SERVER_PASSWORD", None)
-        out["SWARM_POOL_PROJECT"] = str(paths.root)
-        return out
+        return pool_child_env(paths)
 
     return Program(
         name=GATEWAY_NAME,
