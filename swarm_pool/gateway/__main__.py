@@ -10,19 +10,16 @@ every secret from the private state file.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from swarm_pool.config import Config
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.gateway.app import Gateway, build_app
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.pool.instance import HOST
+from swarm_pool.serve import loopback_server
 from swarm_pool.store.core import open_project_store
 
 
@@ -51,24 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swarm-pool gateway: {e}", file=sys.stderr)
         return 1
     gateway = Gateway(paths, config, store=store)
-    fast = importlib.util.find_spec("uvloop") is not None
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(gateway),
-            host=HOST,
-            port=args.port,
-            loop="uvloop" if fast else "asyncio",
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            ws="websockets-sansio",
-            lifespan="on",
-            access_log=False,
-            # Loopback only, no proxy in front: skip uvicorn's X-Forwarded-* middleware.
-            proxy_headers=False,
-            log_level="warning",
-            # Event streams never end on their own: do not wait for them at shutdown.
-            timeout_graceful_shutdown=1,
-        )
-    )
+    server = loopback_server(build_app(gateway), args.port, ws="websockets-sansio")
     try:
         server.run()
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -26,7 +25,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from mcp.server import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.applications import Starlette
@@ -41,6 +39,7 @@ from swarm_pool.mcp.server import build_server, configure_logging
 from swarm_pool.mcp.tokens import SECRET_ENV, Principal, verify
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import read_state
+from swarm_pool.serve import loopback_server
 
 log = logging.getLogger("swarm_pool.mcp")
 
@@ -133,21 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     runtime = Runtime(args.project.resolve())
-    fast = importlib.util.find_spec("uvloop") is not None
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(runtime, secret),
-            host=HOST,
-            port=args.port,
-            loop="uvloop" if fast else "asyncio",
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            ws="none",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-        )
-    )
+    server = loopback_server(build_app(runtime, secret), args.port)
     log.info("serving the shared MCP server of %s on %s", runtime.cwd, url(args.port))
     try:
         server.run()
