@@ -139,8 +139,11 @@ async def relay_session(shared: Shared, cwd: Path) -> AsyncIterator[ClientSessio
 @asynccontextmanager
 async def coordinator_session(url: str, token: str) -> AsyncIterator[ClientSession]:
     headers = {"Authorization": f"Bearer {token}"}
+    # A tool call's answer comes when the tool returns: swarm_await_workers may block for
+    # its whole timeout_s (300 s in the e2e test), so reads may take that long.
+    timeout = httpx2.Timeout(30, read=330)
     async with (
-        httpx2.AsyncClient(headers=headers, trust_env=False, timeout=30) as http,
+        httpx2.AsyncClient(headers=headers, trust_env=False, timeout=timeout) as http,
         streamable_http_client(url, http_client=http) as (r, w),
         ClientSession(r, w) as session,
     ):
