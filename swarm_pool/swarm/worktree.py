@@ -430,6 +430,11 @@ class Worktrees:
                 f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); not resetting it",
                 files=dirty,
             )
+        # What is left of the previous bead is untracked (or ignored) files: cleaned
+        # before the checkout, so a clean that fails (OpenCode may still be writing in
+        # the directory's .opencode/) leaves the slot on its old branch, not on this
+        # bead's branch in a slot the store does not give this bead.
+        self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq")
         with self.lock.hold():
             if self._rev(f"refs/heads/{branch}") is not None:
                 # Commits of an earlier attempt survive on the branch: continue from them.
@@ -452,9 +457,6 @@ class Worktrees:
                 # A branch that cannot be deleted now stays; cleanup tries again.
                 with contextlib.suppress(GitError):
                     self._drop_if_merged(listed.branch)
-        # checkout --force already matched the index and tracked files to the branch;
-        # what is left of the previous bead is untracked (or ignored) files.
-        self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq")
         return path
 
     def remove_slot(self, path: Path) -> None:
