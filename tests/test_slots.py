@@ -3,7 +3,8 @@
 What an agent in a reused slot sees is proven against the real binary in
 ``test_slots_e2e.py``; here the slot rules run fast: a reset leaves nothing of the
 previous bead, a busy slot is not reused before its release, a dirty slot is never
-reset, a retry keeps its slot, two takers racing for one slot (forced with a fault
+reset, a clean that fails (forced with a fault hook) leaves the slot on its old
+branch, a retry keeps its slot, two takers racing for one slot (forced with a fault
 hook) end in two slots, and a rebuild reproduces the projection. Transcripts: saved
 privately, read back, rendered, and a clear error when there is none.
 """
@@ -22,7 +23,7 @@ import pytest
 
 from swarm_pool import faults
 from swarm_pool.config import Config
-from swarm_pool.errors import SlotConflictError, TranscriptNotFoundError
+from swarm_pool.errors import GitError, SlotConflictError, TranscriptNotFoundError
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store, open_project_store
@@ -105,6 +106,29 @@ def test_a_slot_moving_on_deletes_the_previous_branch_only_once_merged(
     release(ctx, "bd-bbb.1")
     acquire(ctx, "i1", "bd-ccc.1", 1)
     assert git(ctx.paths.root, "show", "swarm/bd-bbb.1:c.txt") == "after the merge"
+
+
+def test_a_failing_clean_leaves_the_slot_on_its_old_branch(ctx: SwarmContext) -> None:
+    # Seen in a full run: git clean failed while OpenCode still wrote in the slot. Had
+    # the slot already moved to the new bead's branch, that branch would stay checked
+    # out in a slot the store marks dirty for the previous bead, and every later
+    # dispatch of the bead would fail with "already checked out".
+    first = acquire(ctx, "i1", "bd-aaa.1", 2)
+    release(ctx, "bd-aaa.1")
+
+    def clean_fails() -> None:
+        # OpenCode writing in the directory as the clean runs: a file the clean missed.
+        (first / "late.txt").write_text("written during the clean\n")
+        raise GitError("git clean: Directory not empty")
+
+    with faults.inject("worktree.before_clean", clean_fails), pytest.raises(GitError):
+        acquire(ctx, "i1", "bd-bbb.1", 2)
+    assert git(first, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-aaa.1"
+    # The failed slot holds an untracked file, so it waits (dirty) and the next
+    # dispatch takes a new slot, where the bead's branch is free to check out.
+    second = acquire(ctx, "i1", "bd-bbb.1", 2)
+    assert second != first
+    assert git(second, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-bbb.1"
 
 
 def test_ignored_build_caches_stay_only_if_the_config_allows(ctx: SwarmContext) -> None:

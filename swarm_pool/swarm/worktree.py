@@ -27,6 +27,7 @@ from typing import Any
 
 import git
 
+from swarm_pool import faults
 from swarm_pool.errors import (
     DirtyWorktreeError,
     GitError,
@@ -434,6 +435,7 @@ class Worktrees:
         # before the checkout, so a clean that fails (OpenCode may still be writing in
         # the directory's .opencode/) leaves the slot on its old branch, not on this
         # bead's branch in a slot the store does not give this bead.
+        faults.point("worktree.before_clean")
         self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq")
         with self.lock.hold():
             if self._rev(f"refs/heads/{branch}") is not None:
