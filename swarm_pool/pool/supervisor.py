@@ -125,8 +125,8 @@ class Supervisor:
         self._startup_error: SwarmPoolError | None = None
         self._error: ErrorInfo | None = None
         self._sink: EventSink | None = None
-        self._model: Watcher | None = None
-        self._mcp: Watcher | None = None
+        # The children instances reach by URL (the scripted model, the MCP server).
+        self._upstreams: dict[str, Watcher] = {}
         self._ctx: PoolContext | None = None
         # Set by the daemon, which made itself the child subreaper (orphans.py).
         self.reaper = reaper
@@ -364,28 +364,10 @@ class Supervisor:
         adoptable = {rec.name: rec for rec in previous.instances} if previous else {}
         deadline = self.clock() + 2 * self.config.pool.start_timeout_s + 5
         if self.with_model:
-            old_model = adoptable.pop(MODEL_NAME, None)
-            model = self._new_child(MODEL_NAME, adopt_from=old_model)
-            self._model = model
-            model.start()
-            self._await_startup([model], deadline)
-            if old_model is not None and old_model.port != model.port:
-                # Live instances talk to the old model URL: replace rather than adopt them.
-                for rec in adoptable.values():
-                    self._stop_stray(rec)
-                adoptable = {}
-        old_mcp = adoptable.pop(MCP_NAME, None)
+            self._start_upstream(MODEL_NAME, adoptable, deadline)
         if self.with_mcp and not self._stop.is_set():
-            mcp = self._new_child(MCP_NAME, adopt_from=old_mcp)
-            self._mcp = mcp
-            mcp.start()
-            self._await_startup([mcp], deadline)
-            if old_mcp is not None and old_mcp.port != mcp.port:
-                # Live instances' relays talk to the old URL: replace rather than adopt.
-                for rec in adoptable.values():
-                    self._stop_stray(rec)
-                adoptable = {}
-        elif old_mcp is not None:
+            self._start_upstream(MCP_NAME, adoptable, deadline)
+        elif (old_mcp := adoptable.pop(MCP_NAME, None)) is not None:
             self._stop_stray(old_mcp)
         old_gateway = adoptable.pop(GATEWAY_NAME, None)
         if self.config.gateway.enabled and not self._stop.is_set():
@@ -411,6 +393,26 @@ class Supervisor:
             self._phase = "running"
         self._write_state()
         log.info("pool ready: %s", ", ".join(f"{c.name}@{c.port}" for c in self._ordered()))
+
+    def _start_upstream(
+        self, name: str, adoptable: dict[str, ChildRecord], deadline: float
+    ) -> None:
+        """Start (or adopt) the model or the MCP server and wait until it is ready.
+
+        Instances are configured with its URL, so when it comes back on another port
+        than the previous supervisor's, the live instances in ``adoptable`` talk to the
+        old URL: they are stopped (and ``adoptable`` emptied) to be started afresh.
+        """
+        old = adoptable.pop(name, None)
+        child = self._new_child(name, adopt_from=old)
+        # Registered before it starts, so the state written while waiting has its URL.
+        self._upstreams[name] = child
+        child.start()
+        self._await_startup([child], deadline)
+        if old is not None and old.port != child.port:
+            for rec in adoptable.values():
+                self._stop_stray(rec)
+            adoptable.clear()
 
     def _names(self) -> list[str]:
         return instance_names(self.size)
@@ -483,17 +485,17 @@ class Supervisor:
         order = {"model": 0, "mcp": 1, "gateway": 2}
         return sorted(kids, key=lambda c: (order.get(c.program.kind, 2), _name_key(c.name)))
 
-    def _model_url(self) -> str | None:
-        model = self._model
-        if model is None or model.port is None:
+    def _upstream_url(self, name: str) -> str | None:
+        child = self._upstreams.get(name)
+        if child is None or child.port is None:
             return None
-        return model.program.url(model.port)
+        return child.program.url(child.port)
+
+    def _model_url(self) -> str | None:
+        return self._upstream_url(MODEL_NAME)
 
     def _mcp_url(self) -> str | None:
-        mcp = self._mcp
-        if mcp is None or mcp.port is None:
-            return None
-        return mcp.program.url(mcp.port)
+        return self._upstream_url(MCP_NAME)
 
     def _flush_state(self) -> None:
         if self._dirty.is_set():
