@@ -181,6 +181,10 @@ class OpenCodeSection(_Section):
     lsp: bool = False
     # Formatters run after each edit; a worker's diff should be what the agent wrote.
     formatter: bool = False
+    # OpenCode rebuilds its provider list from models.dev's whole catalog for every
+    # session directory (half a cold worker's CPU); "trimmed" hands the instances only
+    # the providers this config uses (swarm_pool/opencode/catalog.py), "full" OpenCode's.
+    models_catalog: Literal["trimmed", "full"] = "trimmed"
 
     @field_validator("model")
     @classmethod

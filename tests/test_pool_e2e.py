@@ -2,9 +2,9 @@
 
 One pool of two instances (plus the scripted model child, with a delay so a prompt keeps
 a session busy) is shared by the tests of this module, in order: start and status, auth,
-busy sessions, a kill -9 of an instance, a SIGKILL of the supervisor and re-adoption, and
-a final stop that must leave no process (instances, their MCP servers, the model) and no
-lease behind.
+the trimmed models catalog, busy sessions, a kill -9 of an instance, a SIGKILL of the
+supervisor and re-adoption, and a final stop that must leave no process (instances,
+their MCP servers, the model) and no lease behind.
 """
 
 from __future__ import annotations
@@ -99,6 +99,26 @@ def test_model_child_is_supervised_and_shown(pool: Path) -> None:
     assert model[0]["state"] == "ready"
     assert model[0]["url"].endswith("/v1")
     assert httpx.get(model[0]["url"] + "/models", timeout=10).status_code == 200
+
+
+def test_instances_load_only_the_providers_the_config_uses(pool: Path) -> None:
+    # models_catalog = "trimmed": the scripted provider is defined by the instance config,
+    # so the instances get an empty catalog instead of models.dev's whole one, which
+    # OpenCode would rebuild for every session directory.
+    catalog = pool / ".swarm" / "instances" / "models.json"
+    assert json.loads(catalog.read_text()) == {}
+    assert (catalog.stat().st_mode & 0o777) == 0o600
+    info = json.loads(cli("attach", "oc-1", "--print", project=pool).stdout)
+    workdir = pool / "work-providers"
+    workdir.mkdir()
+    resp = httpx.get(
+        info["url"] + "/provider",
+        params={"directory": str(workdir)},
+        auth=(info["username"], info["password"]),
+        timeout=30,
+    )
+    assert resp.status_code == 200
+    assert [p["id"] for p in resp.json()["all"]] == ["swarmpool"]
 
 
 def test_busy_sessions_across_directories(pool: Path) -> None:

@@ -74,9 +74,9 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "legacy": Variant(
         "legacy",
-        'mcp = "local"\nsnapshot = true\n',
+        'mcp = "local"\nsnapshot = true\nmodels_catalog = "full"\n',
         "round 1: a fresh worktree per bead, a whole MCP server per session directory, "
-        "snapshots on",
+        "snapshots on, OpenCode's full models catalog",
         workers='worktrees = "fresh"\n',
     ),
     "lean": Variant(
@@ -85,7 +85,7 @@ VARIANTS: dict[str, Variant] = {
         "one shared MCP server per pool + a stdlib relay per directory, snapshots off",
     ),
     # One switch at a time against lean: what warm slots alone save, what snapshots
-    # alone cost.
+    # and the full models catalog alone cost.
     "lean_fresh": Variant(
         "lean_fresh",
         'mcp = "shared"\nsnapshot = false\n',
@@ -96,6 +96,11 @@ VARIANTS: dict[str, Variant] = {
         "lean_snapshots",
         'mcp = "shared"\nsnapshot = true\n',
         "lean with OpenCode's snapshots on",
+    ),
+    "lean_full_catalog": Variant(
+        "lean_full_catalog",
+        'mcp = "shared"\nsnapshot = false\nmodels_catalog = "full"\n',
+        "lean with OpenCode's full models catalog (rebuilt for every session directory)",
     ),
 }
 

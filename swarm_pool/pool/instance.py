@@ -104,6 +104,7 @@ def build_instance_env(
         env.pop("OPENCODE_DISABLE_MODELS_FETCH", None)
     # Imported here: the OpenCode config pulls in the MCP protocol, which the rest of the
     # pool does not need.
+    from swarm_pool.opencode.catalog import instance_catalog_env
     from swarm_pool.opencode.config import CONFIG_ENV, opencode_config, serialize
     from swarm_pool.opencode.shell import install_shell
 
@@ -116,6 +117,7 @@ def build_instance_env(
     env[CONFIG_ENV] = serialize(
         opencode_config(config, project_root=paths.root, model_url=model_url, mcp_url=mcp_url)
     )
+    instance_catalog_env(config, paths.instances_dir, env)
     return env
 
 
