@@ -81,16 +81,14 @@ def trimmed_catalog(config: Config, folder: Path, env: Mapping[str, str]) -> Pat
     found = _source(env) if named else None
     missing = needed - set(found[1] if found else {})
     if missing:
-        where = (
-            str(found[0])
+        names = ", ".join(sorted(missing))
+        why = (
+            f"{found[0]} lacks {names}"
             if found
-            else f"no catalog (set {MODELS_PATH_ENV}, or run opencode once to cache one)"
+            else f"no catalog to take {names} from (set {MODELS_PATH_ENV}, or run opencode "
+            "once to cache one)"
         )
-        log.warning(
-            "instances load OpenCode's full models catalog, slower per directory: %s lacks %s",
-            where,
-            ", ".join(sorted(missing)),
-        )
+        log.warning("instances load OpenCode's full models catalog, slower per directory: %s", why)
         return None
     data = found[1] if found else {}
     catalog = {p: data[p] for p in sorted(named) if p in data}
