@@ -377,9 +377,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--workers, --sizes, --waves and --repeats must be at least 1")
     load_before = os.getloadavg()
     runs: dict[str, list[list[dict[str, Any]]]] = {}
-    for n in ns:
-        for k in sizes:
-            for _ in range(repeats):
+    # Repeats outermost: a machine that drifts during the run (it does, on a shared VM)
+    # then shifts every size and variant alike instead of the last ones run.
+    for _ in range(repeats):
+        for n in ns:
+            for k in sizes:
                 for name in names:
                     print(f"variants: {name} N={n} K={k}", file=sys.stderr, flush=True)
                     key = f"{name}_N{n}_K{k}"
