@@ -131,6 +131,37 @@ def test_a_failing_clean_leaves_the_slot_on_its_old_branch(ctx: SwarmContext) ->
     assert git(second, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-bbb.1"
 
 
+def test_a_reset_keeps_what_opencode_writes_in_dot_opencode(ctx: SwarmContext) -> None:
+    # A project with its own .opencode/: OpenCode writes a .gitignore there, then installs
+    # its plugin package in the background. Seen in a full run: a reset that removed them
+    # while the install still ran left package.json untracked, and the next bead's
+    # uncommitted work carried it into the review.
+    root = ctx.paths.root
+    (root / ".opencode").mkdir()
+    (root / ".opencode" / "README.md").write_text("the project's own\n")
+    git(root, "add", ".opencode")
+    git(root, "commit", "-qm", "project config")
+    first = acquire(ctx, "i1", "bd-aaa.1", 1)
+    assert git(first, "status", "--porcelain") == ""  # a new slot: every file checked out
+    assert (first / ".opencode" / "README.md").read_text() == "the project's own\n"
+    dot = first / ".opencode"
+    (dot / ".gitignore").write_text("node_modules\npackage.json\npackage-lock.json\n.gitignore")
+    (dot / "node_modules" / "pkg").mkdir(parents=True)
+    (dot / "package.json").write_text("{}\n")
+    (first / "build").mkdir()
+    (first / "build" / "cache.o").write_text("ignored build output\n")
+    (first / "notes.txt").write_text("the previous bead's\n")
+    git(first, "add", "notes.txt")
+    git(first, "commit", "-qm", "work")
+    release(ctx, "bd-aaa.1")
+    assert acquire(ctx, "i1", "bd-bbb.1", 1) == first
+    assert not (first / "build").exists() and not (first / "notes.txt").exists()
+    assert (dot / ".gitignore").exists() and (dot / "node_modules" / "pkg").is_dir()
+    # The install finishing after the reset writes files git still ignores.
+    (dot / "package-lock.json").write_text("{}\n")
+    assert ctx.worktrees.uncommitted_files(first) == []
+
+
 def test_ignored_build_caches_stay_only_if_the_config_allows(ctx: SwarmContext) -> None:
     ctx.config.workers.slot_keep_ignored = True
     first = acquire(ctx, "i1", "bd-aaa.1", 1)

@@ -142,6 +142,19 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+# What OpenCode itself writes into a directory's .opencode/ (its own .gitignore, which
+# ignores the rest, then a background install of its plugin package), kept by a slot
+# reset: removing it while that install still writes left package.json and
+# package-lock.json untracked, without the .gitignore, for the next bead to commit.
+OPENCODE_INSTALL = (
+    "**/.opencode/.gitignore",
+    "**/.opencode/node_modules/",
+    "**/.opencode/package.json",
+    "**/.opencode/package-lock.json",
+    "**/.opencode/bun.lock",
+)
+
+
 class Worktrees:
     """Worktrees, diffs and merges of one project repository (its top-level dir)."""
 
@@ -392,11 +405,12 @@ class Worktrees:
         files: uncommitted work is never reset); it then checks out the bead's branch
         (made from ``base`` if new) and loses everything of the previous bead: tracked
         changes, untracked files and, unless ``keep_ignored``, ignored ones (build
-        caches). The previous bead's branch is deleted if it was merged and nothing came
-        after. Only the steps on the repository's shared state (worktree registry, refs,
-        config) hold the git lock; the slot's own checks and cleaning run outside it, as
-        the store gives a slot to one bead at a time, so parallel dispatches do not queue
-        behind each other's git processes.
+        caches; what OpenCode writes in ``.opencode/``, ``OPENCODE_INSTALL``, stays).
+        The previous bead's branch is deleted if it was merged and nothing came after.
+        Only the steps on the repository's shared state (worktree registry, refs, config)
+        hold the git lock; the slot's own checks, cleaning and, for a new slot, checkout
+        of its files run outside it, as the store gives a slot to one bead at a time, so
+        parallel dispatches do not queue behind each other's git processes.
         """
         branch = branch_name(bead_id)
         path = path.resolve()
@@ -406,17 +420,19 @@ class Worktrees:
             if listed is not None and (listed.prunable or not path.is_dir()):
                 self._git(self.root, "worktree", "prune")
                 listed = None
+            created = listed is None
             if listed is None:
                 if path.exists() and any(path.iterdir()):
                     raise GitError(f"{path} exists but is not a git worktree; move it away")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 start = self._check_branch(base) if base else self.default_base()
-                self._git(self.root, "worktree", "add", "--detach", str(path), start)
-                listing = self._listed()
-                listed = next((w for w in listing if w.path == path), None)
-                if listed is None:
-                    raise GitError(f"git worktree add did not register {path}")
-            if listed.branch == branch:
+                # Only the registry and the slot's HEAD under the lock: its files are
+                # checked out below, outside it (most of the time in a big repository,
+                # and parallel dispatches making new slots would queue behind it).
+                self._git(
+                    self.root, "worktree", "add", "--detach", "--no-checkout", str(path), start
+                )
+            elif listed.branch == branch:
                 return path
             elsewhere = next(
                 (w.path for w in listing if w.branch == branch and not w.prunable), None
@@ -425,18 +441,31 @@ class Worktrees:
                 raise GitError(f"branch {branch} is already checked out at {elsewhere}")
             # The project's branch, from the same listing (its first record).
             project_branch = listing[0].branch if listing else None
-        dirty = self.uncommitted_files(path)
-        if dirty:
-            raise DirtyWorktreeError(
-                f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); not resetting it",
-                files=dirty,
-            )
-        # What is left of the previous bead is untracked (or ignored) files: cleaned
-        # before the checkout, so a clean that fails (OpenCode may still be writing in
-        # the directory's .opencode/) leaves the slot on its old branch, not on this
-        # bead's branch in a slot the store does not give this bead.
-        faults.point("worktree.before_clean")
-        self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq")
+        previous = None if listed is None else listed.branch
+        if created:
+            # The slot's own index and files: nothing of the previous bead to look for.
+            try:
+                self._git(path, "reset", "--hard", "--quiet")
+            except GitError:
+                # Made just now, it holds nobody's work: gone, not left half checked out.
+                with contextlib.suppress(GitError), self.lock.hold():
+                    self._git(self.root, "worktree", "remove", "--force", str(path))
+                raise
+        else:
+            dirty = self.uncommitted_files(path)
+            if dirty:
+                raise DirtyWorktreeError(
+                    f"slot {path} has uncommitted changes ({', '.join(dirty[:10])}); "
+                    "not resetting it",
+                    files=dirty,
+                )
+            # What is left of the previous bead is untracked (or ignored) files: cleaned
+            # before the checkout, so a clean that fails (OpenCode may still be writing in
+            # the directory's .opencode/) leaves the slot on its old branch, not on this
+            # bead's branch in a slot the store does not give this bead.
+            faults.point("worktree.before_clean")
+            keep = [] if keep_ignored else [a for p in OPENCODE_INSTALL for a in ("-e", p)]
+            self._git(path, "clean", "-ffdq" if keep_ignored else "-ffdxq", *keep)
         with self.lock.hold():
             if self._rev(f"refs/heads/{branch}") is not None:
                 # Commits of an earlier attempt survive on the branch: continue from them.
@@ -454,11 +483,11 @@ class Worktrees:
                     )
                 self._git(path, "checkout", "--force", "--quiet", "-b", branch, base_name)
                 self._git(self.root, "config", f"branch.{branch}.{_BASE_KEY}", base_name)
-            if listed.branch is not None and listed.branch.startswith(BRANCH_PREFIX):
+            if previous is not None and previous.startswith(BRANCH_PREFIX):
                 # Git lets a branch be checked out in one worktree only, and it was here.
                 # A branch that cannot be deleted now stays; cleanup tries again.
                 with contextlib.suppress(GitError):
-                    self._drop_if_merged(listed.branch)
+                    self._drop_if_merged(previous)
         return path
 
     def remove_slot(self, path: Path) -> None:
