@@ -2,8 +2,8 @@
 
 OpenCode 1.18.33 bundles models.dev's catalog (about 4.4 MB of providers and models) and
 builds its provider list from all of it again for every session directory it opens.
-That was half of a cold worker's CPU (about 0.5 CPU-s and 60 MB of RSS per directory,
-measured in ``scripts/bench.py workers``). ``OPENCODE_MODELS_PATH`` replaces the bundled
+That was half of a cold worker's CPU (about 0.9 CPU-s and 60 MB of RSS per directory,
+measured on 8 cold workers on one instance). ``OPENCODE_MODELS_PATH`` replaces the bundled
 catalog with a file, so with ``[opencode] models_catalog = "trimmed"`` (the default) each
 instance gets one holding only the providers the pool's config names: none at all for
 the scripted model (its provider is defined in full by the instance config), the
