@@ -51,7 +51,7 @@ from swarm_pool.swarm.failure import infra_backoff_until
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.router import InstanceSlot
-from swarm_pool.swarm.runner import SupervisorWatch
+from swarm_pool.swarm.runner import SupervisorWatch, TaskState, TaskStatus
 from swarm_pool.swarm.slots import acquire
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
@@ -956,3 +956,17 @@ def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
         assert pool.directories_opened == set()
     finally:
         engine._pool.shutdown(wait=True)
+
+
+def test_a_plan_task_moves_only_along_its_transitions() -> None:
+    task = TaskState(1, "t", bead_id="bd-x.1")
+    assert task.state == "waiting" and not task.state.final
+    with pytest.raises(RuntimeError, match="no move from waiting to merged"):
+        task.move(TaskStatus.MERGED)
+    task.move(TaskStatus.SPAWNED)
+    task.move(TaskStatus.REJECTED, "review failed")
+    assert task.state.final and task.note == "review failed"
+    with pytest.raises(RuntimeError, match="no move from rejected to spawned"):
+        task.move(TaskStatus.SPAWNED)  # a final outcome is never left
+    # The summary's JSON keeps the plain names.
+    assert json.loads(json.dumps(task.to_dict()))["state"] == "rejected"

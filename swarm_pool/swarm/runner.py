@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,36 @@ from swarm_pool.swarm.status import PollResult, poll
 from swarm_pool.swarm.workers import spawn_async
 
 
+class TaskStatus(StrEnum):
+    """Where a plan's task is in the run: waiting for its dependencies, spawned (its
+    worker runs), or one of the final outcomes."""
+
+    WAITING = "waiting"
+    SPAWNED = "spawned"
+    MERGED = "merged"
+    FAILED = "failed"  # its worker failed for good, it could not spawn, or a dependency
+    REJECTED = "rejected"  # its review did not approve
+    CONFLICT = "conflict"  # its merge failed
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({TaskStatus.MERGED, TaskStatus.FAILED, TaskStatus.REJECTED, TaskStatus.CONFLICT})
+# The only moves a task makes; a final outcome is never left.
+_NEXT: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.WAITING: frozenset({TaskStatus.SPAWNED, TaskStatus.FAILED}),
+    TaskStatus.SPAWNED: _FINAL,
+}
+
+
 @dataclass
 class TaskState:
     index: int
     title: str
     bead_id: str = ""
-    state: str = "waiting"  # waiting|spawned|merged|failed|rejected|conflict
+    state: TaskStatus = TaskStatus.WAITING
     attempt: int = 0
     instance: str = ""
     note: str = ""
@@ -57,6 +82,14 @@ class TaskState:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def move(self, to: TaskStatus, note: str = "") -> None:
+        """Change state along ``_NEXT`` (a bug otherwise: the runner alone moves tasks)."""
+        if to not in _NEXT.get(self.state, frozenset()):
+            raise RuntimeError(f"task {self.bead_id}: no move from {self.state} to {to}")
+        self.state = to
+        if note:
+            self.note = note
 
 
 @dataclass
@@ -71,7 +104,7 @@ class RunSummary:
 
     @property
     def merged(self) -> int:
-        return sum(1 for t in self.tasks if t.state == "merged")
+        return sum(1 for t in self.tasks if t.state == TaskStatus.MERGED)
 
     @property
     def ok(self) -> bool:
@@ -91,8 +124,6 @@ class RunSummary:
             "tasks": [t.to_dict() for t in self.tasks],
         }
 
-
-_FINAL = frozenset({"merged", "failed", "rejected", "conflict"})
 
 Notify = Callable[[str], None]
 
@@ -186,17 +217,16 @@ class Runner:
         return epic.id
 
     def _merged(self) -> set[str]:
-        return {t.bead_id for t in self.tasks if t.state == "merged"}
+        return {t.bead_id for t in self.tasks if t.state == TaskStatus.MERGED}
 
     def _spawn_ready(self) -> None:
         merged = self._merged()
         for task in self.tasks:
-            if task.state != "waiting":
+            if task.state != TaskStatus.WAITING:
                 continue
             deps = self._deps[task.bead_id]
-            if any(self._task(d).state in _FINAL - {"merged"} for d in deps):
-                task.state = "failed"
-                task.note = "a dependency was not merged"
+            if any(self._task(d).state in _FINAL - {TaskStatus.MERGED} for d in deps):
+                task.move(TaskStatus.FAILED, "a dependency was not merged")
                 continue
             if not set(deps) <= merged:
                 continue
@@ -216,9 +246,9 @@ class Runner:
             except PoolNotRunningError:
                 return  # no supervisor to dispatch it: the run waits for one (step)
             except WorkerError as e:
-                task.state, task.note = "failed", str(e)
+                task.move(TaskStatus.FAILED, str(e))
                 continue
-            task.state = "spawned"
+            task.move(TaskStatus.SPAWNED)
             task.spawned_at = time.time()
             if result is not None:
                 task.attempt, task.instance = result.attempt, result.instance
@@ -230,11 +260,11 @@ class Runner:
         """Review and merge finished workers; give up on failed ones."""
         for info in result.workers():
             task = self._task(info.bead_id)
-            if task.state != "spawned":
+            if task.state != TaskStatus.SPAWNED:
                 continue
             task.attempt, task.instance = info.attempt, info.instance
             if info.group == "failed":
-                task.state, task.note = "failed", info.error or info.last_message
+                task.move(TaskStatus.FAILED, info.error or info.last_message)
             elif info.group in ("completed", "completed_needs_review"):
                 self._review_and_merge(task)
 
@@ -242,17 +272,18 @@ class Runner:
         try:
             verdict = review(self.ctx, task.bead_id)
         except SwarmPoolError as e:
-            task.state, task.note = "rejected", f"review failed: {e}"
+            task.move(TaskStatus.REJECTED, f"review failed: {e}")
             return
         if not verdict.approved:
-            task.state, task.note = "rejected", "; ".join(verdict.problems)
+            task.move(TaskStatus.REJECTED, "; ".join(verdict.problems))
             return
         try:
             merge(self.ctx, task.bead_id)
         except GitError as e:
-            task.state, task.note = "conflict", str(e)
+            task.move(TaskStatus.CONFLICT, str(e))
             return
-        task.state, task.merged_at = "merged", time.time()
+        task.move(TaskStatus.MERGED)
+        task.merged_at = time.time()
 
     def step(self) -> PollResult:
         self._spawn_ready()
@@ -266,10 +297,10 @@ class Runner:
         return result
 
     def _needs_dispatcher(self, result: PollResult) -> bool:
-        return result.active > 0 or any(t.state == "waiting" for t in self.tasks)
+        return result.active > 0 or any(t.state == TaskStatus.WAITING for t in self.tasks)
 
     def done(self) -> bool:
-        return all(t.state in _FINAL for t in self.tasks)
+        return all(t.state.final for t in self.tasks)
 
     def run(self, timeout: float) -> tuple[bool, float]:
         started = time.monotonic()
