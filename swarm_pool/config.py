@@ -223,6 +223,12 @@ class WorkersSection(_Section):
     slot_keep_ignored: bool = Field(
         False, description="true: a slot's reset keeps ignored files (build caches)"
     )
+    min_slots: int = Field(
+        0,
+        ge=0,
+        description="slots each instance makes and opens as soon as it is ready, so the "
+        "first beads skip OpenCode's per-directory set-up (0: made at dispatch, as needed)",
+    )
     remote: str = Field(
         "origin", description="several hosts: the git remote branches and merges meet on"
     )
@@ -280,12 +286,24 @@ class Config(_Section):
     store: StoreSection = Field(default_factory=StoreSection)
     gateway: GatewaySection = Field(default_factory=GatewaySection)
 
+    @model_validator(mode="after")
+    def _slots_fit(self) -> Config:
+        limit = self.pool.max_sessions_per_instance
+        if self.workers.min_slots > limit:
+            raise ValueError(
+                f"workers.min_slots {self.workers.min_slots} exceeds "
+                f"pool.max_sessions_per_instance {limit}"
+            )
+        return self
+
 
 def _format_error(err: ValidationError, data: Mapping[str, Any]) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key {loc!r}"
+    if not loc:  # a check across sections: its message names the keys
+        return f"bad config: {str(first['msg']).removeprefix('Value error, ')}"
     value = first.get("input")
     return f"bad config value {loc}={value!r}: {first['msg']}"
 

@@ -22,16 +22,16 @@ import httpx
 import pytest
 
 from swarm_pool import faults
-from swarm_pool.config import Config
-from swarm_pool.errors import GitError, SlotConflictError, TranscriptNotFoundError
+from swarm_pool.config import Config, load_config
+from swarm_pool.errors import ConfigError, GitError, SlotConflictError, TranscriptNotFoundError
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store, open_project_store
-from swarm_pool.store.events import SlotTaken
+from swarm_pool.store.events import ReleaseReason, SlotTaken
 from swarm_pool.swarm import transcript
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.router import InstanceSlot
-from swarm_pool.swarm.slots import ReleaseReason, acquire, cleanup, release_events
+from swarm_pool.swarm.slots import acquire, cleanup, open_slots, release_events
 from tests.pool_cli import cli
 from tests.support import git, init_repo
 
@@ -329,6 +329,107 @@ def test_cleanup_trims_free_slots_beyond_the_limit_and_disposes_them(
     # A new slot may take the removed one's number again.
     again = acquire(ctx, "i1", "bd-bbb.1", 1)
     assert again == paths[0]
+
+
+def opening_ctx(
+    repo: Path, store: Store, min_slots: int, seen: list[tuple[str, str]]
+) -> SwarmContext:
+    """A context whose one instance (i1) answers every request, recording it."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.url.params.get("directory", "")))
+        return httpx.Response(200, json={})
+
+    inst = InstanceSlot("i1", "http://i1.test", "ready", "pw", pid=1)
+    config = Config()
+    config.pool.max_sessions_per_instance = 3
+    config.workers.min_slots = min_slots
+    return SwarmContext(
+        paths=ProjectPaths(repo),
+        config=config,
+        store=store,
+        instances_fn=lambda: [inst],
+        client_fn=lambda i: OpenCodeClient(
+            i.url, i.password, transport=httpx.MockTransport(handler)
+        ),
+    )
+
+
+def test_min_slots_are_made_free_and_opened_on_their_instance(repo: Path, store: Store) -> None:
+    seen: list[tuple[str, str]] = []
+    ctx = opening_ctx(repo, store, 2, seen)
+    assert open_slots(ctx, "i1") == ["i1/0", "i1/1"]
+    made = slot_dirs(ctx)
+    assert [p.name for p in made] == ["0", "1"]
+    for path in made:
+        # Checked out at the base, on no branch, clean: nothing for a bead to find.
+        assert git(path, "rev-parse", "HEAD") == git(repo, "rev-parse", "main")
+        assert git(path, "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"
+        assert sorted(p.name for p in path.iterdir()) == [".git", ".gitignore", "README.md"]
+    assert [(s.slot, s.state, s.bead_id) for s in ctx.store.slots.list()] == [
+        ("i1/0", "free", ""),
+        ("i1/1", "free", ""),
+    ]
+    # The instance set up each directory before any session there.
+    assert {d for _, d in seen} == {str(p) for p in made}
+    assert {path for path, _ in seen} >= {"/path", "/mcp", "/experimental/tool/ids"}
+    # A bead takes the first, with no new slot and no new directory.
+    taken = acquire(ctx, "i1", "bd-aaa.1", 1)
+    assert taken == made[0]
+    assert git(taken, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-aaa.1"
+    assert slot_dirs(ctx) == made
+
+
+def test_opening_again_makes_nothing_and_reopens_the_free_slots(repo: Path, store: Store) -> None:
+    seen: list[tuple[str, str]] = []
+    ctx = opening_ctx(repo, store, 2, seen)
+    open_slots(ctx, "i1")
+    acquire(ctx, "i1", "bd-aaa.1", 1)
+    before = ctx.store.last_seq()
+    seen.clear()
+    # As after the instance restarted: its directories are cold again; the busy one is
+    # its bead's session's business.
+    assert open_slots(ctx, "i1") == ["i1/1"]
+    assert ctx.store.last_seq() == before
+    assert {d for _, d in seen} == {str(ctx.paths.slots_dir.resolve() / "i1" / "1")}
+
+
+def test_a_slot_left_opening_is_finished_and_never_taken_meanwhile(
+    repo: Path, store: Store
+) -> None:
+    seen: list[tuple[str, str]] = []
+    ctx = opening_ctx(repo, store, 1, seen)
+    path = ctx.paths.slots_dir.resolve() / "i1" / "0"
+    # The engine stopped right after recording the slot, before making its worktree.
+    view = ctx.store.slots.open("i1/0", instance="i1", path=str(path))
+    assert view.state == "opening"
+    with pytest.raises(SlotConflictError):
+        ctx.store.slots.open("i1/0", instance="i1", path=str(path))
+    with pytest.raises(SlotConflictError):
+        ctx.store.slots.take(
+            "i1/0",
+            instance="i1",
+            path=str(path),
+            bead_id="bd-aaa.1",
+            attempt=1,
+            expect_version=view.version,
+        )
+    # Cleanup leaves it alone, and a dispatch meanwhile makes its own slot.
+    assert cleanup(ctx) == {"released": [], "kept": {}, "removed": []}
+    assert acquire(ctx, "i1", "bd-aaa.1", 1) == path.parent / "1"
+    assert ctx.store.slots.get("i1/0").state == "opening"  # type: ignore[union-attr]
+    assert open_slots(ctx, "i1") == ["i1/0"]
+    assert path.is_dir() and ctx.store.slots.get("i1/0").state == "free"  # type: ignore[union-attr]
+    snapshot = ctx.store.projections_snapshot()["slots"]
+    ctx.store.rebuild()
+    assert ctx.store.projections_snapshot()["slots"] == snapshot
+
+
+def test_min_slots_beyond_the_session_limit_is_a_config_error(tmp_path: Path) -> None:
+    conf = tmp_path / "pool.toml"
+    conf.write_text("[pool]\nmax_sessions_per_instance = 2\n[workers]\nmin_slots = 3\n")
+    with pytest.raises(ConfigError, match=r"min_slots 3 exceeds pool\.max_sessions_per_instance 2"):
+        load_config(conf)
 
 
 # --- transcripts ------------------------------------------------------------------------

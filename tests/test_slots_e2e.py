@@ -1,12 +1,13 @@
 """Warm worktree slots end to end: a real pool (one opencode instance + the scripted
 model), real git, the engine in the supervisor daemon.
 
-Two plans run one after the other on the same pool. The first leaves behind what a
-reused slot must not show: an ignored build file of a merged bead, and committed work
-of a bead that failed for good. The second plan's agents then read, glob, grep and run
-bash in the very same directories (no new slot, no new directory served) and see only
-their own branch. Their transcripts, saved when their sessions are deleted after the
-merge, show those tool calls.
+With ``min_slots = 2`` the engine makes both slots as soon as the instance is ready, and
+the instance opens them (their MCP relays run) before any bead. Two plans run one after
+the other on the same pool. The first leaves behind what a reused slot must not show: an
+ignored build file of a merged bead, and committed work of a bead that failed for good.
+The second plan's agents then read, glob, grep and run bash in the very same directories
+(no new slot, no new directory served) and see only their own branch. Their transcripts,
+saved when their sessions are deleted after the merge, show those tool calls.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from swarm_pool.config import load_config
+from swarm_pool.opencode.config import RELAY_PATH
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
@@ -27,7 +31,7 @@ from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers
 from swarm_pool.swarm.workers import spawn_async
 from tests.pool_cli import cli, running_pool
-from tests.support import git, init_repo
+from tests.support import git, init_repo, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -45,6 +49,7 @@ health_failures = 6
 [workers]
 max_retries = 0
 timeout_s = 400.0
+min_slots = 2
 
 [opencode.permission]
 edit = "allow"
@@ -134,7 +139,29 @@ def slot_dirs(ctx: SwarmContext) -> set[Path]:
     return {p for p in ctx.paths.slots_dir.glob("*/*") if p.is_dir()}
 
 
+def relay_dirs(ctx: SwarmContext) -> set[str]:
+    """The directories the pool's instances have opened: each has its MCP relay."""
+    state = read_state(ctx.paths.state_file)
+    assert state is not None
+    found = set()
+    for rec in state.opencode():
+        if rec.pid is None:
+            continue
+        for proc in psutil.Process(rec.pid).children(recursive=True):
+            try:
+                if str(RELAY_PATH) in " ".join(proc.cmdline()):
+                    found.add(proc.cwd())
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
 def test_a_second_plan_reuses_the_slots_and_sees_only_its_own_branch(ctx: SwarmContext) -> None:
+    # Made and opened ahead of any bead (min_slots): free, and served by the instance.
+    wait_for(lambda: [s.state for s in ctx.store.slots.list()] == ["free", "free"], timeout=60)
+    ahead = slot_dirs(ctx)
+    assert [p.name for p in sorted(ahead)] == ["0", "1"]
+    wait_for(lambda: relay_dirs(ctx) >= {str(p) for p in ahead}, timeout=60)
     a1, a2 = run_epic(
         ctx,
         "first plan",
@@ -166,7 +193,7 @@ def test_a_second_plan_reuses_the_slots_and_sees_only_its_own_branch(ctx: SwarmC
     assert w2 is not None and w2.status == "failed", w2
     review_and_merge(ctx, a1)
     first_slots = slot_dirs(ctx)
-    assert first_slots == {Path(w1.worktree), Path(w2.worktree)}
+    assert first_slots == {Path(w1.worktree), Path(w2.worktree)} == ahead
     assert (Path(w1.worktree) / "build" / "cache-a1.o").is_file()
     assert git(ctx.paths.root, "show", f"swarm/{a2}:a2-secret.txt") == "secret-a2"
     assert {s.state for s in ctx.store.slots.list()} == {"free"}

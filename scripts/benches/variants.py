@@ -6,7 +6,9 @@ run one after the other (interleaved, so load drifts hit them alike), each in a 
 throw-away git project with a fresh pool of K instances:
 
 - a warm-up worker per instance (so the instances' own start-up is not counted); it is
-  merged only after wave 1, so wave 1 runs in new directories in every variant;
+  merged only after wave 1, so wave 1 runs in new directories in every variant but
+  ``lean_min_slots``, whose instances open their slots as they start (the run waits for
+  that before wave 1; ``start_wall_s`` and ``start_cpu_s`` cover the warm-up and it);
 - ``--waves`` waves (3 by default) of N workers spawned at once, each with three scripted
   model answers ``delay`` seconds apart; after each wave, outside its timing, every
   worker is reviewed and merged (which frees a warm slot for the next wave, and disposes
@@ -97,6 +99,13 @@ VARIANTS: dict[str, Variant] = {
         'mcp = "shared"\nsnapshot = true\n',
         "lean with OpenCode's snapshots on",
     ),
+    "lean_min_slots": Variant(
+        "lean_min_slots",
+        'mcp = "shared"\nsnapshot = false\n',
+        "lean with each instance's slots made and opened as it starts ([workers] min_slots: "
+        "N/K rounded up, plus one for the warm-up worker's slot)",
+        workers="min_slots = {per_instance}\n",
+    ),
     "lean_full_catalog": Variant(
         "lean_full_catalog",
         'mcp = "shared"\nsnapshot = false\nmodels_catalog = "full"\n',
@@ -120,11 +129,13 @@ def _script(delay_s: float) -> list[dict[str, Any]]:
     ]
 
 
-def _project(base: Path, variant: Variant, n: int) -> ProjectPaths:
+def _project(base: Path, variant: Variant, n: int, k: int) -> ProjectPaths:
+    # Room for the warm-up worker's slot, held until wave 1 is merged, next to the wave's.
+    per_instance = -(-n // k) + 1
     return bench_project(
         base / "proj",
-        f"[pool]\nmax_sessions_per_instance = {n}\n"
-        f"[workers]\ntimeout_s = 600.0\n{variant.workers}"
+        f"[pool]\nmax_sessions_per_instance = {n + 1}\n"
+        f"[workers]\ntimeout_s = 600.0\n{variant.workers.format(per_instance=per_instance)}"
         "[supervisor]\nmax_rss_mb = 0\n"
         f"[opencode]\n{variant.opencode}",
     )
@@ -175,6 +186,10 @@ def _tree_cpu(paths: ProjectPaths) -> dict[str, float]:
     return out
 
 
+def _without_model(cpu: dict[str, float]) -> float:
+    return sum(v for kind, v in cpu.items() if not kind.startswith("model"))
+
+
 def _instance_rss_mb(paths: ProjectPaths) -> float:
     state = read_state(paths.state_file)
     assert state is not None
@@ -206,6 +221,32 @@ def _live_mcp_processes(paths: ProjectPaths) -> dict[str, int]:
             if kind in counts:
                 counts[kind] += 1
     return counts
+
+
+def _opened_slot_dirs(paths: ProjectPaths) -> int:
+    """Slot directories the instances have opened: those with an MCP process."""
+    state = read_state(paths.state_file)
+    assert state is not None
+    slots = str(paths.slots_dir.resolve()) + os.sep
+    found = set()
+    for rec in state.opencode():
+        if rec.pid is None:
+            continue
+        for p in psutil.Process(rec.pid).children(recursive=True):
+            try:
+                if _kind(p, {}) in ("relay", "mcp_local") and p.cwd().startswith(slots):
+                    found.add(p.cwd())
+            except psutil.Error:
+                continue
+    return len(found)
+
+
+def _wait_slots_opened(paths: ProjectPaths, count: int, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _opened_slot_dirs(paths) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the instances did not open {count} slots in {timeout}s")
+        time.sleep(0.2)
 
 
 def _spawn_wave(ctx: SwarmContext, name: str, n: int, delay_s: float) -> tuple[float, list[str]]:
@@ -256,14 +297,21 @@ def _cpu_figures(
 
 def _one(variant: Variant, k: int, n: int, waves: int, delay_s: float) -> list[dict[str, Any]]:
     base = Path(tempfile.mkdtemp(prefix=f"swarm-bench-{variant.name}-"))
-    paths = _project(base, variant, n)
+    paths = _project(base, variant, n, k)
     config = load_config(None, project_root=paths.root)
     start_pool(paths, config, size=k)
     store = open_project_store(paths, config)
     ctx = SwarmContext(paths=paths, config=config, store=store)
     out: list[dict[str, Any]] = []
     try:
+        start_cpu, started = _tree_cpu(paths), time.perf_counter()
         _, warm = _spawn_wave(ctx, "warm", k, 0.0)
+        _wait_slots_opened(paths, k * config.workers.min_slots)
+        ready_cpu = _tree_cpu(paths)
+        start = {
+            "start_wall_s": round(time.perf_counter() - started, 2),
+            "start_cpu_s": round(_without_model(ready_cpu) - _without_model(start_cpu), 2),
+        }
         served = _served(ctx, warm)
         for i in range(1, waves + 1):
             before = _tree_cpu(paths)
@@ -283,6 +331,7 @@ def _one(variant: Variant, k: int, n: int, waves: int, delay_s: float) -> list[d
                     "directories_served": len(served),
                     "rss_mb_per_served_directory": round(rss / len(served), 1),
                     "mcp_processes_under_instances": _live_mcp_processes(paths),
+                    **(start if i == 1 else {}),
                 }
             )
         return out
@@ -313,6 +362,8 @@ def _summary(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
             "cpu_s_per_worker": med("cpu_s_per_worker_total", waves),
             "wall_over_bound": med("wall_over_bound", waves),
         }
+    out["start_wall_s"] = med("start_wall_s", range(0, 1))
+    out["start_cpu_s"] = med("start_cpu_s", range(0, 1))
     out["instance_rss_mb_after_wave"] = [
         med("instance_rss_mb", range(w, w + 1)) for w in range(count)
     ]

@@ -27,6 +27,10 @@ from swarm_pool.errors import (
 
 USERNAME = "opencode"
 
+# What OpenCode sets up per directory, each on its first use there: the instance state
+# (config, project, VCS), the agents, the MCP clients (the relay starts), the tools.
+_OPEN_DIRECTORY = ("/path", "/config", "/agent", "/mcp", "/experimental/tool/ids")
+
 # The httpx errors raised before a single byte of the request left (or with no
 # connection to send it on): the server cannot have acted on it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -183,6 +187,13 @@ class OpenCodeClient:
 
     def dispose_directory(self, directory: str) -> None:
         self._request("POST", "/instance/dispose", directory=directory)
+
+    def open_directory(self, directory: str) -> None:
+        """Have the instance set ``directory`` up now, before any session there: what
+        its first session would otherwise wait for (measured: the first prompt then
+        reaches the model as fast as in a directory already served)."""
+        for path in _OPEN_DIRECTORY:
+            self._request("GET", path, directory=directory)
 
     # --- mcp, permissions, questions ------------------------------------------------
 

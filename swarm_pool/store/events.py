@@ -446,6 +446,29 @@ class SlotState(StrEnum):
     FREE = "free"  # its last bead is merged, failed for good or cleaned: reusable
     BUSY = "busy"  # a bead works in it (or finished, not merged yet)
     DIRTY = "dirty"  # uncommitted work of a finished bead: never reset, skipped
+    # Being made and opened on its instance ahead of any bead (``[workers] min_slots``):
+    # nobody takes it until it is released as free.
+    OPENING = "opening"
+
+
+class ReleaseReason(StrEnum):
+    """Why a slot was given back (``slot_released.reason``)."""
+
+    MERGED = "merged"
+    FAILED = "failed"
+    CLEANED = "cleaned"
+    OPENED = "opened"  # a slot made ahead of any bead is ready (no bead)
+
+
+class SlotOpened(BaseEvent):
+    """A slot is made ahead of any bead (``[workers] min_slots``): it is ``opening``
+    until its worktree exists and its instance has opened the directory, then released
+    (``slot_released`` with no bead) as free."""
+
+    type: Literal["slot_opened"] = "slot_opened"
+    slot: str  # "<instance>/<n>"
+    instance: str
+    path: str
 
 
 class SlotTaken(BaseEvent):
@@ -463,7 +486,7 @@ class SlotReleased(BaseEvent):
     type: Literal["slot_released"] = "slot_released"
     slot: str
     bead_id: str
-    reason: str = ""  # merged | failed | cleaned
+    reason: str = ""  # a ReleaseReason
 
 
 class SlotRemoved(BaseEvent):
@@ -533,6 +556,7 @@ Event = Annotated[
     | ReviewCompleted
     | WorktreeMerged
     | MergeConflict
+    | SlotOpened
     | SlotTaken
     | SlotReleased
     | SlotRemoved

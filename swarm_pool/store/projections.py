@@ -675,12 +675,26 @@ def _session_routed(w: Writer, seq: int, e: ev.Event) -> None:
 # --- worktree slots -------------------------------------------------------------------
 
 
+def _slot_opened(w: Writer, seq: int, e: ev.Event) -> None:
+    """A new slot, opening: refused (SlotConflictError) if the slot exists."""
+    assert isinstance(e, ev.SlotOpened)
+    if w.query_one("SELECT slot FROM slots WHERE slot = ?", (e.slot,)) is not None:
+        raise SlotConflictError(f"slot {e.slot} exists already", slot=e.slot)
+    w.execute(
+        "INSERT INTO slots (slot, instance, path, state, bead_id, attempt, reason, version,"
+        " updated_at, seq) VALUES (?, ?, ?, ?, '', 0, '', 1, ?, ?)",
+        (e.slot, e.instance, e.path, ev.SlotState.OPENING, e.timestamp, seq),
+    )
+
+
 def _slot_taken(w: Writer, seq: int, e: ev.Event) -> None:
     """Take a slot: refused (SlotConflictError, the append rolls back) unless it is new,
     free, dirty (its taker checked it is clean now) or already the same bead's."""
     assert isinstance(e, ev.SlotTaken)
     row = w.query_one("SELECT state, bead_id, path FROM slots WHERE slot = ?", (e.slot,))
     if row is not None:
+        if row["state"] == ev.SlotState.OPENING:
+            raise SlotConflictError(f"slot {e.slot} is still opening", slot=e.slot)
         if row["state"] == ev.SlotState.BUSY and row["bead_id"] != e.bead_id:
             raise SlotConflictError(
                 f"slot {e.slot} is busy with bead {row['bead_id']}", slot=e.slot
@@ -762,6 +776,7 @@ _HANDLERS = {
     "message_read": _message_read,
     "message_acked": _message_acked,
     "session_routed": _session_routed,
+    "slot_opened": _slot_opened,
     "slot_taken": _slot_taken,
     "slot_released": _slot_released,
     "slot_dirty": _slot_dirty,

@@ -1,7 +1,7 @@
 """The worktree slots' record: which reusable worktree directory holds which bead.
 
 Owns the read side of the ``slots`` projection (migration 7) and the one conditional
-write, ``take``: inside the append's transaction the slot must still be at the version
+writes, ``take`` and ``open``: inside the append's transaction the slot must still be at the version
 the caller read (and the projection refuses a slot busy with another bead), so two
 processes (the engine, a CLI, an MCP server) never put two beads in one slot; the loser
 gets ``SlotConflictError`` and reads again. ``release_events`` builds the release a
@@ -18,7 +18,15 @@ from typing import Any, Protocol
 
 from swarm_pool.errors import SlotConflictError
 from swarm_pool.store.db import Row
-from swarm_pool.store.events import SlotDirty, SlotReleased, SlotRemoved, SlotState, SlotTaken
+from swarm_pool.store.events import (
+    ReleaseReason,
+    SlotDirty,
+    SlotOpened,
+    SlotReleased,
+    SlotRemoved,
+    SlotState,
+    SlotTaken,
+)
 from swarm_pool.store.recorder import Recorder
 
 
@@ -111,6 +119,19 @@ class Slots:
         assert taken is not None
         return SlotView.from_row(taken)
 
+    def open(self, slot: str, *, instance: str, path: str) -> SlotView:
+        """Record a new slot as ``opening`` (made ahead of any bead); SlotConflictError if
+        the slot exists, and nothing is written."""
+        with self._rec.writing() as w:
+            w.append(SlotOpened(slot=slot, instance=instance, path=path))
+            row = w.query_one("SELECT * FROM slots WHERE slot = ?", (slot,))
+        assert row is not None
+        return SlotView.from_row(row)
+
+    def opened(self, slot: str) -> None:
+        """An opening slot is ready: free, for any bead to take."""
+        self._rec.append_one(SlotReleased(slot=slot, bead_id="", reason=ReleaseReason.OPENED))
+
     def remove(self, slot: str, *, path: str, expect_version: int, reason: str) -> None:
         """Forget a free slot still at ``expect_version``; SlotConflictError otherwise."""
         with self._rec.writing() as w:
@@ -148,7 +169,7 @@ def counts_by_instance(slots: Iterable[_HasState]) -> dict[str, dict[str, int]]:
 
 
 def describe_counts(counts: dict[str, int]) -> str:
-    """``"1 busy, 2 free, 1 dirty"`` (states with none left out; "-" when empty)."""
-    order = (SlotState.BUSY, SlotState.FREE, SlotState.DIRTY)
+    """``"1 busy, 2 free, 1 dirty, 1 opening"`` (states with none left out; "-" when empty)."""
+    order = (SlotState.BUSY, SlotState.FREE, SlotState.DIRTY, SlotState.OPENING)
     parts = [f"{counts[s]} {s.value}" for s in order if counts.get(s)]
     return ", ".join(parts) or "-"

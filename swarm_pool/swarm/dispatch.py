@@ -17,7 +17,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from swarm_pool import faults
 from swarm_pool.errors import (
@@ -26,7 +25,6 @@ from swarm_pool.errors import (
     OpenCodeUnknownOutcomeError,
     WorkerStateError,
 )
-from swarm_pool.mcp.tokens import write_worker_token
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
@@ -34,7 +32,7 @@ from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.failure import infra_backoff_until
 from swarm_pool.swarm.hosts import local_spec, local_worktree, mine, multi_host
-from swarm_pool.swarm.pool_view import mcp_secret
+from swarm_pool.swarm.pool_view import grant_token
 from swarm_pool.swarm.prompt import prompt_hash
 from swarm_pool.swarm.router import (
     InstanceSlot,
@@ -71,17 +69,6 @@ def _busy(ctx: SwarmContext) -> dict[str, int]:
     return busy
 
 
-def grant_token(ctx: SwarmContext, worktree: str) -> None:
-    """Give ``worktree`` its capability token for the shared MCP server, before OpenCode
-    opens the directory (its relay reads the token from the worktree's git dir)."""
-    oc = ctx.config.opencode
-    if not (oc.mcp_enabled and oc.mcp == "shared"):
-        return
-    secret = mcp_secret(ctx.paths)
-    if secret:
-        write_worker_token(secret, Path(worktree))
-
-
 def start_session(
     ctx: SwarmContext,
     *,
@@ -112,7 +99,7 @@ def start_session(
     renders the prompt naming it.
     """
     if not slotted:
-        grant_token(ctx, worktree)
+        grant_token(ctx.paths, ctx.config, worktree)
     limit = ctx.config.pool.max_sessions_per_instance
     failed: set[str] = set()
     while True:
@@ -135,7 +122,7 @@ def start_session(
             where = worktree
             if slotted:
                 where = str(acquire(ctx, slot.name, bead_id, attempt))
-                grant_token(ctx, where)
+                grant_token(ctx.paths, ctx.config, where)
             text = prompt_for(where) if prompt_for is not None else prompt
             return _start_on(
                 ctx,

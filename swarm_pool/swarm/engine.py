@@ -59,6 +59,7 @@ from swarm_pool.swarm.hosts import HostDuty, mine, multi_host
 from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
 from swarm_pool.swarm.remote import push_branch, pushed
 from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.slots import open_slots
 from swarm_pool.swarm.spec import load_spec
 from swarm_pool.swarm.watch import (
     InstanceWatcher,
@@ -133,6 +134,8 @@ class Engine:
         self._hosts: HostDuty | None = None
         # (bead, attempt) whose finished branch was pushed or is being pushed.
         self._pushed: set[tuple[str, int]] = set()
+        # Instance name -> the pid its min_slots slots were made and opened for.
+        self._slots_opened: dict[str, int | None] = {}
         self.ticks = 0
         self.errors = 0
         self.last_tick_ms: int | None = None
@@ -316,6 +319,7 @@ class Engine:
         if self._watch is not None:
             self._watch.sync(ready)
         self._track_instances(ctx, slots)
+        self._open_slots(ctx, ready)
         by_name = {s.name: s for s in slots}
         workers = mine(ctx, ctx.store.workers.list())
         now = now_ms()
@@ -338,6 +342,34 @@ class Engine:
                 self._futures.append(self._pool.submit(self._dispatch, w.bead_id))
         if wait:
             self.drain()
+
+    def _open_slots(self, ctx: SwarmContext, ready: list[InstanceSlot]) -> None:
+        """Once per instance process: make and open its ``min_slots`` slots, on a
+        dispatcher thread (submitted before this tick's dispatches, which may then take
+        them). One host only: several hosts' instances share names, not directories."""
+        if (
+            not self.config.workers.min_slots
+            or self.config.workers.worktrees != "slots"
+            or multi_host(ctx)
+        ):
+            return
+        for slot in ready:
+            if not slot.accepts_work or slot.dedicated_to is not None:
+                continue
+            if self._slots_opened.get(slot.name) == slot.pid:
+                continue
+            self._slots_opened[slot.name] = slot.pid
+            self._futures.append(self._pool.submit(self._open_on, slot.name))
+
+    def _open_on(self, name: str) -> None:
+        try:
+            opened = open_slots(self._context(), name)
+            log.info("engine: %s opened slots %s", name, opened)
+        except SwarmPoolError as e:
+            # Not retried until the instance restarts: beads make or warm slots anyway.
+            log.warning("engine: opening %s's slots failed: %s", name, e)
+        except Exception:
+            log.exception("engine: opening %s's slots crashed", name)
 
     def _push_finished(self, ctx: SwarmContext, workers: list[WorkerView]) -> None:
         """Several hosts: push this host's finished branches to the shared remote, on a

@@ -23,6 +23,7 @@ from swarm_pool.store.events import (
     BaseEvent,
     CellStatusChanged,
     FailureCause,
+    ReleaseReason,
     WorkerFailed,
     WorkerQueued,
     WorkerRetried,
@@ -32,7 +33,7 @@ from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.store.recorder import StoredEvent
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.slots import ReleaseReason, is_slot_path
+from swarm_pool.swarm.slots import is_slot_path
 from swarm_pool.swarm.slots import release_events as slot_release_events
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from swarm_pool.config import Config
 from swarm_pool.errors import PoolError, PoolNotRunningError
+from swarm_pool.mcp.tokens import write_worker_token
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.swarm.router import InstanceSlot
 
@@ -39,6 +40,17 @@ def mcp_secret(paths: ProjectPaths) -> str:
     except PoolError:
         return ""
     return state.mcp_secret if state is not None else ""
+
+
+def grant_token(paths: ProjectPaths, config: Config, worktree: str) -> None:
+    """Give ``worktree`` its capability token for the shared MCP server, before OpenCode
+    opens the directory (its relay reads the token from the worktree's git dir)."""
+    oc = config.opencode
+    if not (oc.mcp_enabled and oc.mcp == "shared"):
+        return
+    secret = mcp_secret(paths)
+    if secret:
+        write_worker_token(secret, Path(worktree))
 
 
 def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> list[InstanceSlot]:

@@ -37,6 +37,7 @@ from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.store.events import (
     CellStatusChanged,
     MergeConflict,
+    ReleaseReason,
     ReviewCompleted,
     WorktreeMerged,
 )
@@ -46,8 +47,8 @@ from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm import transcript
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.remote import fetch_branch, publish_base, sync_base
-from swarm_pool.swarm.slots import ReleaseReason, is_slot_path
 from swarm_pool.swarm.slots import cleanup as cleanup_slots
+from swarm_pool.swarm.slots import is_slot_path
 from swarm_pool.swarm.slots import release_events as slot_release_events
 
 

@@ -5,7 +5,9 @@ clients) on the first session in a directory, and keeps that state warm after. S
 unless ``[workers] worktrees = "fresh"`` or the routing is ``dedicated``, a worker does
 not get a new path: at dispatch, once the router has chosen its instance, ``acquire``
 gives it one of that instance's slots (``.swarm/slots/<instance>/<n>``), reset with git
-to the bead's branch. Slots are made lazily, when none of the instance's is free. A slot
+to the bead's branch. Slots are made lazily, when none of the instance's is free, or
+ahead of any bead with ``[workers] min_slots`` (``open_slots``: the engine makes them when
+the instance is ready and has the instance open them, so a first bead is warm). A slot
 is taken in the store first (a conditional append: two processes never put two beads in
 one slot) and only then reset, so the loser of a race never touches the winner's files.
 A bead keeps its slot across retries, and gives it back when it is merged, fails for
@@ -17,9 +19,9 @@ their instance (``trim``), so an instance serves a bounded set of directories.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +34,17 @@ from swarm_pool.errors import (
     SwarmPoolError,
     WorkerError,
 )
-from swarm_pool.store.events import SlotReleased, SlotState
+from swarm_pool.store.events import ReleaseReason, SlotReleased, SlotState
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.slots import SlotView
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.pool_view import grant_token
 from swarm_pool.swarm.router import Routing
 
 log = logging.getLogger(__name__)
 
 # Races lost in a row before acquire gives up (each loss means another taker progressed).
 _TRIES = 16
-
-
-class ReleaseReason(StrEnum):
-    """Why a slot was given back (``slot_released.reason``)."""
-
-    MERGED = "merged"
-    FAILED = "failed"
-    CLEANED = "cleaned"
 
 
 def uses_slots(ctx: SwarmContext, routing: str) -> bool:
@@ -138,6 +133,49 @@ def acquire(ctx: SwarmContext, instance: str, bead_id: str, attempt: int) -> Pat
     raise WorkerError(f"could not take a worktree slot on {instance} for {bead_id}")
 
 
+def open_slots(ctx: SwarmContext, instance: str) -> list[str]:
+    """Give ``instance`` its first ``[workers] min_slots`` slots ahead of any bead, and
+    have the instance open every free slot of its own (after a restart, its directories
+    are cold again): the first beads then skip OpenCode's per-directory set-up. Returns
+    the slots the instance opened.
+
+    Only the engine calls this (one per pool), so a slot still ``opening`` is one it left
+    when it stopped, and is finished here. A slot is free as soon as its worktree exists:
+    a bead dispatched meanwhile takes it rather than making another. Raises GitError
+    when the project's git fails before any slot is made.
+    """
+    base = ctx.config.workers.base_branch or None
+    have = {_number(s) for s in ctx.store.slots.list(instance=instance)}
+    for n in range(ctx.config.workers.min_slots):
+        if n in have:
+            continue
+        path = ctx.paths.slots_dir.resolve() / instance / str(n)
+        with contextlib.suppress(SlotConflictError):  # made meanwhile by a dispatch
+            ctx.store.slots.open(f"{instance}/{n}", instance=instance, path=str(path))
+    for s in ctx.store.slots.list(instance=instance):
+        if s.state != SlotState.OPENING:
+            continue
+        try:
+            ctx.worktrees.open_slot(Path(s.path), base)
+        except GitError as e:
+            # Free all the same: a dispatch that takes it makes its worktree then.
+            log.warning("slot %s: worktree not made ahead: %s", s.slot, e)
+        else:
+            grant_token(ctx.paths, ctx.config, s.path)
+        ctx.store.slots.opened(s.slot)
+    free = [s for s in ctx.store.slots.list(instance=instance) if s.state == SlotState.FREE]
+    opened: list[str] = []
+    client = ctx.client(ctx.instance(instance))
+    try:
+        for s in free:
+            if Path(s.path).is_dir():
+                client.open_directory(s.path)
+                opened.append(s.slot)
+    finally:
+        client.close()
+    return opened
+
+
 def release_events(ctx: SwarmContext, bead_id: str, reason: str) -> list[SlotReleased]:
     """What frees the bead's slot, to append with the outcome that frees it."""
     return ctx.store.slots.release_events(bead_id, reason)
@@ -150,6 +188,8 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
     released: list[str] = []
     kept: dict[str, str] = {}
     for s in ctx.store.slots.list():
+        if s.state == SlotState.OPENING:
+            continue  # the engine's, being made
         worker = ctx.store.workers.get(s.bead_id) if s.bead_id else None
         if s.state == SlotState.BUSY and worker is not None and worker.status in LIVE:
             continue

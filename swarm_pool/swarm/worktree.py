@@ -422,16 +422,7 @@ class Worktrees:
                 listed = None
             created = listed is None
             if listed is None:
-                if path.exists() and any(path.iterdir()):
-                    raise GitError(f"{path} exists but is not a git worktree; move it away")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                start = self._check_branch(base) if base else self.default_base()
-                # Only the registry and the slot's HEAD under the lock: its files are
-                # checked out below, outside it (most of the time in a big repository,
-                # and parallel dispatches making new slots would queue behind it).
-                self._git(
-                    self.root, "worktree", "add", "--detach", "--no-checkout", str(path), start
-                )
+                self._add_slot(path, base)
             elif listed.branch == branch:
                 return path
             elsewhere = next(
@@ -444,13 +435,7 @@ class Worktrees:
         previous = None if listed is None else listed.branch
         if created:
             # The slot's own index and files: nothing of the previous bead to look for.
-            try:
-                self._git(path, "reset", "--hard", "--quiet")
-            except GitError:
-                # Made just now, it holds nobody's work: gone, not left half checked out.
-                with contextlib.suppress(GitError), self.lock.hold():
-                    self._git(self.root, "worktree", "remove", "--force", str(path))
-                raise
+            self._check_out_added(path)
         else:
             dirty = self.uncommitted_files(path)
             if dirty:
@@ -489,6 +474,39 @@ class Worktrees:
                 with contextlib.suppress(GitError):
                     self._drop_if_merged(previous)
         return path
+
+    def open_slot(self, path: Path, base: str | None = None) -> bool:
+        """Make slot ``path`` ahead of any bead: detached at ``base`` (default: the
+        project's branch), checked out and clean. False, and nothing done, if a worktree
+        is there already."""
+        path = path.resolve()
+        with self.lock.hold():
+            if self._live(path) is not None:
+                return False
+            self._add_slot(path, base)
+        self._check_out_added(path)
+        return True
+
+    def _add_slot(self, path: Path, base: str | None) -> None:
+        """Register slot ``path``, detached at ``base``, without its files (under the
+        lock: only the registry and the slot's HEAD; its files are checked out outside
+        it, as that is most of the time in a big repository, and parallel dispatches
+        making new slots would queue behind it)."""
+        if path.exists() and any(path.iterdir()):
+            raise GitError(f"{path} exists but is not a git worktree; move it away")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = self._check_branch(base) if base else self.default_base()
+        self._git(self.root, "worktree", "add", "--detach", "--no-checkout", str(path), start)
+
+    def _check_out_added(self, path: Path) -> None:
+        """Check out the files of a slot ``_add_slot`` registered (outside the lock)."""
+        try:
+            self._git(path, "reset", "--hard", "--quiet")
+        except GitError:
+            # Made just now, it holds nobody's work: gone, not left half checked out.
+            with contextlib.suppress(GitError), self.lock.hold():
+                self._git(self.root, "worktree", "remove", "--force", str(path))
+            raise
 
     def remove_slot(self, path: Path) -> None:
         """Remove a slot's worktree (its branch stays); DirtyWorktreeError if it holds
