@@ -81,6 +81,8 @@ class FakePool:
         self.create_times_out: set[str] = set()
         # (instance, directory) of every GET /session?directory=: OpenCode sets each up.
         self.directories_opened: set[tuple[str, str | None]] = set()
+        # (instance, directory) of each directory set up ahead of a session (min_slots).
+        self.opened_ahead: list[tuple[str, str | None]] = []
 
     def set(self, name: str, **kw: Any) -> None:
         old = self.slots[name]
@@ -137,6 +139,11 @@ class FakePool:
                 )
             if path == "/session/status":
                 return httpx.Response(200, json=self.status)
+            if path == "/mcp" and request.method == "GET":
+                self.opened_ahead.append((name, request.url.params.get("directory")))
+                return httpx.Response(200, json={})
+            if path in ("/path", "/config", "/agent", "/experimental/tool/ids"):
+                return httpx.Response(200, json={})
             parts = path.strip("/").split("/")
             if parts[0] == "session" and len(parts) >= 2:
                 sid = parts[1]
@@ -970,3 +977,38 @@ def test_a_plan_task_moves_only_along_its_transitions() -> None:
         task.move(TaskStatus.SPAWNED)  # a final outcome is never left
     # The summary's JSON keeps the plain names.
     assert json.loads(json.dumps(task.to_dict()))["state"] == "rejected"
+
+
+def test_the_engine_opens_min_slots_on_active_instances_once_per_process(
+    repo: Path, store: Store
+) -> None:
+    pool = FakePool(["i1", "i2", "i3"])
+    ctx = make_ctx(repo, store, pool, min_slots=2)
+    ctx.config.pool.max_sessions_per_instance = 2
+    ctx.config.pool.active_instances = 2
+    engine = engine_for(ctx, pool)
+    try:
+        # i3 is overflow: it gets work only when i1 and i2 are full, so no idle slots.
+        assert [(s.slot, s.state) for s in store.slots.list()] == [
+            ("i1/0", "free"),
+            ("i1/1", "free"),
+            ("i2/0", "free"),
+            ("i2/1", "free"),
+        ]
+        slots_dir = ctx.paths.slots_dir.resolve()
+        assert sorted(pool.opened_ahead) == [
+            (name, str(slots_dir / name / n)) for name in ("i1", "i2") for n in ("0", "1")
+        ]
+        pool.opened_ahead.clear()
+        engine.tick(wait=True)
+        assert pool.opened_ahead == []  # once per instance process
+        pool.set("i1", pid=999)  # restarted: its directories are cold again
+        engine.tick(wait=True)
+        assert sorted(pool.opened_ahead) == [("i1", str(slots_dir / "i1" / n)) for n in "01"]
+        pool.opened_ahead.clear()
+        pool.set("i2", state="stopped")  # i3 takes its place among the active ones
+        engine.tick(wait=True)
+        assert sorted(pool.opened_ahead) == [("i3", str(slots_dir / "i3" / n)) for n in "01"]
+        assert len(store.slots.list()) == 6
+    finally:
+        engine.stop()

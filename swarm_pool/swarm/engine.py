@@ -58,7 +58,7 @@ from swarm_pool.swarm.failure import fail
 from swarm_pool.swarm.hosts import HostDuty, mine, multi_host
 from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
 from swarm_pool.swarm.remote import push_branch, pushed
-from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.swarm.router import InstanceSlot, active_instances
 from swarm_pool.swarm.slots import open_slots
 from swarm_pool.swarm.spec import load_spec
 from swarm_pool.swarm.watch import (
@@ -346,16 +346,18 @@ class Engine:
     def _open_slots(self, ctx: SwarmContext, ready: list[InstanceSlot]) -> None:
         """Once per instance process: make and open its ``min_slots`` slots, on a
         dispatcher thread (submitted before this tick's dispatches, which may then take
-        them). One host only: several hosts' instances share names, not directories."""
+        them). Active instances only: an overflow one gets work only when they are
+        full, and would hold its open directories idle; it is opened once it becomes
+        active (an active one went away). One host only: several hosts' instances share
+        names, not directories."""
         if (
             not self.config.workers.min_slots
             or self.config.workers.worktrees != "slots"
             or multi_host(ctx)
         ):
             return
-        for slot in ready:
-            if not slot.accepts_work or slot.dedicated_to is not None:
-                continue
+        eligible = [s for s in ready if s.accepts_work and s.dedicated_to is None]
+        for slot in eligible[: active_instances(self.config)]:
             if self._slots_opened.get(slot.name) == slot.pid:
                 continue
             self._slots_opened[slot.name] = slot.pid

@@ -19,7 +19,6 @@ their instance (``trim``), so an instance serves a bounded set of directories.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from pathlib import Path
@@ -140,29 +139,26 @@ def open_slots(ctx: SwarmContext, instance: str) -> list[str]:
     the slots the instance opened.
 
     Only the engine calls this (one per pool), so a slot still ``opening`` is one it left
-    when it stopped, and is finished here. A slot is free as soon as its worktree exists:
-    a bead dispatched meanwhile takes it rather than making another. Raises GitError
-    when the project's git fails before any slot is made.
+    when it stopped, and is finished here. A slot is free as soon as its worktree exists
+    (a slot git fails to make is free all the same: a bead that takes it makes it), so a
+    bead dispatched meanwhile takes it rather than making another. Raises OpenCodeError
+    when the instance does not answer, UnknownInstanceError when it left the pool.
     """
-    base = ctx.config.workers.base_branch or None
+    left = [s for s in ctx.store.slots.list(instance=instance) if s.state == SlotState.OPENING]
+    for s in left:
+        _make(ctx, s)
     have = {_number(s) for s in ctx.store.slots.list(instance=instance)}
     for n in range(ctx.config.workers.min_slots):
         if n in have:
             continue
         path = ctx.paths.slots_dir.resolve() / instance / str(n)
-        with contextlib.suppress(SlotConflictError):  # made meanwhile by a dispatch
-            ctx.store.slots.open(f"{instance}/{n}", instance=instance, path=str(path))
-    for s in ctx.store.slots.list(instance=instance):
-        if s.state != SlotState.OPENING:
-            continue
         try:
-            ctx.worktrees.open_slot(Path(s.path), base)
-        except GitError as e:
-            # Free all the same: a dispatch that takes it makes its worktree then.
-            log.warning("slot %s: worktree not made ahead: %s", s.slot, e)
-        else:
-            grant_token(ctx.paths, ctx.config, s.path)
-        ctx.store.slots.opened(s.slot)
+            view = ctx.store.slots.open(f"{instance}/{n}", instance=instance, path=str(path))
+        except SlotConflictError:
+            continue  # made meanwhile by a dispatch
+        # One at a time: a bead dispatched meanwhile finds each slot free as soon as it
+        # is made, rather than all of them opening, and making one more.
+        _make(ctx, view)
     free = [s for s in ctx.store.slots.list(instance=instance) if s.state == SlotState.FREE]
     opened: list[str] = []
     client = ctx.client(ctx.instance(instance))
@@ -174,6 +170,18 @@ def open_slots(ctx: SwarmContext, instance: str) -> list[str]:
     finally:
         client.close()
     return opened
+
+
+def _make(ctx: SwarmContext, view: SlotView) -> None:
+    """Make an opening slot's worktree and token, and release it as free."""
+    try:
+        ctx.worktrees.open_slot(Path(view.path), ctx.config.workers.base_branch or None)
+    except GitError as e:
+        # Free all the same: a dispatch that takes it makes its worktree then.
+        log.warning("slot %s: worktree not made ahead: %s", view.slot, e)
+    else:
+        grant_token(ctx.paths, ctx.config, view.path)
+    ctx.store.slots.opened(view.slot)
 
 
 def release_events(ctx: SwarmContext, bead_id: str, reason: str) -> list[SlotReleased]:
