@@ -59,6 +59,7 @@ from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.review import merge, review
+from swarm_pool.swarm.router import active_instances
 from swarm_pool.swarm.status import await_workers
 from swarm_pool.swarm.workers import spawn_async
 
@@ -306,7 +307,8 @@ def _one(variant: Variant, k: int, n: int, waves: int, delay_s: float) -> list[d
     try:
         start_cpu, started = _tree_cpu(paths), time.perf_counter()
         _, warm = _spawn_wave(ctx, "warm", k, 0.0)
-        _wait_slots_opened(paths, k * config.workers.min_slots)
+        # Only the active instances open slots ahead (overflow ones get work when full).
+        _wait_slots_opened(paths, min(k, active_instances(config)) * config.workers.min_slots)
         ready_cpu = _tree_cpu(paths)
         start = {
             "start_wall_s": round(time.perf_counter() - started, 2),
