@@ -1,10 +1,11 @@
 """The worktree slots' record: which reusable worktree directory holds which bead.
 
-Owns the read side of the ``slots`` projection (migration 7) and the one conditional
-writes, ``take`` and ``open``: inside the append's transaction the slot must still be at the version
-the caller read (and the projection refuses a slot busy with another bead), so two
-processes (the engine, a CLI, an MCP server) never put two beads in one slot; the loser
-gets ``SlotConflictError`` and reads again. ``release_events`` builds the release a
+Owns the read side of the ``slots`` projection (migration 7) and its conditional
+writes. ``take``: inside the append's transaction the slot must still be at the version
+the caller read (and the projection refuses a slot busy with another bead, or still
+opening), so two processes (the engine, a CLI, an MCP server) never put two beads in one
+slot; ``open`` records a slot made ahead of any bead only if no such slot exists. The
+loser gets ``SlotConflictError`` and reads again. ``release_events`` builds the release a
 merge or a final failure appends in its own transaction. What a slot is on disk (a git
 worktree under ``.swarm/slots/<instance>/<n>``) is ``swarm.slots``'s business.
 """
