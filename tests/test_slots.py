@@ -59,6 +59,16 @@ def release(ctx: SwarmContext, bead: str, reason: ReleaseReason = ReleaseReason.
     ctx.store.append_many(events)
 
 
+def commit_file(where: Path, name: str, text: str, message: str) -> None:
+    (where / name).write_text(text)
+    git(where, "add", name)
+    git(where, "commit", "-qm", message)
+
+
+def swarm_branches(ctx: SwarmContext) -> list[str]:
+    return git(ctx.paths.root, "branch", "--list", "swarm/*", "--format=%(refname:short)").split()
+
+
 def slot_dirs(ctx: SwarmContext) -> list[Path]:
     return sorted(p for p in ctx.paths.slots_dir.glob("*/*") if p.is_dir())
 
@@ -67,9 +77,7 @@ def test_a_reset_slot_holds_nothing_of_the_previous_bead(ctx: SwarmContext) -> N
     first = acquire(ctx, "i1", "bd-aaa.1", 1)
     assert first == ctx.paths.slots_dir.resolve() / "i1" / "0"
     assert git(first, "rev-parse", "--abbrev-ref", "HEAD") == "swarm/bd-aaa.1"
-    (first / "committed.txt").write_text("on the old branch\n")
-    git(first, "add", "committed.txt")
-    git(first, "commit", "-qm", "old work")
+    commit_file(first, "committed.txt", "on the old branch\n", "old work")
     (first / "build").mkdir()
     (first / "build" / "cache.o").write_text("ignored build output\n")
     release(ctx, "bd-aaa.1")
@@ -86,23 +94,16 @@ def test_a_slot_moving_on_deletes_the_previous_branch_only_once_merged(
     ctx: SwarmContext,
 ) -> None:
     first = acquire(ctx, "i1", "bd-aaa.1", 1)
-    (first / "a.txt").write_text("merged work\n")
-    git(first, "add", "a.txt")
-    git(first, "commit", "-qm", "a")
+    commit_file(first, "a.txt", "merged work\n", "a")
     ctx.worktrees.merge("bd-aaa.1")
     release(ctx, "bd-aaa.1")
     acquire(ctx, "i1", "bd-bbb.1", 1)
-    branches = git(ctx.paths.root, "branch", "--list", "swarm/*", "--format=%(refname:short)")
-    assert branches.split() == ["swarm/bd-bbb.1"]  # the merged branch went
+    assert swarm_branches(ctx) == ["swarm/bd-bbb.1"]  # the merged branch went
     assert git(ctx.paths.root, "show", "main:a.txt") == "merged work"
     # A branch with commits after its merge is kept: that work is not in the base.
-    (first / "b.txt").write_text("merged\n")
-    git(first, "add", "b.txt")
-    git(first, "commit", "-qm", "b")
+    commit_file(first, "b.txt", "merged\n", "b")
     ctx.worktrees.merge("bd-bbb.1")
-    (first / "c.txt").write_text("after the merge\n")
-    git(first, "add", "c.txt")
-    git(first, "commit", "-qm", "c")
+    commit_file(first, "c.txt", "after the merge\n", "c")
     release(ctx, "bd-bbb.1")
     acquire(ctx, "i1", "bd-ccc.1", 1)
     assert git(ctx.paths.root, "show", "swarm/bd-bbb.1:c.txt") == "after the merge"
@@ -113,9 +114,7 @@ def test_a_warm_reset_checks_out_without_the_git_lock(ctx: SwarmContext) -> None
     # there (0.3-0.55 s per reset). Only the shared config and the previous branch's
     # deletion wait for the lock now.
     first = acquire(ctx, "i1", "bd-aaa.1", 1)
-    (first / "a.txt").write_text("merged work\n")
-    git(first, "add", "a.txt")
-    git(first, "commit", "-qm", "a")
+    commit_file(first, "a.txt", "merged work\n", "a")
     ctx.worktrees.merge("bd-aaa.1")
     release(ctx, "bd-aaa.1")
     done: list[Path] = []
@@ -128,13 +127,11 @@ def test_a_warm_reset_checks_out_without_the_git_lock(ctx: SwarmContext) -> None
         )
         assert taker.is_alive() and not done  # waiting for the lock, for the config
         assert git(first, "status", "--short") == ""
-        branches = git(ctx.paths.root, "branch", "--list", "swarm/*", "--format=%(refname:short)")
-        assert branches.split() == ["swarm/bd-aaa.1", "swarm/bd-bbb.1"]
+        assert swarm_branches(ctx) == ["swarm/bd-aaa.1", "swarm/bd-bbb.1"]
     taker.join(30)
     assert done == [first]
     assert git(ctx.paths.root, "config", "branch.swarm/bd-bbb.1.swarmbase") == "main"
-    branches = git(ctx.paths.root, "branch", "--list", "swarm/*", "--format=%(refname:short)")
-    assert branches.split() == ["swarm/bd-bbb.1"]  # the merged one went, under the lock
+    assert swarm_branches(ctx) == ["swarm/bd-bbb.1"]  # the merged one went, under the lock
 
 
 def test_a_failing_clean_leaves_the_slot_on_its_old_branch(ctx: SwarmContext) -> None:
@@ -179,9 +176,7 @@ def test_a_reset_keeps_what_opencode_writes_in_dot_opencode(ctx: SwarmContext) -
     (dot / "package.json").write_text("{}\n")
     (first / "build").mkdir()
     (first / "build" / "cache.o").write_text("ignored build output\n")
-    (first / "notes.txt").write_text("the previous bead's\n")
-    git(first, "add", "notes.txt")
-    git(first, "commit", "-qm", "work")
+    commit_file(first, "notes.txt", "the previous bead's\n", "work")
     release(ctx, "bd-aaa.1")
     assert acquire(ctx, "i1", "bd-bbb.1", 1) == first
     assert not (first / "build").exists() and not (first / "notes.txt").exists()
@@ -196,9 +191,7 @@ def test_ignored_build_caches_stay_only_if_the_config_allows(ctx: SwarmContext) 
     first = acquire(ctx, "i1", "bd-aaa.1", 1)
     (first / "build").mkdir()
     (first / "build" / "cache.o").write_text("kept\n")
-    (first / "untracked.txt").write_text("goes\n")
-    git(first, "add", "untracked.txt")
-    git(first, "commit", "-qm", "work")
+    commit_file(first, "untracked.txt", "goes\n", "work")
     release(ctx, "bd-aaa.1")
     second = acquire(ctx, "i1", "bd-bbb.1", 1)
     assert (second / "build" / "cache.o").read_text() == "kept\n"
