@@ -103,7 +103,7 @@ def start_worker_engine(paths: ProjectPaths, config: Config) -> Any:
     acts only while this process's supervisor runs the pool.
     """
     try:
-        from swarm_pool.swarm.engine import Engine
+        from swarm_pool.swarm.engine.loop import Engine
     except ImportError as e:
         raise EngineStartError(f"the worker engine cannot be imported: {e}") from e
     return Engine(paths, config, owner_pid=os.getpid()).open().start()

@@ -17,7 +17,7 @@ from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec, now_ms
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine_state import EngineBeat, write_beat
-from swarm_pool.swarm.workers import spawn_async
+from swarm_pool.swarm.worker import spawn_async
 from tests.pool_cli import NO_MODEL_ENV, cli, make_project, pool_processes
 from tests.support import init_repo
 

@@ -35,7 +35,7 @@ from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.store.hosts import hosts_overview
 from swarm_pool.store.pgpass import split_password
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.workers import spawn_async
+from swarm_pool.swarm.worker import spawn_async
 from tests.hosts_fixture import make_clones, plan_toml, remote_files
 from tests.pg_server import ScratchPostgres
 from tests.pool_cli import cli

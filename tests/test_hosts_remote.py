@@ -18,7 +18,13 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.core import open_url
 from swarm_pool.store.events import WorkerQueued
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.remote import fetch_branch, publish_base, push_branch, remote_of, sync_base
+from swarm_pool.swarm.worker.remote import (
+    fetch_branch,
+    publish_base,
+    push_branch,
+    remote_of,
+    sync_base,
+)
 from tests.hosts_fixture import make_clones
 from tests.pg_server import ScratchPostgres
 from tests.support import git

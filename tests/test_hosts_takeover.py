@@ -31,7 +31,7 @@ from swarm_pool.store.events import (
     now_ms,
 )
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.hosts import HostDuty, mine
+from swarm_pool.swarm.engine.host_duty import HostDuty
 from tests.pg_server import ScratchPostgres
 
 E = "bd-takeover"
@@ -142,7 +142,7 @@ def test_a_dead_hosts_workers_are_taken_over_exactly_once(hosts: list[SwarmConte
     assert taken.worktree == str(hosts[1 if taken.host == "b" else 2].paths.worktrees_dir / queued)
     # The retry is claimed once more, by a live host; "mine" shows each host its own.
     assert b.store.hosts.claim("b", 4) == [running]
-    assert [w.bead_id for w in mine(b, b.store.workers.list())] == sorted(
+    assert [w.bead_id for w in b.mine(b.store.workers.list())] == sorted(
         [running] + ([queued] if taken.host == "b" else [])
     )
     # Nothing more to take over, and live hosts are never taken over.

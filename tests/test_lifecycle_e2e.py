@@ -33,9 +33,9 @@ from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import FailureCause, SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers, poll
-from swarm_pool.swarm.workers import spawn_async
+from swarm_pool.swarm.worker import spawn_async
+from swarm_pool.swarm.worker.review import merge, review
 from tests.pool_cli import cli, pool_processes
 from tests.support import TEST_TAG_ENV, git, init_repo, wait_for
 

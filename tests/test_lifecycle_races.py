@@ -18,7 +18,7 @@ from swarm_pool.config import Config
 from swarm_pool.store import Store
 from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.failure import fail
+from swarm_pool.swarm.worker.failure import fail
 from tests.support import wait_for
 from tests.test_mcp_server import Project, call, make_project, mcp_session
 

@@ -29,8 +29,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from swarm_pool.mcp import tokens
-from swarm_pool.mcp.tokens import Role
+from swarm_pool import tokens
 from swarm_pool.opencode.config import RELAY_PATH
 from swarm_pool.protocol import COORDINATOR_TOOLS, WORKER_TOOLS
 from swarm_pool.store.events import (
@@ -39,6 +38,7 @@ from swarm_pool.store.events import (
     WorkerSessionCreated,
     WorkerSpawned,
 )
+from swarm_pool.tokens import Role
 from tests.support import wait_for
 from tests.test_mcp_server import Project, call, make_project, run_async, server_env
 

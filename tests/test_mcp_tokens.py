@@ -1,4 +1,4 @@
-"""Capability tokens (``swarm_pool/mcp/tokens.py``): what they grant, what is refused,
+"""Capability tokens (``swarm_pool/tokens.py``): what they grant, what is refused,
 and where a worktree's token is kept (its git dir: private, never in the work tree)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from swarm_pool import tokens
 from swarm_pool.errors import CapabilityError
-from swarm_pool.mcp import tokens
-from swarm_pool.mcp.tokens import Principal, Role
+from swarm_pool.tokens import Principal, Role
 from tests.support import git, init_repo
 
 SECRET = "s3cret-of-this-pool"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarm_pool.errors import PlanError
-from swarm_pool.swarm.plan import Plan, load_plan, parse_plan
+from swarm_pool.swarm.plans.plan import Plan, load_plan, parse_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "conf" / "demo-plan.toml"

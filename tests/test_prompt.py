@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from swarm_pool.protocol import Contract, find_bead_id, find_contract
-from swarm_pool.swarm.prompt import build_worker_prompt, prompt_hash
+from swarm_pool.swarm.worker.prompt import build_worker_prompt, prompt_hash
 
 CONTRACT = Contract(
     bead_id="bd-4f2a9c.2",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from swarm_pool.config import Config
-from swarm_pool.swarm.router import (
-    InstanceSlot,
+from swarm_pool.pool.router import (
+    InstanceView,
     Steadiness,
     active_instances,
     busy_counts,
@@ -14,8 +14,8 @@ from swarm_pool.swarm.router import (
 )
 
 
-def slot(name: str, state: str = "ready", **kw: object) -> InstanceSlot:
-    return InstanceSlot(name=name, url=f"http://127.0.0.1/{name}", state=state, **kw)  # type: ignore[arg-type]
+def slot(name: str, state: str = "ready", **kw: object) -> InstanceView:
+    return InstanceView(name=name, url=f"http://127.0.0.1/{name}", state=state, **kw)  # type: ignore[arg-type]
 
 
 def test_picks_fewest_busy() -> None:
@@ -133,7 +133,7 @@ def test_steadiness_comes_from_the_config() -> None:
 def test_instances_beyond_the_active_ones_are_overflow() -> None:
     pool = [slot("oc-1"), slot("oc-2"), slot("oc-3"), slot("oc-4")]
 
-    def pick(busy: dict[str, int], instances: list[InstanceSlot] = pool) -> str:
+    def pick(busy: dict[str, int], instances: list[InstanceView] = pool) -> str:
         chosen = choose_instance(instances, busy, 4, active=2)
         assert chosen is not None
         return chosen.name

@@ -25,14 +25,14 @@ import psutil
 import pytest
 
 from swarm_pool.config import load_config
+from swarm_pool.git.worktree import Worktrees
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.orphans import POOL_TAG_ENV, tagged
 from swarm_pool.pool.state import PoolState, read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.workers import spawn_async
-from swarm_pool.swarm.worktree import Worktrees
+from swarm_pool.swarm.worker import spawn_async
 from tests.pool_cli import cli, pool_processes
 from tests.support import git, init_repo, wait_for
 

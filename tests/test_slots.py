@@ -26,12 +26,12 @@ from swarm_pool.config import Config, load_config
 from swarm_pool.errors import ConfigError, GitError, SlotConflictError, TranscriptNotFoundError
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.router import InstanceView
 from swarm_pool.store import Store, open_project_store
 from swarm_pool.store.events import ReleaseReason, SlotTaken
-from swarm_pool.swarm import transcript
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.router import InstanceSlot
-from swarm_pool.swarm.slots import acquire, cleanup, open_slots, release_events
+from swarm_pool.swarm.worker import transcript
+from swarm_pool.swarm.worker.checkout import acquire, cleanup, open_slots, release_events
 from tests.pool_cli import cli
 from tests.support import git, init_repo, wait_for
 
@@ -322,7 +322,7 @@ def test_cleanup_trims_free_slots_beyond_the_limit_and_disposes_them(
         disposed.append((request.url.path, request.url.params.get("directory", "")))
         return httpx.Response(200, json=True)
 
-    inst = InstanceSlot("i1", "http://i1.test", "ready", "pw", pid=1)
+    inst = InstanceView("i1", "http://i1.test", "ready", "pw", pid=1)
     config = Config()
     config.pool.max_sessions_per_instance = 2
     ctx = SwarmContext(
@@ -362,7 +362,7 @@ def opening_ctx(
         seen.append((request.url.path, request.url.params.get("directory", "")))
         return httpx.Response(200, json={})
 
-    inst = InstanceSlot("i1", "http://i1.test", "ready", "pw", pid=1)
+    inst = InstanceView("i1", "http://i1.test", "ready", "pw", pid=1)
     config = Config()
     config.pool.max_sessions_per_instance = 3
     config.workers.min_slots = min_slots

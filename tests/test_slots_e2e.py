@@ -27,9 +27,9 @@ from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.review import merge, review
 from swarm_pool.swarm.status import await_workers
-from swarm_pool.swarm.workers import spawn_async
+from swarm_pool.swarm.worker import spawn_async
+from swarm_pool.swarm.worker.review import merge, review
 from tests.pool_cli import cli, running_pool
 from tests.support import git, init_repo, wait_for
 

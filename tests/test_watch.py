@@ -15,6 +15,7 @@ from swarm_pool.errors import (
     OpenCodeUnknownOutcomeError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.pool.router import InstanceView
 from swarm_pool.store.events import (
     BaseEvent,
     SessionError,
@@ -22,8 +23,7 @@ from swarm_pool.store.events import (
     WorkerBlocked,
     WorkerProgress,
 )
-from swarm_pool.swarm.router import InstanceSlot
-from swarm_pool.swarm.watch import (
+from swarm_pool.swarm.engine.watch import (
     EventMapper,
     InstanceWatcher,
     WatchManager,
@@ -195,7 +195,7 @@ def make_watcher(server: MockServer, sink: list[BaseEvent]) -> InstanceWatcher:
         with lock:
             sink.extend(events)
 
-    slot = InstanceSlot(name="i1", url="http://inst", state="ready", password="pw")
+    slot = InstanceView(name="i1", url="http://inst", state="ready", password="pw")
     return InstanceWatcher(
         slot,
         make_lookup=lambda: (lookup, deliver, lambda: None),
@@ -245,7 +245,7 @@ def test_manager_keeps_one_watcher_per_instance() -> None:
     started: list[str] = []
 
     class Dummy:
-        def __init__(self, slot: InstanceSlot) -> None:
+        def __init__(self, slot: InstanceView) -> None:
             self.slot = slot
             self.alive = True
 
@@ -260,12 +260,12 @@ def test_manager_keeps_one_watcher_per_instance() -> None:
             return self.alive
 
     mgr = WatchManager(Dummy)  # type: ignore[arg-type]
-    a = InstanceSlot("a", "http://a", "ready")
-    b = InstanceSlot("b", "http://b", "ready")
+    a = InstanceView("a", "http://a", "ready")
+    b = InstanceView("b", "http://b", "ready")
     mgr.sync([a, b])
     mgr.sync([a, b])
     assert started == ["a", "b"]
-    mgr.sync([a, InstanceSlot("b", "http://b2", "ready")])  # b moved: new watcher
+    mgr.sync([a, InstanceView("b", "http://b2", "ready")])  # b moved: new watcher
     assert started == ["a", "b", "b"]
     mgr.sync([a])
     assert set(mgr.watchers) == {"a"}

@@ -88,7 +88,7 @@ def test_run_that_fails_after_starting_a_pool_stops_it(
     from swarm_pool.errors import WorkerError
     from swarm_pool.paths import ProjectPaths
     from swarm_pool.pool.state import read_state
-    from swarm_pool.swarm import runner
+    from swarm_pool.swarm.plans import runner
 
     root = project(tmp_path / "proj")
     plan = tmp_path / "plan.toml"

@@ -32,6 +32,7 @@ from swarm_pool.errors import (
 )
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.router import InstanceView
 from swarm_pool.protocol import find_contract
 from swarm_pool.store import Store, WorkerView, open_project_store
 from swarm_pool.store.events import (
@@ -46,15 +47,14 @@ from swarm_pool.store.events import (
     now_ms,
 )
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.engine import Engine
-from swarm_pool.swarm.failure import infra_backoff_until
-from swarm_pool.swarm.prompt import prompt_hash
-from swarm_pool.swarm.review import merge, review
-from swarm_pool.swarm.router import InstanceSlot
-from swarm_pool.swarm.runner import SupervisorWatch, TaskState, TaskStatus
-from swarm_pool.swarm.slots import acquire
+from swarm_pool.swarm.engine.loop import Engine
+from swarm_pool.swarm.plans.runner import SupervisorWatch, TaskState, TaskStatus
 from swarm_pool.swarm.status import await_workers, poll
-from swarm_pool.swarm.workers import answer, fail, load_spec, spawn_async
+from swarm_pool.swarm.worker import answer, fail, load_spec, spawn_async
+from swarm_pool.swarm.worker.checkout import acquire
+from swarm_pool.swarm.worker.failure import infra_backoff_until
+from swarm_pool.swarm.worker.prompt import prompt_hash
+from swarm_pool.swarm.worker.review import merge, review
 from swarm_pool.view.metrics import epic_metrics
 from tests.support import git, init_repo, wait_for
 
@@ -69,7 +69,7 @@ class FakePool:
 
     def __init__(self, names: list[str]) -> None:
         self.slots = {
-            n: InstanceSlot(n, f"http://{n}.test", "ready", "pw", pid=100 + i)
+            n: InstanceView(n, f"http://{n}.test", "ready", "pw", pid=100 + i)
             for i, n in enumerate(names)
         }
         self.lock = threading.Lock()
@@ -86,12 +86,12 @@ class FakePool:
 
     def set(self, name: str, **kw: Any) -> None:
         old = self.slots[name]
-        self.slots[name] = InstanceSlot(**{**old.__dict__, **kw})
+        self.slots[name] = InstanceView(**{**old.__dict__, **kw})
 
-    def instances(self) -> list[InstanceSlot]:
+    def instances(self) -> list[InstanceView]:
         return list(self.slots.values())
 
-    def client(self, slot: InstanceSlot) -> OpenCodeClient:
+    def client(self, slot: InstanceView) -> OpenCodeClient:
         def handler(request: httpx.Request) -> httpx.Response:
             return self.handle(slot.name, request)
 
@@ -892,7 +892,7 @@ def test_restarted_engine_prompts_the_intent_that_never_was(
     worktree that nobody recorded (the same crash, one step earlier)."""
     a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
     with faults.inject("dispatch.before_prompt", _crash), pytest.raises(_Crash):
-        from swarm_pool.swarm.dispatch import dispatch
+        from swarm_pool.swarm.worker.dispatch import dispatch
 
         spawn_async(ctx, a)
         dispatch(ctx, a)

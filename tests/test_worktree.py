@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from swarm_pool.errors import DirtyWorktreeError, GitError, MergeConflictError
-from swarm_pool.swarm.gitlock import GitLock
-from swarm_pool.swarm.worktree import Worktrees, branch_name
+from swarm_pool.git.lock import GitLock
+from swarm_pool.git.worktree import Worktrees, branch_name
 from tests.support import git, init_repo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from swarm_pool.errors import GitError
-    from swarm_pool.swarm.worktree import Worktrees
+    from swarm_pool.git.worktree import Worktrees
 
     root, go, timeout, *beads = sys.argv[1:]
     wt = Worktrees(Path(root), lock_timeout=float(timeout))

@@ -58,10 +58,10 @@ from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.review import merge, review
-from swarm_pool.swarm.router import active_instances
+from swarm_pool.swarm.worker.review import merge, review
+from swarm_pool.pool.router import active_instances
 from swarm_pool.swarm.status import await_workers
-from swarm_pool.swarm.workers import spawn_async
+from swarm_pool.swarm.worker import spawn_async
 
 ANSWERS = 3  # model answers per worker that wait ``delay``
 

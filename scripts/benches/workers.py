@@ -38,8 +38,8 @@ from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import await_workers
-from swarm_pool.swarm.watch import session_finished
-from swarm_pool.swarm.workers import PromptSpec, spawn_async
+from swarm_pool.swarm.engine.watch import session_finished
+from swarm_pool.swarm.worker import PromptSpec, spawn_async
 
 POLL_PERIOD_S = 5.0
 _DROPPED: list[str] = []  # blocking prompts whose connection the server dropped

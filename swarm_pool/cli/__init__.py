@@ -1,93 +1,20 @@
 """The click CLI: parse, call the core, print (table or ``--json``), map errors to exits.
 
-Each command group lives in its own module and registers itself on ``main`` below. Core
-errors (``SwarmPoolError``) become one line on stderr and exit status 1 here, and only
-here; usage errors (bad option, missing argument) become one line and exit status 2. The
-common options (``cli/common.py``) are accepted before the command name too.
+The root group and its error mapping live in ``group.py``; each command module below adds
+its commands to it. They are imported here by name, so a missing module is an import error,
+never a command that silently disappears.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-from typing import Any
+from swarm_pool.cli import (  # noqa: F401  (imported for the commands they add)
+    mcp_cmds,
+    model_cmds,
+    pool_cmds,
+    store_cmds,
+    view_cmds,
+    worker_cmds,
+)
+from swarm_pool.cli.group import PROG, error_line, main
 
-import click
-
-from swarm_pool import __version__
-from swarm_pool.cli.common import add_common_options
-from swarm_pool.errors import SwarmPoolError
-
-PROG = "swarm-pool"
-
-
-def error_line(message: str) -> None:
-    """The one line every failure prints on stderr."""
-    text = " ".join(str(message).split())
-    click.echo(f"{PROG}: error: {text}", err=True)
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SwarmPoolError as e:
-            error_line(str(e))
-            sys.exit(1)
-
-    def main(  # type: ignore[override]
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        try:
-            rv = super().main(args, prog_name, complete_var, False, **extra)
-        except click.UsageError as e:
-            hint = ""
-            if e.ctx is not None:
-                hint = f" (see `{e.ctx.command_path} --help`)"
-            error_line(e.format_message() + hint)
-            sys.exit(e.exit_code)
-        except click.ClickException as e:
-            error_line(e.format_message())
-            sys.exit(e.exit_code)
-        except click.Abort:
-            error_line("aborted")
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name=PROG)
-@add_common_options
-@click.pass_context
-def main(ctx: click.Context, /, **common: Any) -> None:
-    """Run a supervised pool of OpenCode servers for parallel agent swarms."""
-    ctx.obj = common
-
-
-def _register() -> None:
-    # Imported for their side effect of adding commands to ``main``.
-    import importlib
-
-    for name in (
-        "pool_cmds",
-        "store_cmds",
-        "model_cmds",
-        "mcp_cmds",
-        "worker_cmds",
-        "view_cmds",
-    ):
-        try:
-            importlib.import_module(f"swarm_pool.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"swarm_pool.cli.{name}":
-                raise
-
-
-_register()
+__all__ = ["PROG", "error_line", "main"]

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from swarm_pool.cli import main
 from swarm_pool.cli.common import common_options
+from swarm_pool.cli.group import main
 from swarm_pool.config import load_config
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, project_options
+from swarm_pool.cli.group import main
 
 
 @main.group()

@@ -16,8 +16,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.cli.group import main
 from swarm_pool.config import checked_host
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.opencode.binary import find_opencode

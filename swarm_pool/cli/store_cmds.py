@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
+from swarm_pool.cli.group import main
 from swarm_pool.errors import StoreCorruptError, StoreError
 from swarm_pool.store import StoredEvent
 from swarm_pool.store.events import EVENT_TYPES

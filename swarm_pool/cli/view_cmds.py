@@ -15,8 +15,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from swarm_pool.cli import main
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
+from swarm_pool.cli.group import main
 from swarm_pool.errors import StoreError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.hosts import hosts_overview

@@ -19,8 +19,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from swarm_pool.cli import error_line, main
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
+from swarm_pool.cli.group import error_line, main
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import GROUPS, PollResult
 
@@ -96,7 +96,7 @@ def spawn(
     as_json: bool,
 ) -> None:
     """Start a worker for BEAD_ID without waiting for it."""
-    from swarm_pool.swarm.workers import spawn_async
+    from swarm_pool.swarm.worker import spawn_async
 
     with swarm_context(app) as ctx:
         result = spawn_async(
@@ -168,7 +168,7 @@ def await_cmd(app: AppContext, epic_id: str | None, timeout: float, as_json: boo
 @project_options
 def review(app: AppContext, bead_id: str, as_json: bool) -> None:
     """Review a finished worker against its contract (exit 2 if not approved)."""
-    from swarm_pool.swarm.review import review as do_review
+    from swarm_pool.swarm.worker.review import review as do_review
 
     with swarm_context(app) as ctx:
         result = do_review(ctx, bead_id)
@@ -198,7 +198,7 @@ def review(app: AppContext, bead_id: str, as_json: bool) -> None:
 def transcript(app: AppContext, bead_id: str, attempt: int | None, as_json: bool) -> None:
     """Print what a worker did: its text, its tool calls and their results (saved when
     its session is deleted, after the merge)."""
-    from swarm_pool.swarm import transcript as transcripts
+    from swarm_pool.swarm.worker import transcript as transcripts
 
     with swarm_context(app) as ctx:
         ctx.store.hive.get_cell(bead_id)  # NotFoundError: an unknown bead says so
@@ -216,7 +216,7 @@ def transcript(app: AppContext, bead_id: str, attempt: int | None, as_json: bool
 @project_options
 def merge(app: AppContext, bead_id: str, base: str | None, as_json: bool) -> None:
     """Merge a finished worker's branch into its base branch."""
-    from swarm_pool.swarm.review import merge as do_merge
+    from swarm_pool.swarm.worker.review import merge as do_merge
 
     with swarm_context(app) as ctx:
         result = do_merge(ctx, bead_id, base=base)
@@ -243,7 +243,7 @@ def answer(
     app: AppContext, bead_id: str, reply: str | None, text: str | None, as_json: bool
 ) -> None:
     """Answer a blocked worker's permission request or question."""
-    from swarm_pool.swarm.workers import answer as do_answer
+    from swarm_pool.swarm.worker import answer as do_answer
 
     if (reply is None) == (text is None):
         raise click.UsageError("give exactly one of --reply or --answer")
@@ -293,7 +293,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Run PLAN_PATH: create its epic, spawn, watch, review and merge every task."""
-    from swarm_pool.swarm.runner import run_plan_file
+    from swarm_pool.swarm.plans.runner import run_plan_file
 
     live = not as_json and sys.stdout.isatty()
     summary = run_plan_file(

@@ -19,7 +19,7 @@ from swarm_pool.config import Config
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.gateway.app import Gateway, build_app
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.serve import loopback_server
+from swarm_pool.pool.serve import loopback_server
 from swarm_pool.store.core import open_project_store
 
 

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from swarm_pool.errors import InstanceUnavailableError
 from swarm_pool.gateway.upstreams import Upstream
-from swarm_pool.swarm.router import InstanceSlot, choose_instance
+from swarm_pool.pool.router import InstanceView, choose_instance
 
 
 def resolve_directory(raw: str | None, default: str) -> str:
@@ -74,7 +74,7 @@ class Placement:
         home = ups.get(self.home.get(directory, ""))
         if home is not None and home.ready and not home.draining:
             return home
-        slots = [InstanceSlot(u.name, u.url, u.state, draining=u.draining) for u in ups.values()]
+        slots = [InstanceView(u.name, u.url, u.state, draining=u.draining) for u in ups.values()]
         busy = self.busy_counts()
         # Each directory costs an instance memory of its own: prefer the instances that
         # serve the fewest directories, then the router's least busy among them.

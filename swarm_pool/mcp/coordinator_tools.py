@@ -139,7 +139,7 @@ async def hive_query(rt: Runtime, args: QueryArgs) -> dict[str, Any]:
 
 
 async def swarm_spawn_async(rt: Runtime, args: SpawnArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.workers import spawn_async
+    from swarm_pool.swarm.worker import spawn_async
 
     def run(store: Store) -> dict[str, Any]:
         result = spawn_async(
@@ -176,14 +176,14 @@ async def swarm_await_workers(rt: Runtime, args: AwaitArgs) -> dict[str, Any]:
 
 
 async def swarm_review(rt: Runtime, args: BeadArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.review import review
+    from swarm_pool.swarm.worker.review import review
 
     store = await rt.in_store(lambda s: s)
     return (await rt.in_thread(lambda: review(_context(store), args.bead_id))).to_dict()
 
 
 async def swarm_worktree_merge(rt: Runtime, args: MergeArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.review import merge
+    from swarm_pool.swarm.worker.review import merge
 
     store = await rt.in_store(lambda s: s)
     outcome = await rt.in_thread(

@@ -36,10 +36,10 @@ from starlette.types import Receive, Scope, Send
 from swarm_pool.errors import CapabilityError, PoolError
 from swarm_pool.mcp.runtime import Runtime
 from swarm_pool.mcp.server import build_server, configure_logging
-from swarm_pool.mcp.tokens import SECRET_ENV, Principal, verify
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.serve import loopback_server
 from swarm_pool.pool.state import read_state
-from swarm_pool.serve import loopback_server
+from swarm_pool.tokens import SECRET_ENV, Principal, verify
 
 log = logging.getLogger("swarm_pool.mcp")
 

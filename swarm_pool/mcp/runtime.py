@@ -31,8 +31,8 @@ from swarm_pool.mcp.identity import (
     identity_from_directory,
     slot_bead,
 )
-from swarm_pool.mcp.tokens import Principal, Role
 from swarm_pool.store import Store, find_project_store
+from swarm_pool.tokens import Principal, Role
 
 T = TypeVar("T")
 

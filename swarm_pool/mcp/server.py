@@ -26,10 +26,10 @@ from mcp.server.stdio import stdio_server
 from swarm_pool import __version__
 from swarm_pool.mcp.registry import Registry, ToolOutcome, ToolSpec
 from swarm_pool.mcp.runtime import Runtime
-from swarm_pool.mcp.tokens import Principal, Role
 from swarm_pool.mcp.worker_tools import WORKER_SPECS
 from swarm_pool.protocol import MCP_SERVER_NAME
 from swarm_pool.store import find_project_store
+from swarm_pool.tokens import Principal, Role
 
 log = logging.getLogger("swarm_pool.mcp")
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from swarm_pool.errors import GitError
+from swarm_pool.git.worktree import Worktrees
 from swarm_pool.store.globs import matches
-from swarm_pool.swarm.worktree import Worktrees
 
 OUTPUT_TAIL_CHARS = 4000
 

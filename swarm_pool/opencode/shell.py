@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from swarm_pool import tokens
 from swarm_pool.errors import SandboxError
 from swarm_pool.paths import write_private
 
@@ -33,7 +34,7 @@ PASSWORD_ENV = "OPENCODE_SERVER_PASSWORD"
 # (the MCP server, the bash tool's shell). Defined here, not next to the HTTP client:
 # the boxed shell imports this module for every command and must start fast.
 # The shared MCP server's token secret (mcp/tokens.py): only that child may hold it.
-MCP_SECRET_ENV = "SWARM_POOL_MCP_SECRET"
+MCP_SECRET_ENV = tokens.SECRET_ENV
 SECRET_ENV = (PASSWORD_ENV, MCP_SECRET_ENV)
 
 SHELL_NAME = "bash"  # OpenCode picks its argument style by the shell's file name

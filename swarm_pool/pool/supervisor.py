@@ -42,7 +42,6 @@ from swarm_pool.errors import (
     SwarmPoolError,
     UnknownInstanceError,
 )
-from swarm_pool.mcp.tokens import write_coordinator_token
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import process
 from swarm_pool.pool.control import ControlServer, socket_path_for
@@ -73,6 +72,7 @@ from swarm_pool.pool.state import (
 )
 from swarm_pool.pool.watcher import PoolContext, Watcher
 from swarm_pool.store import events as ev
+from swarm_pool.tokens import write_coordinator_token
 
 log = logging.getLogger("swarm_pool.pool")
 

@@ -9,7 +9,7 @@ and the factory of OpenCode clients, so every piece can be swapped in tests.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +26,16 @@ from swarm_pool.errors import (
 )
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.pool.router import InstanceView
+from swarm_pool.store.dialect import Backend
+from swarm_pool.store.workers import WorkerView
 
 if TYPE_CHECKING:
+    from swarm_pool.git.worktree import Worktrees
     from swarm_pool.store import Store
-    from swarm_pool.swarm.worktree import Worktrees
 
-InstancesFn = Callable[[], list[InstanceSlot]]
-ClientFn = Callable[[InstanceSlot], OpenCodeClient]
+InstancesFn = Callable[[], list[InstanceView]]
+ClientFn = Callable[[InstanceView], OpenCodeClient]
 
 _thread_locks_guard = threading.Lock()
 _thread_locks: dict[Path, threading.RLock] = {}
@@ -65,7 +67,7 @@ def file_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
         tlock.release()
 
 
-def default_client(slot: InstanceSlot) -> OpenCodeClient:
+def default_client(slot: InstanceView) -> OpenCodeClient:
     """The one way the engine, its watchers and the workers reach an instance."""
     return OpenCodeClient(slot.url, slot.password, timeout=10.0)
 
@@ -90,12 +92,25 @@ class SwarmContext:
     @property
     def worktrees(self) -> Worktrees:
         if self._worktrees is None:
-            from swarm_pool.swarm.worktree import Worktrees
+            from swarm_pool.git.worktree import Worktrees
 
             self._worktrees = Worktrees.for_project(self.paths)
         return self._worktrees
 
-    def instances(self) -> list[InstanceSlot]:
+    @property
+    def multi_host(self) -> bool:
+        """Whether this store may be shared by several hosts (PostgreSQL)."""
+        return bool(self.store.recorder.backend is Backend.POSTGRESQL)
+
+    def mine(self, workers: Iterable[WorkerView]) -> list[WorkerView]:
+        """The workers this host's engine looks after: all of them on one host, else the
+        ones it claimed."""
+        if not self.multi_host:
+            return list(workers)
+        host = self.config.pool.host
+        return [w for w in workers if w.host == host]
+
+    def instances(self) -> list[InstanceView]:
         if self.instances_fn is not None:
             return self.instances_fn()
         from swarm_pool.swarm.pool_view import read_instances
@@ -130,13 +145,13 @@ class SwarmContext:
                 "`swarm-pool start`"
             )
 
-    def instance(self, name: str) -> InstanceSlot:
+    def instance(self, name: str) -> InstanceView:
         for slot in self.instances():
             if slot.name == name:
                 return slot
         raise UnknownInstanceError(f"no instance named {name!r} in the pool")
 
-    def client(self, slot: InstanceSlot) -> OpenCodeClient:
+    def client(self, slot: InstanceView) -> OpenCodeClient:
         return self.client_fn(slot)
 
     def last_event(self, bead_id: str, kind: str) -> Any | None:

@@ -1,7 +1,7 @@
 """The worker engine's window on the pool: which instances exist, and starting/stopping it.
 
 It owns the translation from the supervisor's state file (``pool/state.py``) to the
-router's ``InstanceSlot``s (ready or not, draining, dedicated to a bead, with the
+router's ``InstanceView``s (ready or not, draining, dedicated to a bead, with the
 instance's own password), the shared MCP server's token secret, and the few pool
 operations ``run`` needs: make sure a pool runs (starting one through the pool's own
 start path when none does) and stop the pool it started. Instances dedicated to one
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from swarm_pool.config import Config
 from swarm_pool.errors import PoolError, PoolNotRunningError
-from swarm_pool.mcp.tokens import write_worker_token
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.swarm.router import InstanceSlot
+from swarm_pool.pool.router import InstanceView
+from swarm_pool.tokens import write_worker_token
 
 DEDICATED_PREFIX = "dw-"
 
@@ -53,7 +53,7 @@ def grant_token(paths: ProjectPaths, config: Config, worktree: str) -> None:
         write_worker_token(secret, Path(worktree))
 
 
-def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> list[InstanceSlot]:
+def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> list[InstanceView]:
     """The pool's opencode instances as the supervisor last recorded them.
 
     An empty list when no pool state exists (or it cannot be read right now), unless
@@ -78,7 +78,7 @@ def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> lis
         if rec.url is None:
             continue
         slots.append(
-            InstanceSlot(
+            InstanceView(
                 name=rec.name,
                 url=rec.url,
                 state=rec.state,

@@ -17,7 +17,7 @@ from swarm_pool.errors import PoolNotRunningError
 from swarm_pool.store.events import now_ms
 from swarm_pool.store.lifecycle import WorkerStatus
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.failure import RETRY_TYPES, RetryUse, count_retries
+from swarm_pool.swarm.worker.failure import RETRY_TYPES, RetryUse, count_retries
 
 GROUPS = (
     "completed",

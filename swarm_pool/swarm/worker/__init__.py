@@ -9,11 +9,16 @@ re-exports what callers use, so they need not know the split.
 
 from __future__ import annotations
 
-from swarm_pool.swarm.answer import answer
-from swarm_pool.swarm.dispatch import dispatch, start_session
-from swarm_pool.swarm.failure import fail, retries_used
-from swarm_pool.swarm.spawn import IN_FLIGHT_STATUSES, LIVE_STATUSES, SpawnResult, spawn_async
-from swarm_pool.swarm.spec import PromptSpec, load_spec, save_spec
+from swarm_pool.swarm.worker.answer import answer
+from swarm_pool.swarm.worker.dispatch import dispatch, start_session
+from swarm_pool.swarm.worker.failure import fail, retries_used
+from swarm_pool.swarm.worker.spawn import (
+    IN_FLIGHT_STATUSES,
+    LIVE_STATUSES,
+    SpawnResult,
+    spawn_async,
+)
+from swarm_pool.swarm.worker.spec import PromptSpec, load_spec, save_spec
 
 __all__ = [
     "IN_FLIGHT_STATUSES",

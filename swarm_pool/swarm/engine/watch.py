@@ -27,6 +27,7 @@ from swarm_pool import faults
 from swarm_pool.errors import OpenCodeStatusError, SwarmPoolError, WorkerStateError
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.opencode.client import unwrap_event as unwrap
+from swarm_pool.pool.router import InstanceView
 from swarm_pool.store.events import (
     BaseEvent,
     SessionError,
@@ -36,7 +37,6 @@ from swarm_pool.store.events import (
 )
 from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.swarm.context import default_client
-from swarm_pool.swarm.router import InstanceSlot
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def _still_applies(store: Any, worker: Any, event: Any) -> list[BaseEvent] | Non
 
 
 Sink = Callable[[list[BaseEvent]], None]
-ClientFactory = Callable[[InstanceSlot], OpenCodeClient]
+ClientFactory = Callable[[InstanceView], OpenCodeClient]
 
 
 class InstanceWatcher:
@@ -350,7 +350,7 @@ class InstanceWatcher:
 
     def __init__(
         self,
-        slot: InstanceSlot,
+        slot: InstanceView,
         *,
         make_lookup: Callable[[], tuple[WorkerLookup, Sink, Callable[[], None]]],
         client_factory: ClientFactory = default_client,
@@ -487,7 +487,7 @@ class InstanceWatcher:
 class WatchManager:
     """Keeps exactly one watcher per instance of the pool, restarting dead ones."""
 
-    def __init__(self, factory: Callable[[InstanceSlot], InstanceWatcher]) -> None:
+    def __init__(self, factory: Callable[[InstanceView], InstanceWatcher]) -> None:
         self._factory = factory
         self._watchers: dict[str, InstanceWatcher] = {}
 
@@ -495,7 +495,7 @@ class WatchManager:
     def watchers(self) -> dict[str, InstanceWatcher]:
         return dict(self._watchers)
 
-    def sync(self, slots: Iterable[InstanceSlot]) -> None:
+    def sync(self, slots: Iterable[InstanceView]) -> None:
         wanted = {s.name: s for s in slots if s.url}
         for name in list(self._watchers):
             w = self._watchers[name]

@@ -21,64 +21,28 @@ host, and the engine dispatches every queued worker as it always did.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from swarm_pool import faults
 from swarm_pool.errors import SwarmPoolError
-from swarm_pool.store.dialect import Backend
+from swarm_pool.pool.router import InstanceView
 from swarm_pool.store.events import FailureCause, HostBeat, HostInstance, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.failure import fail
-from swarm_pool.swarm.router import InstanceSlot
-from swarm_pool.swarm.spec import PromptSpec
+from swarm_pool.swarm.worker.failure import fail
 
 log = logging.getLogger(__name__)
 
 _READY = ("ready", "unhealthy")
 
 
-def multi_host(ctx: SwarmContext) -> bool:
-    """Whether this store may be shared by several hosts (PostgreSQL)."""
-    return bool(ctx.store.recorder.backend is Backend.POSTGRESQL)
-
-
-def mine(ctx: SwarmContext, workers: Iterable[WorkerView]) -> list[WorkerView]:
-    """The workers this host's engine looks after: all of them on one host, else the
-    ones it claimed."""
-    if not multi_host(ctx):
-        return list(workers)
-    host = ctx.config.pool.host
-    return [w for w in workers if w.host == host]
-
-
-def capacity(ctx: SwarmContext, slots: Iterable[InstanceSlot]) -> int:
+def capacity(ctx: SwarmContext, slots: Iterable[InstanceView]) -> int:
     ready = sum(1 for s in slots if s.state in _READY)
     return ready * ctx.config.pool.max_sessions_per_instance
-
-
-def local_worktree(ctx: SwarmContext, worker: WorkerView) -> WorkerView:
-    """Make sure the claimed worker's worktree exists in this host's clone (a worker
-    queued on another host has none here yet); the worker as it stands."""
-    if not worker.worktree or Path(worker.worktree).is_dir():
-        return worker
-    base = ctx.config.workers.base_branch or None
-    info = ctx.worktrees.create(worker.bead_id, base=base)
-    return dataclasses.replace(worker, worktree=str(info.path))
-
-
-def local_spec(spec: PromptSpec, worktree: str) -> PromptSpec:
-    """The spec with the contract's worktree this host's (the spawner's may differ)."""
-    if not worktree or spec.contract.worktree == worktree:
-        return spec
-    contract = spec.contract.model_copy(update={"worktree": worktree})
-    return dataclasses.replace(spec, contract=contract)
 
 
 class HostDuty:
@@ -91,7 +55,7 @@ class HostDuty:
         self.claimed = 0
         self.taken_over = 0
 
-    def step(self, slots: list[InstanceSlot]) -> None:
+    def step(self, slots: list[InstanceView]) -> None:
         ctx = self.ctx
         workers = ctx.store.workers.list()
         if time.monotonic() - self._beat_at >= ctx.config.pool.hosts_beat_s:
@@ -101,7 +65,7 @@ class HostDuty:
             # (Only then: a claim is a write transaction under the store's write lock.)
             self.claim(slots)
 
-    def beat(self, slots: list[InstanceSlot], workers: list[WorkerView]) -> None:
+    def beat(self, slots: list[InstanceView], workers: list[WorkerView]) -> None:
         held = [w for w in workers if w.host == self.host and w.status in IN_FLIGHT]
         busy: dict[str, int] = {}
         for w in held:
@@ -125,7 +89,7 @@ class HostDuty:
         )
         self._beat_at = time.monotonic()
 
-    def claim(self, slots: list[InstanceSlot]) -> list[str]:
+    def claim(self, slots: list[InstanceView]) -> list[str]:
         ctx = self.ctx
         held = sum(1 for w in ctx.store.workers.list() if w.host == self.host and w.status in LIVE)
         free = capacity(ctx, slots) - held

@@ -9,7 +9,8 @@ the directory holds bead after bead. A coordinator token names no directory. A w
 token is written to its worktree's git dir (outside the work tree, so never committed and
 never listed by ``git status``), where the per-directory relay reads it; the coordinator
 token for sessions in the project root is in ``.swarm/`` (a sandboxed worker sees the
-common ``.git`` but not ``.swarm``). Stdlib only:
+common ``.git`` but not ``.swarm``). The bottom room: stdlib and ``errors`` only, so pool, swarm
+and mcp all use it;
 minting runs in the engine, verifying in the MCP server, reading in the relay's twin.
 """
 
@@ -26,15 +27,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from swarm_pool.errors import CapabilityError
-from swarm_pool.opencode.shell import MCP_SECRET_ENV
-from swarm_pool.paths import write_private
 
 PREFIX = "swp1"
 TOKEN_FILE = "swarm-mcp-token"
 # In the project's .swarm/ (private; hidden from a sandboxed worker, unlike .git/), for
 # coordinator sessions the pool's instances run in the project root.
 COORDINATOR_TOKEN_FILE = "mcp-coordinator-token"
-SECRET_ENV = MCP_SECRET_ENV
+SECRET_ENV = "SWARM_POOL_MCP_SECRET"
 
 
 class Role(StrEnum):
@@ -110,12 +109,21 @@ def git_dir(worktree: Path) -> Path | None:
 
 
 def _write_private(path: Path, text: str) -> None:
+    # Atomic and 0600 from the first byte, as ``paths.write_private``; its own copy keeps
+    # this module free of the package's imports.
     try:
         if path.read_text() == text:
             return
     except OSError:
         pass
-    write_private(path, text)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def write_coordinator_token(secret: str, swarm_dir: Path) -> Path:

@@ -27,14 +27,13 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from swarm_pool.errors import OpenCodeError, OpenCodeStatusError, SwarmPoolError
+from swarm_pool.pool.router import InstanceView
 from swarm_pool.store.events import SlotState, now_ms
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.dispatch import record_spawn, render_prompt, requeue
-from swarm_pool.swarm.hosts import mine
-from swarm_pool.swarm.router import InstanceSlot
-from swarm_pool.swarm.spec import load_spec
+from swarm_pool.swarm.worker.dispatch import record_spawn, render_prompt, requeue
+from swarm_pool.swarm.worker.spec import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class ReconcileReport:
 
 
 def reconcile(
-    ctx: SwarmContext, slots: list[InstanceSlot], *, skip: frozenset[str] = frozenset()
+    ctx: SwarmContext, slots: list[InstanceView], *, skip: frozenset[str] = frozenset()
 ) -> ReconcileReport:
     """Match every live worker's worktree on every reachable instance with the store
     (but the beads in ``skip``: being dispatched right now, their new session may not
@@ -57,7 +56,7 @@ def reconcile(
     report = ReconcileReport()
     workers = [
         w
-        for w in (_with_slot(ctx, w) for w in mine(ctx, ctx.store.workers.list()))
+        for w in (_with_slot(ctx, w) for w in ctx.mine(ctx.store.workers.list()))
         if w.status in LIVE and w.worktree and w.bead_id not in skip
     ]
     for slot in slots:
@@ -80,7 +79,7 @@ def _with_slot(ctx: SwarmContext, w: WorkerView) -> WorkerView:
     return replace(w, worktree=held.path)
 
 
-def sweep_unknown(ctx: SwarmContext, slots: list[InstanceSlot], grace_s: float) -> list[str]:
+def sweep_unknown(ctx: SwarmContext, slots: list[InstanceView], grace_s: float) -> list[str]:
     """Delete sessions in the workers' worktrees that the store has never heard of and
     that are older than ``grace_s`` (a dispatcher records its session within that)."""
     known = {
@@ -125,7 +124,7 @@ def sweep_unknown(ctx: SwarmContext, slots: list[InstanceSlot], grace_s: float) 
 
 
 def _reconcile_instance(
-    ctx: SwarmContext, slot: InstanceSlot, workers: list[WorkerView], report: ReconcileReport
+    ctx: SwarmContext, slot: InstanceView, workers: list[WorkerView], report: ReconcileReport
 ) -> None:
     client = ctx.client(slot)
     try:
@@ -149,12 +148,12 @@ def _reconcile_instance(
             settle_intent(ctx, w, slot, report)
 
 
-def reconcile_dispatching(ctx: SwarmContext, slots: list[InstanceSlot], grace_s: float) -> None:
+def reconcile_dispatching(ctx: SwarmContext, slots: list[InstanceView], grace_s: float) -> None:
     """Settle intents older than ``grace_s`` (their dispatcher died or got no answer)."""
     by_name = {s.name: s for s in slots}
     now = now_ms()
     report = ReconcileReport()
-    for w in mine(ctx, ctx.store.workers.list(status=WorkerStatus.DISPATCHING.value)):
+    for w in ctx.mine(ctx.store.workers.list(status=WorkerStatus.DISPATCHING.value)):
         slot = by_name.get(w.instance)
         if slot is not None and now - (w.updated_at or 0) >= grace_s * 1000:
             with contextlib.suppress(OpenCodeError):
@@ -162,7 +161,7 @@ def reconcile_dispatching(ctx: SwarmContext, slots: list[InstanceSlot], grace_s:
 
 
 def settle_intent(
-    ctx: SwarmContext, w: WorkerView, slot: InstanceSlot, report: ReconcileReport
+    ctx: SwarmContext, w: WorkerView, slot: InstanceView, report: ReconcileReport
 ) -> None:
     """A recorded session that may or may not have been prompted: find out and finish."""
     assert w.session_id is not None

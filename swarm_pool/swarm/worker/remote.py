@@ -15,15 +15,17 @@ A single host, or a clone without the remote, is left exactly as before.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from pathlib import Path
 
 from swarm_pool.errors import GitError, RemoteMovedError, WorkerError
+from swarm_pool.git.worktree import branch_name
 from swarm_pool.store.events import BranchPushed
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.hosts import multi_host
-from swarm_pool.swarm.worktree import branch_name
+from swarm_pool.swarm.worker.spec import PromptSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 def remote_of(ctx: SwarmContext) -> str | None:
     """The shared remote's name, or None when branches stay local (one host)."""
     name = ctx.config.workers.remote
-    if not name or not multi_host(ctx):
+    if not name or not ctx.multi_host:
         return None
     status, _ = ctx.worktrees.run("remote", "get-url", name, ok=(0, 2, 128))
     return name if status == 0 else None
@@ -168,3 +170,21 @@ def publish_base(ctx: SwarmContext, base: str, before: str | None) -> None:
             else:
                 trees.run("update-ref", f"refs/heads/{base}", before)
     raise RemoteMovedError(f"{remote}/{base} moved while merging; merge again")
+
+
+def local_worktree(ctx: SwarmContext, worker: WorkerView) -> WorkerView:
+    """Make sure the claimed worker's worktree exists in this host's clone (a worker
+    queued on another host has none here yet); the worker as it stands."""
+    if not worker.worktree or Path(worker.worktree).is_dir():
+        return worker
+    base = ctx.config.workers.base_branch or None
+    info = ctx.worktrees.create(worker.bead_id, base=base)
+    return dataclasses.replace(worker, worktree=str(info.path))
+
+
+def local_spec(spec: PromptSpec, worktree: str) -> PromptSpec:
+    """The spec with the contract's worktree this host's (the spawner's may differ)."""
+    if not worktree or spec.contract.worktree == worktree:
+        return spec
+    contract = spec.contract.model_copy(update={"worktree": worktree})
+    return dataclasses.replace(spec, contract=contract)

@@ -26,24 +26,24 @@ from swarm_pool.errors import (
     WorkerStateError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
-from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned, now_ms
-from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
-from swarm_pool.store.workers import WorkerView
-from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.failure import infra_backoff_until
-from swarm_pool.swarm.hosts import local_spec, local_worktree, mine, multi_host
-from swarm_pool.swarm.pool_view import grant_token
-from swarm_pool.swarm.prompt import prompt_hash
-from swarm_pool.swarm.router import (
-    InstanceSlot,
+from swarm_pool.pool.router import (
+    InstanceView,
     Routing,
     Steadiness,
     active_instances,
     busy_counts,
     choose_instance,
 )
-from swarm_pool.swarm.slots import acquire, is_slot_path
-from swarm_pool.swarm.spec import PromptSpec, load_spec
+from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned, now_ms
+from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
+from swarm_pool.store.workers import WorkerView
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.pool_view import grant_token
+from swarm_pool.swarm.worker.checkout import acquire, is_slot_path
+from swarm_pool.swarm.worker.failure import infra_backoff_until
+from swarm_pool.swarm.worker.prompt import prompt_hash
+from swarm_pool.swarm.worker.remote import local_spec, local_worktree
+from swarm_pool.swarm.worker.spec import PromptSpec, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _reserve(name: str, delta: int) -> None:
 
 
 def _busy(ctx: SwarmContext) -> dict[str, int]:
-    live = [w.instance for w in mine(ctx, ctx.store.workers.list()) if w.status in IN_FLIGHT]
+    live = [w.instance for w in ctx.mine(ctx.store.workers.list()) if w.status in IN_FLIGHT]
     busy = busy_counts(live)
     with _reserved_guard:
         for name, n in _reserved.items():
@@ -156,7 +156,7 @@ def session_title(bead_id: str, attempt: int, title: str) -> str:
 
 
 def _start_on(
-    ctx: SwarmContext, slot: InstanceSlot, a: _Attempt, prompt: str, title: str
+    ctx: SwarmContext, slot: InstanceView, a: _Attempt, prompt: str, title: str
 ) -> WorkerSpawned | None:
     client = ctx.client(slot)
     try:
@@ -285,7 +285,7 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         worker = ctx.store.workers.get(bead_id)
         if worker is None or worker.status != WorkerStatus.PENDING:
             return None
-        if multi_host(ctx):
+        if ctx.multi_host:
             if worker.host != ctx.config.pool.host:
                 return None  # not claimed by this host: another host's engine starts it
             worker = local_worktree(ctx, worker)
@@ -300,7 +300,7 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         worktree = worker.worktree or getattr(queued, "worktree", "")
         prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
-            from swarm_pool.swarm.dedicated import request_instance
+            from swarm_pool.swarm.worker.dedicated import request_instance
 
             request_instance(ctx, bead_id)
         return start_session(

@@ -15,7 +15,7 @@ from swarm_pool.errors import WorkerError
 from swarm_pool.paths import write_private
 from swarm_pool.protocol import Contract
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.prompt import build_worker_prompt
+from swarm_pool.swarm.worker.prompt import build_worker_prompt
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,12 @@ from swarm_pool.errors import (
     SwarmPoolError,
     WorkerError,
 )
+from swarm_pool.pool.router import Routing
 from swarm_pool.store.events import ReleaseReason, SlotReleased, SlotState
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.slots import SlotView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.pool_view import grant_token
-from swarm_pool.swarm.router import Routing
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from swarm_pool.errors import (
     MergeConflictError,
     ProjectError,
 )
+from swarm_pool.git.lock import LOCK_NAME, GitLock
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.swarm.gitlock import LOCK_NAME, GitLock
 
 BRANCH_PREFIX = "swarm/"
 SWARM_NAME = "swarm-pool"

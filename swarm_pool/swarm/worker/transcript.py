@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from swarm_pool.errors import TranscriptNotFoundError
+from swarm_pool.git.worktree import branch_name
 from swarm_pool.paths import DIR_MODE, ProjectPaths, write_private
 from swarm_pool.store.events import now_ms
-from swarm_pool.swarm.worktree import branch_name
 
 _ATTEMPT_RE = re.compile(r"^attempt-(\d+)\.json$")
 # A tool's output longer than this is cut in the readable rendering (never in the file).

@@ -48,26 +48,26 @@ from swarm_pool import faults
 from swarm_pool.config import Config
 from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.router import InstanceView, active_instances
 from swarm_pool.store.events import FailureCause, WorkerNeedsReview, now_ms
 from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, MERGEABLE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import ClientFn, InstancesFn, SwarmContext, default_client
-from swarm_pool.swarm.dispatch import dispatch
-from swarm_pool.swarm.engine_state import EngineBeat, write_beat
-from swarm_pool.swarm.failure import fail
-from swarm_pool.swarm.hosts import HostDuty, mine, multi_host
-from swarm_pool.swarm.reconcile import reconcile, reconcile_dispatching, sweep_unknown
-from swarm_pool.swarm.remote import push_branch, pushed
-from swarm_pool.swarm.router import InstanceSlot, active_instances
-from swarm_pool.swarm.slots import open_slots
-from swarm_pool.swarm.spec import load_spec
-from swarm_pool.swarm.watch import (
+from swarm_pool.swarm.engine.host_duty import HostDuty
+from swarm_pool.swarm.engine.reconcile import reconcile, reconcile_dispatching, sweep_unknown
+from swarm_pool.swarm.engine.watch import (
     InstanceWatcher,
     StoreLookup,
     WatchManager,
     idle_outcome,
     record_watched,
 )
+from swarm_pool.swarm.engine_state import EngineBeat, write_beat
+from swarm_pool.swarm.worker.checkout import open_slots
+from swarm_pool.swarm.worker.dispatch import dispatch
+from swarm_pool.swarm.worker.failure import fail
+from swarm_pool.swarm.worker.remote import push_branch, pushed
+from swarm_pool.swarm.worker.spec import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Engine:
         if ctx is None:
             return None
         try:
-            workers = mine(ctx, ctx.store.workers.list())
+            workers = ctx.mine(ctx.store.workers.list())
         except SwarmPoolError:
             return None
         return sum(1 for w in workers if w.instance == instance and w.status in IN_FLIGHT)
@@ -252,7 +252,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 ctx.store.close()
 
-    def _make_watcher(self, slot: InstanceSlot) -> InstanceWatcher:
+    def _make_watcher(self, slot: InstanceView) -> InstanceWatcher:
         def make_lookup() -> tuple[StoreLookup, Callable[[list[Any]], None], Callable[[], None]]:
             store = self._open_store()  # the watcher thread's own connection
 
@@ -286,7 +286,7 @@ class Engine:
         self.last_tick_ms = now_ms()
         slots = ctx.instances()
         ready = [s for s in slots if s.state in ("ready", "unhealthy")]
-        if multi_host(ctx):
+        if ctx.multi_host:
             if self._hosts is None:
                 self._hosts = HostDuty(ctx)
             # Beat, take over from dead hosts, claim: before anything looks at "mine".
@@ -321,7 +321,7 @@ class Engine:
         self._track_instances(ctx, slots)
         self._open_slots(ctx, ready)
         by_name = {s.name: s for s in slots}
-        workers = mine(ctx, ctx.store.workers.list())
+        workers = ctx.mine(ctx.store.workers.list())
         now = now_ms()
         for w in workers:
             if w.status not in ACTIVE:
@@ -343,7 +343,7 @@ class Engine:
         if wait:
             self.drain()
 
-    def _open_slots(self, ctx: SwarmContext, ready: list[InstanceSlot]) -> None:
+    def _open_slots(self, ctx: SwarmContext, ready: list[InstanceView]) -> None:
         """Once per instance process: make and open its ``min_slots`` slots, on a
         dispatcher thread (submitted before this tick's dispatches, which may then take
         them). Active instances only: an overflow one gets work only when they are
@@ -353,7 +353,7 @@ class Engine:
         if (
             not self.config.workers.min_slots
             or self.config.workers.worktrees != "slots"
-            or multi_host(ctx)
+            or ctx.multi_host
         ):
             return
         eligible = [s for s in ready if s.accepts_work and s.dedicated_to is None]
@@ -414,11 +414,11 @@ class Engine:
             self._dispatching.discard(bead_id)
             self._wake.set()
 
-    def _track_instances(self, ctx: SwarmContext, slots: list[InstanceSlot]) -> None:
+    def _track_instances(self, ctx: SwarmContext, slots: list[InstanceView]) -> None:
         now = now_ms()
         # Several hosts: instance names repeat from host to host, so another host's
         # instance events say nothing about ours; the pool state's pids and states do.
-        instance_events = [] if multi_host(ctx) else _INSTANCE_EVENTS
+        instance_events = [] if ctx.multi_host else _INSTANCE_EVENTS
         for stored in ctx.store.read(types=instance_events, after_seq=self._instance_seq):
             self._instance_seq = max(self._instance_seq, stored.seq)
             name = getattr(stored.event, "instance", "")
@@ -440,7 +440,7 @@ class Engine:
                 del self._pids[name]
 
     def _check_worker(
-        self, ctx: SwarmContext, w: Any, by_name: dict[str, InstanceSlot], now: int
+        self, ctx: SwarmContext, w: Any, by_name: dict[str, InstanceView], now: int
     ) -> None:
         spawned = w.spawned_at or 0
         gone = self._gone_at.get(w.instance, 0)
@@ -504,7 +504,7 @@ class Engine:
             self._timeouts[key] = override or self.config.workers.timeout_s
         return self._timeouts[key]
 
-    def _confirm_idle(self, ctx: SwarmContext, w: Any, slot: InstanceSlot) -> None:
+    def _confirm_idle(self, ctx: SwarmContext, w: Any, slot: InstanceView) -> None:
         client = ctx.client(slot)
         try:
             # Its SSE session.error may not be recorded yet (a warm directory answers

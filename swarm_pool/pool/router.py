@@ -31,7 +31,7 @@ ROUTINGS: tuple[Routing, ...] = ("least_busy", "dedicated")
 
 
 @dataclass(frozen=True)
-class InstanceSlot:
+class InstanceView:
     """What the router needs to know about one pool instance."""
 
     name: str
@@ -68,7 +68,7 @@ class Steadiness:
             flap_window_s=config.supervisor.flap_window_s,
         )
 
-    def unsteady(self, inst: InstanceSlot, now: float) -> bool:
+    def unsteady(self, inst: InstanceView, now: float) -> bool:
         if not inst.restarted_at:
             return False
         if self.settle_s > 0 and now - max(inst.restarted_at) < self.settle_s:
@@ -98,7 +98,7 @@ def busy_counts(instances_of_live_workers: Iterable[str]) -> dict[str, int]:
 
 
 def choose_instance(
-    instances: Iterable[InstanceSlot],
+    instances: Iterable[InstanceView],
     busy: Mapping[str, int],
     max_sessions: int,
     *,
@@ -108,7 +108,7 @@ def choose_instance(
     steadiness: Steadiness | None = None,
     now: float | None = None,
     active: int = 0,
-) -> InstanceSlot | None:
+) -> InstanceView | None:
     """The instance for a new session, or None when none can take it now.
 
     ``avoid`` names instances to use only if nothing else can take the session (a retry
@@ -129,7 +129,7 @@ def choose_instance(
     at = time.time() if now is None else now
     first = {inst.name for inst in eligible[:active]} if active > 0 else None
 
-    def unsteady(inst: InstanceSlot) -> bool:
+    def unsteady(inst: InstanceView) -> bool:
         return steadiness is not None and steadiness.unsteady(inst, at)
 
     # Steady before unsteady, then not avoided before avoided, then active before

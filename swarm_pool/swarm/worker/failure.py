@@ -33,8 +33,10 @@ from swarm_pool.store.lifecycle import LIVE
 from swarm_pool.store.recorder import StoredEvent
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.slots import is_slot_path
-from swarm_pool.swarm.slots import release_events as slot_release_events
+from swarm_pool.swarm.worker.checkout import is_slot_path
+from swarm_pool.swarm.worker.checkout import release_events as slot_release_events
+from swarm_pool.swarm.worker.dedicated import release_instance
+from swarm_pool.swarm.worker.release import release_session
 
 
 @dataclass(frozen=True)
@@ -170,15 +172,10 @@ def fail(
             return "ignored"
         if outcome == "failed" and is_slot_path(ctx, worker.worktree):
             # Its slot serves the next bead: the session goes now, its transcript kept.
-            # (Imported here: review -> remote -> hosts imports this module.)
-            from swarm_pool.swarm.review import release_session
-
             release_session(ctx, bead_id)
         if outcome == "failed":
             queued = ctx.last_event(bead_id, "worker_queued")
             if getattr(queued, "routing", "") == "dedicated":
-                from swarm_pool.swarm.dedicated import release_instance
-
                 with contextlib.suppress(SwarmPoolError):
                     release_instance(ctx, bead_id)
         return outcome

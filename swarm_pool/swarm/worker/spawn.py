@@ -21,15 +21,15 @@ from swarm_pool.errors import (
     WorkerError,
     WorkerStateError,
 )
+from swarm_pool.git.worktree import branch_name
+from swarm_pool.pool.router import ROUTINGS, Routing
 from swarm_pool.protocol import Contract
 from swarm_pool.store.events import CellStatusChanged, WorkerQueued
 from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.prompt import prompt_hash
-from swarm_pool.swarm.router import ROUTINGS, Routing
-from swarm_pool.swarm.slots import uses_slots
-from swarm_pool.swarm.spec import PromptSpec, save_spec
-from swarm_pool.swarm.worktree import branch_name
+from swarm_pool.swarm.worker.checkout import uses_slots
+from swarm_pool.swarm.worker.prompt import prompt_hash
+from swarm_pool.swarm.worker.spec import PromptSpec, save_spec
 
 # Kept for callers of the old names; the vocabulary is store.lifecycle's.
 LIVE_STATUSES = LIVE
@@ -147,7 +147,7 @@ def spawn_async(
         save_spec(ctx, bead_id, spec)
         text = spec.render()
         if policy == "dedicated":
-            from swarm_pool.swarm.dedicated import request_instance
+            from swarm_pool.swarm.worker.dedicated import request_instance
 
             request_instance(ctx, bead_id)
         # One transaction: nobody sees a queued worker on a bead that is not in progress;

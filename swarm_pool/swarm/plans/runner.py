@@ -39,9 +39,9 @@ from swarm_pool.errors import (
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.review import cleanup, merge, review
 from swarm_pool.swarm.status import PollResult, poll
-from swarm_pool.swarm.workers import spawn_async
+from swarm_pool.swarm.worker import spawn_async
+from swarm_pool.swarm.worker.review import cleanup, merge, review
 
 
 class TaskStatus(StrEnum):
@@ -327,7 +327,7 @@ class Runner:
 
 def load_runner_plan(plan_path: Path) -> Any:
     """Parse and validate the plan; PlanError before anything is started."""
-    from swarm_pool.swarm.plan import load_plan
+    from swarm_pool.swarm.plans.plan import load_plan
 
     return load_plan(plan_path)
 

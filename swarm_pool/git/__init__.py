@@ -1,0 +1,1 @@
+"""Git: the runner, worktrees and slots, diff and merge."""

@@ -1,0 +1,1 @@
+"""The engine loop: dispatch, watch, reconcile, several hosts."""

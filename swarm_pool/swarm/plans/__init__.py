@@ -1,0 +1,1 @@
+"""Plans: a TOML DAG of beads, and the runner that drives one."""
