@@ -2,7 +2,8 @@
 
 Every relative link must name a file that exists, and every ``#anchor`` a heading of
 the file it points into, slugged as GitHub does; the README stays a front page (at most
-200 lines, none over 400 characters). Reads files only, never the network.
+200 lines, none over 400 characters). Room: tests (the documentation has no room of its
+own in the package). Reads files only, never the network.
 """
 
 from __future__ import annotations
