@@ -44,4 +44,5 @@ class Repo:
 
     @classmethod
     def for_project(cls, paths: ProjectPaths) -> Repo:
+        """The repository of a project, its bead worktrees where the project keeps them."""
         return cls(paths.root, paths.worktrees_dir)
