@@ -65,7 +65,7 @@ def _remote_rev(remote: Path, ref: str = "main") -> str:
 def _work_on_b(b: SwarmContext, bead: str, text: str) -> None:
     b.store.append(WorkerQueued(bead_id=bead, epic_id=E), expect={bead: 0})
     assert b.store.hosts.claim("b", 1) == [bead]
-    tree = b.worktrees.create(bead)
+    tree = b.git.worktrees.create(bead)
     (tree.path / "shared.txt").write_text(text)  # left uncommitted: the push commits it
 
 
@@ -82,10 +82,10 @@ def test_a_branch_pushed_by_one_host_is_merged_and_published_by_another(
     commit = push_branch(b, worker)
     assert commit is not None and _remote_rev(remote, f"swarm/{bead}") == commit
     fetch_branch(a, worker)
-    assert (a.worktrees.path_for(bead) / "shared.txt").read_text() == "from b\n"
+    assert (a.git.worktrees.path_for(bead) / "shared.txt").read_text() == "from b\n"
     before = sync_base(a, "main")
     assert before == _remote_rev(remote)
-    result = a.worktrees.merge(bead, "main")
+    result = a.git.merger.merge(bead, "main")
     publish_base(a, "main", before)
     assert _remote_rev(remote) == result.commit
     assert git(a.paths.root, "show", "main:shared.txt") == "from b"
@@ -111,16 +111,16 @@ def test_a_conflict_leaves_the_remote_base_and_a_moved_remote_is_refused(
     before = sync_base(a, "main")
     assert before == moved == git(a.paths.root, "rev-parse", "main")  # fast-forwarded
     with pytest.raises(MergeConflictError):
-        a.worktrees.merge(bead, "main")
+        a.git.merger.merge(bead, "main")
     assert _remote_rev(remote) == moved  # nothing was pushed
 
     # A merge that succeeds locally, while the remote moves on: refused, rolled back.
     bead3 = f"{E}.3"
-    tree = a.worktrees.create(bead3)
+    tree = a.git.worktrees.create(bead3)
     (tree.path / "a-only.txt").write_text("a\n")
-    a.worktrees.commit_all(bead3, "a only")
+    a.git.worktrees.commit_all(bead3, "a only")
     before = sync_base(a, "main")
-    a.worktrees.merge(bead3, "main")
+    a.git.merger.merge(bead3, "main")
     (other / "later.txt").write_text("later\n")
     git(other, "add", "later.txt")
     git(other, "commit", "-q", "-m", "later")

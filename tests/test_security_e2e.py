@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from swarm_pool.config import load_config
-from swarm_pool.git.worktree import Worktrees
+from swarm_pool.git import Repo
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.orphans import POOL_TAG_ENV, tagged
 from swarm_pool.pool.state import PoolState, read_state
@@ -339,7 +339,7 @@ def test_sandboxed_worker_is_refused_outside_its_worktree_but_commits(
     state = read_state(paths.state_file)
     assert state is not None and state.sandbox == "bwrap (no network)"
     port = state.opencode()[0].port
-    other = Worktrees.for_project(paths).create("bd-other.1")  # another worker's checkout
+    other = Repo.for_project(paths).worktrees.create("bd-other.1")  # another worker's checkout
     home_probe = Path.home() / f".swarm-pool-probe-{uuid.uuid4().hex}"
     # OpenCode's bash tool refuses a command that names a path outside the worktree
     # (external_directory: deny); paths reached through a variable get past that check,

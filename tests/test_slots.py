@@ -95,14 +95,14 @@ def test_a_slot_moving_on_deletes_the_previous_branch_only_once_merged(
 ) -> None:
     first = acquire(ctx, "i1", "bd-aaa.1", 1)
     commit_file(first, "a.txt", "merged work\n", "a")
-    ctx.worktrees.merge("bd-aaa.1")
+    ctx.git.merger.merge("bd-aaa.1")
     release(ctx, "bd-aaa.1")
     acquire(ctx, "i1", "bd-bbb.1", 1)
     assert swarm_branches(ctx) == ["swarm/bd-bbb.1"]  # the merged branch went
     assert git(ctx.paths.root, "show", "main:a.txt") == "merged work"
     # A branch with commits after its merge is kept: that work is not in the base.
     commit_file(first, "b.txt", "merged\n", "b")
-    ctx.worktrees.merge("bd-bbb.1")
+    ctx.git.merger.merge("bd-bbb.1")
     commit_file(first, "c.txt", "after the merge\n", "c")
     release(ctx, "bd-bbb.1")
     acquire(ctx, "i1", "bd-ccc.1", 1)
@@ -115,10 +115,10 @@ def test_a_warm_reset_checks_out_without_the_git_lock(ctx: SwarmContext) -> None
     # deletion wait for the lock now.
     first = acquire(ctx, "i1", "bd-aaa.1", 1)
     commit_file(first, "a.txt", "merged work\n", "a")
-    ctx.worktrees.merge("bd-aaa.1")
+    ctx.git.merger.merge("bd-aaa.1")
     release(ctx, "bd-aaa.1")
     done: list[Path] = []
-    with ctx.worktrees.lock.hold():  # another dispatch (or a merge) holds it
+    with ctx.git.runner.lock.hold():  # another dispatch (or a merge) holds it
         taker = threading.Thread(target=lambda: done.append(acquire(ctx, "i1", "bd-bbb.1", 1)))
         taker.start()
         wait_for(
@@ -183,7 +183,7 @@ def test_a_reset_keeps_what_opencode_writes_in_dot_opencode(ctx: SwarmContext) -
     assert (dot / ".gitignore").exists() and (dot / "node_modules" / "pkg").is_dir()
     # The install finishing after the reset writes files git still ignores.
     (dot / "package-lock.json").write_text("{}\n")
-    assert ctx.worktrees.uncommitted_files(first) == []
+    assert ctx.git.diffs.uncommitted_files(first) == []
 
 
 def test_ignored_build_caches_stay_only_if_the_config_allows(ctx: SwarmContext) -> None:

@@ -86,7 +86,7 @@ def _epic(ctx: SwarmContext, name: str, n: int, delay_s: float) -> list[str]:
 def _blocking_one(ctx: SwarmContext, bead: str, instance: str) -> float:
     """Run one worker the blocking way; seconds until the prompt call returned."""
     cell = ctx.store.hive.get_cell(bead)
-    tree = ctx.worktrees.create(bead)
+    tree = ctx.git.worktrees.create(bead)
     contract = Contract(
         bead_id=bead,
         epic_id=cell.epic_id,

@@ -1,11 +1,11 @@
-"""The one lock that serializes every git operation swarm-pool runs on a repository.
+"""The one lock that serializes the git operations that write a repository's shared files.
 
-Parallel ``git worktree add`` / ``commit`` / ``merge`` / ``config`` calls on one repository
-collide on ``.git`` lock files (``index.lock``, ``config.lock``, ref locks) and fail at
-random. This module owns the cure: a cross-process file lock at ``.swarm/git.lock`` plus a
-per-process re-entrant thread lock, shared by every ``GitLock`` on the same path, so
-threads never busy-poll the file lock against each other and nested use in one thread
-does not deadlock.
+Room: git. Parallel ``git worktree add`` / ``commit`` / ``merge`` / ``config`` calls on one
+repository collide on ``.git`` lock files (``index.lock``, ``config.lock``, ref locks) and
+fail at random. This module owns the cure: a cross-process file lock at
+``.swarm/git.lock`` plus a per-process re-entrant thread lock, shared by every ``GitLock``
+on the same path, so threads never busy-poll the file lock against each other and nested
+use in one thread does not deadlock.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from swarm_pool.errors import GitError
 LOCK_NAME = "git.lock"
 
 _registry_guard = threading.Lock()
-# One (thread lock, file lock) pair per lock file in this process: two Worktrees objects
+# One (thread lock, file lock) pair per lock file in this process: two Runner objects
 # on the same repo must exclude each other too, not just two threads of one object.
 _registry: dict[Path, tuple[threading.RLock, filelock.BaseFileLock]] = {}
 

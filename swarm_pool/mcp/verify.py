@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm_pool.errors import GitError
-from swarm_pool.git.worktree import Worktrees
+from swarm_pool.git import Repo
 from swarm_pool.store.globs import matches
 
 OUTPUT_TAIL_CHARS = 4000
@@ -72,12 +72,12 @@ def real_changes(
     project_root: Path, worktree: Path, bead_id: str, base_branch: str
 ) -> tuple[str, list[str]]:
     """``(base, files)``: what the worktree changed since its merge-base with its base."""
-    trees = Worktrees(project_root)
-    if trees.locate(bead_id) == worktree.resolve():
-        base = trees.base_of(bead_id, base_branch or None)
-        return base, trees.changed_files(bead_id, base)
-    base = base_branch or trees.default_base()
-    return base, trees.changed_files(worktree, base)
+    repo = Repo(project_root)
+    if repo.worktrees.locate(bead_id) == worktree.resolve():
+        base = repo.branches.base_of(bead_id, base_branch or None)
+        return base, repo.diffs.changed_files(bead_id, base)
+    base = base_branch or repo.runner.default_base()
+    return base, repo.diffs.changed_files(worktree, base)
 
 
 def owned_by(path: str, patterns: Sequence[str]) -> bool:

@@ -1,7 +1,7 @@
 """The worker engine's dependencies in one object: project paths, config, store, pool.
 
 ``SwarmContext`` is what ``workers``, ``review``, ``engine`` and ``runner`` take instead of
-a long list of arguments. It owns the lazily created git ``Worktrees``, the view of the
+a long list of arguments. It owns the lazily created git ``Repo``, the view of the
 pool's instances (read from the supervisor's state file unless a test injects its own),
 and the factory of OpenCode clients, so every piece can be swapped in tests.
 """
@@ -24,6 +24,7 @@ from swarm_pool.errors import (
     UnknownInstanceError,
     WorkerError,
 )
+from swarm_pool.git import Repo
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.router import InstanceView
@@ -31,7 +32,6 @@ from swarm_pool.store.dialect import Backend
 from swarm_pool.store.workers import WorkerView
 
 if TYPE_CHECKING:
-    from swarm_pool.git.worktree import Worktrees
     from swarm_pool.store import Store
 
 InstancesFn = Callable[[], list[InstanceView]]
@@ -79,7 +79,7 @@ class SwarmContext:
     store: Store
     instances_fn: InstancesFn | None = None
     client_fn: ClientFn = default_client
-    _worktrees: Worktrees | None = field(default=None, repr=False)
+    _git: Repo | None = field(default=None, repr=False)
 
     @property
     def locks_dir(self) -> Path:
@@ -90,12 +90,11 @@ class SwarmContext:
         return self.paths.swarm_dir / "prompts"
 
     @property
-    def worktrees(self) -> Worktrees:
-        if self._worktrees is None:
-            from swarm_pool.git.worktree import Worktrees
-
-            self._worktrees = Worktrees.for_project(self.paths)
-        return self._worktrees
+    def git(self) -> Repo:
+        """The project's repository: worktrees, slots, diffs and merges."""
+        if self._git is None:
+            self._git = Repo.for_project(self.paths)
+        return self._git
 
     @property
     def multi_host(self) -> bool:

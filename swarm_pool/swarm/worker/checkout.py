@@ -80,7 +80,7 @@ def _candidates(ctx: SwarmContext, instance: str, bead_id: str) -> list[SlotView
         if s.state != SlotState.DIRTY or s.slot == getattr(own, "slot", ""):
             continue
         try:
-            if not ctx.worktrees.uncommitted_files(Path(s.path)):
+            if not ctx.git.diffs.uncommitted_files(Path(s.path)):
                 found.append(s)
         except GitError:
             continue
@@ -118,7 +118,7 @@ def acquire(ctx: SwarmContext, instance: str, bead_id: str, attempt: int) -> Pat
                 lost = True
                 break  # someone else moved: read the slots again
             try:
-                ctx.worktrees.reset_slot(Path(taken.path), bead_id, base, keep_ignored=keep)
+                ctx.git.slots.reset(Path(taken.path), bead_id, base, keep_ignored=keep)
             except DirtyWorktreeError as e:
                 # Never reset: hand it back to the work it holds, shown as dirty.
                 ctx.store.slots.mark_dirty(taken.slot, cand.bead_id or bead_id, list(e.files))
@@ -175,7 +175,7 @@ def open_slots(ctx: SwarmContext, instance: str) -> list[str]:
 def _make(ctx: SwarmContext, view: SlotView) -> None:
     """Make an opening slot's worktree and token, and release it as free."""
     try:
-        ctx.worktrees.open_slot(Path(view.path), ctx.config.workers.base_branch or None)
+        ctx.git.slots.open(Path(view.path), ctx.config.workers.base_branch or None)
     except GitError as e:
         # Free all the same: a dispatch that takes it makes its worktree then.
         log.warning("slot %s: worktree not made ahead: %s", view.slot, e)
@@ -202,7 +202,7 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
         if s.state == SlotState.BUSY and worker is not None and worker.status in LIVE:
             continue
         try:
-            dirty = ctx.worktrees.uncommitted_files(Path(s.path))
+            dirty = ctx.git.diffs.uncommitted_files(Path(s.path))
         except GitError as e:
             kept[s.slot] = str(e)
             continue
@@ -241,7 +241,7 @@ def trim(ctx: SwarmContext) -> list[str]:
         except SlotConflictError:
             continue  # taken meanwhile: it is in use again
         try:
-            ctx.worktrees.remove_slot(Path(s.path))
+            ctx.git.slots.remove(Path(s.path))
         except GitError as e:
             log.warning("slot %s: worktree %s kept: %s", s.slot, s.path, e)
         dispose(ctx, s.instance, s.path)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from swarm_pool.errors import GitError, RemoteMovedError, WorkerError
-from swarm_pool.git.worktree import branch_name
+from swarm_pool.git import branch_name
 from swarm_pool.store.events import BranchPushed
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
@@ -35,7 +35,7 @@ def remote_of(ctx: SwarmContext) -> str | None:
     name = ctx.config.workers.remote
     if not name or not ctx.multi_host:
         return None
-    status, _ = ctx.worktrees.run("remote", "get-url", name, ok=(0, 2, 128))
+    status = ctx.git.runner.run("remote", "get-url", name, ok=(0, 2, 128)).status
     return name if status == 0 else None
 
 
@@ -66,14 +66,15 @@ def push_branch(ctx: SwarmContext, worker: WorkerView) -> str | None:
     remote = remote_of(ctx)
     if remote is None:
         return None
-    trees = ctx.worktrees
-    trees.commit_all(worker.bead_id, f"swarm-pool: uncommitted work of {worker.bead_id}")
+    repo = ctx.git
+    git = repo.runner
+    repo.worktrees.commit_all(worker.bead_id, f"swarm-pool: uncommitted work of {worker.bead_id}")
     branch = branch_name(worker.bead_id)
-    with trees.lock.hold():
+    with git.lock.hold():
         # --force: the branch belongs to the bead's current attempt, which may have
         # started over from the base on another host.
-        trees.run("push", "--quiet", "--force", remote, f"refs/heads/{branch}:refs/heads/{branch}")
-        commit = trees.rev(f"refs/heads/{branch}")
+        git.run("push", "--quiet", "--force", remote, f"refs/heads/{branch}:refs/heads/{branch}")
+        commit = git.rev(f"refs/heads/{branch}")
     if commit is None:
         raise GitError(f"branch {branch} vanished while it was pushed")
     ctx.store.append(
@@ -104,21 +105,22 @@ def fetch_branch(ctx: SwarmContext, worker: WorkerView) -> None:
             f"the branch of {worker.bead_id} is not on the remote yet: host {worker.host} "
             "pushes it when the worker finishes"
         )
-    trees = ctx.worktrees
+    repo = ctx.git
+    git = repo.runner
     branch = branch_name(worker.bead_id)
     tracking = f"refs/remotes/{remote}/{branch}"
-    with trees.lock.hold():
-        trees.run("fetch", "--quiet", remote, f"+refs/heads/{branch}:{tracking}")
-    if trees.rev(tracking) != push.commit:
+    with git.lock.hold():
+        git.run("fetch", "--quiet", remote, f"+refs/heads/{branch}:{tracking}")
+    if git.rev(tracking) != push.commit:
         raise WorkerError(f"{remote} has another commit on {branch} than the one pushed")
-    path = trees.path_for(worker.bead_id)
-    if trees.get(worker.bead_id) is None:
-        with trees.lock.hold():
-            trees.run("branch", "--force", branch, tracking)
-        trees.create(worker.bead_id, base=ctx.config.workers.base_branch or None)
+    path = repo.worktrees.path_for(worker.bead_id)
+    if repo.worktrees.get(worker.bead_id) is None:
+        with git.lock.hold():
+            git.run("branch", "--force", branch, tracking)
+        repo.worktrees.create(worker.bead_id, base=ctx.config.workers.base_branch or None)
     else:
-        with trees.lock.hold():
-            trees.run("reset", "--quiet", "--hard", tracking, cwd=path)
+        with git.lock.hold():
+            git.run("reset", "--quiet", "--hard", tracking, cwd=path)
 
 
 def sync_base(ctx: SwarmContext, base: str) -> str | None:
@@ -127,26 +129,24 @@ def sync_base(ctx: SwarmContext, base: str) -> str | None:
     remote = remote_of(ctx)
     if remote is None:
         return None
-    trees = ctx.worktrees
+    repo = ctx.git
+    git = repo.runner
     tracking = f"refs/remotes/{remote}/{base}"
-    with trees.lock.hold():
-        trees.run("fetch", "--quiet", remote, f"+refs/heads/{base}:{tracking}")
-        theirs = trees.rev(tracking)
-        ours = trees.rev(f"refs/heads/{base}")
+    with git.lock.hold():
+        git.run("fetch", "--quiet", remote, f"+refs/heads/{base}:{tracking}")
+        theirs = git.rev(tracking)
+        ours = git.rev(f"refs/heads/{base}")
         if theirs is None or ours == theirs:
             return theirs
-        status, _ = trees.run(
-            "merge-base", "--is-ancestor", f"refs/heads/{base}", tracking, ok=(0, 1)
-        )
-        if status != 0:
+        if not git.is_ancestor(f"refs/heads/{base}", tracking):
             raise GitError(
                 f"local {base} has commits that {remote}/{base} lacks; push or reset it first"
             )
-        checkout = trees.checkout_of(base)
+        checkout = repo.worktrees.checkout_of(base)
         if checkout is not None:
-            trees.run("merge", "--quiet", "--ff-only", tracking, cwd=checkout)
+            git.run("merge", "--quiet", "--ff-only", tracking, cwd=checkout)
         else:
-            trees.run("update-ref", f"refs/heads/{base}", theirs, ours or "")
+            git.run("update-ref", f"refs/heads/{base}", theirs, ours or "")
     return theirs
 
 
@@ -156,19 +156,18 @@ def publish_base(ctx: SwarmContext, base: str, before: str | None) -> None:
     remote = remote_of(ctx)
     if remote is None:
         return
-    trees = ctx.worktrees
-    with trees.lock.hold():
-        status, _ = trees.run(
-            "push", "--quiet", remote, f"refs/heads/{base}:refs/heads/{base}", ok=(0, 1)
-        )
-        if status == 0:
+    repo = ctx.git
+    git = repo.runner
+    with git.lock.hold():
+        out = git.run("push", "--quiet", remote, f"refs/heads/{base}:refs/heads/{base}", ok=(0, 1))
+        if out.status == 0:
             return
         if before is not None:
-            checkout = trees.checkout_of(base)
+            checkout = repo.worktrees.checkout_of(base)
             if checkout is not None:
-                trees.run("reset", "--quiet", "--keep", before, cwd=checkout)
+                git.run("reset", "--quiet", "--keep", before, cwd=checkout)
             else:
-                trees.run("update-ref", f"refs/heads/{base}", before)
+                git.run("update-ref", f"refs/heads/{base}", before)
     raise RemoteMovedError(f"{remote}/{base} moved while merging; merge again")
 
 
@@ -178,7 +177,7 @@ def local_worktree(ctx: SwarmContext, worker: WorkerView) -> WorkerView:
     if not worker.worktree or Path(worker.worktree).is_dir():
         return worker
     base = ctx.config.workers.base_branch or None
-    info = ctx.worktrees.create(worker.bead_id, base=base)
+    info = ctx.git.worktrees.create(worker.bead_id, base=base)
     return dataclasses.replace(worker, worktree=str(info.path))
 
 

@@ -7,7 +7,7 @@ The review records what it saw: the branch's head commit and the tree of the wor
 whole content. ``merge`` refuses (``ReviewRequiredError``, before touching anything)
 unless the bead's latest ``review_completed`` approved exactly that head and content;
 then it commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
-branch under the git lock (``Worktrees.merge``), records ``worktree_merged`` (or
+branch under the git lock (``Merger.merge``), records ``worktree_merged`` (or
 ``merge_conflict``, with the base left untouched), closes the bead, and releases the
 worker's OpenCode session: its transcript is saved, the session is deleted and (unless
 it is a warm slot, given back in the merge's own transaction) its directory disposed on
@@ -116,8 +116,8 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     fetch_branch(ctx, worker)
     cell = ctx.store.hive.get_cell(bead_id)
     owned = list(worker.files or cell.files)
-    diff = ctx.worktrees.diff(bead_id)
-    tree = ctx.worktrees.content_tree(bead_id)
+    diff = ctx.git.diffs.diff(bead_id)
+    tree = ctx.git.diffs.content_tree(bead_id)
     touched = sorted({*diff.files, *diff.uncommitted})
     outside = [f for f in touched if not _owned(f, owned)]
     completed = ctx.last_event(bead_id, "worker_completed")
@@ -185,15 +185,15 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
         raise NotFoundError(f"bead {bead_id} has no worker")
     if worker.status not in MERGEABLE:
         raise WorkerError(f"worker {bead_id} is {worker.status}; only finished work is merged")
-    trees = ctx.worktrees
+    repo = ctx.git
     fetch_branch(ctx, worker)
     require_approval(ctx, bead_id)
-    leftovers = trees.commit_all(bead_id, f"swarm-pool: uncommitted work of {bead_id}")
+    leftovers = repo.worktrees.commit_all(bead_id, f"swarm-pool: uncommitted work of {bead_id}")
     # Several hosts: merge onto the remote's base, and publish it only if all went well
     # (a conflict raises below and leaves the remote's base as it was).
-    before = sync_base(ctx, trees.base_of(bead_id, base))
+    before = sync_base(ctx, repo.branches.base_of(bead_id, base))
     try:
-        result = trees.merge(bead_id, base)
+        result = repo.merger.merge(bead_id, base)
         publish_base(ctx, result.base, before)
     except MergeConflictError as e:
         ctx.store.append(
@@ -251,7 +251,7 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
     commit nor an uncommitted edit made after the review slips into the merge.
     """
     branch = f"swarm/{bead_id}"
-    head = ctx.worktrees.head(bead_id)
+    head = ctx.git.worktrees.head(bead_id)
     last = ctx.last_event(bead_id, "review_completed")
     fix = f"run `swarm-pool review {bead_id}` (or swarm_review) and merge once it approves"
     if last is None:
@@ -263,7 +263,7 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
             f"merge of {bead_id} refused: its last review rejected {branch} "
             f"({last.notes}); no approving review_completed for {head[:12]}"
         )
-    if last.head_commit != head or last.tree != ctx.worktrees.content_tree(bead_id):
+    if last.head_commit != head or last.tree != ctx.git.diffs.content_tree(bead_id):
         seen = last.head_commit[:12] or "an unknown commit"
         raise ReviewRequiredError(
             f"merge of {bead_id} refused: the approving review saw {branch} at {seen}, "
@@ -274,6 +274,6 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
 def cleanup(ctx: SwarmContext) -> dict[str, Any]:
     """Remove merged worktrees and give back idle clean slots; anything with uncommitted
     changes is kept (and said why)."""
-    result = ctx.worktrees.cleanup().to_dict()
+    result = ctx.git.worktrees.cleanup().to_dict()
     result["slots"] = cleanup_slots(ctx)
     return result

@@ -21,7 +21,7 @@ from swarm_pool.errors import (
     WorkerError,
     WorkerStateError,
 )
-from swarm_pool.git.worktree import branch_name
+from swarm_pool.git import branch_name
 from swarm_pool.pool.router import ROUTINGS, Routing
 from swarm_pool.protocol import Contract
 from swarm_pool.store.events import CellStatusChanged, WorkerQueued
@@ -126,7 +126,7 @@ def spawn_async(
             branch_name(bead_id)
             worktree = ""
         else:
-            worktree = str(ctx.worktrees.create(bead_id, base=base).path)
+            worktree = str(ctx.git.worktrees.create(bead_id, base=base).path)
         contract = Contract(
             bead_id=bead_id,
             epic_id=cell.epic_id,

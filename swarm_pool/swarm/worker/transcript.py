@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm_pool.errors import TranscriptNotFoundError
-from swarm_pool.git.worktree import branch_name
+from swarm_pool.git import branch_name
 from swarm_pool.paths import DIR_MODE, ProjectPaths, write_private
 from swarm_pool.store.events import now_ms
 
