@@ -22,14 +22,17 @@ from pydantic import ValidationError
 from swarm_pool.errors import HiveError, NotFoundError
 from swarm_pool.store.db import Row
 from swarm_pool.store.events import (
+    CELL_ID_RE,
+    EPIC_ID_RE,
     CellCreated,
     CellStatus,
     CellStatusChanged,
     EpicCreated,
     SubtaskSpec,
 )
-from swarm_pool.store.projections import load_json
-from swarm_pool.store.recorder import CELL_ID_RE, EPIC_ID_RE, Reader, Recorder
+from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.schema import load_json
+from swarm_pool.store.tx import Reader
 
 STATUSES: tuple[str, ...] = get_args(CellStatus)
 

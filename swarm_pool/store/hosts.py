@@ -22,8 +22,9 @@ from swarm_pool.store.db import Row
 from swarm_pool.store.dialect import Backend
 from swarm_pool.store.events import WorkerClaimed, now_ms
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
-from swarm_pool.store.projections import check_versions, load_json
 from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.schema import load_json
+from swarm_pool.store.worker_projection import check_versions
 
 LIVE_STATUSES = frozenset(s.value for s in LIVE)
 _QUEUED = (

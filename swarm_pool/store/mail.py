@@ -14,9 +14,10 @@ from typing import Any, get_args
 
 from swarm_pool.errors import MailError, NotFoundError
 from swarm_pool.store.db import Row
-from swarm_pool.store.events import MessageAcked, MessageRead, MessageSent
-from swarm_pool.store.projections import load_json
-from swarm_pool.store.recorder import EPIC_ID_RE, Reader, Recorder
+from swarm_pool.store.events import EPIC_ID_RE, MessageAcked, MessageRead, MessageSent
+from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.schema import load_json
+from swarm_pool.store.tx import Reader
 
 IMPORTANCE: tuple[str, ...] = get_args(MessageSent.model_fields["importance"].annotation)
 

@@ -24,10 +24,18 @@ from typing import Any
 
 from swarm_pool.errors import NotFoundError, PathEscapeError, ReservationError
 from swarm_pool.store.db import Row
-from swarm_pool.store.events import FileConflict, FileReleased, FileRenewed, FileReserved, now_ms
+from swarm_pool.store.events import (
+    EPIC_ID_RE,
+    FileConflict,
+    FileReleased,
+    FileRenewed,
+    FileReserved,
+    now_ms,
+)
 from swarm_pool.store.globs import has_magic, patterns_overlap
 from swarm_pool.store.projections import pattern_prefix
-from swarm_pool.store.recorder import EPIC_ID_RE, Reader, Recorder, Writer
+from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.tx import Reader, Writer
 
 
 @dataclass(frozen=True)

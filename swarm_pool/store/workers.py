@@ -16,8 +16,8 @@ from typing import Any
 
 from swarm_pool.store.db import Row
 from swarm_pool.store.lifecycle import TERMINAL
-from swarm_pool.store.projections import load_json
 from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.schema import load_json
 
 
 @dataclass(frozen=True)
