@@ -15,7 +15,6 @@ in ``Event``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Annotated, Any, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -152,7 +151,6 @@ __all__ = [
     "WorkerSessionCreated",
     "WorkerSpawned",
     "WorktreeMerged",
-    "ensure_events",
     "now_ms",
     "parse_event",
     "validate_event",
@@ -248,7 +246,3 @@ def validate_event(event: BaseEvent | dict[str, Any]) -> Event:
             f"bad epic id {epic_id!r} in {parsed.type} event: epic ids look like bd-<hash>"
         )
     return parsed
-
-
-def ensure_events(events: Sequence[BaseEvent | dict[str, Any]]) -> list[Event]:
-    return [validate_event(e) for e in events]
