@@ -399,7 +399,7 @@ def test_bad_url_never_shows_the_password() -> None:
     ],
 )
 def test_store_urls_are_shown_without_password(url: str, shown: str) -> None:
-    from swarm_pool.store.postgres import redact
+    from swarm_pool.store.url import redact
 
     assert redact(url) == shown
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 from swarm_pool import faults
 from swarm_pool.config import Config, StoreSection, load_config
@@ -29,7 +29,7 @@ from swarm_pool.store.hive import Hive
 from swarm_pool.store.hosts import Hosts
 from swarm_pool.store.mail import Mail
 from swarm_pool.store.projections import dump
-from swarm_pool.store.recorder import EventFilter, Recorder, StoredEvent
+from swarm_pool.store.recorder import EventFilter, ReadFilters, Recorder, StoredEvent
 from swarm_pool.store.reservations import Reservations
 from swarm_pool.store.sessions import SessionMap
 from swarm_pool.store.slots import Slots
@@ -141,7 +141,9 @@ class Store:
         assert conflict is not None
         raise conflict
 
-    def read(self, where: EventFilter | None = None, /, **filters: Any) -> list[StoredEvent]:
+    def read(
+        self, where: EventFilter | None = None, /, **filters: Unpack[ReadFilters]
+    ) -> list[StoredEvent]:
         """Events matching ``where``, or an ``EventFilter`` of the keywords given
         (``types``, ``epic_id``, ``bead_id``, ``session_id``, ``after_seq``, ``limit``,
         ``descending``): every filter must match, by seq, newest first if

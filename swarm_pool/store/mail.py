@@ -99,7 +99,7 @@ class Mail:
             to=recipients,
             subject=subject,
             body=body,
-            **options,  # type: ignore[arg-type]  # importance: checked above
+            **options,
         )
         with self._rec.writing() as w:
             w.append(event)

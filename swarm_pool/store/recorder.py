@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from swarm_pool.errors import EventValidationError, StoreError
 from swarm_pool.store.dialect import Backend
@@ -82,6 +82,18 @@ class EventFilter:
             sql += " LIMIT ?"
             params.append(self.limit)
         return sql, params
+
+
+class ReadFilters(TypedDict, total=False):
+    """``Store.read``'s keywords, typed: the fields of an ``EventFilter``."""
+
+    types: Iterable[str] | None
+    epic_id: str | None
+    bead_id: str | None
+    session_id: str | None
+    after_seq: int
+    limit: int | None
+    descending: bool
 
 
 class Recorder(Protocol):
