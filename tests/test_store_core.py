@@ -24,7 +24,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store, find_project_store, open_project_store, open_store
 from swarm_pool.store.core import open_url, parse_store_url
 from swarm_pool.store.events import InstanceReady, WorkerProgress, WorkerSpawned
-from swarm_pool.store.recorder import MIGRATIONS
+from swarm_pool.store.schema import MIGRATIONS
 from tests.pg_server import ScratchPostgres
 from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
 from tests.support import wait_for
@@ -399,7 +399,7 @@ def test_bad_url_never_shows_the_password() -> None:
     ],
 )
 def test_store_urls_are_shown_without_password(url: str, shown: str) -> None:
-    from swarm_pool.store.postgres import redact
+    from swarm_pool.store.url import redact
 
     assert redact(url) == shown
 

@@ -1,4 +1,4 @@
-"""The ``Store``: the one object users hold, and the ways to open it.
+"""Room: store. The ``Store``: the one object users hold, and the ways to open it.
 
 Owns the public surface of the store package: appending and reading events, waiting for
 changes, rebuild and check, and the hive, reservations, mail and workers facades, all
@@ -14,25 +14,28 @@ finds the project's store.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 from swarm_pool import faults
 from swarm_pool.config import Config, StoreSection, load_config
-from swarm_pool.errors import ConfigError, StoreError, VersionConflictError
+from swarm_pool.errors import StoreError, VersionConflictError
 from swarm_pool.paths import SWARM_DIR, ProjectPaths
 from swarm_pool.store.dialect import Backend
-from swarm_pool.store.events import BaseEvent
+from swarm_pool.store.events import BaseEvent, validate_event
 from swarm_pool.store.hive import Hive
 from swarm_pool.store.hosts import Hosts
 from swarm_pool.store.mail import Mail
-from swarm_pool.store.projections import check_versions, dump
-from swarm_pool.store.recorder import Recorder, SQLiteRecorder, StoredEvent, validate_event
+from swarm_pool.store.projections import dump
+from swarm_pool.store.recorder import EventFilter, ReadFilters, Recorder, StoredEvent
 from swarm_pool.store.reservations import Reservations
 from swarm_pool.store.sessions import SessionMap
 from swarm_pool.store.slots import Slots
+from swarm_pool.store.sqlite import SQLiteRecorder
+from swarm_pool.store.url import parse_store_url as parse_store_url  # the CLI's name
+from swarm_pool.store.worker_projection import check_versions
 from swarm_pool.store.workers import Workers, WorkerView
 
 PROJECT_ENV = "SWARM_POOL_PROJECT"
@@ -139,29 +142,17 @@ class Store:
         raise conflict
 
     def read(
-        self,
-        *,
-        types: Iterable[str] | None = None,
-        epic_id: str | None = None,
-        bead_id: str | None = None,
-        session_id: str | None = None,
-        after_seq: int = 0,
-        limit: int | None = None,
-        descending: bool = False,
+        self, where: EventFilter | None = None, /, **filters: Unpack[ReadFilters]
     ) -> list[StoredEvent]:
-        """Events matching every filter given, by seq (newest first if ``descending``).
-        ``bead_id`` also matches cell events of that id."""
-        if isinstance(types, str):
-            types = [types]
-        return self.recorder.events(
-            types=types,
-            epic_id=epic_id,
-            bead_id=bead_id,
-            session_id=session_id,
-            after_seq=after_seq,
-            limit=limit,
-            descending=descending,
-        )
+        """Events matching ``where``, or an ``EventFilter`` of the keywords given
+        (``types``, ``epic_id``, ``bead_id``, ``session_id``, ``after_seq``, ``limit``,
+        ``descending``): every filter must match, by seq, newest first if
+        ``descending``. ``bead_id`` also matches cell events of that id."""
+        if where is None:
+            where = EventFilter(**filters)
+        elif filters:
+            raise StoreError("read takes an EventFilter or keyword filters, not both")
+        return self.recorder.events(where)
 
     def last_seq(self) -> int:
         return self.recorder.last_seq()
@@ -209,33 +200,6 @@ def open_store(
     return Store(recorder, db_path=db_path, project_root=root)
 
 
-def parse_store_url(url: str) -> tuple[Backend, str]:
-    """``(backend, target)``: the SQLite path (``""`` for the project's own file) or the
-    PostgreSQL URL. ConfigError for anything else."""
-    text = url.strip()
-    if not text:
-        return Backend.SQLITE, ""
-    scheme, sep, rest = text.partition(":")
-    scheme = scheme.lower()
-    if sep and scheme in ("postgresql", "postgres") and rest.startswith("//"):
-        return Backend.POSTGRESQL, text
-    if sep and scheme == "sqlite":
-        # sqlite:///abs/path, sqlite://relative/path, sqlite:path (relative to the project)
-        path = rest[2:] if rest.startswith("//") else rest
-        if path:
-            return Backend.SQLITE, path
-    raise ConfigError(
-        f"bad store URL {_redacted(text)!r}: use postgresql://USER:PASSWORD@HOST:PORT/DB, "
-        "sqlite:///PATH, or nothing for the project's own .swarm/swarm.db"
-    )
-
-
-def _redacted(url: str) -> str:
-    from swarm_pool.store.postgres import redact
-
-    return redact(url)
-
-
 def open_url(url: str, *, project_root: Path, settings: StoreSection | None = None) -> Store:
     """Open (creating and migrating if needed) the store a URL names, for the project at
     ``project_root``; an empty URL is the project's own SQLite file."""
@@ -243,6 +207,7 @@ def open_url(url: str, *, project_root: Path, settings: StoreSection | None = No
     backend, target = parse_store_url(url)
     root = project_root.resolve()
     if backend is Backend.POSTGRESQL:
+        # Only a PostgreSQL store pays for loading its driver.
         from swarm_pool.store.postgres import PostgresRecorder
 
         recorder = PostgresRecorder(

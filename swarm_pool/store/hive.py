@@ -1,4 +1,4 @@
-"""The hive: epics and their subtasks (cells), dependencies, status, and ``ready()``.
+"""Room: store. The hive: epics and their subtasks (cells), dependencies, status, and ``ready()``.
 
 Owns the read and write side of epics and cells. ``create_epic`` checks everything
 first (titles, dependency references, cycles, file patterns, which must stay inside the
@@ -22,20 +22,24 @@ from pydantic import ValidationError
 from swarm_pool.errors import HiveError, NotFoundError
 from swarm_pool.store.db import Row
 from swarm_pool.store.events import (
+    CELL_ID_RE,
+    EPIC_ID_RE,
     CellCreated,
     CellStatus,
     CellStatusChanged,
     EpicCreated,
     SubtaskSpec,
 )
-from swarm_pool.store.projections import load_json
-from swarm_pool.store.recorder import CELL_ID_RE, EPIC_ID_RE, Reader, Recorder
+from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.rows import RowView, json_list
+from swarm_pool.store.schema import load_json
+from swarm_pool.store.tx import Reader
 
 STATUSES: tuple[str, ...] = get_args(CellStatus)
 
 
 @dataclass(frozen=True)
-class CellView:
+class CellView(RowView):
     id: str
     epic_id: str
     title: str
@@ -47,23 +51,11 @@ class CellView:
     created_at: int
     updated_at: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_row(cls, row: Row) -> CellView:
-        return cls(
-            id=row["id"],
-            epic_id=row["epic_id"],
-            title=row["title"],
-            description=row["description"],
-            files=load_json(row["files"], []),
-            depends_on=load_json(row["depends_on"], []),
-            status=row["status"],
-            script=load_json(row["script"]),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-        )
+    DECODE = {
+        "files": json_list,
+        "depends_on": json_list,
+        "script": load_json,
+    }
 
 
 @dataclass(frozen=True)

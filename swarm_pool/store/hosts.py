@@ -1,4 +1,4 @@
-"""Several hosts on one store: their heartbeats, and who takes which queued worker.
+"""Room: store. Several hosts on one store: their heartbeats, and who takes which queued worker.
 
 Owns the ``hosts`` projection's read side (``HostView``: a host's last ``host_beat``,
 with its capacity, instances and load) and the claim: a host's engine takes up to
@@ -8,24 +8,24 @@ serializes claimers) and appending one ``worker_claimed`` per worker, each condi
 on the version it read, so two hosts never both take one worker. ``take_over`` moves a
 queued worker claimed by a host presumed dead to a live one, again conditionally, so
 when several live hosts race for it exactly one wins. Failing a dead host's in-flight
-workers is the engine's (``swarm/hosts.py``), through the usual conditional failure.
+workers is the engine's (``swarm/engine/host_duty.py``), through the usual
+conditional failure.
 """
 
 from __future__ import annotations
 
 import builtins
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from swarm_pool.errors import VersionConflictError
-from swarm_pool.store.db import Row
 from swarm_pool.store.dialect import Backend
 from swarm_pool.store.events import WorkerClaimed, now_ms
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
-from swarm_pool.store.projections import check_versions, load_json
 from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.rows import RowView, json_list
+from swarm_pool.store.worker_projection import check_versions
 
-LIVE_STATUSES = frozenset(s.value for s in LIVE)
 _QUEUED = (
     "SELECT bead_id, epic_id, attempt, worktree, version FROM workers"
     " WHERE status = ? AND host = '' ORDER BY updated_at, bead_id LIMIT ?"
@@ -33,7 +33,7 @@ _QUEUED = (
 
 
 @dataclass(frozen=True)
-class HostView:
+class HostView(RowView):
     name: str
     pid: int
     capacity: int
@@ -43,25 +43,11 @@ class HostView:
     first_beat: int
     last_beat: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def stale(self, now_ms: int, stale_ms: int) -> bool:
         """Silent for longer than ``stale_ms``: presumed dead."""
         return now_ms - self.last_beat > stale_ms
 
-    @classmethod
-    def from_row(cls, row: Row) -> HostView:
-        return cls(
-            name=row["name"],
-            pid=row["pid"],
-            capacity=row["capacity"],
-            in_flight=row["in_flight"],
-            load=float(row["load"]),
-            instances=load_json(row["instances"], []),
-            first_beat=row["first_beat"],
-            last_beat=row["last_beat"],
-        )
+    DECODE = {"load": float, "instances": json_list}
 
 
 def hosts_overview(store: Any, stale_s: float) -> builtins.list[dict[str, Any]]:
@@ -98,7 +84,7 @@ class Hosts:
             )
         workers: dict[str, dict[str, int]] = {}
         for row in held:
-            if row["status"] in LIVE_STATUSES:
+            if row["status"] in LIVE:  # a StrEnum set: plain status strings match
                 workers.setdefault(row["host"], {})[row["status"]] = int(row["n"])
         out = []
         for row in rows:

@@ -1,4 +1,4 @@
-"""Mail between agents and the coordinator: send, inbox, read, ack.
+"""Room: store. Mail between agents and the coordinator: send, inbox, read, ack.
 
 Owns the message API over the messages projection. A message has one sender and one or
 more recipients; read and ack state is kept per recipient, so ``read_at``/``acked_at``
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, get_args
+from dataclasses import dataclass
+from typing import TypedDict, Unpack, get_args
 
 from swarm_pool.errors import MailError, NotFoundError
 from swarm_pool.store.db import Row
-from swarm_pool.store.events import MessageAcked, MessageRead, MessageSent
-from swarm_pool.store.projections import load_json
-from swarm_pool.store.recorder import EPIC_ID_RE, Reader, Recorder
+from swarm_pool.store.events import EPIC_ID_RE, MessageAcked, MessageRead, MessageSent
+from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.rows import RowView, json_list
+from swarm_pool.store.schema import dump_json
+from swarm_pool.store.tx import Reader
 
 IMPORTANCE: tuple[str, ...] = get_args(MessageSent.model_fields["importance"].annotation)
 
@@ -27,7 +29,7 @@ _SELECT = (
 
 
 @dataclass(frozen=True)
-class MessageView:
+class MessageView(RowView):
     id: str
     sender: str
     to: list[str]
@@ -42,32 +44,25 @@ class MessageView:
     read_at: int | None
     acked_at: int | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_row(cls, row: Row) -> MessageView:
-        return cls(
-            id=row["id"],
-            sender=row["sender"],
-            to=load_json(row["recipients"], []),
-            subject=row["subject"],
-            body=row["body"],
-            importance=row["importance"],
-            thread_id=row["thread_id"],
-            ack_required=bool(row["ack_required"]),
-            bead_id=row["bead_id"],
-            epic_id=row["epic_id"],
-            created_at=row["created_at"],
-            read_at=row.get("read_at"),
-            acked_at=row.get("acked_at"),
-        )
+    DECODE = {"to": json_list, "ack_required": bool}
+    COLUMNS = {"to": "recipients"}
+    OPTIONAL = frozenset({"read_at", "acked_at"})
 
 
 def _check_agent(agent: str, what: str = "agent") -> str:
     if not isinstance(agent, str) or not agent.strip():
         raise MailError(f"mail needs a non-empty {what} name")
     return agent.strip()
+
+
+class SendOptions(TypedDict, total=False):
+    """What a message may carry beside sender, recipients, subject and body."""
+
+    importance: str
+    thread_id: str | None
+    ack_required: bool
+    bead_id: str | None
+    epic_id: str | None
 
 
 class Mail:
@@ -80,13 +75,10 @@ class Mail:
         to: Sequence[str],
         subject: str,
         body: str = "",
-        *,
-        importance: str = "normal",
-        thread_id: str | None = None,
-        ack_required: bool = False,
-        bead_id: str | None = None,
-        epic_id: str | None = None,
+        **options: Unpack[SendOptions],
     ) -> MessageView:
+        """Send a message (``options``: importance, thread, ack wanted, bead and epic);
+        MailError for a bad sender, recipient, subject, importance or epic id."""
         sender = _check_agent(sender, "sender")
         if isinstance(to, str):
             to = [to]
@@ -95,8 +87,10 @@ class Mail:
             raise MailError("a message needs at least one recipient")
         if not isinstance(subject, str) or not subject.strip():
             raise MailError("a message needs a subject")
+        importance = options.get("importance", "normal")
         if importance not in IMPORTANCE:
             raise MailError(f"bad importance {importance!r}: one of {', '.join(IMPORTANCE)}")
+        epic_id = options.get("epic_id")
         if epic_id is not None and not EPIC_ID_RE.match(epic_id):
             raise MailError(f"bad epic id {epic_id!r}: epic ids look like bd-<hash>")
         event = MessageSent(
@@ -105,29 +99,18 @@ class Mail:
             to=recipients,
             subject=subject,
             body=body,
-            importance=importance,  # type: ignore[arg-type]
-            thread_id=thread_id,
-            ack_required=ack_required,
-            bead_id=bead_id,
-            epic_id=epic_id,
+            **options,
         )
         with self._rec.writing() as w:
             w.append(event)
-        return MessageView(
-            id=event.message_id,
-            sender=sender,
-            to=recipients,
-            subject=subject,
-            body=body,
-            importance=importance,
-            thread_id=thread_id,
-            ack_required=ack_required,
-            bead_id=bead_id,
-            epic_id=epic_id,
-            created_at=event.timestamp,
-            read_at=None,
-            acked_at=None,
-        )
+        # The view of what was just sent: no read or ack yet (OPTIONAL columns absent).
+        row = {
+            **event.model_dump(),
+            "id": event.message_id,
+            "recipients": dump_json(event.to),
+            "created_at": event.timestamp,
+        }
+        return MessageView.from_row(row)
 
     def inbox(self, agent: str, *, unread_only: bool = False, limit: int = 50) -> list[MessageView]:
         """The agent's messages, newest first."""
@@ -153,21 +136,26 @@ class Mail:
 
     def read(self, agent: str, message_id: str) -> MessageView:
         """The message, marked read for this agent."""
-        agent = _check_agent(agent)
-        with self._rec.writing() as w:
-            row = _get(w, agent, message_id)
-            if row["read_at"] is None:
-                w.append(MessageRead(message_id=message_id, agent=agent))
-                row = _get(w, agent, message_id)
-        return MessageView.from_row(row)
+        return self._mark(agent, message_id, "read_at", MessageRead)
 
     def ack(self, agent: str, message_id: str) -> MessageView:
         """Acknowledge (and so also read) the message for this agent."""
+        return self._mark(agent, message_id, "acked_at", MessageAcked)
+
+    def _mark(
+        self,
+        agent: str,
+        message_id: str,
+        column: str,
+        make: type[MessageRead] | type[MessageAcked],
+    ) -> MessageView:
+        """Record ``make`` for this agent unless its ``column`` is set already (reading
+        or acking twice records nothing new)."""
         agent = _check_agent(agent)
         with self._rec.writing() as w:
             row = _get(w, agent, message_id)
-            if row["acked_at"] is None:
-                w.append(MessageAcked(message_id=message_id, agent=agent))
+            if row[column] is None:
+                w.append(make(message_id=message_id, agent=agent))
                 row = _get(w, agent, message_id)
         return MessageView.from_row(row)
 

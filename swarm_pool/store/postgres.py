@@ -1,4 +1,5 @@
-"""The PostgreSQL recorder (psycopg 3): one store shared by pools on several hosts.
+"""Room: store. The PostgreSQL recorder (psycopg 3): one store shared by pools on several
+hosts.
 
 Owns the connection to one PostgreSQL schema, its write transactions, migrations and
 change notifications, with the same meaning as the SQLite recorder:
@@ -15,7 +16,7 @@ change notifications, with the same meaning as the SQLite recorder:
   transaction: the server rolls it back and drops the lock when the connection goes.
 - Reads run in a ``REPEATABLE READ READ ONLY`` transaction: one snapshot for several
   queries.
-- Numbered migrations (``recorder.MIGRATIONS``, translated by ``dialect.POSTGRESQL``)
+- Numbered migrations (``schema.MIGRATIONS``, translated by ``dialect.POSTGRESQL``)
   are applied in one transaction under the same lock, recorded in
   ``schema_migrations``.
 - Each write transaction that appended ends with ``pg_notify`` of its last seq on the
@@ -33,14 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql as pgsql
@@ -52,19 +51,16 @@ from swarm_pool.store import projections
 from swarm_pool.store.db import Migration, Params, Row
 from swarm_pool.store.dialect import POSTGRESQL, Backend
 from swarm_pool.store.events import Event
-from swarm_pool.store.recorder import (
+from swarm_pool.store.recording import (
     INSERT_EVENT,
-    MIGRATIONS,
     EventWriter,
-    Reader,
-    StoredEvent,
-    Writer,
+    RecordingBase,
     event_row,
-    events_query,
-    replay,
-    stored_events,
     summarize,
 )
+from swarm_pool.store.schema import MIGRATIONS
+from swarm_pool.store.tx import Reader, Writer
+from swarm_pool.store.url import redact
 
 # The first key of every advisory lock swarm-pool takes ("SWMP"); the second is the
 # schema's, so stores in different schemas of one database never wait on each other.
@@ -77,24 +73,6 @@ _INSERT_EVENT = POSTGRESQL.sql(
 # A waiter re-reads last_seq at least this often, whatever the notifications say (a
 # reconnect of the listener may have missed one).
 LISTEN_RECHECK_S = 1.0
-
-
-def redact(url: str) -> str:
-    """The URL without its password (in the authority or a ``password=`` parameter),
-    for messages and reports."""
-    try:
-        parts = urlsplit(url)
-        has_password = parts.password is not None
-    except ValueError:
-        return "<unparsable store URL>"
-    if has_password:
-        host = parts.netloc.rsplit("@", 1)[-1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
-    return urlunsplit(parts._replace(query=query))
-
-
-_PASSWORD_PARAM = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
 def _first_line(e: BaseException) -> str:
@@ -153,7 +131,7 @@ class _PgWriter(_PgReader, EventWriter):
         return seq
 
 
-class PostgresRecorder:
+class PostgresRecorder(RecordingBase):
     """The PostgreSQL recorder: one connection, the write lock, LISTEN/NOTIFY."""
 
     backend = Backend.POSTGRESQL
@@ -351,7 +329,7 @@ class PostgresRecorder:
             finally:
                 self._rollback(conn)
 
-    def _query(self, sql: str, params: Params = ()) -> list[Row]:
+    def _select(self, sql: str, params: Params = ()) -> list[Row]:
         """One statement: its own snapshot, no transaction needed."""
         with self._lock:
             self._check_open()
@@ -405,32 +383,8 @@ class PostgresRecorder:
 
     # --- the Recorder protocol --------------------------------------------------------
 
-    def events(
-        self,
-        *,
-        types: Iterable[str] | None = None,
-        epic_id: str | None = None,
-        bead_id: str | None = None,
-        session_id: str | None = None,
-        after_seq: int = 0,
-        limit: int | None = None,
-        descending: bool = False,
-    ) -> list[StoredEvent]:
-        query = events_query(
-            types=types,
-            epic_id=epic_id,
-            bead_id=bead_id,
-            session_id=session_id,
-            after_seq=after_seq,
-            limit=limit,
-            descending=descending,
-        )
-        if query is None:
-            return []
-        return stored_events(self._query(*query))
-
     def last_seq(self) -> int:
-        rows = self._query("SELECT coalesce(max(seq), 0) AS last FROM events")
+        rows = self._select("SELECT coalesce(max(seq), 0) AS last FROM events")
         return int(rows[0]["last"])
 
     def wait_for_change(self, after_seq: int, timeout: float) -> int:
@@ -496,11 +450,6 @@ class PostgresRecorder:
     @property
     def location(self) -> str:
         return self._where
-
-    def rebuild(self) -> None:
-        """Replay every event into empty projections, in one transaction."""
-        with self.writing() as w:
-            replay(w)
 
     def check(self) -> dict[str, Any]:
         with self.reading() as r:

@@ -1,4 +1,4 @@
-"""File reservations: enforced, all-or-nothing, overlap-checked both ways, with a TTL.
+"""Room: store. File reservations: enforced, all-or-nothing, overlap-checked both ways, with a TTL.
 
 Owns ``reserve``/``release``/``renew``/``active`` and pattern normalization. A request
 conflicts with every active reservation of another holder whose pattern can match a
@@ -24,14 +24,23 @@ from typing import Any
 
 from swarm_pool.errors import NotFoundError, PathEscapeError, ReservationError
 from swarm_pool.store.db import Row
-from swarm_pool.store.events import FileConflict, FileReleased, FileRenewed, FileReserved, now_ms
+from swarm_pool.store.events import (
+    EPIC_ID_RE,
+    FileConflict,
+    FileReleased,
+    FileRenewed,
+    FileReserved,
+    now_ms,
+)
 from swarm_pool.store.globs import has_magic, patterns_overlap
 from swarm_pool.store.projections import pattern_prefix
-from swarm_pool.store.recorder import EPIC_ID_RE, Reader, Recorder, Writer
+from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.rows import RowView
+from swarm_pool.store.tx import Reader, Writer
 
 
 @dataclass(frozen=True)
-class ReservationView:
+class ReservationView(RowView):
     id: str
     holder: str
     pattern: str
@@ -42,22 +51,7 @@ class ReservationView:
     created_at: int
     expires_at: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_row(cls, row: Row) -> ReservationView:
-        return cls(
-            id=row["id"],
-            holder=row["holder"],
-            pattern=row["pattern"],
-            exclusive=bool(row["exclusive"]),
-            reason=row["reason"],
-            bead_id=row["bead_id"],
-            epic_id=row["epic_id"],
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
-        )
+    DECODE = {"exclusive": bool}
 
 
 @dataclass(frozen=True)
@@ -211,6 +205,7 @@ class Reservations:
         with self._rec.writing() as w:
             now = now_ms()
             _expire(w, now)
+            req = _Request(holder, exclusive, reason, bead_id, epic_id, now, now + ttl_ms)
             conflicts = [
                 ConflictView(holder=r["holder"], pattern=r["pattern"], requested=p)
                 for r in _candidates(w, holder, wanted)
@@ -229,52 +224,7 @@ class Reservations:
                     )
                 )
                 return ReserveResult(granted=False, conflicts=conflicts)
-            held_rows = w.query(
-                "SELECT * FROM reservations WHERE holder = ? ORDER BY seq", (holder,)
-            )
-            mine = {(r["pattern"], bool(r["exclusive"])): r for r in held_rows}
-            granted: list[ReservationView] = []
-            expires_at = now + ttl_ms
-            for p in wanted:
-                held = mine.get((p, exclusive))
-                if held is not None:
-                    new_expiry = max(expires_at, held["expires_at"])
-                    w.append(
-                        FileRenewed(
-                            reservation_id=held["id"],
-                            holder=holder,
-                            expires_at=new_expiry,
-                            timestamp=now,
-                        )
-                    )
-                    granted.append(ReservationView.from_row({**held, "expires_at": new_expiry}))
-                    continue
-                event = FileReserved(
-                    reservation_id=f"rsv-{uuid.uuid4().hex[:12]}",
-                    holder=holder,
-                    pattern=p,
-                    exclusive=exclusive,
-                    expires_at=expires_at,
-                    reason=reason,
-                    bead_id=bead_id,
-                    epic_id=epic_id,
-                    timestamp=now,
-                )
-                w.append(event)
-                granted.append(
-                    ReservationView(
-                        id=event.reservation_id,
-                        holder=holder,
-                        pattern=p,
-                        exclusive=exclusive,
-                        reason=reason,
-                        bead_id=bead_id,
-                        epic_id=epic_id,
-                        created_at=now,
-                        expires_at=expires_at,
-                    )
-                )
-            return ReserveResult(granted=True, reservations=granted)
+            return ReserveResult(granted=True, reservations=_grant(w, req, wanted))
 
     def release(
         self,
@@ -417,3 +367,57 @@ def _literal_prefix(path: str) -> str:
             break
         out.append(seg)
     return "/".join(out) or "/"
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A reservation request that met no conflict, inside its write transaction."""
+
+    holder: str
+    exclusive: bool
+    reason: str
+    bead_id: str | None
+    epic_id: str | None
+    now: int
+    expires_at: int
+
+
+def _grant(w: Writer, req: _Request, patterns: list[str]) -> list[ReservationView]:
+    """Grant every pattern for ``req``: renew what the holder already holds (same pattern,
+    same mode), reserve the rest."""
+    held_rows = w.query("SELECT * FROM reservations WHERE holder = ? ORDER BY seq", (req.holder,))
+    mine = {(r["pattern"], bool(r["exclusive"])): r for r in held_rows}
+    granted: list[ReservationView] = []
+    for p in patterns:
+        held = mine.get((p, req.exclusive))
+        if held is None:
+            granted.append(_reserve_new(w, req, p))
+            continue
+        new_expiry = max(req.expires_at, held["expires_at"])
+        w.append(
+            FileRenewed(
+                reservation_id=held["id"],
+                holder=req.holder,
+                expires_at=new_expiry,
+                timestamp=req.now,
+            )
+        )
+        granted.append(ReservationView.from_row({**held, "expires_at": new_expiry}))
+    return granted
+
+
+def _reserve_new(w: Writer, req: _Request, pattern: str) -> ReservationView:
+    event = FileReserved(
+        reservation_id=f"rsv-{uuid.uuid4().hex[:12]}",
+        holder=req.holder,
+        pattern=pattern,
+        exclusive=req.exclusive,
+        expires_at=req.expires_at,
+        reason=req.reason,
+        bead_id=req.bead_id,
+        epic_id=req.epic_id,
+        timestamp=req.now,
+    )
+    w.append(event)
+    row = {**event.model_dump(), "id": event.reservation_id, "created_at": event.timestamp}
+    return ReservationView.from_row(row)

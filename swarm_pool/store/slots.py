@@ -1,4 +1,4 @@
-"""The worktree slots' record: which reusable worktree directory holds which bead.
+"""Room: store. The worktree slots' record: which reusable worktree directory holds which bead.
 
 Owns the read side of the ``slots`` projection (migration 7) and its conditional
 writes. ``take``: inside the append's transaction the slot must still be at the version
@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from swarm_pool.errors import SlotConflictError
-from swarm_pool.store.db import Row
 from swarm_pool.store.events import (
     ReleaseReason,
     SlotDirty,
@@ -29,10 +28,11 @@ from swarm_pool.store.events import (
     SlotTaken,
 )
 from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.rows import RowView
 
 
 @dataclass(frozen=True)
-class SlotView:
+class SlotView(RowView):
     slot: str
     instance: str
     path: str
@@ -42,23 +42,6 @@ class SlotView:
     reason: str
     version: int
     updated_at: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_row(cls, row: Row) -> SlotView:
-        return cls(
-            slot=row["slot"],
-            instance=row["instance"],
-            path=row["path"],
-            state=row["state"],
-            bead_id=row["bead_id"],
-            attempt=row["attempt"],
-            reason=row["reason"],
-            version=row["version"],
-            updated_at=row["updated_at"],
-        )
 
 
 class Slots:

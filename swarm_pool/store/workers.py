@@ -1,4 +1,4 @@
-"""The read side of the workers projection: one row per bead, its latest attempt.
+"""Room: store. The read side of the workers projection: one row per bead, its latest attempt.
 
 Owns ``WorkerView`` and the queries ``poll``-style callers make ("status of every worker
 in epic E" is one indexed query). The rows are written by ``projections.apply`` from the
@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import builtins
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from swarm_pool.store.db import Row
 from swarm_pool.store.lifecycle import TERMINAL
-from swarm_pool.store.projections import load_json
 from swarm_pool.store.recorder import Recorder
+from swarm_pool.store.rows import RowView, json_list
 
 
 @dataclass(frozen=True)
-class WorkerView:
+class WorkerView(RowView):
     bead_id: str
     epic_id: str
     status: str
@@ -51,42 +50,15 @@ class WorkerView:
     # The host that claimed the current attempt ('' unclaimed; always '' on one host).
     host: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
 
-    @classmethod
-    def from_row(cls, row: Row) -> WorkerView:
-        return cls(
-            bead_id=row["bead_id"],
-            epic_id=row["epic_id"],
-            status=row["status"],
-            attempt=row["attempt"],
-            session_id=row["session_id"],
-            instance=row["instance"],
-            worktree=row["worktree"],
-            agent_name=row["agent_name"],
-            files=load_json(row["files"], []),
-            progress_percent=row["progress_percent"],
-            last_message=row["last_message"],
-            summary=row["summary"],
-            files_touched=load_json(row["files_touched"], []),
-            violations=load_json(row["violations"], []),
-            error=row["error"],
-            blocked_reason=row["blocked_reason"],
-            session_status=row["session_status"],
-            spawned_at=row["spawned_at"],
-            updated_at=row["updated_at"],
-            completed_at=row["completed_at"],
-            duration_ms=row["duration_ms"],
-            version=row["version"],
-            blocked_ms=row["blocked_ms"],
-            blocked_since=row["blocked_since"],
-            host=row["host"],
-        )
+    DECODE = {
+        "files": json_list,
+        "files_touched": json_list,
+        "violations": json_list,
+    }
 
     def running_ms(self, now: int) -> int:
         """Time since the spawn minus time blocked on a human (what a timeout counts)."""

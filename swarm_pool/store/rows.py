@@ -1,0 +1,47 @@
+"""Room: store. ``RowView``: the base of the read-side views the facades return (a cell,
+a worker, a reservation, a message, a slot, a host).
+
+Owns the two things every view did alike: ``to_dict`` (the dataclass as a dict) and
+``from_row`` (a projection row to the view, field by field by name, each field's column
+decoded by the view's ``DECODE``: JSON lists and objects kept as text, 0/1 flags as
+bools). A view is a frozen dataclass that subclasses it and says only what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Self, cast
+
+from swarm_pool.store.db import Row
+from swarm_pool.store.schema import load_json
+
+
+def json_list(text: str | None) -> list[Any]:
+    """A JSON list column ([] for NULL; a new list each time, never a shared default)."""
+    value: list[Any] = load_json(text, [])
+    return value
+
+
+class RowView:
+    """A view read from one projection row."""
+
+    # Field -> how its column's value becomes the field's (absent: taken as it is).
+    DECODE: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
+    # Field -> its column, where the names differ.
+    COLUMNS: ClassVar[Mapping[str, str]] = {}
+    # Fields whose column a query may leave out (then None).
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(cast(Any, self))
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cast(Any, cls)):
+            column = cls.COLUMNS.get(f.name, f.name)
+            raw = row.get(column) if f.name in cls.OPTIONAL else row[column]
+            decode = cls.DECODE.get(f.name)
+            values[f.name] = raw if decode is None else decode(raw)
+        return cls(**values)
