@@ -29,6 +29,8 @@ from swarm_pool.config import load_config
 @common_options
 def mcp_cmd(cwd: Path | None, common: dict[str, Any]) -> None:
     """Run the MCP server (stdio) that gives agents the swarm tools."""
+    # Imported here, not at the top: the MCP SDK takes about as long to import as the
+    # whole rest of the CLI, and every other command would pay for it.
     from swarm_pool.mcp.server import run
 
     project: Path | None = common.get("project")

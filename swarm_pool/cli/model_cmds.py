@@ -12,6 +12,7 @@ import click
 
 from swarm_pool.cli.common import AppContext, project_options
 from swarm_pool.cli.group import main
+from swarm_pool.scripted_model import serve
 
 
 @main.group()
@@ -40,8 +41,6 @@ def serve_cmd(
     verbose: bool,
 ) -> None:
     """Serve the scripted model until SIGTERM or Ctrl-C."""
-    from swarm_pool.scripted_model import serve
-
     if scripts is None and app.config.model.scripts:
         scripts = Path(app.config.model.scripts)
         if not scripts.is_absolute():
