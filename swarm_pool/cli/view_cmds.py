@@ -1,8 +1,9 @@
-"""View commands: ``dashboard``, ``logs NAME`` and ``metrics``.
+"""Room: cli. View commands: ``dashboard``, ``logs NAME`` and ``metrics``.
 
 Thin wrappers over ``swarm_pool.view``: they only read (the store, the pool's state file,
-psutil, the instances' log files) and never change the pool. ``dashboard --once`` and
-every command whose stdout is not a TTY print plain text 120 columns wide.
+psutil through ``view.procstats``, the instances' log files) and never change the pool.
+``dashboard --once`` and every command whose stdout is not a TTY print plain text 120
+columns wide.
 """
 
 from __future__ import annotations

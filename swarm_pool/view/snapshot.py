@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from swarm_pool.config import Config
@@ -27,7 +28,7 @@ from swarm_pool.store import Store, StoredEvent, open_project_store
 from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES, now_ms
 from swarm_pool.store.hosts import hosts_overview
-from swarm_pool.store.lifecycle import LIVE
+from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import poll
 from swarm_pool.view.procstats import CpuSampler, pool_refs
@@ -153,12 +154,22 @@ class ReservationRow:
     expires_in_s: int
 
 
+class EventLevel(StrEnum):
+    """How an event is highlighted in the dashboard's event panel."""
+
+    FAILURE = "failure"
+    CONFLICT = "conflict"
+    WARNING = "warning"
+    GOOD = "good"
+    INFO = "info"
+
+
 @dataclass(frozen=True)
 class EventRow:
     seq: int
     timestamp: int
     type: str
-    level: str  # failure | conflict | warning | good | info
+    level: EventLevel
     text: str
 
 
@@ -220,22 +231,23 @@ class Limits:
 # --- store ----------------------------------------------------------------------------
 
 
-def event_level(stored: StoredEvent) -> str:
+def event_level(stored: StoredEvent) -> EventLevel:
     ev = stored.event
     if stored.type in CONFLICT_TYPES:
-        return "conflict"
+        return EventLevel.CONFLICT
     if stored.type in FAILURE_TYPES:
-        return "failure"
+        return EventLevel.FAILURE
     if stored.type == "worker_completed":
         status = getattr(ev, "status", "success")
-        return {"success": "good", "failed": "failure"}.get(status, "warning")
+        by_status = {"success": EventLevel.GOOD, "failed": EventLevel.FAILURE}
+        return by_status.get(status, EventLevel.WARNING)
     if stored.type == "review_completed":
-        return "good" if getattr(ev, "approved", False) else "failure"
+        return EventLevel.GOOD if getattr(ev, "approved", False) else EventLevel.FAILURE
     if stored.type in WARNING_TYPES:
-        return "warning"
+        return EventLevel.WARNING
     if stored.type in GOOD_TYPES:
-        return "good"
-    return "info"
+        return EventLevel.GOOD
+    return EventLevel.INFO
 
 
 def event_summary(stored: StoredEvent, width: int = 200) -> str:
@@ -341,7 +353,7 @@ class SnapshotSource:
             problems.append(f"store: {e}")
         if store is not None:
             try:
-                running_workers = store.workers.list(status="running")
+                running_workers = store.workers.list(status=WorkerStatus.RUNNING)
             except SwarmPoolError as e:
                 problems.append(f"store: {e}")
                 store = None

@@ -1,4 +1,5 @@
-"""Plan files: an epic and its tasks in TOML, checked before anything starts.
+"""Room: swarm.plans. Plan files: an epic and its tasks in TOML, checked before anything
+starts.
 
 A plan holds ``[epic]`` (title, description, shared_context), ``[[tasks]]`` (a short
 local ``id``, title, description, owned ``files``, ``depends_on`` local ids, optional

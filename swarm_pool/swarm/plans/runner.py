@@ -6,11 +6,11 @@ it), creates the epic, spawns every ready task at once and each further task as 
 as all of its dependencies are merged (so its worktree branches from a base that holds
 them), reviews and merges every finished worker, and gives up on a task whose worker
 failed for good or whose review or merge failed. Progress is driven by store changes
-(``wait_for_change``), shown live with rich on a TTY; the summary says which tasks
+(``wait_for_change``), shown live on a TTY by the caller's display; the summary says which tasks
 were merged, and the run is ``ok`` only when all of them were. ``RunOptions`` holds how
 one run goes (timeout, pool size, whether to keep or restart the pool, where progress
-lines and the live table go); the live table itself is the caller's (``RunDisplay``), so
-this room draws nothing.
+lines and the live table go); the table is a ``RunDisplay`` the caller brings
+(``view/plan_table.py`` at the CLI), so this room draws nothing.
 
 The run outlives its supervisor (``SupervisorWatch``): when work waits to be dispatched
 or runs and no supervisor with a live worker engine serves the pool, it says so (a
@@ -197,7 +197,6 @@ class Runner:
         self.title = plan.title
         self.shared_context = plan.shared_context
         self.subtasks: list[SubtaskSpec] = plan.to_subtasks()
-        subtasks = self.subtasks
         # Per task: spawn arguments the store's cells do not hold (read_only, criteria).
         self.extras: list[dict[str, Any]] = [
             {"read_only": list(t.read_only), "success_criteria": list(t.success_criteria)}
@@ -207,7 +206,7 @@ class Runner:
         self.on_update = on_update
         self.supervisor = supervisor
         self.epic_id = ""
-        self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(subtasks)]
+        self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(self.subtasks)]
         self.errors: list[str] = []
         self._deps: dict[str, list[str]] = {}
 
