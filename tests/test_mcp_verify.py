@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from swarm_pool.mcp.verify import compare, owned_by, run_check, verify
+from swarm_pool.mcp.verify import CheckCommand, compare, owned_by, run_check, verify
 from tests.support import git, init_repo, wait_for
 
 
@@ -56,8 +56,7 @@ def test_verify_sees_committed_uncommitted_untracked_and_deleted(tmp_path: Path)
         base_branch="",
         claimed=["committed.txt", "a.txt"],
         owned=["*.txt"],
-        check_command="",
-        check_timeout_s=10,
+        check=CheckCommand("", 10),
     )
     assert res.git_error is None
     assert res.base == "main"
@@ -104,8 +103,7 @@ def test_verify_without_a_worktree_still_runs_the_check(tmp_path: Path) -> None:
         base_branch="",
         claimed=["a.txt"],
         owned=["a.txt"],
-        check_command="exit 0",
-        check_timeout_s=10,
+        check=CheckCommand("exit 0", 10),
     )
     assert res.git_error == "no worktree to verify"
     assert res.check is not None and res.check["passed"]

@@ -104,7 +104,7 @@ def test_run_that_fails_after_starting_a_pool_stops_it(
     paths = ProjectPaths(root)
     config = load_config(project_root=root)
     with pytest.raises(WorkerError, match="injected"):
-        runner.run_plan_file(paths, config, plan, size=1)
+        runner.run_plan_file(paths, config, plan, runner.RunOptions(size=1))
     assert len(started) >= 2  # the supervisor and its instance were up
     assert pool_processes(root) == []
     state = read_state(paths.state_file)

@@ -1,5 +1,5 @@
-"""Options every command shares (``--project``, ``--config``, ``--store``) and output
-helpers.
+"""Room: cli. Options every command shares (``--project``, ``--config``, ``--store``) and
+output helpers (``echo_json``, and ``emit``: JSON with ``--json``, else the human form).
 
 ``COMMON_OPTIONS`` is the one place that declares them: each is added to the root group
 (so ``swarm-pool --project DIR status`` works, as with git, docker and kubectl) and to
@@ -16,16 +16,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from swarm_pool.config import Config, load_config
 from swarm_pool.errors import ProjectError, StoreError
 from swarm_pool.paths import ProjectPaths, find_project_root
-
-if TYPE_CHECKING:
-    from swarm_pool.store import Store
+from swarm_pool.store import Store, open_project_store
+from swarm_pool.store.core import parse_store_url, project_store_exists
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,8 +97,6 @@ def resolve_app(values: Mapping[str, Any]) -> AppContext:
     config = load_config(config_path, project_root=root)
     store_url: str | None = values.get("store_url")
     if store_url is not None:
-        from swarm_pool.store.core import parse_store_url
-
         parse_store_url(store_url)  # a bad URL fails here, in one line
         config.store.url = store_url
     return AppContext(paths=ProjectPaths(root), config=config, config_path=config_path)
@@ -132,9 +129,6 @@ def project_options(func: F) -> F:
 @contextmanager
 def existing_store(app: AppContext) -> Iterator[Store]:
     """The project's store, which must exist: read-only commands never create one."""
-    from swarm_pool.store import open_project_store
-    from swarm_pool.store.core import project_store_exists
-
     if not project_store_exists(app.paths, app.config):
         raise StoreError(
             f"no store at {app.paths.db}: nothing has been recorded in {app.paths.root} yet"
@@ -148,3 +142,14 @@ def existing_store(app: AppContext) -> Iterator[Store]:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def emit(as_json: bool, data: Any, human: str | Callable[[], None]) -> None:
+    """A command's answer: ``data`` as JSON with ``--json``, else its human form, one line
+    of text or what ``human()`` prints (a table)."""
+    if as_json:
+        echo_json(data)
+    elif callable(human):
+        human()
+    else:
+        click.echo(human)

@@ -1,4 +1,4 @@
-"""``swarm-pool mcp``: serve the agents' tools over MCP on stdio.
+"""Room: cli. ``swarm-pool mcp``: serve the agents' tools over MCP on stdio.
 
 It takes the common options like every command. ``--project`` (alias ``--cwd``, the
 older name) means "serve as if started in this dir": the store is the first
@@ -29,6 +29,8 @@ from swarm_pool.config import load_config
 @common_options
 def mcp_cmd(cwd: Path | None, common: dict[str, Any]) -> None:
     """Run the MCP server (stdio) that gives agents the swarm tools."""
+    # Imported here, not at the top: the MCP SDK takes about as long to import as the
+    # whole rest of the CLI, and every other command would pay for it.
     from swarm_pool.mcp.server import run
 
     project: Path | None = common.get("project")

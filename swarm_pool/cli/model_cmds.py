@@ -1,4 +1,4 @@
-"""Model commands: ``swarm-pool model serve`` runs the scripted model in the foreground.
+"""Room: cli. Model commands: ``swarm-pool model serve`` runs the scripted model in the foreground.
 
 Defaults come from the ``[model]`` config section (port, scripts file, delay); options
 override them. The server itself is ``swarm_pool.scripted_model.serve``.
@@ -12,6 +12,7 @@ import click
 
 from swarm_pool.cli.common import AppContext, project_options
 from swarm_pool.cli.group import main
+from swarm_pool.scripted_model import serve
 
 
 @main.group()
@@ -40,8 +41,6 @@ def serve_cmd(
     verbose: bool,
 ) -> None:
     """Serve the scripted model until SIGTERM or Ctrl-C."""
-    from swarm_pool.scripted_model import serve
-
     if scripts is None and app.config.model.scripts:
         scripts = Path(app.config.model.scripts)
         if not scripts.is_absolute():

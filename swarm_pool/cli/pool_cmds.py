@@ -1,4 +1,4 @@
-"""Pool commands: ``start``, ``status``, ``stop``, ``restart``, ``scale``, ``attach``.
+"""Room: cli. Pool commands: ``start``, ``status``, ``stop``, ``restart``, ``scale``, ``attach``.
 
 Thin wrappers over ``swarm_pool.pool.api``: parse, call, print a rich table or ``--json``.
 ``status`` exits 0 only when the supervisor runs and every child is ready.
@@ -16,13 +16,18 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from swarm_pool.cli.common import AppContext, echo_json, project_options
+from swarm_pool.cli.common import AppContext, emit, project_options
 from swarm_pool.cli.group import main
 from swarm_pool.config import checked_host
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool import api
+from swarm_pool.store import open_project_store
+from swarm_pool.store.core import parse_store_url, project_store_exists
+from swarm_pool.store.dialect import Backend
+from swarm_pool.store.hosts import hosts_overview
 from swarm_pool.store.slots import counts_by_instance, describe_counts
+from swarm_pool.swarm.engine_state import engine_status
 from swarm_pool.view.progress import pool_progress
 
 
@@ -73,8 +78,6 @@ def _print_table(status: dict[str, Any]) -> None:
 
 def _with_slots(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     """The warm worktree slots (free, busy, dirty) from the store, when there is one."""
-    from swarm_pool.store.core import open_project_store, project_store_exists
-
     if project_store_exists(app.paths, app.config):
         with open_project_store(app.paths, app.config) as store:
             views = store.slots.list()
@@ -90,8 +93,6 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
 def _with_engine(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     """The pool's status plus its worker engine's (alive, queue, last tick), when a
     supervisor runs: queued work only moves while the engine does; and its slots."""
-    from swarm_pool.swarm.engine_state import engine_status
-
     with contextlib.suppress(SwarmPoolError):
         _with_slots(app, result)
     if result["supervisor"].get("running"):
@@ -102,14 +103,8 @@ def _with_engine(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
 
 def _with_hosts(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     """Several hosts on a PostgreSQL store: each host's beat, capacity, load, instances."""
-    from swarm_pool.store.core import parse_store_url
-    from swarm_pool.store.dialect import Backend
-
     if parse_store_url(app.config.store.url)[0] is not Backend.POSTGRESQL:
         return result
-    from swarm_pool.store import open_project_store
-    from swarm_pool.store.hosts import hosts_overview
-
     # The running pool's own name (its `start --host`), else this config's.
     result["host"] = (result.get("engine") or {}).get("host") or app.config.pool.host
     try:
@@ -142,10 +137,7 @@ def print_hosts(console: Console, hosts: list[dict[str, Any]]) -> None:
 
 def _show_status(app: AppContext, as_json: bool) -> None:
     result = _with_hosts(app, _with_engine(app, api.pool_status(app.paths)))
-    if as_json:
-        echo_json(_public(result))
-    else:
-        _print_table(result)
+    emit(as_json, _public(result), lambda: _print_table(result))
 
 
 @main.command()
@@ -185,12 +177,9 @@ def status(app: AppContext, as_json: bool) -> None:
     """Show the pool; exit 0 only when it runs, every instance is ready and the worker
     engine is alive."""
     result = _with_hosts(app, _with_engine(app, api.pool_status(app.paths)))
-    if as_json:
-        echo_json(_public(result))
-    elif not result["instances"] and result["supervisor"]["pid"] is None:
-        click.echo(f"no pool in {app.paths.root}")
-    else:
-        _print_table(result)
+    no_pool = not result["instances"] and result["supervisor"]["pid"] is None
+    human = f"no pool in {app.paths.root}" if no_pool else lambda: _print_table(result)
+    emit(as_json, _public(result), human)
     sys.exit(0 if result["ok"] else 1)
 
 
@@ -201,12 +190,11 @@ def stop(app: AppContext, as_json: bool) -> None:
     """Stop the supervisor and every instance (also when the supervisor is dead)."""
     with pool_progress(app.paths, "stop", as_json=as_json):
         result = api.stop_pool(app.paths, app.config)
-    if as_json:
-        echo_json(result)
-    elif not result["was_running"] and not result["killed"]:
-        click.echo("no pool running")
-    else:
-        click.echo(f"pool stopped; ports released: {', '.join(map(str, result['ports']))}")
+    ports = ", ".join(map(str, result["ports"]))
+    stopped = result["was_running"] or result["killed"]
+    emit(
+        as_json, result, f"pool stopped; ports released: {ports}" if stopped else "no pool running"
+    )
 
 
 @main.command()

@@ -1,8 +1,9 @@
-"""View commands: ``dashboard``, ``logs NAME`` and ``metrics``.
+"""Room: cli. View commands: ``dashboard``, ``logs NAME`` and ``metrics``.
 
 Thin wrappers over ``swarm_pool.view``: they only read (the store, the pool's state file,
-psutil, the instances' log files) and never change the pool. ``dashboard --once`` and
-every command whose stdout is not a TTY print plain text 120 columns wide.
+psutil through ``view.procstats``, the instances' log files) and never change the pool.
+``dashboard --once`` and every command whose stdout is not a TTY print plain text 120
+columns wide.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from rich.table import Table
 
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.cli.group import main
-from swarm_pool.errors import StoreError, SwarmPoolError
-from swarm_pool.paths import ProjectPaths
+from swarm_pool.cli.pool_cmds import print_hosts
+from swarm_pool.errors import StoreError
 from swarm_pool.store.hosts import hosts_overview
 from swarm_pool.view import logtail
 from swarm_pool.view.dashboard import render
-from swarm_pool.view.metrics import METRIC_EVENT_TYPES, LiveStats, compute
-from swarm_pool.view.snapshot import Limits, SnapshotSource, live_stats
+from swarm_pool.view.live import run_live
+from swarm_pool.view.metrics import METRIC_EVENT_TYPES, compute
+from swarm_pool.view.procstats import live_stats_by_instance
+from swarm_pool.view.snapshot import Limits, SnapshotSource
 
 PLAIN_WIDTH = 120
 # --once waits this long between two CPU samples, so its frame has CPU figures.
@@ -51,8 +54,6 @@ def _console() -> Console:
 @project_options
 def dashboard(app: AppContext, once: bool, refresh: float) -> None:
     """Live view of instances, workers, reservations and events (q quits; the pool stays)."""
-    from swarm_pool.view.live import run_live
-
     console = _console()
     with SnapshotSource(app.paths, app.config) as source:
         if once or not console.is_terminal:
@@ -85,22 +86,6 @@ def logs(app: AppContext, name: str, follow: bool, lines: int) -> None:
             out.flush()
 
 
-def _live_stats(paths: ProjectPaths) -> dict[str, LiveStats]:
-    from swarm_pool.pool.state import read_state
-
-    try:
-        state = read_state(paths.state_file)
-    except SwarmPoolError:
-        return {}
-    found: dict[str, LiveStats] = {}
-    for rec in state.instances if state is not None else []:
-        ref = rec.ref
-        stats = live_stats(ref) if ref is not None else None
-        if stats is not None:
-            found[rec.name] = stats
-    return found
-
-
 def _fmt(value: object, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -121,7 +106,7 @@ def metrics(app: AppContext, as_json: bool, epic_id: str | None) -> None:
     with existing_store(app) as store:
         events = store.read(types=METRIC_EVENT_TYPES)
         hosts = hosts_overview(store, app.config.pool.hosts_stale_s)
-    result = compute(events, _live_stats(app.paths), epic_id=epic_id)
+    result = compute(events, live_stats_by_instance(app.paths), epic_id=epic_id)
     if hosts:
         result["hosts"] = hosts
     if epic_id is not None and not result["epics"]:
@@ -178,8 +163,6 @@ def metrics(app: AppContext, as_json: bool, epic_id: str | None) -> None:
     console.print(epics if result["epics"] else "no workers recorded yet")
     console.print(instances if result["instances"] else "no instances recorded yet")
     if result.get("hosts"):
-        from swarm_pool.cli.pool_cmds import print_hosts
-
         print_hosts(console, result["hosts"])
     if not sys.stdout.isatty():
         return

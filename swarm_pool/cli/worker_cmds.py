@@ -293,21 +293,20 @@ def run(
     as_json: bool,
 ) -> None:
     """Run PLAN_PATH: create its epic, spawn, watch, review and merge every task."""
-    from swarm_pool.swarm.plans.runner import run_plan_file
+    from swarm_pool.swarm.plans.runner import RunOptions, run_plan_file
+    from swarm_pool.view.plan_table import PlanTable
 
     live = not as_json and sys.stdout.isatty()
-    summary = run_plan_file(
-        app.paths,
-        app.config,
-        plan_path,
+    options = RunOptions(
         timeout=timeout,
         size=size,
         keep_pool=keep_pool,
-        live=live,
         config_path=app.config_path,
         restart_pool=restart_pool,
         notify=lambda line: click.echo(f"swarm-pool run: {line}", err=True),
+        display=PlanTable() if live else None,
     )
+    summary = run_plan_file(app.paths, app.config, plan_path, options)
     if as_json:
         echo_json(summary.to_dict())
     else:

@@ -1,4 +1,4 @@
-"""Where sessions live and where new ones go: the gateway's session map in memory.
+"""Room: gateway. Where sessions live and where new ones go: the gateway's session map in memory.
 
 It owns five maps, all fed from what the gateway sees: session -> instance (loaded from
 the store's ``session_instances`` at start, extended by every session the gateway
@@ -74,7 +74,7 @@ class Placement:
         home = ups.get(self.home.get(directory, ""))
         if home is not None and home.ready and not home.draining:
             return home
-        slots = [InstanceView(u.name, u.url, u.state, draining=u.draining) for u in ups.values()]
+        views = [InstanceView(u.name, u.url, u.state, draining=u.draining) for u in ups.values()]
         busy = self.busy_counts()
         # Each directory costs an instance memory of its own: prefer the instances that
         # serve the fewest directories, then the router's least busy among them.
@@ -85,11 +85,11 @@ class Placement:
         ready = [u.name for u in ups.values() if u.ready and not u.draining]
         fewest = min((homes[n] for n in ready), default=0)
         crowded = {n for n in ready if homes[n] > fewest}
-        chosen = choose_instance(slots, busy, self.max_sessions, avoid=crowded)
+        chosen = choose_instance(views, busy, self.max_sessions, avoid=crowded)
         if chosen is None:
             # Every instance is at its session cap: an interactive client would rather
             # queue inside OpenCode than get an error, so take the least busy anyway.
-            chosen = choose_instance(slots, busy, 1 << 30, avoid=crowded)
+            chosen = choose_instance(views, busy, 1 << 30, avoid=crowded)
         if chosen is None:
             raise InstanceUnavailableError("no instance of the pool is ready")
         return ups[chosen.name]

@@ -1,9 +1,11 @@
-"""The agents' tools over MCP (official ``mcp`` SDK, stdio).
+"""Room: mcp. The agents' tools over MCP (official ``mcp`` SDK; stdio, and streamable HTTP
+for the pool's shared server).
 
 Layout: ``schemas`` (argument models and their JSON schemas), ``identity`` (who is
 calling: from ``swarmmail_init`` or the worktree the process runs in), ``runtime`` (the
 per-process state: store, store thread, identity), ``registry`` (validation and error
 mapping for every call), ``verify`` (what ``swarm_complete`` checks), ``worker_tools``
-(the worker tools), ``server`` (SDK wiring). Coordinator tools go in their own module,
-``coordinator_tools``, exposing ``COORDINATOR_SPECS``; ``server`` picks it up when present.
+and ``coordinator_tools`` (the tools, as ``WORKER_SPECS`` and ``COORDINATOR_SPECS``),
+``relay``, ``server`` (SDK wiring, which serves both lists) and ``http`` (the shared
+server over HTTP).
 """

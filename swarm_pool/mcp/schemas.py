@@ -1,4 +1,4 @@
-"""The arguments of the worker tools: one strict pydantic model per tool.
+"""Room: mcp. The arguments of the worker tools: one strict pydantic model per tool.
 
 These models are both the JSON schema the agent sees in ``tools/list`` and the validator
 every call goes through before anything touches the store. ``format_validation_error``
@@ -10,7 +10,7 @@ from the published schema.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -41,6 +41,17 @@ def _check_agent(value: str) -> str:
             f"agent name {value!r} is not valid: use 1-64 letters, digits, '.', '_', '-', '@'"
         )
     return value
+
+
+# swarm_progress and swarm_complete both name the attempt they report on.
+Attempt = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        description="Your attempt number, from your contract. A report from an older "
+        "attempt is recorded as stale and changes nothing.",
+    ),
+]
 
 
 class InitArgs(ToolArgs):
@@ -133,12 +144,7 @@ class ProgressArgs(ToolArgs):
     files_touched: list[str] = Field(
         default_factory=list, description="Files changed so far.", max_length=MAX_PATHS
     )
-    attempt: int | None = Field(
-        None,
-        ge=1,
-        description="Your attempt number, from your contract. A report from an older "
-        "attempt is recorded as stale and changes nothing.",
-    )
+    attempt: Attempt = None
 
     _paths = field_validator("files_touched")(_check_paths)
 
@@ -150,12 +156,7 @@ class CompleteArgs(ToolArgs):
         description="Every file you created, changed or deleted, relative to the project root.",
         max_length=MAX_PATHS * 5,
     )
-    attempt: int | None = Field(
-        None,
-        ge=1,
-        description="Your attempt number, from your contract. A report from an older "
-        "attempt is recorded as stale and changes nothing.",
-    )
+    attempt: Attempt = None
 
     _paths = field_validator("files_touched")(_check_paths)
 

@@ -1,4 +1,4 @@
-"""The MCP server itself: the official SDK's low-level ``Server``, over stdio here and
+"""Room: mcp. The MCP server itself: the official SDK's low-level ``Server``, over stdio here and
 over streamable HTTP in ``http.py`` (the pool's shared server).
 
 It publishes the registry's tools (name, description, input schema) and hands every call
@@ -10,7 +10,6 @@ diverts fd 1 so a stray print cannot corrupt the stream.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import os
 import sys
@@ -24,6 +23,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
 from swarm_pool import __version__
+from swarm_pool.mcp.coordinator_tools import COORDINATOR_SPECS
 from swarm_pool.mcp.registry import Registry, ToolOutcome, ToolSpec
 from swarm_pool.mcp.runtime import Runtime
 from swarm_pool.mcp.worker_tools import WORKER_SPECS
@@ -37,16 +37,8 @@ LOG_LEVEL_ENV = "SWARM_POOL_MCP_LOG"
 
 
 def default_specs() -> list[ToolSpec]:
-    """Every tool this server offers: the worker tools, plus coordinator tools if built."""
-    specs = list(WORKER_SPECS)
-    try:
-        module = importlib.import_module("swarm_pool.mcp.coordinator_tools")
-    except ModuleNotFoundError as e:
-        if e.name != "swarm_pool.mcp.coordinator_tools":
-            raise
-    else:
-        specs.extend(module.COORDINATOR_SPECS)
-    return specs
+    """Every tool this server offers: the worker tools, then the coordinator tools."""
+    return [*WORKER_SPECS, *COORDINATOR_SPECS]
 
 
 PrincipalOf = Callable[[ServerRequestContext[Any]], Principal]

@@ -1,4 +1,4 @@
-"""What ``swarm_complete`` checks before it accepts a worker's claim of being done.
+"""Room: mcp. What ``swarm_complete`` checks before it accepts a worker's claim of being done.
 
 Three things, none of which touch the store: the worktree's real changes against its base
 (committed since the merge-base, uncommitted, and untracked files), how those compare
@@ -26,6 +26,15 @@ from swarm_pool.git import Repo
 from swarm_pool.store.globs import matches
 
 OUTPUT_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class CheckCommand:
+    """The project's check command (``[workers] check_command``; blank: none) and how
+    long it may run."""
+
+    command: str
+    timeout_s: float
 
 
 @dataclass
@@ -156,8 +165,7 @@ def verify(
     base_branch: str,
     claimed: Sequence[str],
     owned: Sequence[str],
-    check_command: str,
-    check_timeout_s: float,
+    check: CheckCommand,
 ) -> Verification:
     """Everything ``swarm_complete`` records about the worktree (slow: git and the check)."""
     result = Verification(worktree=str(worktree) if worktree else None, claimed=sorted(claimed))
@@ -172,7 +180,7 @@ def verify(
             result.outside_owned, result.unreported, result.unchanged = compare(
                 result.changed, claimed, owned
             )
-    if check_command.strip():
+    if check.command.strip():
         cwd = worktree if worktree is not None and worktree.is_dir() else project_root
-        result.check = run_check(check_command, cwd, check_timeout_s)
+        result.check = run_check(check.command, cwd, check.timeout_s)
     return result

@@ -32,7 +32,7 @@ from swarm_pool.mcp.schemas import (
     ReserveArgs,
     SendArgs,
 )
-from swarm_pool.mcp.verify import Verification, verify
+from swarm_pool.mcp.verify import CheckCommand, Verification, verify
 from swarm_pool.store import Store
 from swarm_pool.store.events import (
     AgentRegistered,
@@ -454,8 +454,7 @@ async def swarm_complete(rt: Runtime, args: CompleteArgs) -> dict[str, Any]:
             base_branch=workers.base_branch,
             claimed=prep.claimed,
             owned=prep.owned,
-            check_command=workers.check_command,
-            check_timeout_s=workers.check_timeout_s,
+            check=CheckCommand(workers.check_command, workers.check_timeout_s),
         )
     )
     await rt.in_thread(lambda: faults.point("complete.before_record"))

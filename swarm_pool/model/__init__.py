@@ -1,12 +1,15 @@
-"""The scripted model: an offline OpenAI-compatible server that plays scripts of tool calls.
+"""Room: model. The scripted model: an offline OpenAI-compatible server that plays scripts
+of tool calls.
 
-``scripts`` owns what a script is and which step comes next; ``server`` owns the HTTP
-wire format, faults and stats. ``swarm_pool.scripted_model`` is the command-line entry
+``scripts`` owns what a script is and which step comes next; ``decisions`` owns which
+step answers a request, fault counting and the stats; ``server`` owns the HTTP wire
+format and how faults are played on it. ``swarm_pool.scripted_model`` is the command-line entry
 point (``python -m swarm_pool.scripted_model serve``).
 """
 
 from __future__ import annotations
 
+from swarm_pool.model.decisions import ScriptedModel
 from swarm_pool.model.scripts import (
     Context,
     Script,
@@ -21,7 +24,6 @@ from swarm_pool.model.server import (
     MODEL_ID,
     ModelHTTPServer,
     RunningServer,
-    ScriptedModel,
     make_server,
     start_in_thread,
 )

@@ -1,4 +1,5 @@
-"""Scripts for the scripted model: what they look like, where they come from, which step is next.
+"""Room: model. Scripts for the scripted model: what they look like, where they come from,
+which step is next.
 
 A script is a list of steps. A step is a tool call (``tool`` + ``args``), a text reply
 (``text``), or both in one assistant message; ``each_file`` repeats a step once per
@@ -355,20 +356,24 @@ class ScriptBook:
                         args=expand(step.args, values),
                         text=expand(step.text, values) if step.text is not None else None,
                         delay_s=step.delay_s or self.default_delay_s,
-                        http_error=step.http_error,
                         error_message=str(expand(step.error_message, values)),
-                        retry_after_s=step.retry_after_s,
-                        malformed=step.malformed,
-                        hang=step.hang,
-                        times=step.times,
-                        barrier=step.barrier,
-                        barrier_count=step.barrier_count,
-                        barrier_timeout_s=step.barrier_timeout_s,
+                        **{key: getattr(step, key) for key in _PLAYED_AS_WRITTEN},
                     )
                 )
         return out
 
 
+# The fault fields of a step that reach the server unchanged (no placeholders in them).
+_PLAYED_AS_WRITTEN = (
+    "http_error",
+    "retry_after_s",
+    "malformed",
+    "hang",
+    "times",
+    "barrier",
+    "barrier_count",
+    "barrier_timeout_s",
+)
 _WORKDIR_RE = re.compile(r"^\s*Working directory: (?P<dir>/\S.*?)\s*$", re.MULTILINE)
 
 

@@ -1,9 +1,10 @@
-"""Seeing the swarm: the live dashboard, instance logs, metrics and progress bars.
+"""Room: view. Seeing the swarm: the live dashboard, instance logs, metrics and progress.
 
 ``snapshot`` gathers plain data (store, pool state file, psutil; read-only and
-bounded), ``dashboard`` turns one snapshot into a rich renderable, ``live`` runs the
-refresh loop and owns the terminal, ``metrics`` computes figures from stored events
-(pure functions), ``logtail`` reads and follows an instance's log, and ``progress``
-gives other commands a TTY-only progress bar. No click here: ``cli/view_cmds.py`` is the
-command layer.
+bounded), ``procstats`` is its psutil side (and that of ``metrics``), ``dashboard``
+turns one snapshot into a rich renderable, ``live`` runs the refresh loop and owns the
+terminal, ``metrics`` computes figures from stored events (pure functions), ``logtail``
+reads and follows an instance's log, ``progress`` gives other commands a TTY-only
+progress bar, and ``plan_table`` is the live table of ``run``. No click here:
+``cli/view_cmds.py`` is the command layer.
 """

@@ -1,4 +1,5 @@
-"""The dashboard's picture: a rich renderable built from one ``Snapshot`` and nothing else.
+"""Room: view. The dashboard's picture: a rich renderable built from one ``Snapshot`` and
+nothing else.
 
 Owns the four panels (instances, workers by epic, active reservations, last events),
 their columns, colours and formats. It is a pure function of plain data, so a test can
@@ -16,14 +17,14 @@ from rich.table import Table
 from rich.text import Text
 
 from swarm_pool.store.slots import counts_by_instance, describe_counts
-from swarm_pool.view.snapshot import EpicBlock, Snapshot
+from swarm_pool.view.snapshot import EpicBlock, EventLevel, Snapshot
 
 LEVEL_STYLES = {
-    "failure": "bold red",
-    "conflict": "bold magenta",
-    "warning": "yellow",
-    "good": "green",
-    "info": "",
+    EventLevel.FAILURE: "bold red",
+    EventLevel.CONFLICT: "bold magenta",
+    EventLevel.WARNING: "yellow",
+    EventLevel.GOOD: "green",
+    EventLevel.INFO: "",
 }
 STATE_STYLES = {
     "ready": "green",

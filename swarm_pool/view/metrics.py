@@ -1,4 +1,4 @@
-"""Swarm metrics from the event log: pure functions over ``StoredEvent`` lists.
+"""Room: view. Swarm metrics from the event log: pure functions over ``StoredEvent`` lists.
 
 Owns the definitions, so they can be checked by hand against a store:
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from swarm_pool.store.events import FailureCause
@@ -53,7 +53,7 @@ METRIC_EVENT_TYPES = (
 
 @dataclass(frozen=True)
 class LiveStats:
-    """What psutil knows about an instance's current run (see ``snapshot.live_stats``)."""
+    """What psutil knows about an instance's current run (see ``procstats.live_stats``)."""
 
     rss_mb: float | None = None
     peak_rss_mb: float | None = None
@@ -82,9 +82,6 @@ class EpicMetrics:
     idle_to_detected_p95_ms: float | None
     idle_to_detected_max_ms: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class InstanceMetrics:
@@ -98,9 +95,6 @@ class InstanceMetrics:
     mean_cpu_percent: float | None
     cpu_source: str | None
     current_rss_mb: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -142,58 +136,62 @@ def _idle_to_detected(statuses: Sequence[StoredEvent], detected_at: int) -> int 
     return max(0, detected_at - start)
 
 
-def epic_metrics(events: Sequence[StoredEvent]) -> list[EpicMetrics]:
-    """One ``EpicMetrics`` per epic that has workers, by epic id."""
-    ordered = sorted(events, key=lambda s: s.seq)
-    spawns: dict[tuple[str, int], StoredEvent] = {}
-    latest_attempt: dict[str, int] = {}
-    epic_of: dict[str, str] = {}
-    retries: dict[str, int] = {}
-    infra_retries: dict[str, int] = {}
-    first_outcome: dict[tuple[str, int], StoredEvent] = {}
-    last_outcome: dict[str, StoredEvent] = {}
-    statuses: dict[str, list[StoredEvent]] = {}
-    for s in ordered:
+@dataclass
+class _EpicScan:
+    """What one pass over the ordered events gathers for ``epic_metrics``."""
+
+    spawns: dict[tuple[str, int], StoredEvent] = field(default_factory=dict)
+    latest_attempt: dict[str, int] = field(default_factory=dict)
+    epic_of: dict[str, str] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    infra_retries: dict[str, int] = field(default_factory=dict)
+    first_outcome: dict[tuple[str, int], StoredEvent] = field(default_factory=dict)
+    last_outcome: dict[str, StoredEvent] = field(default_factory=dict)
+    statuses: dict[str, list[StoredEvent]] = field(default_factory=dict)
+
+    def add(self, s: StoredEvent) -> None:
         if s.type == "session_status":
-            statuses.setdefault(_get(s, "session_id"), []).append(s)
-            continue
+            self.statuses.setdefault(_get(s, "session_id"), []).append(s)
+            return
         bead = _get(s, "bead_id")
         epic = _get(s, "epic_id")
         if not bead or not epic or not s.type.startswith("worker_"):
-            continue
+            return
         attempt = int(_get(s, "attempt", 1))
         if s.type in ("worker_spawned", "worker_retried", "worker_queued"):
-            latest_attempt[bead] = max(latest_attempt.get(bead, 0), attempt)
+            self.latest_attempt[bead] = max(self.latest_attempt.get(bead, 0), attempt)
         if s.type == "worker_spawned":
-            epic_of[bead] = epic
-            spawns.setdefault((bead, attempt), s)
+            self.epic_of[bead] = epic
+            self.spawns.setdefault((bead, attempt), s)
         elif s.type == "worker_retried":
-            retries[epic] = retries.get(epic, 0) + 1
+            self.retries[epic] = self.retries.get(epic, 0) + 1
             if _get(s, "cause") == FailureCause.INFRA:
-                infra_retries[epic] = infra_retries.get(epic, 0) + 1
+                self.infra_retries[epic] = self.infra_retries.get(epic, 0) + 1
         elif s.type in OUTCOME_TYPES:
-            epic_of.setdefault(bead, epic)
-            first_outcome.setdefault((bead, attempt), s)
-            last_outcome[bead] = s
+            self.epic_of.setdefault(bead, epic)
+            self.first_outcome.setdefault((bead, attempt), s)
+            self.last_outcome[bead] = s
 
-    epics = sorted(set(epic_of.values()) | set(retries))
-    out = []
-    for epic in epics:
-        beads = sorted(b for b, e in epic_of.items() if e == epic)
+    def outcome_counts(self, beads: Iterable[str]) -> dict[str, int]:
+        """Outcomes of the beads whose latest outcome belongs to their latest attempt."""
         counts = {"succeeded": 0, "failed": 0, "blocked": 0, "needs_review": 0}
         for bead in beads:
-            last = last_outcome.get(bead)
-            if last is None or int(_get(last, "attempt", 1)) < latest_attempt.get(bead, 1):
+            last = self.last_outcome.get(bead)
+            if last is None or int(_get(last, "attempt", 1)) < self.latest_attempt.get(bead, 1):
                 continue
             counts[_outcome(last)] += 1
+        return counts
+
+    def timings(self, epic: str) -> tuple[int, list[float], list[float]]:
+        """``(attempts, durations, idle-to-detected latencies)`` of the epic's attempts."""
         durations: list[float] = []
         idles: list[float] = []
         attempts = 0
-        for (bead, attempt), spawn in spawns.items():
-            if epic_of.get(bead) != epic:
+        for (bead, attempt), spawn in self.spawns.items():
+            if self.epic_of.get(bead) != epic:
                 continue
             attempts += 1
-            done = first_outcome.get((bead, attempt))
+            done = self.first_outcome.get((bead, attempt))
             if done is None:
                 continue
             given = _get(done, "duration_ms")
@@ -201,34 +199,46 @@ def epic_metrics(events: Sequence[StoredEvent]) -> list[EpicMetrics]:
                 float(given if given is not None else done.timestamp - spawn.timestamp)
             )
             session = _get(spawn, "session_id")
-            latency = _idle_to_detected(statuses.get(session, []), done.timestamp)
+            latency = _idle_to_detected(self.statuses.get(session, []), done.timestamp)
             if latency is not None:
                 idles.append(float(latency))
+        return attempts, durations, idles
+
+    def metrics(self, epic: str) -> EpicMetrics:
+        beads = sorted(b for b, e in self.epic_of.items() if e == epic)
+        counts = self.outcome_counts(beads)
+        attempts, durations, idles = self.timings(epic)
         finished = sum(counts.values())
-        out.append(
-            EpicMetrics(
-                epic_id=epic,
-                workers=len(beads),
-                attempts=attempts,
-                finished=finished,
-                succeeded=counts["succeeded"],
-                failed=counts["failed"],
-                blocked=counts["blocked"],
-                needs_review=counts["needs_review"],
-                success_rate=counts["succeeded"] / finished if finished else None,
-                retries=retries.get(epic, 0),
-                retries_task=retries.get(epic, 0) - infra_retries.get(epic, 0),
-                retries_infra=infra_retries.get(epic, 0),
-                duration_samples=len(durations),
-                duration_p50_ms=percentile(durations, 0.50),
-                duration_p95_ms=percentile(durations, 0.95),
-                idle_samples=len(idles),
-                idle_to_detected_p50_ms=percentile(idles, 0.50),
-                idle_to_detected_p95_ms=percentile(idles, 0.95),
-                idle_to_detected_max_ms=max(idles) if idles else None,
-            )
+        retries, infra = self.retries.get(epic, 0), self.infra_retries.get(epic, 0)
+        return EpicMetrics(
+            epic_id=epic,
+            workers=len(beads),
+            attempts=attempts,
+            finished=finished,
+            succeeded=counts["succeeded"],
+            failed=counts["failed"],
+            blocked=counts["blocked"],
+            needs_review=counts["needs_review"],
+            success_rate=counts["succeeded"] / finished if finished else None,
+            retries=retries,
+            retries_task=retries - infra,
+            retries_infra=infra,
+            duration_samples=len(durations),
+            duration_p50_ms=percentile(durations, 0.50),
+            duration_p95_ms=percentile(durations, 0.95),
+            idle_samples=len(idles),
+            idle_to_detected_p50_ms=percentile(idles, 0.50),
+            idle_to_detected_p95_ms=percentile(idles, 0.95),
+            idle_to_detected_max_ms=max(idles) if idles else None,
         )
-    return out
+
+
+def epic_metrics(events: Sequence[StoredEvent]) -> list[EpicMetrics]:
+    """One ``EpicMetrics`` per epic that has workers, by epic id."""
+    scan = _EpicScan()
+    for s in sorted(events, key=lambda s: s.seq):
+        scan.add(s)
+    return [scan.metrics(epic) for epic in sorted(set(scan.epic_of.values()) | set(scan.retries))]
 
 
 def _source(samples: bool, live: bool) -> str | None:
@@ -305,6 +315,6 @@ def compute(
     if epic_id is not None:
         epics = [e for e in epics if e.epic_id == epic_id]
     return {
-        "epics": [e.to_dict() for e in epics],
-        "instances": [i.to_dict() for i in instance_metrics(events, live)],
+        "epics": [asdict(e) for e in epics],
+        "instances": [asdict(i) for i in instance_metrics(events, live)],
     }

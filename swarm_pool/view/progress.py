@@ -1,4 +1,5 @@
-"""Progress for long operations (``start``, ``run``, ``stop``): rich on a TTY, else silent.
+"""Room: view. Progress for long operations (``start``, ``run``, ``stop``): rich on a TTY,
+else silent.
 
 Owns two small tools for the commands of other modules. ``StepProgress`` is a progress
 bar on stderr (transient: it disappears when done, so the command's normal output
@@ -20,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import IO, Literal
 
 from rich.console import Console
@@ -35,6 +35,7 @@ from rich.progress import (
 )
 
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.view.procstats import read_state_or_none
 
 
 def progress_enabled(as_json: bool = False, stream: IO[str] | None = None) -> bool:
@@ -84,12 +85,7 @@ class StepProgress:
             self._task = self._progress.add_task(self.description, total=self.total)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -118,13 +114,7 @@ def _count(
     paths: ProjectPaths, action: str, since: float, alive_at_start: set[str]
 ) -> tuple[int, int | None, str]:
     """(done, total, detail) for the pool's state file right now."""
-    from swarm_pool.errors import SwarmPoolError
-    from swarm_pool.pool.state import read_state
-
-    try:
-        state = read_state(paths.state_file)
-    except SwarmPoolError:
-        return 0, None, ""
+    state = read_state_or_none(paths)
     if state is None:
         return 0, None, ""
     children = state.instances
@@ -164,13 +154,7 @@ def pool_progress(
     since = time.time()
     alive: set[str] = set()
     if action == "stop":
-        from swarm_pool.errors import SwarmPoolError
-        from swarm_pool.pool.state import read_state
-
-        try:
-            state = read_state(paths.state_file)
-        except SwarmPoolError:
-            state = None
+        state = read_state_or_none(paths)
         if state is not None:
             alive = {c.name for c in state.instances if c.ref is not None and c.ref.alive()}
     stop = threading.Event()

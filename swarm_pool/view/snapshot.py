@@ -1,35 +1,37 @@
-"""What the dashboard shows, gathered as plain data: store + pool state file + psutil.
+"""Room: view. What the dashboard shows, gathered as plain data: store + pool state file
++ psutil.
 
-Owns ``Snapshot`` (and its row types) and ``SnapshotSource``, which takes one snapshot
+Owns ``Snapshot`` (and its row types), how an event is classed and summed up in one line
+(``event_level``, ``event_summary``), and ``SnapshotSource``, which takes one snapshot
 per frame. Everything it does is read-only and bounded: the pool's own status builder
 (``pool.api.pool_status`` without its live part, so no HTTP call ever reaches an
-instance), psutil on each instance's process tree (CPU % measured between two frames,
-never by sleeping, except once to prime ``--once``), and a few indexed store queries
-with row limits (the latest N events, the running workers, the poll of the few most
-recently active epics, the active reservations). "Busy sessions" therefore comes from
-the store: running workers on the instance whose session the watchers last saw busy.
-``live_stats`` is the psutil side of ``metrics``.
+instance), psutil on each instance's process tree (``procstats``: CPU % measured between
+two frames, never by sleeping, except once to prime ``--once``), and a few indexed store
+queries with row limits (the latest N events, the running workers, the poll of the few
+most recently active epics, the active reservations). "Busy sessions" therefore comes
+from the store: running workers on the instance whose session the watchers last saw busy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from typing import Any
-
-import psutil
 
 from swarm_pool.config import Config
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.api import pool_status
 from swarm_pool.pool.process import ProcRef
 from swarm_pool.store import Store, StoredEvent, open_project_store
 from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES, now_ms
 from swarm_pool.store.hosts import hosts_overview
-from swarm_pool.store.lifecycle import LIVE
-from swarm_pool.view.metrics import LiveStats
+from swarm_pool.store.lifecycle import LIVE, WorkerStatus
+from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.status import poll
+from swarm_pool.view.procstats import CpuSampler, pool_refs
 
 # Dashboard order of poll's groups: what needs attention first.
 GROUP_ORDER = (
@@ -99,6 +101,10 @@ class InstanceRow:
     last_sign_s: float | None = None  # since its last answer or stream event
 
 
+# The InstanceRow fields copied as they are from the pool's status view.
+_STATUS_FIELDS = ("name", "kind", "state", "port", "pid", "restarts", "uptime_s")
+
+
 @dataclass(frozen=True)
 class WorkerRow:
     bead_id: str
@@ -111,6 +117,19 @@ class WorkerRow:
     duration_ms: int | None
     last_message: str
     merged: bool = False
+
+
+# The WorkerRow fields copied as they are from poll's WorkerInfo.
+_WORKER_FIELDS = (
+    "bead_id",
+    "group",
+    "status",
+    "progress_percent",
+    "instance",
+    "attempt",
+    "duration_ms",
+    "merged",
+)
 
 
 @dataclass(frozen=True)
@@ -135,12 +154,22 @@ class ReservationRow:
     expires_in_s: int
 
 
+class EventLevel(StrEnum):
+    """How an event is highlighted in the dashboard's event panel."""
+
+    FAILURE = "failure"
+    CONFLICT = "conflict"
+    WARNING = "warning"
+    GOOD = "good"
+    INFO = "info"
+
+
 @dataclass(frozen=True)
 class EventRow:
     seq: int
     timestamp: int
     type: str
-    level: str  # failure | conflict | warning | good | info
+    level: EventLevel
     text: str
 
 
@@ -199,120 +228,26 @@ class Limits:
         )
 
 
-# --- psutil ---------------------------------------------------------------------------
-
-
-def _tree(leader: psutil.Process) -> list[psutil.Process]:
-    procs = [leader]
-    with contextlib.suppress(psutil.Error):
-        procs.extend(leader.children(recursive=True))
-    return procs
-
-
-def _vm_hwm_mb(pid: int) -> float | None:
-    """The kernel's peak RSS of one process (Linux ``VmHWM``), in MB."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def live_stats(ref: ProcRef) -> LiveStats | None:
-    """RSS, peak RSS and mean CPU of the current run of ``ref``'s tree (None if gone)."""
-    leader = ref.process()
-    if leader is None:
-        return None
-    rss = 0
-    peak = 0.0
-    peak_known = True
-    cpu_s = 0.0
-    for proc in _tree(leader):
-        with contextlib.suppress(psutil.Error):
-            rss += proc.memory_info().rss
-            times = proc.cpu_times()
-            cpu_s += times.user + times.system
-            if proc.pid == leader.pid:  # children already reaped by the leader
-                cpu_s += times.children_user + times.children_system
-            hwm = _vm_hwm_mb(proc.pid)
-            if hwm is None:
-                peak_known = False
-            else:
-                peak += hwm
-    wall = max(1e-3, time.time() - ref.create_time)
-    rss_mb = rss / 2**20
-    return LiveStats(
-        rss_mb=round(rss_mb, 1),
-        peak_rss_mb=round(max(peak, rss_mb), 1) if peak_known else None,
-        mean_cpu_percent=round(100.0 * cpu_s / wall, 1),
-    )
-
-
-class CpuSampler:
-    """CPU % of process trees between two calls, without sleeping (psutil's interval=None
-    mode on Process objects kept from one frame to the next)."""
-
-    def __init__(self) -> None:
-        self._procs: dict[tuple[int, float], psutil.Process] = {}
-
-    def _cached(self, proc: psutil.Process) -> tuple[psutil.Process, bool]:
-        try:
-            key = (proc.pid, proc.create_time())
-        except psutil.Error:
-            return proc, False
-        known = self._procs.get(key)
-        if known is not None:
-            return known, True
-        self._procs[key] = proc
-        return proc, False
-
-    def sample(self, ref: ProcRef) -> tuple[float | None, float | None]:
-        """``(rss_mb, cpu_percent)`` of the tree; CPU is None on the first look."""
-        leader = ref.process()
-        if leader is None:
-            return None, None
-        rss = 0
-        cpu = 0.0
-        leader_known = False
-        for proc in _tree(leader):
-            cached, known = self._cached(proc)
-            with contextlib.suppress(psutil.Error):
-                rss += cached.memory_info().rss
-                value = cached.cpu_percent(None)
-                if known:
-                    cpu += value
-                if cached.pid == leader.pid:
-                    leader_known = known
-        return round(rss / 2**20, 1), round(cpu, 1) if leader_known else None
-
-    def forget_dead(self) -> None:
-        for key, proc in list(self._procs.items()):
-            if not proc.is_running():
-                del self._procs[key]
-
-
 # --- store ----------------------------------------------------------------------------
 
 
-def event_level(stored: StoredEvent) -> str:
+def event_level(stored: StoredEvent) -> EventLevel:
     ev = stored.event
     if stored.type in CONFLICT_TYPES:
-        return "conflict"
+        return EventLevel.CONFLICT
     if stored.type in FAILURE_TYPES:
-        return "failure"
+        return EventLevel.FAILURE
     if stored.type == "worker_completed":
         status = getattr(ev, "status", "success")
-        return {"success": "good", "failed": "failure"}.get(status, "warning")
+        by_status = {"success": EventLevel.GOOD, "failed": EventLevel.FAILURE}
+        return by_status.get(status, EventLevel.WARNING)
     if stored.type == "review_completed":
-        return "good" if getattr(ev, "approved", False) else "failure"
+        return EventLevel.GOOD if getattr(ev, "approved", False) else EventLevel.FAILURE
     if stored.type in WARNING_TYPES:
-        return "warning"
+        return EventLevel.WARNING
     if stored.type in GOOD_TYPES:
-        return "good"
-    return "info"
+        return EventLevel.GOOD
+    return EventLevel.INFO
 
 
 def event_summary(stored: StoredEvent, width: int = 200) -> str:
@@ -403,15 +338,7 @@ class SnapshotSource:
             self._cpu.sample(ref)
 
     def _refs(self) -> dict[str, ProcRef]:
-        from swarm_pool.pool.state import read_state
-
-        try:
-            state = read_state(self.paths.state_file)
-        except SwarmPoolError:
-            return {}
-        if state is None:
-            return {}
-        return {rec.name: rec.ref for rec in state.instances if rec.ref is not None}
+        return pool_refs(self.paths)
 
     def take(self, limits: Limits | None = None) -> Snapshot:
         limits = limits or Limits()
@@ -426,7 +353,7 @@ class SnapshotSource:
             problems.append(f"store: {e}")
         if store is not None:
             try:
-                running_workers = store.workers.list(status="running")
+                running_workers = store.workers.list(status=WorkerStatus.RUNNING)
             except SwarmPoolError as e:
                 problems.append(f"store: {e}")
                 store = None
@@ -449,46 +376,34 @@ class SnapshotSource:
         if store is None:
             return snap
         try:
-            epics, other = self._epics(store, limits)
-            reservations, hidden = _reservation_rows(store, limits.reservations, now)
-            events = [
-                EventRow(
-                    seq=s.seq,
-                    timestamp=s.timestamp,
-                    type=s.type,
-                    level=event_level(s),
-                    text=event_summary(s),
-                )
-                for s in store.read(types=_EVENT_PANEL_TYPES, descending=True, limit=limits.events)
-            ]
-            last_seq = store.last_seq()
-            slots = [
-                SlotRow(s.slot, s.instance, s.state, s.bead_id, s.path) for s in store.slots.list()
-            ]
-            hosts = hosts_overview(store, self.config.pool.hosts_stale_s)
+            found = self._from_store(store, limits, now)
         except SwarmPoolError as e:  # shown in the frame; the next one tries again
             problems.append(f"store: {e}")
             return snap
-        return Snapshot(
-            project=snap.project,
-            taken_at=now,
-            supervisor=supervisor,
-            instances=instances,
-            epics=epics,
-            other_epics=other,
-            reservations=reservations,
-            reservations_hidden=hidden,
-            events=events,
-            last_seq=last_seq,
-            store_present=True,
-            problems=problems,
-            slots=slots,
-            hosts=hosts,
-        )
+        return replace(snap, store_present=True, **found)
+
+    def _from_store(self, store: Store, limits: Limits, now: int) -> dict[str, Any]:
+        """The ``Snapshot`` fields read from the store, by field name."""
+        epics, other = self._epics(store, limits)
+        reservations, hidden = _reservation_rows(store, limits.reservations, now)
+        events = [
+            EventRow(s.seq, s.timestamp, s.type, level=event_level(s), text=event_summary(s))
+            for s in store.read(types=_EVENT_PANEL_TYPES, descending=True, limit=limits.events)
+        ]
+        return {
+            "epics": epics,
+            "other_epics": other,
+            "reservations": reservations,
+            "reservations_hidden": hidden,
+            "events": events,
+            "last_seq": store.last_seq(),
+            "slots": [
+                SlotRow(s.slot, s.instance, s.state, s.bead_id, s.path) for s in store.slots.list()
+            ],
+            "hosts": hosts_overview(store, self.config.pool.hosts_stale_s),
+        }
 
     def _instances(self, busy: dict[str, int]) -> tuple[dict[str, Any], list[InstanceRow]]:
-        from swarm_pool.pool.api import pool_status
-
         status = pool_status(self.paths, live=False)
         refs = self._refs()
         rows = []
@@ -499,16 +414,10 @@ class SnapshotSource:
                 rss, cpu = self._cpu.sample(ref)
             rows.append(
                 InstanceRow(
-                    name=view["name"],
-                    kind=view["kind"],
-                    state=view["state"],
-                    port=view["port"],
-                    pid=view["pid"],
+                    **{key: view[key] for key in _STATUS_FIELDS},
                     rss_mb=rss,
                     cpu_percent=cpu,
                     busy_sessions=busy.get(view["name"], 0) if view["kind"] == "opencode" else None,
-                    restarts=view["restarts"],
-                    uptime_s=view["uptime_s"],
                     last_sign_s=view.get("last_sign_s"),
                     draining=bool(view.get("draining")),
                     reason=view.get("reason") or "",
@@ -518,9 +427,6 @@ class SnapshotSource:
         return dict(status["supervisor"]), rows
 
     def _epics(self, store: Store, limits: Limits) -> tuple[list[EpicBlock], int]:
-        from swarm_pool.swarm.context import SwarmContext
-        from swarm_pool.swarm.status import poll
-
         ctx = SwarmContext(paths=self.paths, config=self.config, store=store)
         epic_ids = _recent_epics(store)
         shown = epic_ids[: limits.epics]
@@ -536,16 +442,9 @@ class SnapshotSource:
                 titles = {c.id: c.title for c in epic.cells}
             workers = [
                 WorkerRow(
-                    bead_id=w.bead_id,
+                    **{key: getattr(w, key) for key in _WORKER_FIELDS},
                     title=titles.get(w.bead_id, ""),
-                    group=w.group,
-                    status=w.status,
-                    progress_percent=w.progress_percent,
-                    instance=w.instance,
-                    attempt=w.attempt,
-                    duration_ms=w.duration_ms,
                     last_message=_last_message(w),
-                    merged=w.merged,
                 )
                 for group in GROUP_ORDER
                 for w in result.groups.get(group, [])

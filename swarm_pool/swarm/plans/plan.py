@@ -1,4 +1,5 @@
-"""Plan files: an epic and its tasks in TOML, checked before anything starts.
+"""Room: swarm.plans. Plan files: an epic and its tasks in TOML, checked before anything
+starts.
 
 A plan holds ``[epic]`` (title, description, shared_context), ``[[tasks]]`` (a short
 local ``id``, title, description, owned ``files``, ``depends_on`` local ids, optional
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swarm_pool.errors import PlanError, ScriptError
+from swarm_pool.model.scripts import parse_inline
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.store.globs import has_magic, patterns_overlap
 
@@ -226,8 +228,6 @@ def _check_pattern(task_id: str, pattern: str) -> None:
 
 def _check_script(task_id: str, steps: list[dict[str, Any]]) -> None:
     # The scripted model would only reject a bad step mid-run, inside a worker.
-    from swarm_pool.model.scripts import parse_inline
-
     try:
         parse_inline(steps, where=f"script of task {task_id!r}")
     except ScriptError as e:

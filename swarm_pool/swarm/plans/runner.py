@@ -1,4 +1,4 @@
-"""``swarm-pool run PLAN.toml``: a plan, end to end, over the pool.
+"""Room: swarm.plans. ``swarm-pool run PLAN.toml``: a plan, end to end, over the pool.
 
 ``Runner`` owns the orchestration of one plan: it validates the plan before starting
 anything, starts the pool if none runs (and stops it afterwards unless asked to keep
@@ -6,8 +6,11 @@ it), creates the epic, spawns every ready task at once and each further task as 
 as all of its dependencies are merged (so its worktree branches from a base that holds
 them), reviews and merges every finished worker, and gives up on a task whose worker
 failed for good or whose review or merge failed. Progress is driven by store changes
-(``wait_for_change``), shown live with rich on a TTY; the summary says which tasks
-were merged, and the run is ``ok`` only when all of them were.
+(``wait_for_change``), shown live on a TTY by the caller's display; the summary says which tasks
+were merged, and the run is ``ok`` only when all of them were. ``RunOptions`` holds how
+one run goes (timeout, pool size, whether to keep or restart the pool, where progress
+lines and the live table go); the table is a ``RunDisplay`` the caller brings
+(``view/plan_table.py`` at the CLI), so this room draws nothing.
 
 The run outlives its supervisor (``SupervisorWatch``): when work waits to be dispatched
 or runs and no supervisor with a live worker engine serves the pool, it says so (a
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from swarm_pool.config import Config
 from swarm_pool.errors import (
@@ -37,8 +40,11 @@ from swarm_pool.errors import (
     WorkerError,
 )
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.store import open_project_store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.plans.plan import Plan, load_plan
+from swarm_pool.swarm.pool_view import ensure_pool, stop_pool
 from swarm_pool.swarm.status import PollResult, poll
 from swarm_pool.swarm.worker import spawn_async
 from swarm_pool.swarm.worker.review import cleanup, merge, review
@@ -126,6 +132,7 @@ class RunSummary:
 
 
 Notify = Callable[[str], None]
+OnUpdate = Callable[["Runner", PollResult | None], None]
 
 
 @dataclass
@@ -155,8 +162,6 @@ class SupervisorWatch:
             f"supervisor to serve the pool again ({hint})"
         )
         if self.restart:
-            from swarm_pool.swarm.pool_view import ensure_pool
-
             ensure_pool(self.paths, self.config, size=self.size, config_path=self.config_path)
         deadline = time.monotonic() + wait_s
         while True:
@@ -183,26 +188,25 @@ class Runner:
     def __init__(
         self,
         ctx: SwarmContext,
+        plan: Plan,
         *,
-        title: str,
-        shared_context: str,
-        subtasks: list[SubtaskSpec],
-        extras: list[dict[str, Any]] | None = None,
-        routing: str | None = None,
-        on_update: Callable[[Runner, PollResult | None], None] | None = None,
+        on_update: OnUpdate | None = None,
         supervisor: SupervisorWatch | None = None,
     ) -> None:
         self.ctx = ctx
-        self.title = title
-        self.shared_context = shared_context
-        self.subtasks = subtasks
+        self.title = plan.title
+        self.shared_context = plan.shared_context
+        self.subtasks: list[SubtaskSpec] = plan.to_subtasks()
         # Per task: spawn arguments the store's cells do not hold (read_only, criteria).
-        self.extras = extras or [{} for _ in subtasks]
-        self.routing = routing
+        self.extras: list[dict[str, Any]] = [
+            {"read_only": list(t.read_only), "success_criteria": list(t.success_criteria)}
+            for t in plan.tasks
+        ]
+        self.routing = plan.pool.routing
         self.on_update = on_update
         self.supervisor = supervisor
         self.epic_id = ""
-        self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(subtasks)]
+        self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(self.subtasks)]
         self.errors: list[str] = []
         self._deps: dict[str, list[str]] = {}
 
@@ -325,85 +329,73 @@ class Runner:
 # --- the `run` command ----------------------------------------------------------------
 
 
-def load_runner_plan(plan_path: Path) -> Any:
-    """Parse and validate the plan; PlanError before anything is started."""
-    from swarm_pool.swarm.plans.plan import load_plan
+class RunDisplay(Protocol):
+    """Where a run shows its tasks as they move (the CLI's live table)."""
 
-    return load_plan(plan_path)
+    def update(self, runner: Runner, result: PollResult | None) -> None: ...
+
+    def close(self) -> None: ...
 
 
-def runner_for(ctx: SwarmContext, plan: Any, **kw: Any) -> Runner:
-    return Runner(
-        ctx,
-        title=plan.title,
-        shared_context=plan.shared_context,
-        subtasks=plan.to_subtasks(),
-        extras=[
-            {"read_only": list(t.read_only), "success_criteria": list(t.success_criteria)}
-            for t in plan.tasks
-        ],
-        routing=plan.pool.routing,
-        **kw,
-    )
+@dataclass(frozen=True)
+class RunOptions:
+    """How one ``run`` goes; the defaults are the CLI's."""
+
+    timeout: float = 1800.0
+    size: int | None = None  # instances, if the pool must be started (else the plan's)
+    keep_pool: bool = False  # leave a pool this run started running
+    config_path: Path | None = None
+    restart_pool: bool = False  # start a supervisor when the pool's dies
+    notify: Notify | None = None  # progress lines (stderr at the CLI)
+    display: RunDisplay | None = None  # closed when the run ends
 
 
 def run_plan_file(
     paths: ProjectPaths,
     config: Config,
     plan_path: Path,
-    *,
-    timeout: float = 1800.0,
-    size: int | None = None,
-    keep_pool: bool = False,
-    live: bool = False,
-    config_path: Path | None = None,
-    restart_pool: bool = False,
-    notify: Notify | None = None,
+    options: RunOptions | None = None,
 ) -> RunSummary:
-    plan = load_runner_plan(plan_path)
+    """Run the plan at ``plan_path``: PlanError before anything starts if it is bad."""
+    options = options or RunOptions()
+    plan = load_plan(plan_path)
     if not plan.tasks:
         raise PlanError(f"plan {plan_path} has no tasks")
-    from swarm_pool.store import open_project_store
-    from swarm_pool.swarm.pool_view import ensure_pool, stop_pool
-
     # The store is opened (and so checked) before the pool starts: a damaged one must
     # not leave a pool running behind the error.
     store = open_project_store(paths, config)
     started_pool = False
     try:
-        size = size or plan.pool.size
-        started_pool = ensure_pool(paths, config, size=size, config_path=config_path)
+        size = options.size or plan.pool.size
+        started_pool = ensure_pool(paths, config, size=size, config_path=options.config_path)
         watch = SupervisorWatch(
             paths,
             config,
-            notify or (lambda _: None),
-            restart=restart_pool,
+            options.notify or (lambda _: None),
+            restart=options.restart_pool,
             size=size,
-            config_path=config_path,
+            config_path=options.config_path,
         )
-        return _run(paths, config, store, plan, timeout, live, started_pool, watch)
+        ctx = SwarmContext(paths=paths, config=config, store=store)
+        return _run(ctx, plan, options, started_pool, watch)
     finally:
         store.close()
-        if started_pool and not keep_pool:
+        if started_pool and not options.keep_pool:
             stop_pool(paths, config)
 
 
 def _run(
-    paths: ProjectPaths,
-    config: Config,
-    store: Any,
-    plan: Any,
-    timeout: float,
-    live: bool,
+    ctx: SwarmContext,
+    plan: Plan,
+    options: RunOptions,
     started_pool: bool,
     watch: SupervisorWatch,
 ) -> RunSummary:
     started = time.monotonic()
-    ctx = SwarmContext(paths=paths, config=config, store=store)
-    display = _LiveDisplay() if live else None
-    runner = runner_for(ctx, plan, on_update=display.update if display else None, supervisor=watch)
+    display = options.display
+    runner = Runner(ctx, plan, on_update=display.update if display else None, supervisor=watch)
     try:
-        timed_out, _ = runner.run(timeout)
+        timed_out, _ = runner.run(options.timeout)
     finally:
         if display is not None:
             display.close()
@@ -416,41 +408,5 @@ def _run(
         pool_started=started_pool,
         timed_out=timed_out,
         errors=runner.errors,
-        sandbox=config.workers.sandbox_label(),
+        sandbox=ctx.config.workers.sandbox_label(),
     )
-
-
-class _LiveDisplay:
-    """A rich live table of the run's tasks (only on a TTY)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self._live = Live(console=Console(), refresh_per_second=4, transient=False)
-        self._live.start()
-
-    def update(self, runner: Runner, result: PollResult | None) -> None:
-        from rich.table import Table
-
-        infos = {w.bead_id: w for w in result.workers()} if result else {}
-        table = Table(title=f"{runner.title} ({runner.epic_id})")
-        table.add_column("task")
-        table.add_column("bead", no_wrap=True)
-        for col in ("state", "worker", "progress", "instance", "note"):
-            table.add_column(col)
-        for t in runner.tasks:
-            info = infos.get(t.bead_id)
-            table.add_row(
-                t.title[:40],
-                t.bead_id,
-                t.state,
-                info.group if info else "-",
-                f"{info.progress_percent}%" if info else "-",
-                (info.instance if info else t.instance) or "-",
-                (t.note or (info.last_message if info else ""))[:50],
-            )
-        self._live.update(table)
-
-    def close(self) -> None:
-        self._live.stop()
