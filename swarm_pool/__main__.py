@@ -1,3 +1,5 @@
+"""``python -m swarm_pool``: the CLI (``cli/``), as the ``swarm-pool`` command."""
+
 from swarm_pool.cli import main
 
 main()

@@ -1,7 +1,7 @@
 """Every error swarm-pool raises on purpose, in one hierarchy.
 
-Core modules raise these; only the edges (``cli.py``, ``mcp_server.py``) turn them into
-messages, exit codes or tool errors. Foreign errors are mapped at the boundary with
+Room: base (the bottom: imports nothing of the package). Core modules raise these; only
+the edges (``cli/``, ``mcp/``) turn them into messages, exit codes or tool errors. Foreign errors are mapped at the boundary with
 ``raise Ours(...) from e``.
 
     SwarmPoolError

@@ -46,7 +46,7 @@ def has_magic(pattern: str) -> bool:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """``a/{b,c}.py`` -> ``["a/b.py", "a/c.py"]``; nested braces work; capped in size."""
+    """``a/{b,c}.ts`` -> ``["a/b.ts", "a/c.ts"]``; nested braces work; capped in size."""
     start = _find_brace(pattern)
     if start is None:
         return [pattern]
