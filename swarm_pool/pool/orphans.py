@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 
 import psutil
 
+from swarm_pool.pool.process import terminate_family
+
 log = logging.getLogger("swarm_pool.pool")
 
 POOL_TAG_ENV = "SWARM_POOL_TAG"
@@ -111,14 +113,7 @@ class OrphanReaper:
         """TERM every adopted orphan, KILL what is left after ``grace_s``, reap; the pids."""
         with self._lock:
             procs = [p for p in self.orphans() if _alive(p)]
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    proc.terminate()
-            _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
-            for proc in alive:
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-            psutil.wait_procs(alive, timeout=5)
+            terminate_family(procs, grace_s)
         self.reap()
         return [p.pid for p in procs]
 
@@ -154,13 +149,6 @@ def sweep_tagged(tag: str, grace_s: float, *, exclude: Iterable[int] = ()) -> li
     procs = tagged(tag, exclude=exclude)
     if not procs:
         return []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+    terminate_family(procs, grace_s)
     log.info("swept %d tagged process(es): %s", len(procs), [p.pid for p in procs])
     return [p.pid for p in procs]
