@@ -14,7 +14,8 @@ messages, exit codes or tool errors. Foreign errors are mapped at the boundary w
     ├── ProcessError                a child could not be launched or stopped
     ├── SandboxError                workers.sandbox is on but bubblewrap is missing/broken
     ├── InstanceError
-    │   └── InstanceStartError      an instance never became ready
+    │   ├── InstanceStartError      an instance never became ready
+    │   └── IllegalInstanceTransitionError  the instance state table forbids a move (a bug)
     ├── PoolError
     │   ├── PoolAlreadyRunningError
     │   ├── PoolNotRunningError
@@ -106,6 +107,10 @@ class InstanceError(SwarmPoolError):
 
 
 class InstanceStartError(InstanceError):
+    pass
+
+
+class IllegalInstanceTransitionError(InstanceError):
     pass
 
 

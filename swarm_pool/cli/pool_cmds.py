@@ -22,6 +22,7 @@ from swarm_pool.config import checked_host
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool import api
+from swarm_pool.pool.state import TROUBLED
 from swarm_pool.store.slots import counts_by_instance, describe_counts
 from swarm_pool.view.progress import pool_progress
 
@@ -60,7 +61,7 @@ def _print_table(status: dict[str, Any]) -> None:
         table.add_row(*row)
     console.print(table)
     for inst in status["instances"]:
-        if inst["state"] in ("fatal", "backoff", "unhealthy") and inst.get("reason"):
+        if inst["state"] in TROUBLED and inst.get("reason"):
             console.print(f"{inst['name']}: {inst['reason']}", markup=False)
     if status.get("hosts"):
         print_hosts(console, status["hosts"])

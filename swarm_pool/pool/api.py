@@ -42,7 +42,7 @@ from swarm_pool.pool import control, process
 from swarm_pool.pool.instance import busy_sessions
 from swarm_pool.pool.orphans import POOL_TAG_ENV, new_tag, sweep_tagged
 from swarm_pool.pool.ports import PortLeases, wait_port_free
-from swarm_pool.pool.state import PoolState, child_view, read_state, write_state
+from swarm_pool.pool.state import InstanceState, PoolState, child_view, read_state, write_state
 
 _POLL_S = 0.05
 # The daemon's exit statuses (``swarm_pool.daemon``), which ``start_pool`` interprets.
@@ -173,7 +173,7 @@ def _wait_started(
         if time.monotonic() > deadline:
             detail = ""
             if state is not None:
-                late = [r for r in state.instances if r.state != "ready"]
+                late = [r for r in state.instances if r.state != InstanceState.READY]
                 detail = ": " + "; ".join(f"{r.name} {r.state} {r.reason}".strip() for r in late)
             raise InstanceStartError(f"the pool did not become ready in time{detail}")
         time.sleep(_POLL_S)
@@ -258,7 +258,7 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     swept = sweep_tagged(state.tag, config.pool.stop_grace_s)
     busy = [p for p in held if not wait_port_free(p, 5.0)]
     for rec in state.instances:
-        rec.state = "stopped"
+        rec.state = InstanceState.STOPPED
         rec.pid = None
         rec.create_time = None
         rec.draining = False
@@ -294,7 +294,7 @@ def pool_status(
         alive = ref is not None and ref.alive()
         if not alive and not running:
             # Nothing will bring it back: report what is really there.
-            view.update(state="stopped", pid=None, uptime_s=None)
+            view.update(state=InstanceState.STOPPED, pid=None, uptime_s=None)
         if alive and ref is not None and live:
             stats = process.tree_stats(ref)
             if stats is not None:
@@ -316,7 +316,7 @@ def pool_status(
                 )
                 for view, count in zip(targets, counts, strict=True):
                     view["busy_sessions"] = count
-    ok = running and bool(views) and all(v["state"] == "ready" for v in views)
+    ok = running and bool(views) and all(v["state"] == InstanceState.READY for v in views)
     return {
         "project": str(paths.root),
         "supervisor": {

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from swarm_pool.config import Config
+from swarm_pool.pool.state import InstanceState
 
 Routing = Literal["least_busy", "dedicated"]
 ROUTINGS: tuple[Routing, ...] = ("least_busy", "dedicated")
@@ -48,7 +49,7 @@ class InstanceView:
 
     @property
     def accepts_work(self) -> bool:
-        return self.state == "ready" and not self.draining
+        return self.state == InstanceState.READY and not self.draining
 
 
 @dataclass(frozen=True)

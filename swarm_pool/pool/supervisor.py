@@ -63,6 +63,7 @@ from swarm_pool.pool.sink import EventSink
 from swarm_pool.pool.state import (
     ChildRecord,
     ErrorInfo,
+    InstanceState,
     Phase,
     PoolState,
     SupervisorRecord,
@@ -424,14 +425,14 @@ class Supervisor:
             if self._stop.is_set():
                 return
             states = {c.name: c.record.state for c in children}
-            fatal = [c for c in children if c.record.state == "fatal"]
+            fatal = [c for c in children if c.record.state == InstanceState.FATAL]
             if fatal:
                 c = fatal[0]
                 raise InstanceStartError(f"instance {c.name} failed to start: {c.record.reason}")
-            if all(s == "ready" for s in states.values()):
+            if all(s == InstanceState.READY for s in states.values()):
                 return
             if self.clock() > deadline:
-                late = [c for c in children if c.record.state != "ready"]
+                late = [c for c in children if c.record.state != InstanceState.READY]
                 detail = "; ".join(
                     f"{c.name} {c.record.state}"
                     + (f" ({c.record.reason})" if c.record.reason else "")
@@ -613,9 +614,9 @@ class Supervisor:
                 if c.manual_restart or (not_pid is not None and rec.pid == not_pid):
                     pending.append(c)
                     continue
-                if rec.state == "fatal":
+                if rec.state == InstanceState.FATAL:
                     raise InstanceStartError(f"instance {c.name} is fatal: {rec.reason}")
-                if rec.state != "ready":
+                if rec.state != InstanceState.READY:
                     pending.append(c)
             if not pending:
                 return

@@ -46,7 +46,13 @@ from swarm_pool.pool.policy import ChildPolicy, Clock, MemoryVerdict
 from swarm_pool.pool.ports import Owner, PortLeases, port_is_free
 from swarm_pool.pool.pulse import Pulse
 from swarm_pool.pool.sink import EventSink
-from swarm_pool.pool.state import ChildRecord, ExitInfo
+from swarm_pool.pool.state import (
+    SERVING,
+    ChildRecord,
+    ExitInfo,
+    InstanceState,
+    check_transition,
+)
 from swarm_pool.store import events as ev
 from swarm_pool.store.events import RestartCause
 
@@ -117,7 +123,7 @@ class Watcher:
     def live_record(self) -> ChildRecord:
         """A copy of the record with the live time of the last sign of life."""
         rec = self.record.model_copy(deep=True)
-        if rec.pid is not None and rec.state in ("ready", "unhealthy"):
+        if rec.pid is not None and rec.state in SERVING:
             rec.last_sign_at = time.time() - self.policy.silent_for()
         return rec
 
@@ -144,6 +150,8 @@ class Watcher:
 
     def _set(self, **fields: Any) -> None:
         with self.ctx.rec_lock:
+            if "state" in fields:
+                check_transition(self.record.state, fields["state"])
             for key, value in fields.items():
                 setattr(self.record, key, value)
         self.ctx.dirty.set()
@@ -154,7 +162,7 @@ class Watcher:
             if not self.finished:
                 self._terminate(reason="pool stopped")
                 self._release_port()
-                self._set(state="stopped", pid=None, create_time=None, draining=False)
+                self._set(state=InstanceState.STOPPED, pid=None, create_time=None, draining=False)
                 self.finished = True
 
     def _main(self) -> None:
@@ -173,7 +181,7 @@ class Watcher:
                     self._on_failure(str(e), None)
                 except Exception:  # a bug in one child's step must not kill its watcher
                     log.exception("%s: unexpected error in the supervisor step", self.name)
-                starting = self.record.state == "starting"
+                starting = self.record.state == InstanceState.STARTING
             # Poll fast while starting so `start` returns soon after the child is ready.
             self.wake.wait(min(interval, 0.1) if starting else interval)
             self.wake.clear()
@@ -184,7 +192,7 @@ class Watcher:
         else:
             self._terminate(reason="pool stopped")
         self._release_port()
-        self._set(state="stopped", pid=None, create_time=None, draining=False)
+        self._set(state=InstanceState.STOPPED, pid=None, create_time=None, draining=False)
         self.finished = True
 
     def _step(self) -> None:
@@ -204,11 +212,11 @@ class Watcher:
             self._launch()
             return
         state = self.record.state
-        if state == "starting":
+        if state == InstanceState.STARTING:
             self._check_starting()
-        elif state in ("ready", "unhealthy"):
+        elif state in SERVING:
             self._check_running()
-        elif state == "backoff" and self.ctx.clock() >= self.restart_at:
+        elif state == InstanceState.BACKOFF and self.ctx.clock() >= self.restart_at:
             self._relaunch()
 
     def _manual_restart(self) -> None:
@@ -250,7 +258,7 @@ class Watcher:
             port=rec.port,
             pid=ref.pid,
             create_time=ref.create_time,
-            state="ready",
+            state=InstanceState.READY,
             started_at=rec.started_at,
             ready_at=rec.ready_at,
             restarts=rec.restarts,
@@ -324,7 +332,7 @@ class Watcher:
             port=port,
             pid=launched.ref.pid,
             create_time=launched.ref.create_time,
-            state="starting",
+            state=InstanceState.STARTING,
             started_at=time.time(),
             ready_at=None,
             draining=False,
@@ -383,7 +391,7 @@ class Watcher:
         if self._probe(min(1.0, self.ctx.config.supervisor.health_timeout_s)) is None:
             self.probed_at = self.ctx.clock()
             startup_ms = int((self.ctx.clock() - self.launch_mono) * 1000)
-            self._set(state="ready", ready_at=time.time(), reason="")
+            self._set(state=InstanceState.READY, ready_at=time.time(), reason="")
             self._start_pulse()
             self._emit(
                 ev.InstanceReady(
@@ -407,7 +415,7 @@ class Watcher:
         sup = self.ctx.config.supervisor
         asked = self.ctx.clock()
         if (
-            self.record.state == "ready"
+            self.record.state == InstanceState.READY
             and self.probed_at is not None
             and asked - self.probed_at < sup.health_interval_s
         ):
@@ -420,7 +428,7 @@ class Watcher:
         # Waits up to slow_answer_s: a late answer is a busy instance, not a dead one.
         problem = self._probe(max(sup.slow_answer_s, sup.health_timeout_s))
         if problem is not None:
-            if self.record.state != "unhealthy":
+            if self.record.state != InstanceState.UNHEALTHY:
                 self._emit(
                     ev.InstanceUnhealthy(
                         instance=self.name, pid=self.record.pid, port=self.port, reason=problem
@@ -428,7 +436,7 @@ class Watcher:
                     f"{self.name}: unhealthy: {problem}",
                     logging.WARNING,
                 )
-            self._set(state="unhealthy", reason=problem)
+            self._set(state=InstanceState.UNHEALTHY, reason=problem)
             busy = self._busy_now()
             if self.policy.on_health(False, busy=busy):
                 reason = (
@@ -443,9 +451,9 @@ class Watcher:
         if took > sup.health_timeout_s:
             log.info("%s: slow health answer (%.1fs): busy, alive", self.name, took)
         self.policy.on_health(True)
-        if self.record.state == "unhealthy":
+        if self.record.state == InstanceState.UNHEALTHY:
             log.info("%s: healthy again", self.name)
-            self._set(state="ready", reason="")
+            self._set(state=InstanceState.READY, reason="")
         self._check_memory()
         rotate_log(
             self.program.log_path,
@@ -553,7 +561,9 @@ class Watcher:
             )
             if self.ctx.starting():
                 self.ctx.fail_startup(error)
-                self._set(state="fatal", reason=str(error), last_exit=exit_info, pid=None)
+                self._set(
+                    state=InstanceState.FATAL, reason=str(error), last_exit=exit_info, pid=None
+                )
                 return
             log.warning("%s: %s; it gets a new port", self.name, error)
             self.new_port = True
@@ -571,7 +581,7 @@ class Watcher:
             self._set(last_exit=exit_info)
         decision = self.policy.on_failure(reason)
         if decision.fatal:
-            self._set(state="fatal", reason=decision.reason, pid=None, create_time=None)
+            self._set(state=InstanceState.FATAL, reason=decision.reason, pid=None, create_time=None)
             self._emit(
                 ev.InstanceFatal(instance=self.name, port=self.port, reason=decision.reason),
                 f"{self.name}: fatal: {decision.reason}; `swarm-pool restart {self.name}` "
@@ -581,7 +591,7 @@ class Watcher:
             return
         self.restart_at = self.ctx.clock() + decision.delay_s
         self._set(
-            state="backoff",
+            state=InstanceState.BACKOFF,
             reason=reason,
             restarts=self.record.restarts + 1,
             pid=None,
@@ -594,7 +604,7 @@ class Watcher:
         """Errors that fail a start outright (no port, bad config); later, a failure."""
         if self.ctx.starting():
             self.ctx.fail_startup(error)
-            self._set(state="fatal", reason=str(error))
+            self._set(state=InstanceState.FATAL, reason=str(error))
             return
         log.error("%s: %s", self.name, error)
         self._on_failure(str(error), None)
