@@ -8,7 +8,7 @@ error. ``stop_pool`` asks the supervisor to stop and then, whether or not it was
 kills whatever the state file still lists (verified by pid and ``create_time``) and
 every process that carries the pool's tag (``orphans.py``), so ``stop`` always leaves
 nothing behind. ``pool_status`` reads the state file plus live
-psutil and HTTP figures, so it works when the supervisor is dead.
+psutil and HTTP figures, so it works when the supervisor is dead. Room: pool.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from swarm_pool.pool.instance import busy_sessions
 from swarm_pool.pool.orphans import POOL_TAG_ENV, new_tag, sweep_tagged
 from swarm_pool.pool.ports import PortLeases, wait_port_free
 from swarm_pool.pool.state import InstanceState, PoolState, child_view, read_state, write_state
+from swarm_pool.store import open_project_store
+from swarm_pool.store.pgpass import seal_store_url
 
 _POLL_S = 0.05
 # The daemon's exit statuses (``swarm_pool.daemon``), which ``start_pool`` interprets.
@@ -98,8 +100,6 @@ def start_pool(
         # The daemon, its instances and their MCP servers open the same store; an env
         # entry keeps the URL off every command line (`ps` shows those), and its
         # password goes to a private passfile rather than into anyone's environment.
-        from swarm_pool.store.pgpass import seal_store_url
-
         env[STORE_URL_ENV] = seal_store_url(config.store.url, paths.swarm_dir, env)
     # JSON quoting is TOML's too: a host named "1" stays a string.
     env[HOST_ENV] = json.dumps(config.pool.host)
@@ -126,8 +126,6 @@ def check_store(paths: ProjectPaths, config: Config) -> None:
     its own error before anything is launched (the supervisor would only log it)."""
     if not paths.db.exists():
         return
-    from swarm_pool.store import open_project_store
-
     open_project_store(paths, config).close()
 
 

@@ -12,7 +12,7 @@ sits in some other session. Second, every process of a pool inherits one random 
 ``POOL_TAG_ENV``; ``sweep_tagged`` kills whatever still carries it, which works when
 the supervisor is dead too (``stop`` reads the tag from the state file). A process that
 scrubs the tag from its own environment and outlives a dead supervisor escapes the
-sweep; the README says so.
+sweep; the README says so. Both kill with ``process.terminate_family``. Room: pool.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ file: the child never writes to a pipe we hold, so it keeps serving, and never g
 SIGPIPE, when the supervisor dies. Stopping collects the whole tree first (psutil
 descendants plus every process still in the child's group, which catches orphans of a
 dead leader), sends SIGTERM to the group, waits up to a grace period, SIGKILLs whatever
-is left, and finally waits for the port to be free.
+is left, and finally waits for the port to be free. ``terminate_family`` is the one
+TERM/wait/KILL loop for processes that are not a group we lead (orphans, tagged
+leftovers). Room: pool.
 """
 
 from __future__ import annotations
