@@ -176,6 +176,7 @@ def test_instance_states_serialize_as_before_and_follow_one_table(tmp_path: Path
     rec = ChildRecord(name="oc-1", state="unhealthy")
     assert rec.state is InstanceState.UNHEALTHY
     assert rec.model_dump(mode="json")["state"] == "unhealthy"
+    assert PoolState(project_root=str(tmp_path)).model_dump(mode="json")["phase"] == "starting"
     assert {s.value for s in InstanceState} == {
         "starting",
         "ready",

@@ -42,7 +42,14 @@ from swarm_pool.pool import control, process
 from swarm_pool.pool.instance import busy_sessions
 from swarm_pool.pool.orphans import POOL_TAG_ENV, new_tag, sweep_tagged
 from swarm_pool.pool.ports import PortLeases, wait_port_free
-from swarm_pool.pool.state import InstanceState, PoolState, child_view, read_state, write_state
+from swarm_pool.pool.state import (
+    InstanceState,
+    PoolPhase,
+    PoolState,
+    child_view,
+    read_state,
+    write_state,
+)
 from swarm_pool.store import open_project_store
 from swarm_pool.store.pgpass import seal_store_url
 
@@ -166,7 +173,7 @@ def _wait_started(
                 f"the supervisor exited with status {rc} during start-up; "
                 f"see {paths.supervisor_log}"
             )
-        if state is not None and state.phase == "running":
+        if state is not None and state.phase == PoolPhase.RUNNING:
             return state
         if time.monotonic() > deadline:
             detail = ""
@@ -260,8 +267,8 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
         rec.pid = None
         rec.create_time = None
         rec.draining = False
-    if state.phase != "failed":
-        state.phase = "stopped"
+    if state.phase != PoolPhase.FAILED:
+        state.phase = PoolPhase.STOPPED
     write_state(paths.state_file, state)
     if busy:
         raise PoolError(f"ports still in use after stop: {', '.join(map(str, busy))}")
@@ -320,7 +327,7 @@ def pool_status(
         "supervisor": {
             "pid": state.supervisor.pid if state.supervisor else None,
             "running": running,
-            "phase": state.phase if running else "stopped",
+            "phase": state.phase if running else PoolPhase.STOPPED,
             "sandbox": state.sandbox,
         },
         "instances": views,

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from swarm_pool import errors
 from swarm_pool.errors import PoolError, PoolNotRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths, user_state_dir
-from swarm_pool.pool.state import Phase, PoolState, public_dump
+from swarm_pool.pool.state import PoolPhase, PoolState, public_dump
 
 # "add"/"remove": one extra named instance outside the sized pool (dedicated routing).
 COMMANDS = ("status", "restart", "scale", "stop", "add", "remove")
@@ -41,7 +41,7 @@ class Commands(Protocol):
     """What the control socket's commands act on: the supervisor."""
 
     @property
-    def phase(self) -> Phase: ...
+    def phase(self) -> PoolPhase: ...
 
     def snapshot(self) -> PoolState: ...
 
@@ -66,7 +66,7 @@ def handle(target: Commands, request: dict[str, Any]) -> Any:
     if cmd == "stop":
         target.request_stop()
         return {"stopping": True}
-    if target.phase != "running":
+    if target.phase != PoolPhase.RUNNING:
         raise PoolError(f"the pool is {target.phase}; try again when it is running")
     timeout = request.get("timeout")
     if cmd == "restart":

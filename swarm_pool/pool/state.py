@@ -7,9 +7,10 @@ socket, and for each child (opencode instances, the scripted model and the gatew
 port, pid, ``create_time``, password (each instance has its own), state, restarts, start
 time, last exit and whether it is draining. It is created with mode 0600 (it holds the
 passwords) and replaced atomically (tmp + rename), so a reader never sees half a file.
-Readers use ``read_state``. Room: pool. It also owns ``InstanceState``, the only
-spelling of a child's state, the named sets every caller derives from it (``SERVING``,
-``RUNNING``, ``GONE``, ``TROUBLED``) and its transition table (``check_transition``).
+Readers use ``read_state``. Room: pool. It also owns ``PoolPhase`` (the supervisor's
+phase) and ``InstanceState``, the only spelling of a child's state, with the named sets
+every caller derives from it (``SERVING``, ``RUNNING``, ``GONE``, ``TROUBLED``) and its
+transition table (``check_transition``).
 
 The table (state -> the states a child may move to from it; staying is always allowed):
 
@@ -76,7 +77,18 @@ def check_transition(old: InstanceState, new: InstanceState) -> None:
 
 
 ChildKind = Literal["opencode", "model", "gateway", "mcp"]
-Phase = Literal["starting", "running", "stopping", "stopped", "failed"]
+
+
+class PoolPhase(StrEnum):
+    """Where the supervisor is in its life; its value is what pool.json carries."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
 STATE_VERSION = 1
 
 
@@ -143,7 +155,7 @@ class SupervisorRecord(_Model):
 class PoolState(_Model):
     version: int = STATE_VERSION
     project_root: str
-    phase: Phase = "starting"
+    phase: PoolPhase = PoolPhase.STARTING
     size: int = 0
     supervisor: SupervisorRecord | None = None
     # The value of POOL_TAG_ENV every process of this pool inherits ("" when unknown).

@@ -64,7 +64,7 @@ from swarm_pool.pool.sink import EventSink
 from swarm_pool.pool.state import (
     ChildRecord,
     ErrorInfo,
-    Phase,
+    PoolPhase,
     PoolState,
     SupervisorRecord,
     read_state,
@@ -138,7 +138,7 @@ class Supervisor:
             dirty=self._dirty,
             stop=self._stop,
         )
-        self._phase: Phase = "starting"
+        self._phase = PoolPhase.STARTING
         self._startup_error: SwarmPoolError | None = None
         self._error: ErrorInfo | None = None
         self._sink: EventSink | None = None
@@ -161,7 +161,7 @@ class Supervisor:
         return self.children.size
 
     @property
-    def phase(self) -> Phase:
+    def phase(self) -> PoolPhase:
         return self._phase
 
     def draining(self) -> set[str]:
@@ -269,14 +269,14 @@ class Supervisor:
                 self._loop()
         finally:
             with self._rec_lock:
-                if self._phase != "failed":
-                    self._phase = "stopping"
+                if self._phase != PoolPhase.FAILED:
+                    self._phase = PoolPhase.STOPPING
             self._write_state()
             self._shutdown()
             control.close()
             with self._rec_lock:
-                if self._phase != "failed":
-                    self._phase = "stopped"
+                if self._phase != PoolPhase.FAILED:
+                    self._phase = PoolPhase.STOPPED
             self._write_state()
             self._sink.emit(
                 ev.PoolStopped(supervisor_pid=self.me.pid, reason=self._error_text()),
@@ -289,7 +289,7 @@ class Supervisor:
         log.error("start-up failed: %s", error)
         with self._rec_lock:
             self._error = ErrorInfo(type=type(error).__name__, message=str(error))
-            self._phase = "failed"
+            self._phase = PoolPhase.FAILED
         self._write_state()
 
     def _error_text(self) -> str:
@@ -342,7 +342,7 @@ class Supervisor:
         if self._stop.is_set():
             return
         with self._rec_lock:
-            self._phase = "running"
+            self._phase = PoolPhase.RUNNING
         self._write_state()
         ready = ", ".join(f"{c.name}@{c.port}" for c in self.children.ordered())
         log.info("pool ready: %s", ready)
@@ -456,7 +456,7 @@ class Supervisor:
                 rec_lock=self._rec_lock,
                 dirty=self._dirty,
                 stop=self._stop,
-                starting=lambda: self._phase == "starting",
+                starting=lambda: self._phase == PoolPhase.STARTING,
                 fail_startup=self._fail_startup,
                 busy_hint=self._busy_hint,
             )
