@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from swarm_pool.pool.orphans import OrphanReaper, set_child_subreaper
     from swarm_pool.pool.process import launched_pids
-    from swarm_pool.pool.supervisor import Supervisor
+    from swarm_pool.pool.supervisor import Supervisor, SupervisorOptions
 
     reaper = OrphanReaper(launched_pids) if set_child_subreaper() else None
-    supervisor = Supervisor(paths, config, size=args.size, reaper=reaper)
+    supervisor = Supervisor(paths, config, SupervisorOptions(size=args.size, reaper=reaper))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s; stopping the pool", signal.Signals(signum).name)

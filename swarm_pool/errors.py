@@ -1,8 +1,8 @@
 """Every error swarm-pool raises on purpose, in one hierarchy.
 
 Room: base (the bottom: imports nothing of the package). Core modules raise these; only
-the edges (``cli/``, ``mcp/``) turn them into messages, exit codes or tool errors. Foreign errors are mapped at the boundary with
-``raise Ours(...) from e``.
+the edges (``cli/``, ``mcp/``) turn them into messages, exit codes or tool errors.
+Foreign errors are mapped at the boundary with ``raise Ours(...) from e``.
 
     SwarmPoolError
     ├── ConfigError                 bad config file, key, value or env override
@@ -14,7 +14,8 @@ the edges (``cli/``, ``mcp/``) turn them into messages, exit codes or tool error
     ├── ProcessError                a child could not be launched or stopped
     ├── SandboxError                workers.sandbox is on but bubblewrap is missing/broken
     ├── InstanceError
-    │   └── InstanceStartError      an instance never became ready
+    │   ├── InstanceStartError      an instance never became ready
+    │   └── IllegalInstanceTransitionError  the instance state table forbids a move (a bug)
     ├── PoolError
     │   ├── PoolAlreadyRunningError
     │   ├── PoolNotRunningError
@@ -106,6 +107,10 @@ class InstanceError(SwarmPoolError):
 
 
 class InstanceStartError(InstanceError):
+    pass
+
+
+class IllegalInstanceTransitionError(InstanceError):
     pass
 
 

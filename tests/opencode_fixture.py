@@ -29,6 +29,7 @@ import httpx
 import psutil
 
 from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.pool.process import terminate_family
 from tests.support import TEST_TAG_ENV, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,14 +67,7 @@ def stop_tree(pid: int, grace: float = 5.0) -> None:
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         procs = [root]
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _gone, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    terminate_family(procs, grace, kill_wait_s=grace)
 
 
 @dataclass

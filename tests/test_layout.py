@@ -32,7 +32,9 @@ def _modules() -> list[Path]:
 
 
 def _load_check_imports() -> object:
-    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "scripts/check_imports.py")
+    spec = importlib.util.spec_from_file_location(
+        "check_imports", ROOT / "scripts/check_imports.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -13,6 +13,7 @@ import pytest
 from swarm_pool.config import Config
 from swarm_pool.errors import (
     BinaryNotFoundError,
+    IllegalInstanceTransitionError,
     PoolError,
     PoolNotRunningError,
     UnknownInstanceError,
@@ -20,7 +21,17 @@ from swarm_pool.errors import (
 from swarm_pool.opencode.binary import PROJECT_INSTALL, find_opencode
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import control
-from swarm_pool.pool.state import ChildRecord, PoolState, read_state, write_state
+from swarm_pool.pool.state import (
+    GONE,
+    SERVING,
+    TRANSITIONS,
+    ChildRecord,
+    InstanceState,
+    PoolState,
+    check_transition,
+    read_state,
+    write_state,
+)
 
 
 def sample_state(root: Path) -> PoolState:
@@ -159,3 +170,29 @@ def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
     config = Config.model_validate({"opencode": {"binary": str(tmp_path / "nope")}})
     with pytest.raises(BinaryNotFoundError, match=r"opencode\.binary.*nope"):
         find_opencode(config, environ={}, root=tmp_path, search_path=str(tmp_path))
+
+
+def test_instance_states_serialize_as_before_and_follow_one_table(tmp_path: Path) -> None:
+    rec = ChildRecord(name="oc-1", state="unhealthy")
+    assert rec.state is InstanceState.UNHEALTHY
+    assert rec.model_dump(mode="json")["state"] == "unhealthy"
+    assert PoolState(project_root=str(tmp_path)).model_dump(mode="json")["phase"] == "starting"
+    assert {s.value for s in InstanceState} == {
+        "starting",
+        "ready",
+        "unhealthy",
+        "backoff",
+        "fatal",
+        "stopped",
+    }
+    assert {"ready", "unhealthy"} == SERVING and set(InstanceState) - SERVING == GONE
+    assert set(TRANSITIONS) == set(InstanceState)
+    check_transition(InstanceState.UNHEALTHY, InstanceState.READY)
+    check_transition(InstanceState.STOPPED, InstanceState.STOPPED)  # staying is no move
+    for old, new in [
+        (InstanceState.BACKOFF, InstanceState.READY),
+        (InstanceState.STARTING, InstanceState.UNHEALTHY),
+        (InstanceState.STOPPED, InstanceState.STARTING),
+    ]:
+        with pytest.raises(IllegalInstanceTransitionError):
+            check_transition(old, new)

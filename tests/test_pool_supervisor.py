@@ -27,7 +27,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.instance import Program
 from swarm_pool.pool.ports import PortLeases, port_is_free
 from swarm_pool.pool.state import read_state
-from swarm_pool.pool.supervisor import Supervisor
+from swarm_pool.pool.supervisor import Supervisor, SupervisorOptions
 from tests.support import wait_for
 
 STANDIN = str(Path(__file__).with_name("pool_standin.py"))
@@ -133,9 +133,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         sup = Supervisor(
             paths,
             make_config(**supervisor),
-            size=size,
-            program_factory=harness.program,
-            with_model=False,
+            SupervisorOptions(size=size, program_factory=harness.program, with_model=False),
         )
         running = Running(sup, threading.Thread(target=lambda: None), paths)
         running.thread = threading.Thread(target=lambda: running.rc.append(sup.run()))
@@ -309,7 +307,7 @@ def test_second_supervisor_refuses_the_project(
     from swarm_pool.errors import PoolAlreadyRunningError
 
     pool = start(Harness(tmp_path), size=1)
-    other = Supervisor(pool.paths, make_config(), size=1, with_model=False)
+    other = Supervisor(pool.paths, make_config(), SupervisorOptions(size=1, with_model=False))
     with pytest.raises(PoolAlreadyRunningError):
         other.run()
 

@@ -22,6 +22,7 @@ from swarm_pool.config import checked_host
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool import api
+from swarm_pool.pool.state import TROUBLED
 from swarm_pool.store import open_project_store
 from swarm_pool.store.core import parse_store_url, project_store_exists
 from swarm_pool.store.dialect import Backend
@@ -65,7 +66,7 @@ def _print_table(status: dict[str, Any]) -> None:
         table.add_row(*row)
     console.print(table)
     for inst in status["instances"]:
-        if inst["state"] in ("fatal", "backoff", "unhealthy") and inst.get("reason"):
+        if inst["state"] in TROUBLED and inst.get("reason"):
             console.print(f"{inst['name']}: {inst['reason']}", markup=False)
     if status.get("hosts"):
         print_hosts(console, status["hosts"])

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from swarm_pool.errors import InstanceUnavailableError
 from swarm_pool.gateway.upstreams import Upstream
-from swarm_pool.pool.router import InstanceView, choose_instance
+from swarm_pool.pool.router import InstanceView, RouteRequest, choose_instance
 
 
 def resolve_directory(raw: str | None, default: str) -> str:
@@ -85,11 +85,11 @@ class Placement:
         ready = [u.name for u in ups.values() if u.ready and not u.draining]
         fewest = min((homes[n] for n in ready), default=0)
         crowded = {n for n in ready if homes[n] > fewest}
-        chosen = choose_instance(views, busy, self.max_sessions, avoid=crowded)
+        chosen = choose_instance(views, busy, RouteRequest(self.max_sessions, avoid=crowded))
         if chosen is None:
             # Every instance is at its session cap: an interactive client would rather
             # queue inside OpenCode than get an error, so take the least busy anyway.
-            chosen = choose_instance(views, busy, 1 << 30, avoid=crowded)
+            chosen = choose_instance(views, busy, RouteRequest(1 << 30, avoid=crowded))
         if chosen is None:
             raise InstanceUnavailableError("no instance of the pool is ready")
         return ups[chosen.name]

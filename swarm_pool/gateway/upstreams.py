@@ -19,7 +19,7 @@ import httpx
 
 from swarm_pool.errors import PoolError
 from swarm_pool.opencode.client import USERNAME
-from swarm_pool.pool.state import PoolState, read_state
+from swarm_pool.pool.state import InstanceState, PoolState, read_state
 
 log = logging.getLogger("swarm_pool.gateway")
 
@@ -41,7 +41,7 @@ class Upstream:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.state == InstanceState.READY
 
 
 class PoolView:

@@ -1,1 +1,4 @@
-"""The process manager: a supervised pool of opencode servers; knows nothing about agents."""
+"""The process manager: a supervised pool of opencode servers; knows nothing about agents.
+
+Room: pool (above git and opencode, below swarm).
+"""

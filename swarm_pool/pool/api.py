@@ -8,7 +8,7 @@ error. ``stop_pool`` asks the supervisor to stop and then, whether or not it was
 kills whatever the state file still lists (verified by pid and ``create_time``) and
 every process that carries the pool's tag (``orphans.py``), so ``stop`` always leaves
 nothing behind. ``pool_status`` reads the state file plus live
-psutil and HTTP figures, so it works when the supervisor is dead.
+psutil and HTTP figures, so it works when the supervisor is dead. Room: pool.
 """
 
 from __future__ import annotations
@@ -42,7 +42,16 @@ from swarm_pool.pool import control, process
 from swarm_pool.pool.instance import busy_sessions
 from swarm_pool.pool.orphans import POOL_TAG_ENV, new_tag, sweep_tagged
 from swarm_pool.pool.ports import PortLeases, wait_port_free
-from swarm_pool.pool.state import PoolState, child_view, read_state, write_state
+from swarm_pool.pool.state import (
+    InstanceState,
+    PoolPhase,
+    PoolState,
+    child_view,
+    read_state,
+    write_state,
+)
+from swarm_pool.store import open_project_store
+from swarm_pool.store.pgpass import seal_store_url
 
 _POLL_S = 0.05
 # The daemon's exit statuses (``swarm_pool.daemon``), which ``start_pool`` interprets.
@@ -98,8 +107,6 @@ def start_pool(
         # The daemon, its instances and their MCP servers open the same store; an env
         # entry keeps the URL off every command line (`ps` shows those), and its
         # password goes to a private passfile rather than into anyone's environment.
-        from swarm_pool.store.pgpass import seal_store_url
-
         env[STORE_URL_ENV] = seal_store_url(config.store.url, paths.swarm_dir, env)
     # JSON quoting is TOML's too: a host named "1" stays a string.
     env[HOST_ENV] = json.dumps(config.pool.host)
@@ -126,8 +133,6 @@ def check_store(paths: ProjectPaths, config: Config) -> None:
     its own error before anything is launched (the supervisor would only log it)."""
     if not paths.db.exists():
         return
-    from swarm_pool.store import open_project_store
-
     open_project_store(paths, config).close()
 
 
@@ -168,12 +173,12 @@ def _wait_started(
                 f"the supervisor exited with status {rc} during start-up; "
                 f"see {paths.supervisor_log}"
             )
-        if state is not None and state.phase == "running":
+        if state is not None and state.phase == PoolPhase.RUNNING:
             return state
         if time.monotonic() > deadline:
             detail = ""
             if state is not None:
-                late = [r for r in state.instances if r.state != "ready"]
+                late = [r for r in state.instances if r.state != InstanceState.READY]
                 detail = ": " + "; ".join(f"{r.name} {r.state} {r.reason}".strip() for r in late)
             raise InstanceStartError(f"the pool did not become ready in time{detail}")
         time.sleep(_POLL_S)
@@ -258,12 +263,12 @@ def stop_pool(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     swept = sweep_tagged(state.tag, config.pool.stop_grace_s)
     busy = [p for p in held if not wait_port_free(p, 5.0)]
     for rec in state.instances:
-        rec.state = "stopped"
+        rec.state = InstanceState.STOPPED
         rec.pid = None
         rec.create_time = None
         rec.draining = False
-    if state.phase != "failed":
-        state.phase = "stopped"
+    if state.phase != PoolPhase.FAILED:
+        state.phase = PoolPhase.STOPPED
     write_state(paths.state_file, state)
     if busy:
         raise PoolError(f"ports still in use after stop: {', '.join(map(str, busy))}")
@@ -294,7 +299,7 @@ def pool_status(
         alive = ref is not None and ref.alive()
         if not alive and not running:
             # Nothing will bring it back: report what is really there.
-            view.update(state="stopped", pid=None, uptime_s=None)
+            view.update(state=InstanceState.STOPPED, pid=None, uptime_s=None)
         if alive and ref is not None and live:
             stats = process.tree_stats(ref)
             if stats is not None:
@@ -316,13 +321,13 @@ def pool_status(
                 )
                 for view, count in zip(targets, counts, strict=True):
                     view["busy_sessions"] = count
-    ok = running and bool(views) and all(v["state"] == "ready" for v in views)
+    ok = running and bool(views) and all(v["state"] == InstanceState.READY for v in views)
     return {
         "project": str(paths.root),
         "supervisor": {
             "pid": state.supervisor.pid if state.supervisor else None,
             "running": running,
-            "phase": state.phase if running else "stopped",
+            "phase": state.phase if running else PoolPhase.STOPPED,
             "sandbox": state.sandbox,
         },
         "instances": views,

@@ -7,7 +7,8 @@ connects, sends one JSON object ``{"cmd": "status"|"restart"|"scale"|"stop", ...
 ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "...", "type": "<SwarmPoolError subclass>"}``, which the client
 raises again as that class. One connection carries one command, so a slow ``restart``
-never blocks ``status``.
+never blocks ``status``. ``handle`` turns one request into a call on the supervisor
+(any ``Commands``); what it returns never holds a password (``public_dump``). Room: pool.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from swarm_pool import errors
 from swarm_pool.errors import PoolError, PoolNotRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths, user_state_dir
+from swarm_pool.pool.state import PoolPhase, PoolState, public_dump
 
 # "add"/"remove": one extra named instance outside the sized pool (dedicated routing).
 COMMANDS = ("status", "restart", "scale", "stop", "add", "remove")
@@ -33,6 +35,53 @@ _MAX_SOCKET_PATH = 100
 _MAX_LINE = 1 << 20
 
 Handler = Callable[[dict[str, Any]], Any]
+
+
+class Commands(Protocol):
+    """What the control socket's commands act on: the supervisor."""
+
+    @property
+    def phase(self) -> PoolPhase: ...
+
+    def snapshot(self) -> PoolState: ...
+
+    def request_stop(self) -> None: ...
+
+    def restart(self, name: str | None = None, timeout: float | None = None) -> PoolState: ...
+
+    def scale(self, size: int, timeout: float | None = None) -> PoolState: ...
+
+    def add_instance(
+        self, name: str, *, wait: bool = False, timeout: float | None = None
+    ) -> PoolState: ...
+
+    def remove_instance(self, name: str, *, wait: bool = False) -> PoolState: ...
+
+
+def handle(target: Commands, request: dict[str, Any]) -> Any:
+    """Carry out one control request on ``target``; the result without any secret."""
+    cmd = request["cmd"]
+    if cmd == "status":
+        return public_dump(target.snapshot())
+    if cmd == "stop":
+        target.request_stop()
+        return {"stopping": True}
+    if target.phase != PoolPhase.RUNNING:
+        raise PoolError(f"the pool is {target.phase}; try again when it is running")
+    timeout = request.get("timeout")
+    if cmd == "restart":
+        state = target.restart(request.get("name"), timeout)
+    elif cmd == "scale":
+        state = target.scale(int(request["size"]), timeout)
+    elif cmd == "add":
+        state = target.add_instance(
+            str(request["name"]), wait=bool(request.get("wait")), timeout=timeout
+        )
+    elif cmd == "remove":
+        state = target.remove_instance(str(request["name"]), wait=bool(request.get("wait")))
+    else:
+        raise PoolError(f"unknown command {cmd!r}")
+    return public_dump(state)
 
 
 def socket_path_for(paths: ProjectPaths) -> Path:

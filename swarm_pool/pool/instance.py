@@ -15,13 +15,14 @@ reads its token secret from the state file); ready means ``GET /health`` answers
 every secret from the private state file, never from its environment, and is ready when
 it answers ``GET /global/health`` to its own password. This module also counts an
 instance's busy sessions (see ``busy_sessions``) and rotates the logs children append
-to.
+to. Room: pool.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -33,8 +34,10 @@ import httpx
 
 from swarm_pool.config import Config
 from swarm_pool.errors import OpenCodeError
+from swarm_pool.opencode.catalog import instance_catalog_env
 from swarm_pool.opencode.client import USERNAME, OpenCodeClient
-from swarm_pool.opencode.shell import PASSWORD_ENV, SECRET_ENV
+from swarm_pool.opencode.config import CONFIG_ENV, opencode_config, serialize
+from swarm_pool.opencode.shell import PASSWORD_ENV, SECRET_ENV, install_shell
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import ChildKind
 
@@ -102,12 +105,6 @@ def build_instance_env(
         env["OPENCODE_DISABLE_MODELS_FETCH"] = "1"
     else:
         env.pop("OPENCODE_DISABLE_MODELS_FETCH", None)
-    # Imported here: the OpenCode config pulls in the MCP protocol, which the rest of the
-    # pool does not need.
-    from swarm_pool.opencode.catalog import instance_catalog_env
-    from swarm_pool.opencode.config import CONFIG_ENV, opencode_config, serialize
-    from swarm_pool.opencode.shell import install_shell
-
     install_shell(
         paths.root.resolve(),
         sandbox=config.workers.sandbox == "bwrap",
@@ -277,6 +274,30 @@ def opencode_program(
     )
 
 
+def _own_program(
+    kind: ChildKind,
+    paths: ProjectPaths,
+    command: Callable[[int], list[str]],
+    probe: Callable[[int, float], None],
+) -> Program:
+    """One of the pool's own servers (model, MCP server, gateway), named after its kind:
+    launched at the project root with ``pool_child_env`` (no secret), logging to
+    ``.swarm/instances/KIND/KIND.log``."""
+
+    def env(port: int) -> dict[str, str]:
+        return pool_child_env(paths)
+
+    return Program(
+        name=kind,
+        kind=kind,
+        command=command,
+        env=env,
+        cwd=paths.root,
+        log_path=paths.instance_dir(kind) / f"{kind}.log",
+        probe=probe,
+    )
+
+
 def model_program(config: Config, paths: ProjectPaths) -> Program:
     """The scripted model server, supervised like an instance (kind ``model``)."""
 
@@ -288,18 +309,7 @@ def model_program(config: Config, paths: ProjectPaths) -> Program:
             argv += ["--delay", str(config.model.default_delay_s)]
         return argv
 
-    def env(port: int) -> dict[str, str]:
-        return pool_child_env(paths)
-
-    return Program(
-        name=MODEL_NAME,
-        kind="model",
-        command=command,
-        env=env,
-        cwd=paths.root,
-        log_path=paths.instance_dir(MODEL_NAME) / "model.log",
-        probe=probe_http("/v1/models"),
-    )
+    return _own_program("model", paths, command, probe_http("/v1/models"))
 
 
 def mcp_program(paths: ProjectPaths) -> Program:
@@ -310,18 +320,7 @@ def mcp_program(paths: ProjectPaths) -> Program:
         root = str(paths.root)
         return [sys.executable, "-m", "swarm_pool.mcp.http", "--project", root, "--port", str(port)]
 
-    def env(port: int) -> dict[str, str]:
-        return pool_child_env(paths)
-
-    return Program(
-        name=MCP_NAME,
-        kind="mcp",
-        command=command,
-        env=env,
-        cwd=paths.root,
-        log_path=paths.instance_dir(MCP_NAME) / "mcp.log",
-        probe=probe_http("/health"),
-    )
+    return _own_program("mcp", paths, command, probe_http("/health"))
 
 
 def gateway_settings(config: Config) -> str:
@@ -353,21 +352,11 @@ def gateway_program(config: Config, paths: ProjectPaths, password: str) -> Progr
             gateway_settings(config),
         ]
 
-    def env(port: int) -> dict[str, str]:
-        # It reads the instances' and its own password from .swarm/pool.json (0600).
-        return pool_child_env(paths)
-
-    return Program(
-        name=GATEWAY_NAME,
-        kind="gateway",
-        command=command,
-        env=env,
-        cwd=paths.root,
-        log_path=paths.instance_dir(GATEWAY_NAME) / "gateway.log",
-        # 503 means no instance is ready behind it: the gateway itself is up, and
-        # restarting it would not help the instances.
-        probe=probe_http("/global/health", password=password, up=(200, 503)),
-    )
+    # It reads the instances' and its own password from .swarm/pool.json (0600). 503
+    # means no instance is ready behind it: the gateway itself is up, and restarting it
+    # would not help the instances.
+    probe = probe_http("/global/health", password=password, up=(200, 503))
+    return _own_program("gateway", paths, command, probe)
 
 
 def rotate_log(path: Path, *, max_bytes: int, backups: int, copy_truncate: bool) -> bool:
@@ -410,8 +399,6 @@ def log_tail(path: Path, max_bytes: int = 4096) -> str:
             text = fh.read().decode(errors="replace")
     except OSError:
         return ""
-    import re
-
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""

@@ -12,7 +12,7 @@ sits in some other session. Second, every process of a pool inherits one random 
 ``POOL_TAG_ENV``; ``sweep_tagged`` kills whatever still carries it, which works when
 the supervisor is dead too (``stop`` reads the tag from the state file). A process that
 scrubs the tag from its own environment and outlives a dead supervisor escapes the
-sweep; the README says so.
+sweep; the README says so. Both kill with ``process.terminate_family``. Room: pool.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import threading
 from collections.abc import Callable, Iterable
 
 import psutil
+
+from swarm_pool.pool.process import terminate_family
 
 log = logging.getLogger("swarm_pool.pool")
 
@@ -111,14 +113,7 @@ class OrphanReaper:
         """TERM every adopted orphan, KILL what is left after ``grace_s``, reap; the pids."""
         with self._lock:
             procs = [p for p in self.orphans() if _alive(p)]
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    proc.terminate()
-            _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
-            for proc in alive:
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-            psutil.wait_procs(alive, timeout=5)
+            terminate_family(procs, grace_s)
         self.reap()
         return [p.pid for p in procs]
 
@@ -154,13 +149,6 @@ def sweep_tagged(tag: str, grace_s: float, *, exclude: Iterable[int] = ()) -> li
     procs = tagged(tag, exclude=exclude)
     if not procs:
         return []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+    terminate_family(procs, grace_s)
     log.info("swept %d tagged process(es): %s", len(procs), [p.pid for p in procs])
     return [p.pid for p in procs]

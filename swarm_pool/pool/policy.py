@@ -9,7 +9,7 @@ life, neither an answer nor an event on the instance's SSE stream, for a window 
 grows with its busy sessions: busy is not dead); after a memory sample, is the child
 fine, draining (over ``max_rss_mb`` for ``memory_checks`` samples in a row: no new work,
 restart once idle) or due for a restart now (idle, or draining for longer than
-``memory_grace_s``). Tests drive it with a fake clock and a fixed random.
+``memory_grace_s``). Tests drive it with a fake clock and a fixed random. Room: pool.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ restarts of the instance, and once all are gone the port is reclaimed. A port th
 foreign process listens on (the bind probe on 127.0.0.1 fails) is skipped. Free ports are
 picked at random within the range, starting from the caller's preferred port if it is
 still free, so independent lease files (other users, test sessions) rarely collide either.
+Room: pool.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ file: the child never writes to a pipe we hold, so it keeps serving, and never g
 SIGPIPE, when the supervisor dies. Stopping collects the whole tree first (psutil
 descendants plus every process still in the child's group, which catches orphans of a
 dead leader), sends SIGTERM to the group, waits up to a grace period, SIGKILLs whatever
-is left, and finally waits for the port to be free.
+is left, and finally waits for the port to be free. ``terminate_family`` is the one
+TERM/wait/KILL loop for processes that are not a group we lead (orphans, tagged
+leftovers). Room: pool.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ import psutil
 from swarm_pool.errors import ProcessError
 from swarm_pool.pool.ports import CT_TOLERANCE, ProcRef, wait_port_free
 
-__all__ = ["ExitStatus", "Launched", "ProcRef", "launch", "launched_pids", "stop"]
+__all__ = [
+    "ExitStatus",
+    "Launched",
+    "ProcRef",
+    "launch",
+    "launched_pids",
+    "stop",
+    "terminate_family",
+]
 
 # Children launched here whose exit status their Popen has not collected yet: the orphan
 # reaper (orphans.py) must leave those to their Popen.
@@ -209,15 +219,29 @@ def reap_orphans(ref: ProcRef, grace_s: float = 1.0) -> int:
     members = [p for p in _group_members(ref.pid, ref) if p.pid != ref.pid]
     if not members:
         return 0
-    for proc in members:
+    terminate_family(members, grace_s)
+    return len(members)
+
+
+def terminate_family(
+    procs: Sequence[psutil.Process], grace_s: float, *, kill_wait_s: float = 5.0
+) -> list[psutil.Process]:
+    """SIGTERM each of ``procs``, wait up to ``grace_s``, SIGKILL the survivors and wait
+    ``kill_wait_s`` for them; what still runs after that (normally nothing).
+
+    The one TERM/wait/KILL loop for a family of processes that are not a group we own
+    (``stop`` signals a group it leads, which this cannot); the orphan reaper and the
+    tag sweep use it too.
+    """
+    for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _gone, alive = psutil.wait_procs(members, timeout=grace_s)
+    _gone, alive = psutil.wait_procs(procs, timeout=grace_s)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=5)
-    return len(members)
+    _gone, alive = psutil.wait_procs(alive, timeout=kill_wait_s)
+    return alive
 
 
 def tree_stats(ref: ProcRef) -> tuple[float, list[psutil.Process]] | None:

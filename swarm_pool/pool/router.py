@@ -12,8 +12,10 @@ only gets work when no steady one can take it, so a retry does not land on the i
 that is failing its workers. With ``[pool] active_instances`` (default: one per core),
 only the first that many instances take work while one of them has room; the others
 are overflow: on a 2-core machine 4 instances cost more CPU per worker than 2 and were
-slower, never faster (the workers benchmark). The router does no I/O, so it is
-unit-tested directly; reading the pool state and the store lives in ``pool_view``.
+slower, never faster (the workers benchmark). One ``RouteRequest`` carries the limit and
+the preferences of a question. The router does no I/O, so it is unit-tested directly;
+reading the pool state and the store lives in ``swarm/pool_view.py``. Room: pool (its
+pure part: no process, file or network).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from swarm_pool.config import Config
+from swarm_pool.pool.state import InstanceState
 
 Routing = Literal["least_busy", "dedicated"]
 ROUTINGS: tuple[Routing, ...] = ("least_busy", "dedicated")
@@ -48,7 +51,7 @@ class InstanceView:
 
     @property
     def accepts_work(self) -> bool:
-        return self.state == "ready" and not self.draining
+        return self.state == InstanceState.READY and not self.draining
 
 
 @dataclass(frozen=True)
@@ -97,19 +100,9 @@ def busy_counts(instances_of_live_workers: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-def choose_instance(
-    instances: Iterable[InstanceView],
-    busy: Mapping[str, int],
-    max_sessions: int,
-    *,
-    routing: Routing = "least_busy",
-    bead_id: str | None = None,
-    avoid: Collection[str] = (),
-    steadiness: Steadiness | None = None,
-    now: float | None = None,
-    active: int = 0,
-) -> InstanceView | None:
-    """The instance for a new session, or None when none can take it now.
+@dataclass(frozen=True)
+class RouteRequest:
+    """One routing question: the per-instance session limit and how to choose.
 
     ``avoid`` names instances to use only if nothing else can take the session (a retry
     prefers another instance than the one that just failed it); with ``steadiness``,
@@ -117,17 +110,33 @@ def choose_instance(
     With ``active`` > 0, instances after the first ``active`` that accept work (in the
     given order) are overflow: used only when none of those can take the session.
     """
-    if routing == "dedicated":
+
+    max_sessions: int
+    routing: Routing = "least_busy"
+    bead_id: str | None = None
+    avoid: Collection[str] = ()
+    steadiness: Steadiness | None = None
+    now: float | None = None
+    active: int = 0
+
+
+def choose_instance(
+    instances: Iterable[InstanceView], busy: Mapping[str, int], request: RouteRequest
+) -> InstanceView | None:
+    """The instance for a new session, or None when none can take it now."""
+    if request.routing == "dedicated":
         for inst in instances:
-            if inst.dedicated_to == bead_id and inst.accepts_work:
+            if inst.dedicated_to == request.bead_id and inst.accepts_work:
                 return inst
         return None
     eligible = [inst for inst in instances if inst.accepts_work and inst.dedicated_to is None]
-    candidates = [inst for inst in eligible if busy.get(inst.name, 0) < max_sessions]
+    candidates = [inst for inst in eligible if busy.get(inst.name, 0) < request.max_sessions]
     if not candidates:
         return None
-    at = time.time() if now is None else now
+    at = time.time() if request.now is None else request.now
+    active = request.active
     first = {inst.name for inst in eligible[:active]} if active > 0 else None
+    steadiness = request.steadiness
 
     def unsteady(inst: InstanceView) -> bool:
         return steadiness is not None and steadiness.unsteady(inst, at)
@@ -138,7 +147,7 @@ def choose_instance(
         candidates,
         key=lambda inst: (
             unsteady(inst),
-            inst.name in avoid,
+            inst.name in request.avoid,
             first is not None and inst.name not in first,
             busy.get(inst.name, 0),
             inst.name,

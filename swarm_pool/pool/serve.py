@@ -2,7 +2,7 @@
 app: uvicorn on 127.0.0.1 only, with uvloop and httptools when installed, no access log
 and no ``X-Forwarded-*`` handling (loopback, nothing in front of them), and a one-second
 graceful shutdown, since an event stream never ends on its own. One place, so the two
-children cannot drift apart on any of these.
+children cannot drift apart on any of these. Room: pool.
 """
 
 from __future__ import annotations

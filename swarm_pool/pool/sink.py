@@ -5,6 +5,7 @@ carries on. Events are written by one thread that owns the store's connection, s
 watchers never block on the store's locks. A failed write is retried with backoff
 (reopening the store), never given up for good: an outage is logged when it starts and
 when it ends, and only a backlog beyond ``MAX_BACKLOG`` events drops its oldest.
+Room: pool.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from swarm_pool.config import Config
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import events as ev
+from swarm_pool.store import open_project_store
 
 log = logging.getLogger("swarm_pool.pool")
 
@@ -65,8 +67,6 @@ class EventSink:
         self._thread.join(timeout)
 
     def _open_project_store(self) -> Any:
-        from swarm_pool.store import open_project_store
-
         return open_project_store(self.paths, self.config)
 
     def _run(self) -> None:

@@ -7,8 +7,20 @@ socket, and for each child (opencode instances, the scripted model and the gatew
 port, pid, ``create_time``, password (each instance has its own), state, restarts, start
 time, last exit and whether it is draining. It is created with mode 0600 (it holds the
 passwords) and replaced atomically (tmp + rename), so a reader never sees half a file.
-Readers use ``read_state``; ``live_view`` adds what only psutil knows (is the supervisor
-alive, which recorded pids still run).
+Readers use ``read_state``. Room: pool. It also owns ``PoolPhase`` (the supervisor's
+phase) and ``InstanceState``, the only spelling of a child's state, with the named sets
+every caller derives from it (``SERVING``, ``RUNNING``, ``GONE``, ``TROUBLED``) and its
+transition table (``check_transition``).
+
+The table (state -> the states a child may move to from it; staying is always allowed):
+
+- ``starting``: ready (the probe answered, or a live child was adopted), backoff, fatal,
+  stopped;
+- ``ready``: unhealthy, starting (a manual restart), backoff, fatal, stopped;
+- ``unhealthy``: ready (healthy again), starting, backoff, fatal, stopped;
+- ``backoff``: starting (the delayed relaunch), fatal, stopped;
+- ``fatal``: starting (a manual restart), backoff (that restart failed), stopped;
+- ``stopped``: nothing (the child's watcher is done).
 """
 
 from __future__ import annotations
@@ -16,17 +28,67 @@ from __future__ import annotations
 import json
 import os
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from swarm_pool.errors import PoolError
+from swarm_pool.errors import IllegalInstanceTransitionError, PoolError
 from swarm_pool.pool.process import ProcRef
 
-ChildState = Literal["starting", "ready", "unhealthy", "backoff", "fatal", "stopped"]
+
+class InstanceState(StrEnum):
+    """A child's state; its value is what pool.json and the CLI's JSON carry."""
+
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    FATAL = "fatal"
+    STOPPED = "stopped"
+
+
+_S = InstanceState
+# Its process answered (an unhealthy one may just be busy): its sessions live on.
+SERVING = frozenset({_S.READY, _S.UNHEALTHY})
+# Its current run is launched and not given up on (uptime counts).
+RUNNING = frozenset({_S.STARTING, *SERVING})
+# Its process is gone or being replaced (a new run starting): sessions on it are lost.
+GONE = frozenset(InstanceState) - SERVING
+# Its record's ``reason`` says what went wrong.
+TROUBLED = frozenset({_S.UNHEALTHY, _S.BACKOFF, _S.FATAL})
+# Failing, stopping and a manual restart may happen in any state but stopped.
+_ANYTIME = frozenset({_S.STARTING, _S.BACKOFF, _S.FATAL, _S.STOPPED})
+TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
+    _S.STARTING: frozenset({_S.READY, _S.BACKOFF, _S.FATAL, _S.STOPPED}),
+    _S.READY: _ANYTIME | {_S.UNHEALTHY},
+    _S.UNHEALTHY: _ANYTIME | {_S.READY},
+    _S.BACKOFF: _ANYTIME,
+    _S.FATAL: _ANYTIME,
+    _S.STOPPED: frozenset(),
+}
+
+
+def check_transition(old: InstanceState, new: InstanceState) -> None:
+    """Raise IllegalInstanceTransitionError unless the table lets ``old`` become ``new``."""
+    if old != new and new not in TRANSITIONS[old]:
+        raise IllegalInstanceTransitionError(f"an instance cannot go from {old} to {new}")
+
+
 ChildKind = Literal["opencode", "model", "gateway", "mcp"]
-Phase = Literal["starting", "running", "stopping", "stopped", "failed"]
+
+
+class PoolPhase(StrEnum):
+    """Where the supervisor is in its life; its value is what pool.json carries."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
 STATE_VERSION = 1
 
 
@@ -52,7 +114,7 @@ class ChildRecord(_Model):
     port: int | None = None
     pid: int | None = None
     create_time: float | None = None
-    state: ChildState = "starting"
+    state: InstanceState = InstanceState.STARTING
     restarts: int = 0
     started_at: float | None = None  # wall clock of the current run's launch
     ready_at: float | None = None
@@ -93,7 +155,7 @@ class SupervisorRecord(_Model):
 class PoolState(_Model):
     version: int = STATE_VERSION
     project_root: str
-    phase: Phase = "starting"
+    phase: PoolPhase = PoolPhase.STARTING
     size: int = 0
     supervisor: SupervisorRecord | None = None
     # The value of POOL_TAG_ENV every process of this pool inherits ("" when unknown).
@@ -161,10 +223,10 @@ def child_view(rec: ChildRecord, *, now: float | None = None) -> dict[str, Any]:
     """The JSON shape ``status`` prints for one child (live stats filled in by callers)."""
     now = time.time() if now is None else now
     uptime = None
-    if rec.started_at is not None and rec.state in ("starting", "ready", "unhealthy"):
+    if rec.started_at is not None and rec.state in RUNNING:
         uptime = round(max(0.0, now - rec.started_at), 1)
     last_sign = None
-    if rec.last_sign_at is not None and rec.state in ("ready", "unhealthy"):
+    if rec.last_sign_at is not None and rec.state in SERVING:
         last_sign = round(max(0.0, now - rec.last_sign_at), 1)
     return {
         "name": rec.name,

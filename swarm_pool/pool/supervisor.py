@@ -4,8 +4,8 @@ One ``Supervisor`` runs in the background daemon (``daemon.py``). It holds
 ``.swarm/supervisor.lock`` for its whole life, so two supervisors never run one project.
 Start-up brings up the scripted model first (when configured), then the shared MCP
 server (``[opencode] mcp = "shared"``: instances are configured with its URL), then the
-gateway (when enabled; its fixed port taken by anything else fails the start before any instance
-runs), then the opencode instances in parallel, each on its own ``Watcher`` thread
+gateway (when enabled; its fixed port taken by anything else fails the start before
+any instance runs), then the opencode instances in parallel, each on its own ``Watcher`` thread
 (``watcher.py`` holds the per-child checks and restart logic); children left running by
 a supervisor that was SIGKILLed are adopted instead of replaced when their pid,
 ``create_time`` and probe match. Start-up fails as a whole (phase ``failed``, ``error``
@@ -13,8 +13,11 @@ in the state file, nothing left running) on a port error, a bad config, a fatal 
 a deadline.
 
 The supervisor writes the state file on every change, serves the control socket
-(``status``, ``restart``, ``scale``, ``stop``), and tells the router which instances are
-draining (``draining()``, also the ``draining`` flag of each child in the state file).
+(``status``, ``restart``, ``scale``, ``stop``; ``control.handle`` maps each request to a
+method here), and tells the router which instances are draining (``draining()``, also
+the ``draining`` flag of each child in the state file). The set of children and the
+operations on it live in ``children.py``; ``SupervisorOptions`` says how one supervisor
+departs from its config. Room: pool.
 """
 
 from __future__ import annotations
@@ -22,36 +25,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import filelock
 
 from swarm_pool.config import Config
 from swarm_pool.errors import (
-    InstanceStartError,
     PoolAlreadyRunningError,
     PoolError,
     ProcessError,
     SwarmPoolError,
-    UnknownInstanceError,
 )
+from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import process
-from swarm_pool.pool.control import ControlServer, socket_path_for
+from swarm_pool.pool.children import Children, check_extra_name
+from swarm_pool.pool.control import ControlServer, handle, socket_path_for
 from swarm_pool.pool.instance import (
     GATEWAY_NAME,
     MCP_NAME,
     MODEL_NAME,
     Program,
     gateway_program,
-    instance_names,
     mcp_program,
     model_program,
     opencode_program,
@@ -63,10 +64,9 @@ from swarm_pool.pool.sink import EventSink
 from swarm_pool.pool.state import (
     ChildRecord,
     ErrorInfo,
-    Phase,
+    PoolPhase,
     PoolState,
     SupervisorRecord,
-    public_dump,
     read_state,
     write_state,
 )
@@ -83,25 +83,36 @@ def lock_path(paths: ProjectPaths) -> Path:
     return paths.swarm_dir / "supervisor.lock"
 
 
+@dataclass(frozen=True)
+class SupervisorOptions:
+    """How one supervisor departs from its config (the daemon's ``--size``, tests).
+
+    ``program_factory`` runs stand-in programs instead of the real children (such a pool
+    has no MCP client, so it runs no MCP server unless ``with_mcp``); ``with_model``
+    and ``with_mcp`` default to what the config says; ``reaper`` is set by the daemon,
+    which made itself the child subreaper (``orphans.py``).
+    """
+
+    size: int | None = None
+    binary: Path | None = None
+    clock: Clock = time.monotonic
+    program_factory: ProgramsFn | None = None
+    with_model: bool | None = None
+    reaper: OrphanReaper | None = None
+    with_mcp: bool | None = None
+
+
 class Supervisor:
     def __init__(
-        self,
-        paths: ProjectPaths,
-        config: Config,
-        *,
-        size: int | None = None,
-        binary: Path | None = None,
-        clock: Clock = time.monotonic,
-        program_factory: ProgramsFn | None = None,
-        with_model: bool | None = None,
-        reaper: OrphanReaper | None = None,
-        with_mcp: bool | None = None,
+        self, paths: ProjectPaths, config: Config, options: SupervisorOptions | None = None
     ) -> None:
+        opts = options if options is not None else SupervisorOptions()
+        size, with_model, with_mcp = opts.size, opts.with_model, opts.with_mcp
+        program_factory = opts.program_factory
         self.paths = paths
         self.config = config
-        self.size = size if size is not None else config.pool.size
-        self.clock = clock
-        self.binary = binary
+        self.clock = opts.clock
+        self.binary = opts.binary
         self._program_factory = program_factory
         self.with_model = config.opencode.model == "scripted" if with_model is None else with_model
         self.leases = PortLeases(config.pool.port_min, config.pool.port_max)
@@ -115,21 +126,24 @@ class Supervisor:
         self.with_mcp = shared if with_mcp is None else with_mcp
         self.mcp_secret = ""
         self.me: Owner | None = None
-        self._children: dict[str, Watcher] = {}
         self._rec_lock = threading.RLock()
-        self._ops_lock = threading.Lock()  # one restart/scale at a time
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._dirty = threading.Event()
-        self._phase: Phase = "starting"
+        self.children = Children(
+            config.pool,
+            size=size if size is not None else config.pool.size,
+            new_child=self._new_child,
+            rec_lock=self._rec_lock,
+            dirty=self._dirty,
+            stop=self._stop,
+        )
+        self._phase = PoolPhase.STARTING
         self._startup_error: SwarmPoolError | None = None
         self._error: ErrorInfo | None = None
         self._sink: EventSink | None = None
-        # The children instances reach by URL (the scripted model, the MCP server).
-        self._upstreams: dict[str, Watcher] = {}
         self._ctx: PoolContext | None = None
-        # Set by the daemon, which made itself the child subreaper (orphans.py).
-        self.reaper = reaper
+        self.reaper = opts.reaper
         # Set by the daemon: busy sessions per instance from the worker engine's records,
         # for the no-progress window when the instance's own stream cannot tell.
         self.busy_hint: Callable[[str], int | None] | None = None
@@ -142,14 +156,17 @@ class Supervisor:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def size(self) -> int:
+        return self.children.size
+
+    @property
+    def phase(self) -> PoolPhase:
+        return self._phase
+
     def draining(self) -> set[str]:
         """Instances that get no new work: waiting for a memory restart or being removed."""
-        with self._rec_lock:
-            return {
-                c.name
-                for c in self._children.values()
-                if c.record.draining or (c.removing and not c.finished)
-            }
+        return self.children.draining()
 
     def snapshot(self) -> PoolState:
         with self._rec_lock:
@@ -165,60 +182,22 @@ class Supervisor:
                 mcp_secret=self.mcp_secret,
                 socket=str(self.socket_path),
                 model_url=self._model_url(),
-                instances=[c.live_record() for c in self._ordered()],
+                instances=[c.live_record() for c in self.children.ordered()],
                 error=self._error,
             )
 
     def restart(self, name: str | None = None, timeout: float | None = None) -> PoolState:
         """Restart one child (even a fatal one) or, with no name, each in turn."""
-        with self._ops_lock:
-            with self._rec_lock:
-                if name is not None and name not in self._children:
-                    raise UnknownInstanceError(f"no instance named {name!r} in the pool")
-                targets = [self._children[name]] if name else self._ordered()
-            for child in targets:
-                old_pid = child.record.pid
-                with child.lock:
-                    child.manual_restart = True
-                child.wake.set()
-                self._wait_ready(
-                    [child],
-                    timeout or self.config.pool.start_timeout_s + self.config.pool.stop_grace_s,
-                    not_pid=old_pid,
-                )
+        with self.children.ops_lock:
+            self.children.restart(name, timeout)
             self._write_state()
             return self.snapshot()
 
     def scale(self, size: int, timeout: float | None = None) -> PoolState:
         if not 1 <= size <= 64:
             raise PoolError(f"bad pool size {size}: use 1..64")
-        with self._ops_lock:
-            wanted = instance_names(size)
-            with self._rec_lock:
-                current = [
-                    c
-                    for c in self._ordered()
-                    if c.program.kind == "opencode" and not is_extra_name(c.name)
-                ]
-                removed = [c for c in current if c.name not in wanted]
-                added = [self._new_child(n) for n in wanted if n not in self._children]
-                self.size = size
-            for child in removed:
-                with child.lock:
-                    child.removing = True
-                    child.record.draining = True
-                child.wake.set()
-            for child in added:
-                child.start()
-            self._dirty.set()
-            for child in removed:
-                if child.thread is not None:
-                    child.thread.join(self.config.pool.stop_grace_s + 15)
-                with self._rec_lock:
-                    self._children.pop(child.name, None)
-            self._dirty.set()
-            if added:
-                self._wait_ready(added, timeout or self.config.pool.start_timeout_s + 5)
+        with self.children.ops_lock:
+            self.children.scale(size, timeout)
             self._write_state()
             return self.snapshot()
 
@@ -229,44 +208,15 @@ class Supervisor:
         alone), e.g. one dedicated to a single worker. Idempotent; with ``wait`` it
         returns once the instance is ready."""
         check_extra_name(name)
-        with self._ops_lock:
-            with self._rec_lock:
-                child = self._children.get(name)
-                created = child is None
-                if child is None:
-                    child = self._new_child(name)
-            if created:
-                child.start()
-            self._dirty.set()
+        with self.children.ops_lock:
+            child = self.children.add_extra(name)
         if wait:
-            self._wait_ready([child], timeout or self.config.pool.start_timeout_s + 5)
+            self.children.wait_ready([child], timeout or self.config.pool.start_timeout_s + 5)
         return self.snapshot()
 
     def remove_instance(self, name: str, *, wait: bool = False) -> PoolState:
         """Stop and forget an extra instance added by ``add_instance``."""
-        check_extra_name(name)
-        with self._rec_lock:
-            child = self._children.get(name)
-        if child is None:
-            raise UnknownInstanceError(f"no instance named {name!r} in the pool")
-        with child.lock:
-            child.removing = True
-            child.record.draining = True
-        child.wake.set()
-        self._dirty.set()
-
-        def finish() -> None:
-            if child.thread is not None:
-                child.thread.join(self.config.pool.stop_grace_s + 15)
-            with self._rec_lock:
-                if self._children.get(name) is child:
-                    self._children.pop(name, None)
-            self._dirty.set()
-
-        if wait:
-            finish()
-        else:
-            threading.Thread(target=finish, name=f"remove-{name}", daemon=True).start()
+        self.children.remove_extra(name, wait=wait)
         return self.snapshot()
 
     # --- main -------------------------------------------------------------------------
@@ -298,7 +248,7 @@ class Supervisor:
             self.mcp_secret = kept or secrets.token_urlsafe(32)
             write_coordinator_token(self.mcp_secret, self.paths.swarm_dir)
         self._sink = EventSink(self.paths, self.config)
-        control = ControlServer(self.socket_path, self._handle_command)
+        control = ControlServer(self.socket_path, lambda request: handle(self, request))
         rc = 0
         try:
             self._write_state()
@@ -319,14 +269,14 @@ class Supervisor:
                 self._loop()
         finally:
             with self._rec_lock:
-                if self._phase != "failed":
-                    self._phase = "stopping"
+                if self._phase != PoolPhase.FAILED:
+                    self._phase = PoolPhase.STOPPING
             self._write_state()
             self._shutdown()
             control.close()
             with self._rec_lock:
-                if self._phase != "failed":
-                    self._phase = "stopped"
+                if self._phase != PoolPhase.FAILED:
+                    self._phase = PoolPhase.STOPPED
             self._write_state()
             self._sink.emit(
                 ev.PoolStopped(supervisor_pid=self.me.pid, reason=self._error_text()),
@@ -339,7 +289,7 @@ class Supervisor:
         log.error("start-up failed: %s", error)
         with self._rec_lock:
             self._error = ErrorInfo(type=type(error).__name__, message=str(error))
-            self._phase = "failed"
+            self._phase = PoolPhase.FAILED
         self._write_state()
 
     def _error_text(self) -> str:
@@ -380,7 +330,9 @@ class Supervisor:
             self._stop_stray(old_gateway)
         if self._stop.is_set():
             return
-        children = [self._new_child(n, adopt_from=adoptable.pop(n, None)) for n in self._names()]
+        children = [
+            self._new_child(n, adopt_from=adoptable.pop(n, None)) for n in self.children.names()
+        ]
         for child in children:
             child.start()
         # Leftovers of a bigger previous pool that still run: ours, so stop them.
@@ -390,9 +342,10 @@ class Supervisor:
         if self._stop.is_set():
             return
         with self._rec_lock:
-            self._phase = "running"
+            self._phase = PoolPhase.RUNNING
         self._write_state()
-        log.info("pool ready: %s", ", ".join(f"{c.name}@{c.port}" for c in self._ordered()))
+        ready = ", ".join(f"{c.name}@{c.port}" for c in self.children.ordered())
+        log.info("pool ready: %s", ready)
 
     def _start_upstream(
         self, name: str, adoptable: dict[str, ChildRecord], deadline: float
@@ -406,7 +359,7 @@ class Supervisor:
         old = adoptable.pop(name, None)
         child = self._new_child(name, adopt_from=old)
         # Registered before it starts, so the state written while waiting has its URL.
-        self._upstreams[name] = child
+        self.children.upstreams[name] = child
         child.start()
         self._await_startup([child], deadline)
         if old is not None and old.port != child.port:
@@ -414,32 +367,14 @@ class Supervisor:
                 self._stop_stray(rec)
             adoptable.clear()
 
-    def _names(self) -> list[str]:
-        return instance_names(self.size)
-
     def _await_startup(self, children: list[Watcher], deadline: float) -> None:
-        while True:
-            if self._startup_error is not None:
-                raise self._startup_error
-            if self._stop.is_set():
-                return
-            states = {c.name: c.record.state for c in children}
-            fatal = [c for c in children if c.record.state == "fatal"]
-            if fatal:
-                c = fatal[0]
-                raise InstanceStartError(f"instance {c.name} failed to start: {c.record.reason}")
-            if all(s == "ready" for s in states.values()):
-                return
-            if self.clock() > deadline:
-                late = [c for c in children if c.record.state != "ready"]
-                detail = "; ".join(
-                    f"{c.name} {c.record.state}"
-                    + (f" ({c.record.reason})" if c.record.reason else "")
-                    for c in late
-                )
-                raise InstanceStartError(f"instances not ready in time: {detail}")
-            self._flush_state()
-            time.sleep(0.05)
+        self.children.await_startup(
+            children,
+            deadline,
+            clock=self.clock,
+            failed=lambda: self._startup_error,
+            tick=self._flush_state,
+        )
 
     def _loop(self) -> None:
         next_reap = 0.0
@@ -453,7 +388,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         self._stop.set()
         with self._rec_lock:
-            children = self._ordered()
+            children = self.children.ordered()
         for child in children:
             child.wake.set()
         for child in children:
@@ -480,22 +415,11 @@ class Supervisor:
 
     # --- state ----------------------------------------------------------------------
 
-    def _ordered(self) -> list[Watcher]:
-        kids = list(self._children.values())
-        order = {"model": 0, "mcp": 1, "gateway": 2}
-        return sorted(kids, key=lambda c: (order.get(c.program.kind, 2), _name_key(c.name)))
-
-    def _upstream_url(self, name: str) -> str | None:
-        child = self._upstreams.get(name)
-        if child is None or child.port is None:
-            return None
-        return child.program.url(child.port)
-
     def _model_url(self) -> str | None:
-        return self._upstream_url(MODEL_NAME)
+        return self.children.upstream_url(MODEL_NAME)
 
     def _mcp_url(self) -> str | None:
-        return self._upstream_url(MCP_NAME)
+        return self.children.upstream_url(MCP_NAME)
 
     def _flush_state(self) -> None:
         if self._dirty.is_set():
@@ -509,30 +433,6 @@ class Supervisor:
         except PoolError as e:
             log.error("%s", e)
 
-    def _handle_command(self, request: dict[str, Any]) -> Any:
-        cmd = request["cmd"]
-        if cmd == "status":
-            return public_dump(self.snapshot())
-        if cmd == "stop":
-            self.request_stop()
-            return {"stopping": True}
-        if self._phase != "running":
-            raise PoolError(f"the pool is {self._phase}; try again when it is running")
-        timeout = request.get("timeout")
-        if cmd == "restart":
-            state = self.restart(request.get("name"), timeout)
-        elif cmd == "scale":
-            state = self.scale(int(request["size"]), timeout)
-        elif cmd == "add":
-            state = self.add_instance(
-                str(request["name"]), wait=bool(request.get("wait")), timeout=timeout
-            )
-        elif cmd == "remove":
-            state = self.remove_instance(str(request["name"]), wait=bool(request.get("wait")))
-        else:
-            raise PoolError(f"unknown command {cmd!r}")
-        return public_dump(state)
-
     # --- children -------------------------------------------------------------------
 
     def _new_child(self, name: str, adopt_from: ChildRecord | None = None) -> Watcher:
@@ -540,9 +440,7 @@ class Supervisor:
         # so the child can be adopted. Anything new gets a fresh secret of its own.
         password = adopt_from.password if adopt_from and adopt_from.password else ""
         child = Watcher(self._context(), self._make_program(name, password), adopt_from)
-        with self._rec_lock:
-            self._children[name] = child
-        self._dirty.set()
+        self.children.add(child)
         return child
 
     def _context(self) -> PoolContext:
@@ -558,7 +456,7 @@ class Supervisor:
                 rec_lock=self._rec_lock,
                 dirty=self._dirty,
                 stop=self._stop,
-                starting=lambda: self._phase == "starting",
+                starting=lambda: self._phase == PoolPhase.STARTING,
                 fail_startup=self._fail_startup,
                 busy_hint=self._busy_hint,
             )
@@ -586,8 +484,6 @@ class Supervisor:
         if name == MCP_NAME:
             return mcp_program(self.paths)
         if self.binary is None:
-            from swarm_pool.opencode.binary import find_opencode
-
             self.binary = find_opencode(self.config)
         return opencode_program(
             name,
@@ -597,50 +493,4 @@ class Supervisor:
             password=password or secrets.token_urlsafe(24),
             model_url=self._model_url,
             mcp_url=self._mcp_url,
-        )
-
-    def _wait_ready(
-        self, children: Iterable[Watcher], timeout: float, *, not_pid: int | None = None
-    ) -> None:
-        kids = list(children)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._stop.is_set():
-                raise PoolError("the pool is stopping")
-            pending = []
-            for c in kids:
-                rec = c.record
-                if c.manual_restart or (not_pid is not None and rec.pid == not_pid):
-                    pending.append(c)
-                    continue
-                if rec.state == "fatal":
-                    raise InstanceStartError(f"instance {c.name} is fatal: {rec.reason}")
-                if rec.state != "ready":
-                    pending.append(c)
-            if not pending:
-                return
-            time.sleep(0.05)
-        names = ", ".join(c.name for c in kids)
-        raise InstanceStartError(f"{names} not ready within {timeout:g}s")
-
-
-def _name_key(name: str) -> tuple[str, int]:
-    prefix, _, num = name.rpartition("-")
-    return (prefix, int(num)) if num.isdigit() else (name, 0)
-
-
-_POOL_NAME_RE = re.compile(r"^oc-\d+$")
-_EXTRA_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-
-
-def is_extra_name(name: str) -> bool:
-    """An instance added by name (``add``), not one of the sized pool's ``oc-N``."""
-    return name not in (MODEL_NAME, GATEWAY_NAME, MCP_NAME) and not _POOL_NAME_RE.match(name)
-
-
-def check_extra_name(name: str) -> None:
-    if not _EXTRA_NAME_RE.match(name) or not is_extra_name(name):
-        raise PoolError(
-            f"bad extra instance name {name!r}: lowercase letters, digits, - and _, "
-            "not 'model', 'mcp' or 'gateway' and not the pool's own oc-N"
         )

@@ -1,4 +1,4 @@
-"""One supervised child and the thread that watches it (circus-style watchers).
+"""The thread that watches one supervised child (circus-style watchers).
 
 A ``Watcher`` owns one ``Program``'s process: it launches it on a leased port (its
 previous one when still free), or adopts it from a dead supervisor (pid, ``create_time``
@@ -13,140 +13,50 @@ draining, or restart). Failures restart after the policy's backoff, or
 make the child ``fatal``. A port taken between allocation and bind fails the pool's
 start (``PortInUseError``); later the child just gets a new port. Every change goes to
 the child's ``ChildRecord`` (under the pool's lock) and every lifecycle event to the log
-and the store; each restart records its cause and reason.
+and the store; each restart records its cause and reason. Room: pool. The primitives
+it acts with (launch, adopt, terminate, ports, the record) are ``ChildProcess`` in
+``child.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import psutil
 
-from swarm_pool.config import Config
 from swarm_pool.errors import (
     ConfigError,
-    OpenCodeError,
     PortError,
     PortInUseError,
-    ProcessError,
     SwarmPoolError,
 )
-from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import process
-from swarm_pool.pool.instance import Program, log_tail, rotate_log
-from swarm_pool.pool.policy import ChildPolicy, Clock, MemoryVerdict
-from swarm_pool.pool.ports import Owner, PortLeases, port_is_free
-from swarm_pool.pool.pulse import Pulse
-from swarm_pool.pool.sink import EventSink
-from swarm_pool.pool.state import ChildRecord, ExitInfo
+from swarm_pool.pool.child import ChildProcess, PoolContext, exit_info
+from swarm_pool.pool.instance import log_tail, rotate_log
+from swarm_pool.pool.policy import MemoryVerdict
+from swarm_pool.pool.ports import port_is_free
+from swarm_pool.pool.state import (
+    SERVING,
+    ExitInfo,
+    InstanceState,
+)
 from swarm_pool.store import events as ev
 from swarm_pool.store.events import RestartCause
 
 log = logging.getLogger("swarm_pool.pool")
 
-
-@dataclass
-class PoolContext:
-    """What every watcher shares with the supervisor."""
-
-    paths: ProjectPaths
-    config: Config
-    clock: Clock
-    leases: PortLeases
-    me: Owner
-    sink: EventSink | None
-    rec_lock: threading.RLock
-    dirty: threading.Event
-    stop: threading.Event
-    starting: Callable[[], bool]  # is the pool still in its first start-up?
-    fail_startup: Callable[[SwarmPoolError], None]
-    # Busy sessions of an instance as the work's own records say (None: unknown).
-    busy_hint: Callable[[str], int | None] = lambda _name: None
+__all__ = ["PoolContext", "Watcher"]
 
 
-class Watcher:
-    def __init__(
-        self, ctx: PoolContext, program: Program, adopt_from: ChildRecord | None = None
-    ) -> None:
-        self.ctx = ctx
-        self.program = program
-        self.record = ChildRecord(name=program.name, kind=program.kind, password=program.password)
-        self.policy = ChildPolicy(ctx.config.supervisor, clock=ctx.clock)
-        self.launched: process.Launched | None = None
-        self.ref: process.ProcRef | None = None
-        self.port: int | None = None
-        self.launch_mono = 0.0
-        self.probed_at: float | None = None  # last readiness probe while running
-        self.restart_at = 0.0
-        self.needs_launch = True
-        self.new_port = False
-        self.manual_restart = False
-        self.removing = False
-        self.finished = False
-        self.adopt_from = adopt_from
-        self.pulse: Pulse | None = None
-        # Why the pending restart happens, for its instance_restarted event.
-        self.restart_cause: RestartCause | None = None
-        self.restart_reason = ""
-        # Resource samples for `metrics`: the last sample's clock and tree CPU seconds.
-        self._sample_at: float | None = None
-        self._sample_cpu_s = 0.0
-        self.lock = threading.RLock()
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
-        if adopt_from is not None and self._in_range(adopt_from.port):
-            # A replaced child prefers its old port (kept by the lease if still ours).
-            self.port = adopt_from.port
-
-    @property
-    def name(self) -> str:
-        return self.program.name
+class Watcher(ChildProcess):
+    """The thread that watches one child: checks, failures, restarts and retirement."""
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._main, name=f"watch-{self.name}", daemon=True)
         self.thread.start()
-
-    def live_record(self) -> ChildRecord:
-        """A copy of the record with the live time of the last sign of life."""
-        rec = self.record.model_copy(deep=True)
-        if rec.pid is not None and rec.state in ("ready", "unhealthy"):
-            rec.last_sign_at = time.time() - self.policy.silent_for()
-        return rec
-
-    def _start_pulse(self) -> None:
-        self._stop_pulse()
-        events, port = self.program.events, self.port
-        if events is None or port is None:
-            return
-        self.pulse = Pulse(self.name, lambda: events(port), self.policy.note_life).start()
-
-    def _stop_pulse(self) -> None:
-        if self.pulse is not None:
-            self.pulse.stop()
-            self.pulse = None
-
-    def _busy_now(self) -> int | None:
-        """Busy sessions without asking the (unresponsive) instance: the most of what its
-        stream showed and what the work's records say; None when neither knows."""
-        if self.program.events is None:
-            return 0  # no sessions at all (the model server)
-        seen = self.pulse.busy if self.pulse is not None else None
-        known = [n for n in (seen, self.ctx.busy_hint(self.name)) if n is not None]
-        return max(known) if known else None
-
-    def _set(self, **fields: Any) -> None:
-        with self.ctx.rec_lock:
-            for key, value in fields.items():
-                setattr(self.record, key, value)
-        self.ctx.dirty.set()
 
     def final_stop(self) -> None:
         """Stop the child for good unless its thread already did (pool shutdown)."""
@@ -154,7 +64,7 @@ class Watcher:
             if not self.finished:
                 self._terminate(reason="pool stopped")
                 self._release_port()
-                self._set(state="stopped", pid=None, create_time=None, draining=False)
+                self._set(state=InstanceState.STOPPED, pid=None, create_time=None, draining=False)
                 self.finished = True
 
     def _main(self) -> None:
@@ -173,7 +83,7 @@ class Watcher:
                     self._on_failure(str(e), None)
                 except Exception:  # a bug in one child's step must not kill its watcher
                     log.exception("%s: unexpected error in the supervisor step", self.name)
-                starting = self.record.state == "starting"
+                starting = self.record.state == InstanceState.STARTING
             # Poll fast while starting so `start` returns soon after the child is ready.
             self.wake.wait(min(interval, 0.1) if starting else interval)
             self.wake.clear()
@@ -184,7 +94,7 @@ class Watcher:
         else:
             self._terminate(reason="pool stopped")
         self._release_port()
-        self._set(state="stopped", pid=None, create_time=None, draining=False)
+        self._set(state=InstanceState.STOPPED, pid=None, create_time=None, draining=False)
         self.finished = True
 
     def _step(self) -> None:
@@ -204,11 +114,11 @@ class Watcher:
             self._launch()
             return
         state = self.record.state
-        if state == "starting":
+        if state == InstanceState.STARTING:
             self._check_starting()
-        elif state in ("ready", "unhealthy"):
+        elif state in SERVING:
             self._check_running()
-        elif state == "backoff" and self.ctx.clock() >= self.restart_at:
+        elif state == InstanceState.BACKOFF and self.ctx.clock() >= self.restart_at:
             self._relaunch()
 
     def _manual_restart(self) -> None:
@@ -219,162 +129,6 @@ class Watcher:
         self.restart_cause, self.restart_reason = RestartCause.MANUAL, "manual restart"
         self._relaunch()
 
-    def _try_adopt(self, rec: ChildRecord) -> bool:
-        ref = rec.ref
-        if ref is None or rec.port is None or not ref.alive():
-            return False
-        try:
-            self.program.probe(rec.port, self.ctx.config.supervisor.health_timeout_s)
-        except OpenCodeError as e:
-            log.info(
-                "%s: pid %s is alive but not healthy (%s); replacing it", self.name, ref.pid, e
-            )
-            with contextlib.suppress(ProcessError):
-                process.stop(ref, grace_s=self.ctx.config.pool.stop_grace_s, port=rec.port)
-            return False
-        try:
-            self.ctx.leases.claim(
-                rec.port, [self.ctx.me, Owner(ref.pid, ref.create_time)], label=self._label()
-            )
-        except PortInUseError as e:
-            log.warning("%s: cannot re-lease port %s (%s); replacing it", self.name, rec.port, e)
-            with contextlib.suppress(ProcessError):
-                process.stop(ref, grace_s=self.ctx.config.pool.stop_grace_s, port=None)
-            return False
-        self.ref = ref
-        self.launched = None
-        self.port = rec.port
-        self.policy.started()
-        self._start_pulse()
-        self._set(
-            port=rec.port,
-            pid=ref.pid,
-            create_time=ref.create_time,
-            state="ready",
-            started_at=rec.started_at,
-            ready_at=rec.ready_at,
-            restarts=rec.restarts,
-            reason="",
-        )
-        log.info("%s: adopted pid %s on port %s", self.name, ref.pid, rec.port)
-        return True
-
-    def _label(self) -> str:
-        return f"{self.ctx.paths.root} {self.name}"
-
-    def _lease_port(self, prefer: int | None) -> int:
-        if self.program.kind == "model" and self.ctx.config.model.port:
-            port = self.ctx.config.model.port
-            self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
-            return port
-        if self.program.kind == "gateway":
-            port = self.ctx.config.gateway.port
-            try:
-                self.ctx.leases.claim(port, [self.ctx.me], label=self._label())
-            except PortInUseError as e:
-                raise PortInUseError(
-                    f"the gateway's port {port} on 127.0.0.1 is taken ({e}); is another "
-                    "`opencode serve` running? Stop it or set [gateway] port"
-                ) from e
-            return port
-        return self.ctx.leases.acquire([self.ctx.me], prefer=prefer, label=self._label())
-
-    def _in_range(self, port: int | None) -> bool:
-        pool = self.ctx.config.pool
-        return port is not None and pool.port_min <= port <= pool.port_max
-
-    def _choose_port(self) -> int:
-        """The child's previous port when it is still free, else a newly leased one."""
-        if self.port is not None and not self.new_port and self._in_range(self.port):
-            if port_is_free(self.port):
-                try:
-                    self.ctx.leases.claim(self.port, [self.ctx.me], label=self._label())
-                    return self.port
-                except PortInUseError:
-                    pass
-            log.warning("%s: port %s is taken; leasing another", self.name, self.port)
-        if self.port is not None:
-            self.ctx.leases.release(self.port, [self.ctx.me])
-        self.new_port = False
-        return self._lease_port(prefer=None)
-
-    def _launch(self) -> None:
-        self.port = self._choose_port()
-        port = self.port
-        program = self.program
-        rotate_log(
-            program.log_path,
-            max_bytes=self.ctx.config.supervisor.log_max_bytes,
-            backups=self.ctx.config.supervisor.log_backups,
-            copy_truncate=False,
-        )
-        argv = program.command(port)
-        env = program.env(port)
-        _log_marker(program.log_path, f"swarm-pool: launching {' '.join(argv)}")
-        launched = process.launch(argv, env=env, cwd=program.cwd, log_path=program.log_path)
-        self.launched = launched
-        self.ref = launched.ref
-        self.launch_mono = self.ctx.clock()
-        self.probed_at = None
-        self._sample_at = None
-        self.policy.started()
-        owner = Owner(launched.ref.pid, launched.ref.create_time)
-        self.ctx.leases.set_owners(port, [self.ctx.me, owner])
-        self._set(
-            port=port,
-            pid=launched.ref.pid,
-            create_time=launched.ref.create_time,
-            state="starting",
-            started_at=time.time(),
-            ready_at=None,
-            draining=False,
-            reason="",
-        )
-        self._emit(
-            ev.InstanceStarted(instance=self.name, pid=launched.ref.pid, port=port),
-            f"{self.name}: started pid {launched.ref.pid} on port {port}",
-        )
-
-    def _relaunch(self) -> None:
-        # Taken before the launch, which clears the record's reason.
-        cause, reason = self.restart_cause, self.restart_reason or self.record.reason
-        self.restart_cause, self.restart_reason = None, ""
-        now, window = time.time(), self.ctx.config.supervisor.flap_window_s
-        recent = [t for t in self.record.restarted_at if now - t < window]
-        self._set(restarted_at=[*recent[-self.ctx.config.supervisor.flap_max_restarts :], now])
-        self._launch()
-        self._emit(
-            ev.InstanceRestarted(
-                instance=self.name,
-                pid=self.record.pid,
-                port=self.port,
-                restarts=self.record.restarts,
-                reason=reason,
-                cause=cause,
-            ),
-            f"{self.name}: restarted (restart #{self.record.restarts}, "
-            f"{cause.value if cause else 'unknown cause'}: {reason})",
-        )
-
-    def _alive(self) -> bool:
-        if self.launched is not None and self.launched.popen.poll() is not None:
-            return False
-        return self.ref is not None and self.ref.alive()
-
-    def _exit_status(self) -> process.ExitStatus:
-        if self.launched is not None:
-            return process.ExitStatus.from_returncode(self.launched.popen.poll())
-        return process.ExitStatus(None, None)
-
-    def _probe(self, timeout: float) -> str | None:
-        """None when the probe answered healthy, else why not."""
-        assert self.port is not None
-        try:
-            self.program.probe(self.port, timeout)
-        except OpenCodeError as e:
-            return str(e)
-        return None
-
     def _check_starting(self) -> None:
         if not self._alive():
             status = self._exit_status()
@@ -383,7 +137,7 @@ class Watcher:
         if self._probe(min(1.0, self.ctx.config.supervisor.health_timeout_s)) is None:
             self.probed_at = self.ctx.clock()
             startup_ms = int((self.ctx.clock() - self.launch_mono) * 1000)
-            self._set(state="ready", ready_at=time.time(), reason="")
+            self._set(state=InstanceState.READY, ready_at=time.time(), reason="")
             self._start_pulse()
             self._emit(
                 ev.InstanceReady(
@@ -407,7 +161,7 @@ class Watcher:
         sup = self.ctx.config.supervisor
         asked = self.ctx.clock()
         if (
-            self.record.state == "ready"
+            self.record.state == InstanceState.READY
             and self.probed_at is not None
             and asked - self.probed_at < sup.health_interval_s
         ):
@@ -420,7 +174,7 @@ class Watcher:
         # Waits up to slow_answer_s: a late answer is a busy instance, not a dead one.
         problem = self._probe(max(sup.slow_answer_s, sup.health_timeout_s))
         if problem is not None:
-            if self.record.state != "unhealthy":
+            if self.record.state != InstanceState.UNHEALTHY:
                 self._emit(
                     ev.InstanceUnhealthy(
                         instance=self.name, pid=self.record.pid, port=self.port, reason=problem
@@ -428,7 +182,7 @@ class Watcher:
                     f"{self.name}: unhealthy: {problem}",
                     logging.WARNING,
                 )
-            self._set(state="unhealthy", reason=problem)
+            self._set(state=InstanceState.UNHEALTHY, reason=problem)
             busy = self._busy_now()
             if self.policy.on_health(False, busy=busy):
                 reason = (
@@ -443,9 +197,9 @@ class Watcher:
         if took > sup.health_timeout_s:
             log.info("%s: slow health answer (%.1fs): busy, alive", self.name, took)
         self.policy.on_health(True)
-        if self.record.state == "unhealthy":
+        if self.record.state == InstanceState.UNHEALTHY:
             log.info("%s: healthy again", self.name)
-            self._set(state="ready", reason="")
+            self._set(state=InstanceState.READY, reason="")
         self._check_memory()
         rotate_log(
             self.program.log_path,
@@ -544,7 +298,7 @@ class Watcher:
                 log.info("%s: killed %d orphaned processes of its group", self.name, orphans)
         self.launched = None
         self.ref = None
-        exit_info = _exit(status, reason)
+        ended = exit_info(status, reason)
         if during_start and self.port is not None and not port_is_free(self.port):
             # Nothing of ours is left in the tree, so a foreign process holds the port.
             error = PortInUseError(
@@ -553,25 +307,25 @@ class Watcher:
             )
             if self.ctx.starting():
                 self.ctx.fail_startup(error)
-                self._set(state="fatal", reason=str(error), last_exit=exit_info, pid=None)
+                self._set(state=InstanceState.FATAL, reason=str(error), last_exit=ended, pid=None)
                 return
             log.warning("%s: %s; it gets a new port", self.name, error)
             self.new_port = True
-        self._on_failure(reason, exit_info, RestartCause.EXITED)
+        self._on_failure(reason, ended, RestartCause.EXITED)
 
     def _on_failure(
         self,
         reason: str,
-        exit_info: ExitInfo | None,
+        ended: ExitInfo | None,
         cause: RestartCause = RestartCause.ERROR,
     ) -> None:
         self._stop_pulse()
         self.restart_cause, self.restart_reason = cause, reason
-        if exit_info is not None:
-            self._set(last_exit=exit_info)
+        if ended is not None:
+            self._set(last_exit=ended)
         decision = self.policy.on_failure(reason)
         if decision.fatal:
-            self._set(state="fatal", reason=decision.reason, pid=None, create_time=None)
+            self._set(state=InstanceState.FATAL, reason=decision.reason, pid=None, create_time=None)
             self._emit(
                 ev.InstanceFatal(instance=self.name, port=self.port, reason=decision.reason),
                 f"{self.name}: fatal: {decision.reason}; `swarm-pool restart {self.name}` "
@@ -581,7 +335,7 @@ class Watcher:
             return
         self.restart_at = self.ctx.clock() + decision.delay_s
         self._set(
-            state="backoff",
+            state=InstanceState.BACKOFF,
             reason=reason,
             restarts=self.record.restarts + 1,
             pid=None,
@@ -594,59 +348,7 @@ class Watcher:
         """Errors that fail a start outright (no port, bad config); later, a failure."""
         if self.ctx.starting():
             self.ctx.fail_startup(error)
-            self._set(state="fatal", reason=str(error))
+            self._set(state=InstanceState.FATAL, reason=str(error))
             return
         log.error("%s: %s", self.name, error)
         self._on_failure(str(error), None)
-
-    def _terminate(self, *, reason: str) -> None:
-        """Stop the child's tree if it runs; record how it ended."""
-        ref = self.ref
-        if ref is None:
-            return
-        popen = self.launched.popen if self.launched is not None else None
-        was_alive = self._alive()
-        try:
-            status = process.stop(
-                ref, grace_s=self.ctx.config.pool.stop_grace_s, port=self.port, popen=popen
-            )
-        except ProcessError as e:
-            log.error("%s: %s", self.name, e)
-            status = process.ExitStatus(None, None)
-        self.launched = None
-        self.ref = None
-        self._stop_pulse()
-        if was_alive:
-            self._emit(
-                ev.InstanceStopped(instance=self.name, pid=ref.pid, port=self.port),
-                f"{self.name}: stopped pid {ref.pid} ({reason})",
-            )
-            self._set(last_exit=_exit(status, reason), pid=None, create_time=None)
-
-    def _release_port(self) -> None:
-        if self.port is not None:
-            with contextlib.suppress(PortError):
-                self.ctx.leases.release(self.port, [self.ctx.me])
-
-    def _emit(self, event: ev.BaseEvent, line: str, level: int = logging.INFO) -> None:
-        if self.ctx.sink is not None:
-            self.ctx.sink.emit(event, line, level)
-        else:
-            log.log(level, line)
-
-
-def _exit(status: process.ExitStatus | None, reason: str) -> ExitInfo:
-    if status is None:
-        return ExitInfo(reason=reason)
-    return ExitInfo(code=status.code, signal=status.signal, reason=reason)
-
-
-def _log_marker(path: Path, text: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, f"--- {stamp} {text}\n".encode())
-        finally:
-            os.close(fd)

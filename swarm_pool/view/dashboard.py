@@ -16,6 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from swarm_pool.pool.state import InstanceState
 from swarm_pool.store.slots import counts_by_instance, describe_counts
 from swarm_pool.view.snapshot import EpicBlock, EventLevel, Snapshot
 
@@ -26,13 +27,13 @@ LEVEL_STYLES = {
     EventLevel.GOOD: "green",
     EventLevel.INFO: "",
 }
-STATE_STYLES = {
-    "ready": "green",
-    "starting": "cyan",
-    "unhealthy": "yellow",
-    "backoff": "yellow",
-    "fatal": "bold red",
-    "stopped": "dim",
+STATE_STYLES: dict[str, str] = {
+    InstanceState.READY: "green",
+    InstanceState.STARTING: "cyan",
+    InstanceState.UNHEALTHY: "yellow",
+    InstanceState.BACKOFF: "yellow",
+    InstanceState.FATAL: "bold red",
+    InstanceState.STOPPED: "dim",
 }
 GROUP_STYLES = {
     "in_progress": "cyan",
@@ -122,7 +123,7 @@ def instances_panel(snap: Snapshot) -> Panel:
         state = Text(inst.state, style=STATE_STYLES.get(inst.state, ""))
         if inst.draining:
             state.append(" draining", style="yellow")
-        if inst.reason and inst.state != "ready":
+        if inst.reason and inst.state != InstanceState.READY:
             state.append(f" {inst.reason[:40]}", style="dim")
         name = inst.name if inst.kind == "opencode" else f"{inst.name} ({inst.kind})"
         table.add_row(

@@ -35,6 +35,7 @@ from rich.progress import (
 )
 
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.state import InstanceState
 from swarm_pool.view.procstats import read_state_or_none
 
 
@@ -122,8 +123,8 @@ def _count(
         children = state.opencode()  # the scripted model child is not an instance
         if state.updated_at < since:  # an older pool's file: ours has not written yet
             return 0, None, "launching the supervisor"
-        ready = [c for c in children if c.state == "ready"]
-        late = [f"{c.name} {c.state}" for c in children if c.state != "ready"]
+        ready = [c for c in children if c.state == InstanceState.READY]
+        late = [f"{c.name} {c.state}" for c in children if c.state != InstanceState.READY]
         return len(ready), len(children) or None, ", ".join(late[:3])
     gone = [
         name

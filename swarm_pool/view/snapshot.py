@@ -24,6 +24,7 @@ from swarm_pool.errors import SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import pool_status
 from swarm_pool.pool.process import ProcRef
+from swarm_pool.pool.state import InstanceState
 from swarm_pool.store import Store, StoredEvent, open_project_store
 from swarm_pool.store.core import project_store_exists
 from swarm_pool.store.events import EVENT_TYPES, now_ms
@@ -410,7 +411,11 @@ class SnapshotSource:
         for view in status["instances"]:
             ref = refs.get(view["name"])
             rss = cpu = None
-            if ref is not None and view["pid"] == ref.pid and view["state"] != "stopped":
+            if (
+                ref is not None
+                and view["pid"] == ref.pid
+                and view["state"] != InstanceState.STOPPED
+            ):
                 rss, cpu = self._cpu.sample(ref)
             rows.append(
                 InstanceRow(

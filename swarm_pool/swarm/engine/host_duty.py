@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from swarm_pool import faults
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.pool.router import InstanceView
+from swarm_pool.pool.state import SERVING
 from swarm_pool.store.events import FailureCause, HostBeat, HostInstance, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
@@ -37,11 +38,9 @@ from swarm_pool.swarm.worker.failure import fail
 
 log = logging.getLogger(__name__)
 
-_READY = ("ready", "unhealthy")
-
 
 def capacity(ctx: SwarmContext, slots: Iterable[InstanceView]) -> int:
-    ready = sum(1 for s in slots if s.state in _READY)
+    ready = sum(1 for s in slots if s.state in SERVING)
     return ready * ctx.config.pool.max_sessions_per_instance
 
 

@@ -49,6 +49,7 @@ from swarm_pool.config import Config
 from swarm_pool.errors import EngineStartError, OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.router import InstanceView, active_instances
+from swarm_pool.pool.state import GONE, SERVING
 from swarm_pool.store.events import FailureCause, WorkerNeedsReview, now_ms
 from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, MERGEABLE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
@@ -71,8 +72,6 @@ from swarm_pool.swarm.worker.spec import load_spec
 
 log = logging.getLogger(__name__)
 
-# Instance states in which its process is gone (or replaced), so its sessions are lost.
-_GONE_STATES = frozenset({"backoff", "fatal", "stopped", "exited", "starting"})
 _INSTANCE_EVENTS = ["instance_exited", "instance_started", "instance_fatal", "instance_stopped"]
 
 
@@ -285,7 +284,7 @@ class Engine:
         self.ticks += 1
         self.last_tick_ms = now_ms()
         slots = ctx.instances()
-        ready = [s for s in slots if s.state in ("ready", "unhealthy")]
+        ready = [s for s in slots if s.state in SERVING]
         if ctx.multi_host:
             if self._hosts is None:
                 self._hosts = HostDuty(ctx)
@@ -430,7 +429,7 @@ class Engine:
             if slot.name in self._pids and old is not None and slot.pid != old:
                 self._gone_at[slot.name] = now
                 self._unreconciled.add(slot.name)
-            if slot.state in _GONE_STATES:
+            if slot.state in GONE:
                 self._gone_at[slot.name] = now
                 self._unreconciled.add(slot.name)
             self._pids[slot.name] = slot.pid

@@ -28,6 +28,7 @@ from swarm_pool.errors import (
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.pool.router import (
     InstanceView,
+    RouteRequest,
     Routing,
     Steadiness,
     active_instances,
@@ -108,12 +109,14 @@ def start_session(
             slot = choose_instance(
                 usable,
                 _busy(ctx),
-                limit,
-                routing=routing,
-                bead_id=bead_id,
-                avoid=set(avoid),
-                steadiness=Steadiness.from_config(ctx.config),
-                active=active_instances(ctx.config),
+                RouteRequest(
+                    limit,
+                    routing=routing,
+                    bead_id=bead_id,
+                    avoid=set(avoid),
+                    steadiness=Steadiness.from_config(ctx.config),
+                    active=active_instances(ctx.config),
+                ),
             )
             if slot is None:
                 return None
