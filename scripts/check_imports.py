@@ -69,6 +69,8 @@ def imports_of(name: str, path: Path, mods: dict[str, Path]) -> list[tuple[int, 
     here = name.split(".")[:-1]  # the package this module lives in
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -94,13 +96,13 @@ def imports_of(name: str, path: Path, mods: dict[str, Path]) -> list[tuple[int, 
     for line, mod in found:
         by_line.setdefault(line, set()).add(mod)
     out: list[tuple[int, str]] = []
-    for line, targets in by_line.items():
-        for mod in sorted(targets):
-            if mod == "__init__" and len(targets) > 1:
+    for line, named in by_line.items():
+        for mod in sorted(named):
+            if mod == "__init__" and len(named) > 1:
                 continue  # `from swarm_pool import faults`: the module, not the package
             pkg = mod.removesuffix(".__init__")
             if mod.endswith(".__init__") and any(
-                t != mod and t.startswith(pkg + ".") for t in targets
+                t != mod and t.startswith(pkg + ".") for t in named
             ):
                 continue
             out.append((line, mod))
