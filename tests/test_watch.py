@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from swarm_pool.errors import (
@@ -17,8 +20,10 @@ from swarm_pool.errors import (
     OpenCodeUnknownOutcomeError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.pulse import Pulse, Pulses
 from swarm_pool.pool.router import InstanceView
+from swarm_pool.pool.state import read_state
 from swarm_pool.store.events import (
     BaseEvent,
     SessionError,
@@ -33,6 +38,8 @@ from swarm_pool.swarm.engine.watch import (
     idle_outcome,
     session_finished,
 )
+from swarm_pool.swarm.engine_state import engine_status
+from tests.pool_cli import NO_MODEL_ENV, cli, make_project, pool_processes
 from tests.support import wait_for
 
 
@@ -513,3 +520,39 @@ def test_without_a_supervisor_the_engine_opens_the_stream_through_the_same_reade
         server.close()
     wait_for(lambda: server.open_streams == 0, 10)
     assert not watcher.is_alive()
+
+
+@pytest.mark.e2e
+def test_a_real_daemon_holds_one_event_stream_per_instance(tmp_path: Path) -> None:
+    """The real daemon (supervisor and engine in one process) against a real instance:
+    one connection to it stays open throughout (the stream; health probes come and go),
+    where the supervisor's pulse and the engine's watcher used to hold one each."""
+    root = make_project(tmp_path / "proj")
+    out = cli("start", "--size", "1", project=root, env=NO_MODEL_ENV, timeout=180)
+    assert out.returncode == 0, out.stderr
+    try:
+        state = read_state(ProjectPaths(root).state_file)
+        assert state is not None and state.supervisor is not None
+        daemon = psutil.Process(state.supervisor.pid)
+        ports = {c.port for c in state.instances if c.kind == "opencode" and c.port}
+        assert len(ports) == 1
+
+        def open_to_instance() -> set[int]:
+            return {
+                c.laddr.port
+                for c in daemon.net_connections("tcp")
+                if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED
+            }
+
+        # The engine's watcher subscribes on its first ticks; then sample a few seconds.
+        wait_for(lambda: (engine_status(ProjectPaths(root)).ticks or 0) >= 3, 60)
+        wait_for(lambda: len(open_to_instance()) >= 1, 30)
+        stop_at = time.monotonic() + 5.0
+        lasting = open_to_instance()
+        while time.monotonic() < stop_at:
+            lasting &= open_to_instance()
+            time.sleep(0.2)  # a sampling period, not a wait for a condition
+        assert len(lasting) == 1, lasting
+    finally:
+        cli("stop", project=root, timeout=120)
+    assert pool_processes(root) == []
