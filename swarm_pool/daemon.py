@@ -1,7 +1,10 @@
 """The background supervisor process: ``python -m swarm_pool.daemon --project DIR``.
 
-It is the composition root that joins the process manager (``pool/``) and the worker
-engine (``swarm/``), so that nothing in ``pool/`` imports ``swarm/``. ``swarm-pool start``
+Room: the edges (the composition root). It joins the process manager (``pool/``) and
+the worker engine (``swarm/``), so that nothing in ``pool/`` imports ``swarm/``: the
+engine gets the supervisor's busy hint wired to its store, and listens to the
+supervisor's one event stream reader per instance (its ``pulses``) instead of opening a
+second stream to each instance. ``swarm-pool start``
 launches it detached (own session, stdio to the supervisor log). It
 logs plain lines to ``.swarm/supervisor.log``, turns SIGTERM, SIGINT and SIGHUP into a
 clean stop of the whole pool, makes itself the child subreaper of everything below it
@@ -26,6 +29,10 @@ from swarm_pool.config import Config, load_config
 from swarm_pool.errors import EngineStartError, PoolAlreadyRunningError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import EXIT_ALREADY_RUNNING, EXIT_FAILED
+from swarm_pool.pool.orphans import OrphanReaper, set_child_subreaper
+from swarm_pool.pool.process import launched_pids
+from swarm_pool.pool.pulse import Pulses
+from swarm_pool.pool.supervisor import Supervisor, SupervisorOptions
 
 
 def setup_logging(path: Path) -> None:
@@ -60,10 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         # MCP servers they start) must read this one, not the project's default.
         os.environ["SWARM_POOL_CONFIG"] = str(args.config.resolve())
 
-    from swarm_pool.pool.orphans import OrphanReaper, set_child_subreaper
-    from swarm_pool.pool.process import launched_pids
-    from swarm_pool.pool.supervisor import Supervisor, SupervisorOptions
-
     reaper = OrphanReaper(launched_pids) if set_child_subreaper() else None
     supervisor = Supervisor(paths, config, SupervisorOptions(size=args.size, reaper=reaper))
 
@@ -76,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     engines: list[Any] = []
     # The engine starts once this supervisor holds the pool lock (a second daemon that
     # loses the race never runs one); if it cannot start, the start fails with why.
-    supervisor.on_locked = lambda: engines.append(start_worker_engine(paths, config))
+    supervisor.on_locked = lambda: engines.append(
+        start_worker_engine(paths, config, supervisor.pulses)
+    )
     # Busy is not dead: the engine knows which workers run on which instance even when
     # the instance is too loaded to say.
     supervisor.busy_hint = lambda name: engines[0].busy_on(name) if engines else None
@@ -96,17 +101,20 @@ def main(argv: list[str] | None = None) -> int:
             engine.stop()
 
 
-def start_worker_engine(paths: ProjectPaths, config: Config) -> Any:
+def start_worker_engine(paths: ProjectPaths, config: Config, streams: Pulses) -> Any:
     """The hook where the worker engine (``swarm/``) joins the supervisor process.
 
-    The engine (SSE watchers, queued spawns, failure detection and retries)
+    The engine (stream watchers, queued spawns, failure detection and retries)
     acts only while this process's supervisor runs the pool.
     """
+    # Imported here, not at the top: an engine that cannot be imported must fail the
+    # start with that reason in the state file, like one whose store cannot be opened.
     try:
-        from swarm_pool.swarm.engine.loop import Engine
+        from swarm_pool.swarm.engine.loop import Engine, EngineSettings
     except ImportError as e:
         raise EngineStartError(f"the worker engine cannot be imported: {e}") from e
-    return Engine(paths, config, owner_pid=os.getpid()).open().start()
+    settings = EngineSettings(owner_pid=os.getpid())
+    return Engine(paths, config, streams=streams, settings=settings).open().start()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 
 from swarm_pool.errors import OpenCodeError
 from swarm_pool.pool import pulse as pulse_mod
-from swarm_pool.pool.pulse import Pulse
+from swarm_pool.pool.pulse import Pulse, Pulses
 from tests.support import wait_for
 
 
@@ -90,3 +90,82 @@ def test_stop_ends_the_reader_without_counting_more_life() -> None:
     gate.set()
     wait_for(lambda: not p._thread.is_alive(), 5)
     assert lives == []
+
+
+class Recorder:
+    """A subscriber that writes down what it hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def opened(self) -> None:
+        self.heard.append("opened")
+
+    def message(self, data: str) -> None:
+        self.heard.append(data)
+
+    def closed(self) -> None:
+        self.heard.append("closed")
+
+
+class Broken(Recorder):
+    def message(self, data: str) -> None:
+        raise RuntimeError("a subscriber's bug")
+
+
+def test_one_stream_fans_out_to_every_subscriber_even_one_that_joins_late() -> None:
+    release = threading.Event()
+    second = threading.Event()
+
+    def stream() -> Iterator[str]:
+        yield HEARTBEAT
+        second.wait(5)
+        yield status("a", "busy")
+        release.wait(5)
+
+    early, late = Recorder(), Recorder()
+    p = Pulse("oc-1", stream)
+    p.subscribe(Broken())  # its failure reaches nobody else
+    p.subscribe(early)
+    p.start()
+    try:
+        wait_for(lambda: early.heard == ["opened", HEARTBEAT], 5)
+        p.subscribe(late)  # the stream is up: told so at once
+        assert late.heard == ["opened"]
+        second.set()
+        wait_for(lambda: late.heard == ["opened", status("a", "busy")], 5)
+        assert early.heard == ["opened", HEARTBEAT, status("a", "busy")]
+        assert p.busy == 1 and p.opens == 1
+    finally:
+        p.stop()
+        release.set()
+    assert early.heard[-1] == "closed" and late.heard[-1] == "closed"
+
+
+def test_a_name_subscriber_follows_the_pulse_that_replaces_another() -> None:
+    release = threading.Event()
+
+    def stream() -> Iterator[str]:
+        yield HEARTBEAT
+        release.wait(5)
+
+    pulses = Pulses()
+    listener = Recorder()
+    pulses.subscribe("oc-1", listener)  # before any pulse: nothing heard yet
+    first = Pulse("oc-1", stream)
+    pulses.publish(first)
+    first.start()
+    try:
+        wait_for(lambda: listener.heard == ["opened", HEARTBEAT], 5)
+        first.stop()
+        pulses.withdraw(first)
+        assert listener.heard[-1] == "closed" and pulses.get("oc-1") is None
+        second = Pulse("oc-1", stream)
+        pulses.publish(second)
+        second.start()
+        wait_for(lambda: listener.heard.count("opened") == 2, 5)
+        pulses.unsubscribe("oc-1", listener)
+        assert listener.heard[-1] == "closed"
+        second.stop()
+    finally:
+        release.set()

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from swarm_pool.errors import (
@@ -15,7 +20,10 @@ from swarm_pool.errors import (
     OpenCodeUnknownOutcomeError,
 )
 from swarm_pool.opencode.client import OpenCodeClient
+from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool.pulse import Pulse, Pulses
 from swarm_pool.pool.router import InstanceView
+from swarm_pool.pool.state import read_state
 from swarm_pool.store.events import (
     BaseEvent,
     SessionError,
@@ -23,15 +31,15 @@ from swarm_pool.store.events import (
     WorkerBlocked,
     WorkerProgress,
 )
+from swarm_pool.swarm.engine.mapper import EventMapper, WorkerRef, unwrap
 from swarm_pool.swarm.engine.watch import (
-    EventMapper,
     InstanceWatcher,
     WatchManager,
-    WorkerRef,
     idle_outcome,
     session_finished,
-    unwrap,
 )
+from swarm_pool.swarm.engine_state import engine_status
+from tests.pool_cli import NO_MODEL_ENV, cli, make_project, pool_processes
 from tests.support import wait_for
 
 
@@ -195,9 +203,9 @@ def make_watcher(server: MockServer, sink: list[BaseEvent]) -> InstanceWatcher:
         with lock:
             sink.extend(events)
 
-    slot = InstanceView(name="i1", url="http://inst", state="ready", password="pw")
+    instance = InstanceView(name="i1", url="http://inst", state="ready", password="pw")
     return InstanceWatcher(
-        slot,
+        instance,
         make_lookup=lambda: (lookup, deliver, lambda: None),
         client_factory=lambda s: OpenCodeClient(
             s.url, s.password, transport=httpx.MockTransport(server.handler)
@@ -245,12 +253,12 @@ def test_manager_keeps_one_watcher_per_instance() -> None:
     started: list[str] = []
 
     class Dummy:
-        def __init__(self, slot: InstanceView) -> None:
-            self.slot = slot
+        def __init__(self, instance: InstanceView) -> None:
+            self.instance = instance
             self.alive = True
 
         def start(self) -> Dummy:
-            started.append(self.slot.name)
+            started.append(self.instance.name)
             return self
 
         def stop(self, timeout: float = 0) -> None:
@@ -356,3 +364,195 @@ def test_client_error_status_is_its_own_error() -> None:
     with pytest.raises(OpenCodeStatusError) as info:
         client.create_session("/wt")
     assert info.value.status_code == 500
+
+
+# --- one stream per instance: the supervisor's pulse feeds the engine's watcher --------
+
+
+class StreamingInstance:
+    """A real HTTP server standing for one instance: ``/global/event`` streams SSE (a
+    connected event, the worker's session going busy, then heartbeats until closed) and
+    counts the streams open at once; the catch-up's listings answer too."""
+
+    def __init__(self) -> None:
+        self.open_streams = 0
+        self.most_open = 0
+        self.streams_served = 0
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.closing.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _stream(self, handler: BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.open_streams += 1
+            self.streams_served += 1
+            self.most_open = max(self.most_open, self.open_streams)
+        try:
+            handler.send_response(200)
+            handler.send_header("content-type", "text/event-stream")
+            handler.end_headers()
+            first = [wrap("server.connected", {}), status("ses_w1", "busy")]
+            for event in first:
+                handler.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            while not self.closing.wait(0.05):
+                handler.wfile.write(
+                    f"data: {json.dumps(wrap('server.heartbeat', {}))}\n\n".encode()
+                )
+                handler.wfile.flush()
+        except OSError:
+            pass  # the reader hung up
+        finally:
+            with self.lock:
+                self.open_streams -= 1
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+        answers: dict[str, Any] = {
+            "/session/status": {"ses_w1": {"type": "busy"}},
+            "/permission": [],
+            "/question": [],
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/global/event":
+                    server._stream(self)
+                    return
+                body = json.dumps(answers.get(path, {})).encode()
+                self.send_response(200 if path in answers else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def real_client(instance: InstanceView) -> OpenCodeClient:
+    return OpenCodeClient(instance.url, instance.password)
+
+
+def supervisor_pulse(server: StreamingInstance, lives: list[int]) -> Pulse:
+    """The pulse as the supervisor's watcher makes it (``Program.events`` of the port)."""
+
+    def stream() -> Iterator[str]:
+        with OpenCodeClient(server.url, "pw") as client:
+            yield from client.event_data()
+
+    return Pulse("i1", stream, lambda: lives.append(1))
+
+
+def stream_watcher(
+    server: StreamingInstance, seen: list[BaseEvent], streams: Pulses | None
+) -> InstanceWatcher:
+    instance = InstanceView(name="i1", url=server.url, state="ready", password="pw")
+    return InstanceWatcher(
+        instance,
+        make_lookup=lambda: (FakeLookup([W1]), seen.extend, lambda: None),
+        client_factory=real_client,
+        streams=streams,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+    )
+
+
+def test_the_daemon_opens_one_stream_per_instance_for_supervisor_and_engine() -> None:
+    server = StreamingInstance()
+    pulses = Pulses()
+    lives: list[int] = []
+    seen: list[BaseEvent] = []
+    pulse = supervisor_pulse(server, lives)
+    pulses.publish(pulse)
+    pulse.start()
+    watcher = stream_watcher(server, seen, pulses).start()
+    try:
+        # Both listeners hear the same stream: the supervisor's life and busy count, and
+        # the engine's mapper (which also caught up on subscribing).
+        wait_for(lambda: pulse.busy == 1 and len(lives) > 3, 10)
+        wait_for(lambda: watcher.connected.is_set() and statuses_of(seen) == ["busy"], 10)
+        assert watcher.connects == 1
+        assert server.open_streams == 1 and server.most_open == 1
+        assert server.streams_served == 1
+
+        # The instance restarts: the supervisor's watcher replaces its pulse, and the
+        # engine's watcher follows it by name (catching up again) on one stream still.
+        pulse.stop()
+        pulses.withdraw(pulse)
+        wait_for(lambda: not watcher.connected.is_set(), 10)
+        wait_for(lambda: server.open_streams == 0, 10)
+        pulse = supervisor_pulse(server, lives)
+        pulses.publish(pulse)
+        pulse.start()
+        wait_for(lambda: watcher.connects == 2 and pulse.busy == 1, 10)
+        assert server.open_streams == 1 and server.most_open == 1
+    finally:
+        watcher.stop()
+        pulse.stop()
+        server.close()
+    assert not watcher.is_alive()
+
+
+def test_without_a_supervisor_the_engine_opens_the_stream_through_the_same_reader() -> None:
+    server = StreamingInstance()
+    seen: list[BaseEvent] = []
+    watcher = stream_watcher(server, seen, None).start()
+    try:
+        wait_for(lambda: watcher.connected.is_set() and statuses_of(seen) == ["busy"], 10)
+        assert server.open_streams == 1 and server.streams_served == 1
+    finally:
+        watcher.stop()
+        server.close()
+    wait_for(lambda: server.open_streams == 0, 10)
+    assert not watcher.is_alive()
+
+
+@pytest.mark.e2e
+def test_a_real_daemon_holds_one_event_stream_per_instance(tmp_path: Path) -> None:
+    """The real daemon (supervisor and engine in one process) against a real instance:
+    one connection to it stays open throughout (the stream; health probes come and go),
+    where the supervisor's pulse and the engine's watcher used to hold one each."""
+    root = make_project(tmp_path / "proj")
+    out = cli("start", "--size", "1", project=root, env=NO_MODEL_ENV, timeout=180)
+    assert out.returncode == 0, out.stderr
+    try:
+        state = read_state(ProjectPaths(root).state_file)
+        assert state is not None and state.supervisor is not None
+        daemon = psutil.Process(state.supervisor.pid)
+        ports = {c.port for c in state.instances if c.kind == "opencode" and c.port}
+        assert len(ports) == 1
+
+        def open_to_instance() -> set[int]:
+            return {
+                c.laddr.port
+                for c in daemon.net_connections("tcp")
+                if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED
+            }
+
+        # The engine's watcher subscribes on its first ticks; then sample a few seconds.
+        wait_for(lambda: (engine_status(ProjectPaths(root)).ticks or 0) >= 3, 60)
+        wait_for(lambda: len(open_to_instance()) >= 1, 30)
+        stop_at = time.monotonic() + 5.0
+        lasting = open_to_instance()
+        while time.monotonic() < stop_at:
+            lasting &= open_to_instance()
+            time.sleep(0.2)  # a sampling period, not a wait for a condition
+        assert len(lasting) == 1, lasting
+    finally:
+        cli("stop", project=root, timeout=120)
+    assert pool_processes(root) == []

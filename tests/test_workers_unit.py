@@ -47,7 +47,7 @@ from swarm_pool.store.events import (
     now_ms,
 )
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.engine.loop import Engine
+from swarm_pool.swarm.engine.loop import Engine, EngineSettings
 from swarm_pool.swarm.plans.runner import SupervisorWatch, TaskState, TaskStatus
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.worker import answer, fail, load_spec, spawn_async
@@ -223,8 +223,7 @@ def engine_for(ctx: SwarmContext, pool: FakePool) -> Engine:
         instances_fn=pool.instances,
         client_fn=pool.client,
         open_store=lambda: ctx.store,
-        watch=False,
-        recheck_s=3600,
+        settings=EngineSettings(watch=False, recheck_s=3600),
     )
     engine._ctx = ctx
     engine.tick(wait=True)  # learn the instances' pids
@@ -951,10 +950,10 @@ def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
         old = client.create_session(directory=w.worktree)["id"]
         fresh = client.create_session(directory=w.worktree)["id"]
         pool.sessions[old]["created"] -= 61_000  # a creation whose answer was lost long ago
-        engine._swept = 0.0
+        engine._jobs.swept = 0.0
         engine.tick(wait=True)
-        assert engine._sweep is not None
-        engine._sweep.result(timeout=30)
+        assert engine._jobs.sweep is not None
+        engine._jobs.sweep.result(timeout=30)
         assert pool.sessions[old].get("deleted")
         # Younger than the grace: it may be a dispatch about to record it.
         assert not pool.sessions[fresh].get("deleted")

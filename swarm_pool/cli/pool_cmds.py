@@ -97,8 +97,9 @@ def _with_engine(app: AppContext, result: dict[str, Any]) -> dict[str, Any]:
     with contextlib.suppress(SwarmPoolError):
         _with_slots(app, result)
     if result["supervisor"].get("running"):
-        result["engine"] = engine_status(app.paths, app.config.workers.engine_stale_s)
-        result["ok"] = result["ok"] and result["engine"]["alive"]
+        engine = engine_status(app.paths, app.config.workers.engine_stale_s)
+        result["engine"] = engine.to_dict()
+        result["ok"] = result["ok"] and engine.alive
     return result
 
 

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from swarm_pool.pool import process
 from swarm_pool.pool.instance import Program, rotate_log
 from swarm_pool.pool.policy import ChildPolicy, Clock
 from swarm_pool.pool.ports import Owner, PortLeases, port_is_free
-from swarm_pool.pool.pulse import Pulse
+from swarm_pool.pool.pulse import Pulse, Pulses
 from swarm_pool.pool.sink import EventSink
 from swarm_pool.pool.state import (
     SERVING,
@@ -69,6 +69,8 @@ class PoolContext:
     fail_startup: Callable[[SwarmPoolError], None]
     # Busy sessions of an instance as the work's own records say (None: unknown).
     busy_hint: Callable[[str], int | None] = lambda _name: None
+    # The instances' pulses, where the worker engine of this process subscribes.
+    pulses: Pulses = field(default_factory=Pulses)
 
 
 class ChildProcess:
@@ -123,11 +125,14 @@ class ChildProcess:
         events, port = self.program.events, self.port
         if events is None or port is None:
             return
-        self.pulse = Pulse(self.name, lambda: events(port), self.policy.note_life).start()
+        self.pulse = Pulse(self.name, lambda: events(port), self.policy.note_life)
+        self.ctx.pulses.publish(self.pulse)
+        self.pulse.start()
 
     def _stop_pulse(self) -> None:
         if self.pulse is not None:
             self.pulse.stop()
+            self.ctx.pulses.withdraw(self.pulse)
             self.pulse = None
 
     def _busy_now(self) -> int | None:

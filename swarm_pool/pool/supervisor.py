@@ -60,6 +60,7 @@ from swarm_pool.pool.instance import (
 from swarm_pool.pool.orphans import POOL_TAG_ENV, OrphanReaper
 from swarm_pool.pool.policy import Clock
 from swarm_pool.pool.ports import Owner, PortLeases
+from swarm_pool.pool.pulse import Pulses
 from swarm_pool.pool.sink import EventSink
 from swarm_pool.pool.state import (
     ChildRecord,
@@ -150,6 +151,8 @@ class Supervisor:
         # Set by the daemon: runs once this supervisor holds the pool lock, before any
         # child starts (the worker engine joins here); a SwarmPoolError fails the start.
         self.on_locked: Callable[[], None] | None = None
+        # The instances' event streams, one reader each, for the engine to subscribe to.
+        self.pulses = Pulses()
 
     # --- public API (thread-safe; the control socket calls these) -------------------
 
@@ -459,6 +462,7 @@ class Supervisor:
                 starting=lambda: self._phase == PoolPhase.STARTING,
                 fail_startup=self._fail_startup,
                 busy_hint=self._busy_hint,
+                pulses=self.pulses,
             )
         return self._ctx
 

@@ -132,11 +132,9 @@ class SwarmContext:
                 f"no running pool to run {what} on; start it with `swarm-pool start`"
             )
         engine = engine_status(self.paths, self.config.workers.engine_stale_s)
-        if not engine["alive"]:
-            why = engine["error"] or (
-                "no heartbeat"
-                if engine["pid"] is None
-                else f"last tick {engine['last_tick_s']}s ago"
+        if not engine.alive:
+            why = engine.error or (
+                "no heartbeat" if engine.pid is None else f"last tick {engine.last_tick_s}s ago"
             )
             raise EngineNotRunningError(
                 f"the pool runs but its worker engine does not ({why}), so {what} would "

@@ -1,10 +1,12 @@
 """The engine's heartbeat file, so other processes can tell whether workers will move.
 
-The engine (in the supervisor daemon) rewrites ``.swarm/engine.json`` (0600) on every
-loop: its pid, the time of its last pass, how many workers wait in the queue, its tick
-and error counts, and a fatal error if it stopped. ``engine_status`` reads it for
-``status`` and for ``spawn``, which refuses to queue work when no engine would run it:
-the engine is alive when the file names a live process and its last pass is recent.
+Room: swarm (its base, below the worker steps and the engine loop). The engine (in the
+supervisor daemon) rewrites ``.swarm/engine.json`` (0600) on every loop: its pid, the
+time of its last pass, how many workers wait in the queue, its tick and error counts,
+and a fatal error if it stopped (``EngineBeat``). ``engine_status`` reads it into an
+``EngineStatus`` for ``status`` and for ``spawn``, which refuses to queue work when no
+engine would run it: the engine is alive when the file names a live process and its
+last pass is recent.
 """
 
 from __future__ import annotations
@@ -58,22 +60,51 @@ def _same_process(pid: int, create_time: float) -> bool:
         return False
 
 
-def engine_status(paths: ProjectPaths, stale_after_s: float = 30.0) -> dict[str, Any]:
-    """``{"alive", "pid", "queue", "last_tick_s" (age), "ticks", "errors", "error"}``;
-    alive needs a heartbeat younger than ``stale_after_s`` (``workers.engine_stale_s``)."""
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the heartbeat says about the engine; without a heartbeat only ``alive``
+    (False) and ``error`` ("") are known, the rest is None."""
+
+    alive: bool
+    pid: int | None = None
+    queue: int | None = None
+    last_tick_s: float | None = None  # age of the last pass
+    ticks: int | None = None
+    errors: int | None = None
+    acting: bool | None = None
+    error: str = ""
+    host: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``status --json``: without a heartbeat, only the keys a
+        heartbeat-less status always had."""
+        if self.pid is None:
+            return {
+                "alive": self.alive,
+                "pid": None,
+                "queue": None,
+                "last_tick_s": None,
+                "error": self.error,
+            }
+        return asdict(self)
+
+
+def engine_status(paths: ProjectPaths, stale_after_s: float = 30.0) -> EngineStatus:
+    """The engine's status from its heartbeat; alive needs a heartbeat younger than
+    ``stale_after_s`` (``workers.engine_stale_s``)."""
     beat = read_beat(paths)
     if beat is None:
-        return {"alive": False, "pid": None, "queue": None, "last_tick_s": None, "error": ""}
+        return EngineStatus(alive=False)
     age = max(0.0, (now_ms() - beat.last_tick_ms) / 1000)
     alive = not beat.error and age <= stale_after_s and _same_process(beat.pid, beat.create_time)
-    return {
-        "alive": alive,
-        "pid": beat.pid,
-        "queue": beat.queue,
-        "last_tick_s": round(age, 1),
-        "ticks": beat.ticks,
-        "errors": beat.errors,
-        "acting": beat.acting,
-        "error": beat.error,
-        "host": beat.host,
-    }
+    return EngineStatus(
+        alive=bool(alive),
+        pid=beat.pid,
+        queue=beat.queue,
+        last_tick_s=round(age, 1),
+        ticks=beat.ticks,
+        errors=beat.errors,
+        acting=beat.acting,
+        error=beat.error,
+        host=beat.host,
+    )

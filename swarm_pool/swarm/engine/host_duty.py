@@ -1,7 +1,7 @@
 """An engine's part in a pool of several hosts sharing one PostgreSQL store.
 
-On a PostgreSQL store every engine is one host among possibly several (``[pool] host``),
-and each tick it (``HostDuty.step``):
+Room: swarm (the engine loop). On a PostgreSQL store every engine is one host among
+possibly several (``[pool] host``), and each tick it (``HostDuty.step``):
 
 - heartbeats (``host_beat``: its capacity, its instances and their busy sessions, the
   machine's load) every ``pool.hosts_beat_s``;
@@ -34,13 +34,13 @@ from swarm_pool.store.events import FailureCause, HostBeat, HostInstance, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.worker.failure import fail
+from swarm_pool.swarm.engine.checks import fail_attempt
 
 log = logging.getLogger(__name__)
 
 
-def capacity(ctx: SwarmContext, slots: Iterable[InstanceView]) -> int:
-    ready = sum(1 for s in slots if s.state in SERVING)
+def capacity(ctx: SwarmContext, instances: Iterable[InstanceView]) -> int:
+    ready = sum(1 for inst in instances if inst.state in SERVING)
     return ready * ctx.config.pool.max_sessions_per_instance
 
 
@@ -54,17 +54,17 @@ class HostDuty:
         self.claimed = 0
         self.taken_over = 0
 
-    def step(self, slots: list[InstanceView]) -> None:
+    def step(self, instances: list[InstanceView]) -> None:
         ctx = self.ctx
         workers = ctx.store.workers.list()
         if time.monotonic() - self._beat_at >= ctx.config.pool.hosts_beat_s:
-            self.beat(slots, workers)
+            self.beat(instances, workers)
         self.take_over_stale()
         if any(w.status == WorkerStatus.PENDING and not w.host for w in workers):
             # (Only then: a claim is a write transaction under the store's write lock.)
-            self.claim(slots)
+            self.claim(instances)
 
-    def beat(self, slots: list[InstanceView], workers: list[WorkerView]) -> None:
+    def beat(self, instances: list[InstanceView], workers: list[WorkerView]) -> None:
         held = [w for w in workers if w.host == self.host and w.status in IN_FLIGHT]
         busy: dict[str, int] = {}
         for w in held:
@@ -77,21 +77,21 @@ class HostDuty:
             HostBeat(
                 host=self.host,
                 pid=os.getpid(),
-                capacity=capacity(self.ctx, slots),
+                capacity=capacity(self.ctx, instances),
                 in_flight=len(held),
                 load=round(load, 2),
                 instances=[
-                    HostInstance(name=s.name, state=s.state, busy=busy.get(s.name, 0))
-                    for s in slots
+                    HostInstance(name=inst.name, state=inst.state, busy=busy.get(inst.name, 0))
+                    for inst in instances
                 ],
             )
         )
         self._beat_at = time.monotonic()
 
-    def claim(self, slots: list[InstanceView]) -> list[str]:
+    def claim(self, instances: list[InstanceView]) -> list[str]:
         ctx = self.ctx
         held = sum(1 for w in ctx.store.workers.list() if w.host == self.host and w.status in LIVE)
-        free = capacity(ctx, slots) - held
+        free = capacity(ctx, instances) - held
         if free <= 0:
             return []
         got = ctx.store.hosts.claim(self.host, free, worktree=self._worktree_pattern())
@@ -130,14 +130,9 @@ class HostDuty:
                     ):
                         moved.append(w.bead_id)
                     continue
-                outcome = fail(
-                    ctx,
-                    w.bead_id,
-                    error=f"host {w.host} stopped heartbeating while the worker was running",
-                    reason="host_stale",
-                    cause=FailureCause.INFRA,
-                    session_id=w.session_id,
-                    attempt=w.attempt,
+                error = f"host {w.host} stopped heartbeating while the worker was running"
+                outcome = fail_attempt(
+                    ctx, w, error=error, reason="host_stale", cause=FailureCause.INFRA
                 )
                 if outcome != "ignored":
                     moved.append(w.bead_id)
