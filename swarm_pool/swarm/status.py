@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from swarm_pool.errors import PoolNotRunningError
-from swarm_pool.store.events import now_ms
+from swarm_pool.store.events import MessageSent, WorktreeMerged, now_ms
 from swarm_pool.store.lifecycle import WorkerStatus
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.failure import RETRY_TYPES, RetryUse, count_retries
@@ -108,10 +108,8 @@ def _blocked_mail(ctx: SwarmContext, epic_id: str | None) -> dict[str, tuple[int
     found: dict[str, tuple[int, str]] = {}
     for stored in ctx.store.read(types=["message_sent"], epic_id=epic_id):
         ev = stored.event
-        bead = getattr(ev, "bead_id", None)
-        subject = getattr(ev, "subject", "")
-        if bead and is_blocked_subject(subject):
-            found[bead] = (stored.timestamp, subject)
+        if isinstance(ev, MessageSent) and ev.bead_id and is_blocked_subject(ev.subject):
+            found[ev.bead_id] = (stored.timestamp, ev.subject)
     return found
 
 
@@ -124,8 +122,9 @@ def poll(ctx: SwarmContext, epic_id: str | None = None) -> PollResult:
     groups: dict[str, list[WorkerInfo]] = {g: [] for g in GROUPS}
     mail = _blocked_mail(ctx, epic_id)
     merged = {
-        getattr(s.event, "bead_id", "")
+        s.event.bead_id
         for s in ctx.store.read(types=["worktree_merged"], epic_id=epic_id)
+        if isinstance(s.event, WorktreeMerged)
     }
     retries = count_retries(ctx.store.read(types=RETRY_TYPES, epic_id=epic_id))
     now = now_ms()

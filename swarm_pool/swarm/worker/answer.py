@@ -6,7 +6,7 @@ import contextlib
 from typing import Any
 
 from swarm_pool.errors import NotFoundError, WorkerError, WorkerStateError
-from swarm_pool.store.events import WorkerProgress
+from swarm_pool.store.events import WorkerBlocked, WorkerProgress
 from swarm_pool.store.lifecycle import WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
@@ -25,7 +25,7 @@ def answer(
     worker = ctx.store.workers.get(bead_id)
     if worker is None:
         raise NotFoundError(f"bead {bead_id} has no worker")
-    blocked = ctx.last_event(bead_id, "worker_blocked")
+    blocked = ctx.last_event(bead_id, WorkerBlocked)
     if (
         worker.status != WorkerStatus.BLOCKED
         or blocked is None
@@ -38,8 +38,7 @@ def answer(
         raise WorkerError(f"worker {bead_id} asked a question; answer it with text")
     if text is not None and blocked.kind != "question":
         raise WorkerError(f"worker {bead_id} asked for a permission; reply once|always|reject")
-    slot = ctx.instance(blocked.instance or worker.instance)
-    client = ctx.client(slot)
+    client = ctx.client(ctx.instance(blocked.instance or worker.instance))
     try:
         if reply is not None:
             client.reply_permission(blocked.request_id, reply, directory=worker.worktree or None)

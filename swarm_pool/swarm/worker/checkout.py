@@ -34,7 +34,7 @@ from swarm_pool.errors import (
     WorkerError,
 )
 from swarm_pool.pool.router import Routing
-from swarm_pool.store.events import ReleaseReason, SlotReleased, SlotState
+from swarm_pool.store.events import ReleaseReason, SlotReleased, SlotState, WorktreeMerged
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.slots import SlotView
 from swarm_pool.swarm.context import SwarmContext
@@ -75,9 +75,10 @@ def _candidates(ctx: SwarmContext, instance: str, bead_id: str) -> list[SlotView
     own = ctx.store.slots.holding(bead_id)
     mine = ctx.store.slots.list(instance=instance)
     found = [own] if own is not None else []
-    found += [s for s in mine if s.state == SlotState.FREE and s.slot != getattr(own, "slot", "")]
+    own_name = own.slot if own is not None else ""
+    found += [s for s in mine if s.state == SlotState.FREE and s.slot != own_name]
     for s in mine:
-        if s.state != SlotState.DIRTY or s.slot == getattr(own, "slot", ""):
+        if s.state != SlotState.DIRTY or s.slot == own_name:
             continue
         try:
             if not ctx.worktrees.uncommitted_files(Path(s.path)):
@@ -213,7 +214,7 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
             continue
         if s.state == SlotState.FREE:
             continue
-        merged = ctx.last_event(s.bead_id, "worktree_merged") if s.bead_id else None
+        merged = ctx.last_event(s.bead_id, WorktreeMerged) if s.bead_id else None
         failed = worker is not None and worker.status == WorkerStatus.FAILED
         if worker is not None and merged is None and not failed:
             kept[s.slot] = f"{s.bead_id} is not merged"

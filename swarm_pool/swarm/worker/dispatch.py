@@ -34,16 +34,23 @@ from swarm_pool.pool.router import (
     busy_counts,
     choose_instance,
 )
-from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned, now_ms
+from swarm_pool.store.events import (
+    WorkerQueued,
+    WorkerRetried,
+    WorkerSessionCreated,
+    WorkerSpawned,
+    now_ms,
+)
 from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.pool_view import grant_token
 from swarm_pool.swarm.worker.checkout import acquire, is_slot_path
+from swarm_pool.swarm.worker.dedicated import request_instance
 from swarm_pool.swarm.worker.failure import infra_backoff_until
 from swarm_pool.swarm.worker.prompt import prompt_hash
 from swarm_pool.swarm.worker.remote import local_spec, local_worktree
-from swarm_pool.swarm.worker.spec import PromptSpec, load_spec
+from swarm_pool.swarm.worker.spec import PromptSpec, last_queued, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +112,7 @@ def start_session(
     while True:
         with ctx.lock("router"):
             usable = [s for s in ctx.instances() if s.name not in failed]
-            slot = choose_instance(
+            inst = choose_instance(
                 usable,
                 _busy(ctx),
                 limit,
@@ -115,18 +122,18 @@ def start_session(
                 steadiness=Steadiness.from_config(ctx.config),
                 active=active_instances(ctx.config),
             )
-            if slot is None:
+            if inst is None:
                 return None
-            _reserve(slot.name, +1)
+            _reserve(inst.name, +1)
         try:
             where = worktree
             if slotted:
-                where = str(acquire(ctx, slot.name, bead_id, attempt))
+                where = str(acquire(ctx, inst.name, bead_id, attempt))
                 grant_token(ctx.paths, ctx.config, where)
             text = prompt_for(where) if prompt_for is not None else prompt
             return _start_on(
                 ctx,
-                slot,
+                inst,
                 _Attempt(bead_id, epic_id, attempt, version, where, list(files)),
                 text,
                 title,
@@ -134,10 +141,10 @@ def start_session(
         except OpenCodeNotSentError:
             # The instance died since the supervisor last looked, and it never saw the
             # request: another one may take it.
-            failed.add(slot.name)
+            failed.add(inst.name)
             continue
         finally:
-            _reserve(slot.name, -1)
+            _reserve(inst.name, -1)
 
 
 @dataclass(frozen=True)
@@ -156,9 +163,9 @@ def session_title(bead_id: str, attempt: int, title: str) -> str:
 
 
 def _start_on(
-    ctx: SwarmContext, slot: InstanceView, a: _Attempt, prompt: str, title: str
+    ctx: SwarmContext, inst: InstanceView, a: _Attempt, prompt: str, title: str
 ) -> WorkerSpawned | None:
-    client = ctx.client(slot)
+    client = ctx.client(inst)
     try:
         try:
             session = client.create_session(
@@ -178,7 +185,7 @@ def _start_on(
                     epic_id=a.epic_id,
                     session_id=session_id,
                     attempt=a.attempt,
-                    instance=slot.name,
+                    instance=inst.name,
                     worktree=a.worktree,
                 ),
                 expect={a.bead_id: a.version},
@@ -201,7 +208,7 @@ def _start_on(
             _delete(client, session_id, a.worktree)
             requeue(ctx, a.bead_id, a.attempt, session_id)
             return None
-        return record_spawn(ctx, a.bead_id, session_id, slot.name, prompt)
+        return record_spawn(ctx, a.bead_id, session_id, inst.name, prompt)
     finally:
         client.close()
 
@@ -245,17 +252,17 @@ def requeue(ctx: SwarmContext, bead_id: str, attempt: int, session_id: str) -> N
             return None
         if current.status != WorkerStatus.DISPATCHING:
             return None
-        queued = ctx.last_event(bead_id, "worker_queued")
+        queued = last_queued(ctx, bead_id, current.epic_id)
         return [
             WorkerQueued(
                 bead_id=bead_id,
                 epic_id=current.epic_id,
                 attempt=attempt,
-                title=getattr(queued, "title", ""),
+                title=queued.title,
                 worktree=current.worktree,
                 files=list(current.files),
-                prompt_hash=getattr(queued, "prompt_hash", ""),
-                routing=getattr(queued, "routing", "least_busy"),
+                prompt_hash=queued.prompt_hash,
+                routing=queued.routing,
                 reason="its session could not be prompted",
             )
         ]
@@ -292,16 +299,14 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         not_before = infra_backoff_until(ctx, bead_id)
         if not_before is not None and now_ms() < not_before:
             return None  # an infra retry's backoff: the engine's next ticks try again
-        queued = ctx.last_event(bead_id, "worker_queued")
+        queued = ctx.last_event(bead_id, WorkerQueued)
         routing: Routing = (
-            "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
+            "dedicated" if queued is not None and queued.routing == "dedicated" else "least_busy"
         )
         spec = local_spec(load_spec(ctx, bead_id), worker.worktree)
-        worktree = worker.worktree or getattr(queued, "worktree", "")
+        worktree = worker.worktree or (queued.worktree if queued is not None else "")
         prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
-            from swarm_pool.swarm.worker.dedicated import request_instance
-
             request_instance(ctx, bead_id)
         return start_session(
             ctx,
@@ -311,7 +316,7 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             version=worker.version,
             worktree=worktree,
             prompt=prompt,
-            files=list(worker.files or getattr(queued, "files", [])),
+            files=list(worker.files or (queued.files if queued is not None else [])),
             title=spec.contract.title or bead_id,
             routing=routing,
             avoid=_avoid_after_failure(ctx, bead_id),
@@ -329,11 +334,11 @@ def render_prompt(
     spec = local_spec(spec, worktree)
     reason = ""
     if attempt > 1:
-        retried = ctx.last_event(bead_id, "worker_retried")
-        reason = getattr(retried, "reason", "") or "interrupted"
+        retried = ctx.last_event(bead_id, WorkerRetried)
+        reason = (retried.reason if retried is not None else "") or "interrupted"
     return spec.render(attempt, reason)
 
 
 def _avoid_after_failure(ctx: SwarmContext, bead_id: str) -> set[str]:
-    spawned = ctx.last_event(bead_id, "worker_spawned")
+    spawned = ctx.last_event(bead_id, WorkerSpawned)
     return {spawned.instance} if spawned is not None and spawned.instance else set()

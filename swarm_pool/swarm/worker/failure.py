@@ -27,6 +27,7 @@ from swarm_pool.store.events import (
     WorkerFailed,
     WorkerQueued,
     WorkerRetried,
+    WorkerSpawned,
     now_ms,
 )
 from swarm_pool.store.lifecycle import LIVE
@@ -37,6 +38,7 @@ from swarm_pool.swarm.worker.checkout import is_slot_path
 from swarm_pool.swarm.worker.checkout import release_events as slot_release_events
 from swarm_pool.swarm.worker.dedicated import release_instance
 from swarm_pool.swarm.worker.release import release_session
+from swarm_pool.swarm.worker.spec import last_queued
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,12 @@ def count_retries(events: Iterable[StoredEvent]) -> dict[str, RetryUse]:
     last_infra: dict[str, int | None] = {}
     previous: dict[str, int] = {}
     for stored in events:
-        bead = getattr(stored.event, "bead_id", "")
-        attempt = getattr(stored.event, "attempt", 1)
-        if stored.type == "worker_retried":
-            if getattr(stored.event, "cause", FailureCause.TASK) == FailureCause.INFRA:
+        event = stored.event
+        if not isinstance(event, WorkerSpawned | WorkerQueued | WorkerRetried):
+            continue
+        bead, attempt = event.bead_id, event.attempt
+        if isinstance(event, WorkerRetried):
+            if event.cause == FailureCause.INFRA:
                 infra[bead] = infra.get(bead, 0) + 1
                 if since.get(bead) is None:
                     since[bead] = stored.timestamp
@@ -174,8 +178,8 @@ def fail(
             # Its slot serves the next bead: the session goes now, its transcript kept.
             release_session(ctx, bead_id)
         if outcome == "failed":
-            queued = ctx.last_event(bead_id, "worker_queued")
-            if getattr(queued, "routing", "") == "dedicated":
+            queued = ctx.last_event(bead_id, WorkerQueued)
+            if queued is not None and queued.routing == "dedicated":
                 with contextlib.suppress(SwarmPoolError):
                     release_instance(ctx, bead_id)
         return outcome
@@ -231,7 +235,7 @@ def _retry_events(
 ) -> list[BaseEvent]:
     # Failed, then straight to pending with the next attempt: queued for the dispatcher,
     # which prefers another instance than the one that failed it.
-    queued = ctx.last_event(worker.bead_id, "worker_queued")
+    queued = last_queued(ctx, worker.bead_id, worker.epic_id)
     attempt = worker.attempt + 1
     return [
         _failed_event(worker, error=error, reason=reason, cause=cause),
@@ -247,11 +251,11 @@ def _retry_events(
             bead_id=worker.bead_id,
             epic_id=worker.epic_id,
             attempt=attempt,
-            title=getattr(queued, "title", ""),
+            title=queued.title,
             worktree=worker.worktree,
             files=list(worker.files),
-            prompt_hash=getattr(queued, "prompt_hash", ""),
-            routing=getattr(queued, "routing", "least_busy"),
+            prompt_hash=queued.prompt_hash,
+            routing=queued.routing,
             reason=f"retry after {reason}",
         ),
     ]
@@ -259,10 +263,10 @@ def _retry_events(
 
 def _abort(ctx: SwarmContext, instance: str, session_id: str, worktree: str) -> None:
     try:
-        slot = ctx.instance(instance)
+        inst = ctx.instance(instance)
     except SwarmPoolError:
         return
-    client = ctx.client(slot)
+    client = ctx.client(inst)
     try:
         client.abort(session_id, directory=worktree or None)
     except OpenCodeError:

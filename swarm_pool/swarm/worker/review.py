@@ -35,6 +35,7 @@ from swarm_pool.store.events import (
     MergeConflict,
     ReleaseReason,
     ReviewCompleted,
+    WorkerCompleted,
     WorktreeMerged,
 )
 from swarm_pool.store.globs import matches
@@ -120,9 +121,9 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     tree = ctx.worktrees.content_tree(bead_id)
     touched = sorted({*diff.files, *diff.uncommitted})
     outside = [f for f in touched if not _owned(f, owned)]
-    completed = ctx.last_event(bead_id, "worker_completed")
-    verification = getattr(completed, "verification", None) if completed else None
-    violations = list(getattr(completed, "violations", []) or []) if completed else []
+    completed = ctx.last_event(bead_id, WorkerCompleted)
+    verification = completed.verification if completed is not None else None
+    violations = list(completed.violations) if completed is not None else []
     held = [
         r.pattern
         for r in ctx.store.reservations.active()
@@ -252,7 +253,7 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
     """
     branch = f"swarm/{bead_id}"
     head = ctx.worktrees.head(bead_id)
-    last = ctx.last_event(bead_id, "review_completed")
+    last = ctx.last_event(bead_id, ReviewCompleted)
     fix = f"run `swarm-pool review {bead_id}` (or swarm_review) and merge once it approves"
     if last is None:
         raise ReviewRequiredError(

@@ -28,6 +28,7 @@ from swarm_pool.store.events import CellStatusChanged, WorkerQueued
 from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.checkout import uses_slots
+from swarm_pool.swarm.worker.dedicated import request_instance
 from swarm_pool.swarm.worker.prompt import prompt_hash
 from swarm_pool.swarm.worker.spec import PromptSpec, save_spec
 
@@ -147,8 +148,6 @@ def spawn_async(
         save_spec(ctx, bead_id, spec)
         text = spec.render()
         if policy == "dedicated":
-            from swarm_pool.swarm.worker.dedicated import request_instance
-
             request_instance(ctx, bead_id)
         # One transaction: nobody sees a queued worker on a bead that is not in progress;
         # conditional on the worker read above (another process may spawn it too).

@@ -14,6 +14,7 @@ from pathlib import Path
 from swarm_pool.errors import WorkerError
 from swarm_pool.paths import write_private
 from swarm_pool.protocol import Contract
+from swarm_pool.store.events import WorkerQueued
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.prompt import build_worker_prompt
 
@@ -99,10 +100,17 @@ def load_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec:
 
 def _stored_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec | None:
     for stored in ctx.store.read(types=["worker_queued"], bead_id=bead_id, descending=True):
-        text = getattr(stored.event, "spec", "")
-        if text:
+        event = stored.event
+        if isinstance(event, WorkerQueued) and event.spec:
             try:
-                return PromptSpec.from_json(text)
+                return PromptSpec.from_json(event.spec)
             except (ValueError, KeyError) as e:
                 raise WorkerError(f"the stored prompt of {bead_id} is unreadable: {e}") from e
     return None
+
+
+def last_queued(ctx: SwarmContext, bead_id: str, epic_id: str) -> WorkerQueued:
+    """The bead's latest ``worker_queued``, or one with the event's defaults when none
+    is stored (a requeue or retry then carries what a fresh queue event would)."""
+    queued = ctx.last_event(bead_id, WorkerQueued)
+    return queued if queued is not None else WorkerQueued(bead_id=bead_id, epic_id=epic_id)
