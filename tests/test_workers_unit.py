@@ -50,9 +50,9 @@ from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine.loop import Engine
 from swarm_pool.swarm.plans.runner import SupervisorWatch, TaskState, TaskStatus
 from swarm_pool.swarm.status import await_workers, poll
-from swarm_pool.swarm.worker import answer, fail, load_spec, spawn_async
+from swarm_pool.swarm.worker import SpawnRequest, answer, fail, load_spec, spawn_async
 from swarm_pool.swarm.worker.checkout import acquire
-from swarm_pool.swarm.worker.failure import infra_backoff_until
+from swarm_pool.swarm.worker.failure import AttemptTarget, FailOutcome, Failure, infra_backoff_until
 from swarm_pool.swarm.worker.prompt import prompt_hash
 from swarm_pool.swarm.worker.review import merge, review
 from swarm_pool.view.metrics import epic_metrics
@@ -240,7 +240,7 @@ def engine(ctx: SwarmContext, pool: FakePool) -> Iterator[Engine]:
 
 def spawn(ctx: SwarmContext, engine: Engine, bead: str, **kw: Any) -> WorkerView:
     """spawn_async, then one engine pass to dispatch it; the worker as the store has it."""
-    result = spawn_async(ctx, bead, **kw)
+    result = spawn_async(ctx, SpawnRequest(bead, **kw))
     assert result.status == "pending" and result.session_id == ""
     engine.tick(wait=True)
     w = ctx.store.workers.get(bead)
@@ -267,7 +267,7 @@ def test_spawn_queues_at_once_and_the_engine_starts_the_session(
 ) -> None:
     (bead,) = epic(ctx, SubtaskSpec(title="write a", files=["a.txt"]))
     started = time.perf_counter()
-    result = spawn_async(ctx, bead, shared_context="the shared context")
+    result = spawn_async(ctx, SpawnRequest(bead, shared_context="the shared context"))
     assert time.perf_counter() - started < 2.0
     assert result.status == "pending" and result.attempt == 1
     assert not pool.sessions  # spawn never talks to an instance itself
@@ -362,7 +362,7 @@ def test_fail_retries_elsewhere_then_gives_up(
 ) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
     first = spawn(ctx, engine, a)
-    assert fail(ctx, a, error="boom", reason="instance_exited") == "retried"
+    assert fail(ctx, a, Failure("boom", "instance_exited")) == FailOutcome.RETRIED
     assert ctx.store.workers.get(a).status == "pending"  # type: ignore[union-attr]
     engine.tick(wait=True)
     w = ctx.store.workers.get(a)
@@ -384,8 +384,11 @@ def test_fail_retries_elsewhere_then_gives_up(
         "worker_spawned",
     ]
     # a stale report about the first session changes nothing
-    assert fail(ctx, a, error="late", reason="x", session_id=first.session_id) == "ignored"
-    assert fail(ctx, a, error="boom again", reason="session_error") == "failed"
+    assert (
+        fail(ctx, a, Failure("late", "x"), target=AttemptTarget(session_id=first.session_id))
+        == FailOutcome.IGNORED
+    )
+    assert fail(ctx, a, Failure("boom again", "session_error")) == FailOutcome.FAILED
     assert ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
     assert ctx.store.hive.get_cell(a).status == "blocked"
     groups = poll(ctx).groups
@@ -713,7 +716,9 @@ def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: F
         (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
         spawn(ctx, engine, a)
         for _ in range(3):  # three instance deaths in a row: each one retried
-            assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+            assert (
+                fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
+            )
             engine.tick(wait=True)
             w = ctx.store.workers.get(a)
             assert w is not None and w.status == "running"
@@ -729,7 +734,7 @@ def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: F
         (m,) = epic_metrics(ctx.store.read())
         assert (m.retries, m.retries_task, m.retries_infra) == (3, 0, 3)
         # The task's own failure still meets max_retries = 0.
-        assert fail(ctx, a, error="boom", reason="session_error") == "failed"
+        assert fail(ctx, a, Failure("boom", "session_error")) == FailOutcome.FAILED
         failed = ctx.store.read(types=["worker_failed"], bead_id=a)
         assert getattr(failed[-1].event, "cause", None) == FailureCause.TASK
     finally:
@@ -746,9 +751,9 @@ def test_infra_retries_are_bounded_by_their_window(
         spawn(ctx, engine, a)
         # The first infra failure opens the window; with a window of 0 s the next one
         # is past it, and max_retries (5 left) does not rescue it.
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
         engine.tick(wait=True)
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "failed"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.FAILED
         assert ctx.store.hive.get_cell(a).status == "blocked"
     finally:
         engine._pool.shutdown(wait=True)
@@ -764,7 +769,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
         spawn(ctx, engine, a)
         ctx.config.workers.infra_retry_backoff_s = 3600.0
         ctx.config.workers.infra_retry_backoff_max_s = 7200.0
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
         retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
         assert infra_backoff_until(ctx, a) == retried.timestamp + 3600 * 1000
         engine.tick(wait=True)
@@ -774,7 +779,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
         # the second in a row doubles, up to the cap
         ctx.config.workers.infra_retry_backoff_s = 0.0
         engine.tick(wait=True)
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
         ctx.config.workers.infra_retry_backoff_s = 3600.0
         retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
         assert infra_backoff_until(ctx, a) == retried.timestamp + 7200 * 1000
@@ -782,7 +787,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
         ctx.config.workers.infra_retry_backoff_s = 0.0
         engine.tick(wait=True)
         ctx.config.workers.infra_retry_backoff_s = 3600.0
-        assert fail(ctx, a, error="boom", reason="session_error") == "retried"
+        assert fail(ctx, a, Failure("boom", "session_error")) == FailOutcome.RETRIED
         assert infra_backoff_until(ctx, a) is None
         engine.tick(wait=True)
         w = ctx.store.workers.get(a)

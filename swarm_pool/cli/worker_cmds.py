@@ -22,7 +22,14 @@ from rich.table import Table
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.cli.group import error_line, main
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.status import GROUPS, PollResult
+from swarm_pool.swarm.plans.runner import run_plan_file
+from swarm_pool.swarm.status import GROUPS, PollResult, await_workers
+from swarm_pool.swarm.status import poll as do_poll
+from swarm_pool.swarm.worker import SpawnRequest, spawn_async
+from swarm_pool.swarm.worker import answer as do_answer
+from swarm_pool.swarm.worker import transcript as transcripts
+from swarm_pool.swarm.worker.review import merge as do_merge
+from swarm_pool.swarm.worker.review import review as do_review
 
 
 @contextmanager
@@ -96,22 +103,20 @@ def spawn(
     as_json: bool,
 ) -> None:
     """Start a worker for BEAD_ID without waiting for it."""
-    from swarm_pool.swarm.worker import spawn_async
-
+    request = SpawnRequest(
+        bead_id,
+        epic_id=epic_id,
+        title=title,
+        description=description,
+        files=list(files) if files else None,
+        dependencies=list(deps),
+        shared_context=shared_context,
+        routing=routing,
+        read_only=list(read_only),
+        timeout_s=timeout_s,
+    )
     with swarm_context(app) as ctx:
-        result = spawn_async(
-            ctx,
-            bead_id,
-            epic_id,
-            title,
-            description,
-            list(files) if files else None,
-            list(deps),
-            shared_context,
-            routing,
-            read_only=list(read_only),
-            timeout_s=timeout_s,
-        )
+        result = spawn_async(ctx, request)
     if as_json:
         echo_json(result.to_dict())
     elif result.status == "running":
@@ -129,8 +134,6 @@ def spawn(
 @project_options
 def poll(app: AppContext, epic_id: str | None, as_json: bool) -> None:
     """Show the workers of EPIC_ID (default: all) grouped by state."""
-    from swarm_pool.swarm.status import poll as do_poll
-
     with swarm_context(app) as ctx:
         result = do_poll(ctx, epic_id)
     if as_json:
@@ -147,8 +150,6 @@ def poll(app: AppContext, epic_id: str | None, as_json: bool) -> None:
 def await_cmd(app: AppContext, epic_id: str | None, timeout: float, as_json: bool) -> None:
     """Wait until no worker of EPIC_ID is in progress or pending (exit 2 on timeout, 3
     when work is pending or running and no worker engine runs to move it)."""
-    from swarm_pool.swarm.status import await_workers
-
     with swarm_context(app) as ctx:
         result = await_workers(ctx, epic_id, timeout, stall_check=True)
     if as_json:
@@ -168,8 +169,6 @@ def await_cmd(app: AppContext, epic_id: str | None, timeout: float, as_json: boo
 @project_options
 def review(app: AppContext, bead_id: str, as_json: bool) -> None:
     """Review a finished worker against its contract (exit 2 if not approved)."""
-    from swarm_pool.swarm.worker.review import review as do_review
-
     with swarm_context(app) as ctx:
         result = do_review(ctx, bead_id)
     if as_json:
@@ -198,8 +197,6 @@ def review(app: AppContext, bead_id: str, as_json: bool) -> None:
 def transcript(app: AppContext, bead_id: str, attempt: int | None, as_json: bool) -> None:
     """Print what a worker did: its text, its tool calls and their results (saved when
     its session is deleted, after the merge)."""
-    from swarm_pool.swarm.worker import transcript as transcripts
-
     with swarm_context(app) as ctx:
         ctx.store.hive.get_cell(bead_id)  # NotFoundError: an unknown bead says so
         summary = transcripts.summarize(transcripts.load(app.paths, bead_id, attempt))
@@ -216,8 +213,6 @@ def transcript(app: AppContext, bead_id: str, attempt: int | None, as_json: bool
 @project_options
 def merge(app: AppContext, bead_id: str, base: str | None, as_json: bool) -> None:
     """Merge a finished worker's branch into its base branch."""
-    from swarm_pool.swarm.worker.review import merge as do_merge
-
     with swarm_context(app) as ctx:
         result = do_merge(ctx, bead_id, base=base)
     if as_json:
@@ -243,8 +238,6 @@ def answer(
     app: AppContext, bead_id: str, reply: str | None, text: str | None, as_json: bool
 ) -> None:
     """Answer a blocked worker's permission request or question."""
-    from swarm_pool.swarm.worker import answer as do_answer
-
     if (reply is None) == (text is None):
         raise click.UsageError("give exactly one of --reply or --answer")
     with swarm_context(app) as ctx:
@@ -261,8 +254,6 @@ def answer(
 @project_options
 def workers(app: AppContext, epic_id: str | None, as_json: bool) -> None:
     """List every worker (one row per bead, latest attempt)."""
-    from swarm_pool.swarm.status import poll as do_poll
-
     with swarm_context(app) as ctx:
         result = do_poll(ctx, epic_id)
     if as_json:
@@ -293,8 +284,6 @@ def run(
     as_json: bool,
 ) -> None:
     """Run PLAN_PATH: create its epic, spawn, watch, review and merge every task."""
-    from swarm_pool.swarm.plans.runner import run_plan_file
-
     live = not as_json and sys.stdout.isatty()
     summary = run_plan_file(
         app.paths,

@@ -11,7 +11,7 @@ reservations and sets the cell status in a single transaction.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from swarm_pool.mcp.verify import Verification, verify
 from swarm_pool.store import Store
 from swarm_pool.store.events import (
     AgentRegistered,
+    BaseEvent,
     CellStatusChanged,
     Event,
     FileReleased,
@@ -45,6 +46,7 @@ from swarm_pool.store.events import (
 )
 from swarm_pool.store.lifecycle import REPORTABLE
 from swarm_pool.store.workers import WorkerView
+from swarm_pool.swarm.worker.finish import Finish, finish_events, released
 
 _PREVIEW_CHARS = 200
 
@@ -318,7 +320,7 @@ async def swarm_progress(rt: Runtime, args: ProgressArgs) -> dict[str, Any]:
 
 
 def _change(
-    store: Store, bead_id: str, build: Callable[[WorkerView | None], list[Event]]
+    store: Store, bead_id: str, build: Callable[[WorkerView | None], Sequence[BaseEvent]]
 ) -> list[int]:
     try:
         seqs = store.change_worker(bead_id, build)
@@ -381,8 +383,17 @@ def _record_completion(
     cell_status: Literal["closed", "blocked"] = "closed" if status == "success" else "blocked"
     stale = False
     held: list[FileReleased] = []
+    agent = prep.me.agent
+    finish = Finish(
+        bead_id=args.bead_id,
+        epic_id=prep.epic_id,
+        holder=agent,
+        released_reason=f"swarm_complete by {agent}",
+        status=cell_status,
+        status_reason=f"worker completed: {status}",
+    )
 
-    def build(worker: WorkerView | None) -> list[Event]:
+    def build(worker: WorkerView | None) -> list[BaseEvent]:
         nonlocal stale, held
         stale = _is_stale(worker, args.attempt)
         completed = WorkerCompleted(
@@ -402,19 +413,10 @@ def _record_completion(
             held = []
             return [completed]
         _refuse_finished(worker, args.bead_id)
-        held = store.reservations.release_events(
-            args.bead_id, prep.me.agent, f"swarm_complete by {prep.me.agent}"
-        )
-        return [
-            completed,
-            *held,
-            CellStatusChanged(
-                cell_id=args.bead_id,
-                epic_id=prep.epic_id,
-                status=cell_status,
-                reason=f"worker completed: {status}",
-            ),
-        ]
+        # The slot stays held: review and merge still read the worktree.
+        finished = finish_events(store, finish)
+        held = released(finished)
+        return [completed, *finished]
 
     # One transaction: the completion, the releases and the cell status land together,
     # and only if the worker is still what was read (a timeout may race it).

@@ -33,7 +33,7 @@ from swarm_pool.store.events import FailureCause, HostBeat, HostInstance, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.worker.failure import fail
+from swarm_pool.swarm.worker.failure import AttemptTarget, FailOutcome, Failure, fail
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,14 @@ class HostDuty:
                 outcome = fail(
                     ctx,
                     w.bead_id,
-                    error=f"host {w.host} stopped heartbeating while the worker was running",
-                    reason="host_stale",
-                    cause=FailureCause.INFRA,
-                    session_id=w.session_id,
-                    attempt=w.attempt,
+                    Failure(
+                        f"host {w.host} stopped heartbeating while the worker was running",
+                        "host_stale",
+                        cause=FailureCause.INFRA,
+                    ),
+                    target=AttemptTarget.of(w),
                 )
-                if outcome != "ignored":
+                if outcome != FailOutcome.IGNORED:
                     moved.append(w.bead_id)
             except SwarmPoolError as e:
                 log.warning("hosts: taking %s over from %s failed: %s", w.bead_id, w.host, e)

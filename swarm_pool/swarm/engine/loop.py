@@ -65,7 +65,7 @@ from swarm_pool.swarm.engine.watch import (
 from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.worker.checkout import open_slots
 from swarm_pool.swarm.worker.dispatch import dispatch
-from swarm_pool.swarm.worker.failure import fail
+from swarm_pool.swarm.worker.failure import AttemptTarget, Failure, fail
 from swarm_pool.swarm.worker.remote import push_branch, pushed
 from swarm_pool.swarm.worker.spec import load_spec
 
@@ -450,11 +450,12 @@ class Engine:
             fail(
                 ctx,
                 w.bead_id,
-                error=f"instance {w.instance} exited while the worker was running",
-                reason="instance_exited",
-                cause=FailureCause.INFRA,
-                session_id=w.session_id,
-                attempt=w.attempt,
+                Failure(
+                    f"instance {w.instance} exited while the worker was running",
+                    "instance_exited",
+                    cause=FailureCause.INFRA,
+                ),
+                target=AttemptTarget.of(w),
             )
             return
         errors = [
@@ -466,10 +467,8 @@ class Engine:
             fail(
                 ctx,
                 w.bead_id,
-                error=getattr(errors[-1].event, "error", "session error"),
-                reason="session_error",
-                session_id=w.session_id,
-                attempt=w.attempt,
+                Failure(getattr(errors[-1].event, "error", "session error"), "session_error"),
+                target=AttemptTarget.of(w),
             )
             return
         limit = self._timeout_of(ctx, w)
@@ -478,12 +477,10 @@ class Engine:
             fail(
                 ctx,
                 w.bead_id,
-                error=f"no completion after {limit:g}s",
-                reason="timeout",
+                Failure(f"no completion after {limit:g}s", "timeout"),
                 retry=False,
                 abort=True,
-                session_id=w.session_id,
-                attempt=w.attempt,
+                target=AttemptTarget.of(w),
             )
             return
         if w.status != WorkerStatus.RUNNING or w.instance not in by_name:
@@ -524,10 +521,8 @@ class Engine:
             fail(
                 ctx,
                 w.bead_id,
-                error=error,
-                reason="session_error",
-                session_id=w.session_id,
-                attempt=w.attempt,
+                Failure(error, "session_error"),
+                target=AttemptTarget.of(w),
             )
             return
 

@@ -40,7 +40,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import PollResult, poll
-from swarm_pool.swarm.worker import spawn_async
+from swarm_pool.swarm.worker import SpawnRequest, spawn_async
 from swarm_pool.swarm.worker.review import cleanup, merge, review
 
 
@@ -232,8 +232,7 @@ class Runner:
                 continue
             try:
                 extra = self.extras[task.index - 1]
-                result = spawn_async(
-                    self.ctx,
+                request = SpawnRequest(
                     task.bead_id,
                     self.epic_id,
                     shared_context=self.shared_context,
@@ -241,6 +240,7 @@ class Runner:
                     read_only=extra.get("read_only", ()),
                     success_criteria=extra.get("success_criteria", ()),
                 )
+                result = spawn_async(self.ctx, request)
             except DuplicateSpawnError:
                 result = None
             except PoolNotRunningError:

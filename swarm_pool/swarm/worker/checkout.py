@@ -11,7 +11,7 @@ the instance is ready and has the instance open them, so a first bead is warm). 
 is taken in the store first (a conditional append: two processes never put two beads in
 one slot) and only then reset, so the loser of a race never touches the winner's files.
 A bead keeps its slot across retries, and gives it back when it is merged, fails for
-good (``release_events``, appended with that outcome) or is cleaned up (``cleanup``). A
+good (``finish.finish_events``, appended with that outcome) or is cleaned up (``cleanup``). A
 slot found with uncommitted work is never reset: it is marked dirty and skipped. Free
 slots beyond ``max_sessions_per_instance`` are removed and their directories disposed on
 their instance (``trim``), so an instance serves a bounded set of directories.

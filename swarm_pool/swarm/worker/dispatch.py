@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from swarm_pool import faults
@@ -76,68 +76,55 @@ def _busy(ctx: SwarmContext) -> dict[str, int]:
     return busy
 
 
-def start_session(
-    ctx: SwarmContext,
-    *,
-    bead_id: str,
-    epic_id: str,
-    attempt: int,
-    version: int,
-    worktree: str,
-    prompt: str,
-    files: Sequence[str],
-    title: str,
-    routing: Routing = "least_busy",
-    avoid: Iterable[str] = (),
-    slotted: bool = False,
-    prompt_for: Callable[[str], str] | None = None,
-) -> WorkerSpawned | None:
+@dataclass(frozen=True)
+class SessionRequest:
+    """One queued attempt to start. ``version`` is the worker's version when the caller
+    read it pending; ``worktree`` is its directory (with ``slotted``, only the fallback:
+    a warm slot of the chosen instance is taken instead, and ``prompt_for(worktree)``
+    renders the prompt naming it); ``avoid`` names instances to pass over."""
+
+    bead_id: str
+    epic_id: str
+    attempt: int
+    version: int
+    worktree: str
+    prompt: str
+    files: Sequence[str]
+    title: str
+    routing: Routing = "least_busy"
+    avoid: frozenset[str] = frozenset()
+    slotted: bool = False
+    prompt_for: Callable[[str], str] | None = None
+
+
+def start_session(ctx: SwarmContext, req: SessionRequest) -> WorkerSpawned | None:
     """Route, create the session in the worktree, record it, prompt it, record the spawn.
 
-    ``version`` is the worker's version when the caller read it pending: if the worker
-    changed since, nothing is started. Returns None when nothing was started now (no
-    instance has room, or the worker moved on; it stays as the store says). Only the
-    choice happens under the router lock (with a slot reserved in this process until the
-    spawn is recorded); the slow part, OpenCode bootstrapping a new directory for the
-    session, runs outside it, so dispatches to different instances overlap. Another
-    instance is tried only when the request to create the session was never sent.
-    With ``slotted`` the worker runs in a warm worktree slot of the chosen instance
-    (taken here, so ``worktree`` is only the fallback), and ``prompt_for(worktree)``
-    renders the prompt naming it.
+    If the worker changed since ``req.version``, nothing is started. Returns None when
+    nothing was started now (no instance has room, or the worker moved on; it stays as
+    the store says). Only the choice happens under the router lock (with a place
+    reserved in this process until the spawn is recorded); the slow part, OpenCode
+    bootstrapping a new directory for the session, runs outside it, so dispatches to
+    different instances overlap. Another instance is tried only when the request to
+    create the session was never sent.
     """
-    if not slotted:
-        grant_token(ctx.paths, ctx.config, worktree)
-    limit = ctx.config.pool.max_sessions_per_instance
+    if not req.slotted:
+        grant_token(ctx.paths, ctx.config, req.worktree)
     failed: set[str] = set()
     while True:
-        with ctx.lock("router"):
-            usable = [s for s in ctx.instances() if s.name not in failed]
-            inst = choose_instance(
-                usable,
-                _busy(ctx),
-                limit,
-                routing=routing,
-                bead_id=bead_id,
-                avoid=set(avoid),
-                steadiness=Steadiness.from_config(ctx.config),
-                active=active_instances(ctx.config),
-            )
-            if inst is None:
-                return None
-            _reserve(inst.name, +1)
+        inst = _choose(ctx, req, failed)
+        if inst is None:
+            return None
         try:
-            where = worktree
-            if slotted:
-                where = str(acquire(ctx, inst.name, bead_id, attempt))
+            where = req.worktree
+            if req.slotted:
+                where = str(acquire(ctx, inst.name, req.bead_id, req.attempt))
                 grant_token(ctx.paths, ctx.config, where)
-            text = prompt_for(where) if prompt_for is not None else prompt
-            return _start_on(
-                ctx,
-                inst,
-                _Attempt(bead_id, epic_id, attempt, version, where, list(files)),
-                text,
-                title,
+            text = req.prompt_for(where) if req.prompt_for is not None else req.prompt
+            attempt = _Attempt(
+                req.bead_id, req.epic_id, req.attempt, req.version, where, list(req.files)
             )
+            return _start_on(ctx, inst, attempt, text, req.title)
         except OpenCodeNotSentError:
             # The instance died since the supervisor last looked, and it never saw the
             # request: another one may take it.
@@ -145,6 +132,25 @@ def start_session(
             continue
         finally:
             _reserve(inst.name, -1)
+
+
+def _choose(ctx: SwarmContext, req: SessionRequest, failed: set[str]) -> InstanceView | None:
+    """The instance to start on, with a place reserved on it (None: none has room)."""
+    with ctx.lock("router"):
+        usable = [i for i in ctx.instances() if i.name not in failed]
+        inst = choose_instance(
+            usable,
+            _busy(ctx),
+            ctx.config.pool.max_sessions_per_instance,
+            routing=req.routing,
+            bead_id=req.bead_id,
+            avoid=set(req.avoid),
+            steadiness=Steadiness.from_config(ctx.config),
+            active=active_instances(ctx.config),
+        )
+        if inst is not None:
+            _reserve(inst.name, +1)
+        return inst
 
 
 @dataclass(frozen=True)
@@ -308,8 +314,7 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
             request_instance(ctx, bead_id)
-        return start_session(
-            ctx,
+        request = SessionRequest(
             bead_id=bead_id,
             epic_id=worker.epic_id,
             attempt=worker.attempt,
@@ -319,11 +324,12 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             files=list(worker.files or (queued.files if queued is not None else [])),
             title=spec.contract.title or bead_id,
             routing=routing,
-            avoid=_avoid_after_failure(ctx, bead_id),
+            avoid=frozenset(_avoid_after_failure(ctx, bead_id)),
             # The spawner decided: no directory yet (or its slot, on a retry) means a slot.
             slotted=not worktree or is_slot_path(ctx, worktree),
             prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
         )
+        return start_session(ctx, request)
 
 
 def render_prompt(

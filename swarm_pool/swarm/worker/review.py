@@ -31,7 +31,6 @@ from swarm_pool.errors import (
     WorkerError,
 )
 from swarm_pool.store.events import (
-    CellStatusChanged,
     MergeConflict,
     ReleaseReason,
     ReviewCompleted,
@@ -42,7 +41,7 @@ from swarm_pool.store.globs import matches
 from swarm_pool.store.lifecycle import MERGEABLE
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.checkout import cleanup as cleanup_slots
-from swarm_pool.swarm.worker.checkout import release_events as slot_release_events
+from swarm_pool.swarm.worker.finish import Finish, finish_events, holder_of
 from swarm_pool.swarm.worker.release import release_session
 from swarm_pool.swarm.worker.remote import fetch_branch, publish_base, sync_base
 
@@ -207,30 +206,30 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
             )
         )
         raise
-    merged: list[Any] = [
-        WorktreeMerged(
-            bead_id=bead_id,
-            epic_id=worker.epic_id,
-            branch=result.branch,
-            base_branch=result.base,
-            commit=result.commit,
-        )
-    ]
-    if ctx.store.hive.get_cell(bead_id).status != "closed":
-        # Work that went idle without swarm_complete is closed by its merge.
-        merged.append(
-            CellStatusChanged(
-                cell_id=bead_id, epic_id=worker.epic_id, status="closed", reason="merged"
-            )
-        )
+    # Work that went idle without swarm_complete is closed by its merge; its slot (if it
+    # ran in one) is free for the next bead from the same moment.
+    closed = ctx.store.hive.get_cell(bead_id).status == "closed"
+    finish = Finish(
+        bead_id=bead_id,
+        epic_id=worker.epic_id,
+        holder=holder_of(worker),
+        released_reason="merged",
+        status=None if closed else "closed",
+        status_reason="merged",
+        slot=ReleaseReason.MERGED,
+    )
+    merged = WorktreeMerged(
+        bead_id=bead_id,
+        epic_id=worker.epic_id,
+        branch=result.branch,
+        base_branch=result.base,
+        commit=result.commit,
+    )
     # The merge, the bead's closing and the release of its files are one outcome; and it
     # is recorded for the worker read above only (not a newer attempt spawned meanwhile).
-    merged += ctx.store.reservations.release_events(
-        bead_id, worker.agent_name or f"worker-{bead_id}", "merged"
+    ctx.store.append_many(
+        [merged, *finish_events(ctx.store, finish)], expect={bead_id: worker.version}
     )
-    # Its slot (if it ran in one) is free for the next bead from the same moment.
-    merged += slot_release_events(ctx, bead_id, ReleaseReason.MERGED)
-    ctx.store.append_many(merged, expect={bead_id: worker.version})
     released = release_session(ctx, bead_id)
     return MergeOutcome(
         bead_id=bead_id,
