@@ -562,7 +562,7 @@ def test_blocked_mail_and_permission_show_in_poll(
     with pytest.raises(WorkerError):
         answer(ctx, b, text="an answer to a permission")
     out = answer(ctx, b, reply="once")
-    assert out["request_id"] == "per_1"
+    assert out.request_id == "per_1"
     assert (wb.instance, "POST", "/permission/per_1/reply") in pool.calls
     assert ctx.store.workers.get(b).status == "running"  # type: ignore[union-attr]
     with pytest.raises(WorkerError):

@@ -23,7 +23,7 @@ from swarm_pool.cli.common import AppContext, echo_json, existing_store, project
 from swarm_pool.cli.group import error_line, main
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.plans.runner import run_plan_file
-from swarm_pool.swarm.status import GROUPS, PollResult, await_workers
+from swarm_pool.swarm.status import PollResult, await_workers
 from swarm_pool.swarm.status import poll as do_poll
 from swarm_pool.swarm.worker import SpawnRequest, spawn_async
 from swarm_pool.swarm.worker import answer as do_answer
@@ -243,9 +243,9 @@ def answer(
     with swarm_context(app) as ctx:
         result = do_answer(ctx, bead_id, reply=reply, text=text)
     if as_json:
-        echo_json(result)
+        echo_json(result.to_dict())
     else:
-        click.echo(f"{bead_id}: answered {result['kind']} {result['request_id']}")
+        click.echo(f"{bead_id}: answered {result.kind} {result.request_id}")
 
 
 @main.command()
@@ -315,6 +315,3 @@ def _print_summary(data: dict[str, Any]) -> None:
             f"  {task['bead_id']} {task['title'][:40]:40} {task['state']:10} "
             f"attempt {task['attempt']} {task.get('note', '')}"
         )
-
-
-__all__ = ["GROUPS"]

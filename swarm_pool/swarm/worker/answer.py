@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from swarm_pool.errors import NotFoundError, WorkerError, WorkerStateError
@@ -12,13 +13,27 @@ from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 
 
+@dataclass(frozen=True)
+class Answered:
+    """The request answered: its kind and id, and the reply or the answer text."""
+
+    bead_id: str
+    kind: str
+    request_id: str
+    reply: str | None
+    answer: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def answer(
     ctx: SwarmContext,
     bead_id: str,
     *,
     reply: str | None = None,
     text: str | None = None,
-) -> dict[str, Any]:
+) -> Answered:
     """Reply to the permission (``reply`` once|always|reject) or question (``text``)."""
     if (reply is None) == (text is None):
         raise WorkerError("give exactly one of a permission reply or a question answer")
@@ -38,14 +53,13 @@ def answer(
         raise WorkerError(f"worker {bead_id} asked a question; answer it with text")
     if text is not None and blocked.kind != "question":
         raise WorkerError(f"worker {bead_id} asked for a permission; reply once|always|reject")
+    request_id = blocked.request_id
     client = ctx.client(ctx.instance(blocked.instance or worker.instance))
     try:
         if reply is not None:
-            client.reply_permission(blocked.request_id, reply, directory=worker.worktree or None)
+            client.reply_permission(request_id, reply, directory=worker.worktree or None)
         else:
-            client.reply_question(
-                blocked.request_id, [[text or ""]], directory=worker.worktree or None
-            )
+            client.reply_question(request_id, [[text or ""]], directory=worker.worktree or None)
     finally:
         client.close()
 
@@ -68,10 +82,10 @@ def answer(
 
     with contextlib.suppress(WorkerStateError):
         ctx.store.change_worker(bead_id, build)
-    return {
-        "bead_id": bead_id,
-        "kind": blocked.kind,
-        "request_id": blocked.request_id,
-        "reply": reply,
-        "answer": text,
-    }
+    return Answered(
+        bead_id=bead_id,
+        kind=blocked.kind,
+        request_id=request_id,
+        reply=reply,
+        answer=text,
+    )

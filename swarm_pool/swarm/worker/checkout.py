@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,20 @@ def release_events(ctx: SwarmContext, bead_id: str, reason: str) -> list[SlotRel
     return ctx.store.slots.release_events(bead_id, reason)
 
 
-def cleanup(ctx: SwarmContext) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SlotCleanup:
+    """What ``cleanup`` did: the slots given back, the ones kept (and why), and the
+    ones removed beyond the instance's bound (``trim``)."""
+
+    released: list[str]
+    kept: dict[str, str]
+    removed: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cleanup(ctx: SwarmContext) -> SlotCleanup:
     """Give back the slots of beads that are no longer worked on and hold nothing
     uncommitted; mark the ones with uncommitted work dirty. Unmerged finished work stays
     (like a fresh worktree's), reported under ``kept``."""
@@ -223,7 +237,7 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
             [SlotReleased(slot=s.slot, bead_id=s.bead_id, reason=ReleaseReason.CLEANED)]
         )
         released.append(s.slot)
-    return {"released": released, "kept": kept, "removed": trim(ctx)}
+    return SlotCleanup(released=released, kept=kept, removed=trim(ctx))
 
 
 def trim(ctx: SwarmContext) -> list[str]:

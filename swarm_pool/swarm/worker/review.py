@@ -275,5 +275,5 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
     """Remove merged worktrees and give back idle clean slots; anything with uncommitted
     changes is kept (and said why)."""
     result = ctx.worktrees.cleanup().to_dict()
-    result["slots"] = cleanup_slots(ctx)
+    result["slots"] = cleanup_slots(ctx).to_dict()
     return result
