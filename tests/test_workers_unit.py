@@ -68,7 +68,7 @@ class FakePool:
     """Instances as the router sees them plus a fake OpenCode HTTP API for each."""
 
     def __init__(self, names: list[str]) -> None:
-        self.slots = {
+        self.views = {
             n: InstanceView(n, f"http://{n}.test", "ready", "pw", pid=100 + i)
             for i, n in enumerate(names)
         }
@@ -85,17 +85,17 @@ class FakePool:
         self.opened_ahead: list[tuple[str, str | None]] = []
 
     def set(self, name: str, **kw: Any) -> None:
-        old = self.slots[name]
-        self.slots[name] = InstanceView(**{**old.__dict__, **kw})
+        old = self.views[name]
+        self.views[name] = InstanceView(**{**old.__dict__, **kw})
 
     def instances(self) -> list[InstanceView]:
-        return list(self.slots.values())
+        return list(self.views.values())
 
-    def client(self, slot: InstanceView) -> OpenCodeClient:
+    def client(self, inst: InstanceView) -> OpenCodeClient:
         def handler(request: httpx.Request) -> httpx.Response:
-            return self.handle(slot.name, request)
+            return self.handle(inst.name, request)
 
-        return OpenCodeClient(slot.url, slot.password, transport=httpx.MockTransport(handler))
+        return OpenCodeClient(inst.url, inst.password, transport=httpx.MockTransport(handler))
 
     def handle(self, name: str, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -311,7 +311,7 @@ def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext, engine: Engi
 
 def test_no_running_pool_is_refused(ctx: SwarmContext, pool: FakePool) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    pool.slots.clear()
+    pool.views.clear()
     with pytest.raises(PoolNotRunningError):
         spawn_async(ctx, a)
     assert ctx.store.workers.get(a) is None
@@ -803,7 +803,7 @@ def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
     w = spawn(ctx, engine, a)
     # What a kill between a session's creation and its record leaves on the instance:
     # a session in the worker's worktree that the store never heard of.
-    leaked = pool.client(pool.slots[w.instance]).create_session(directory=w.worktree)["id"]
+    leaked = pool.client(pool.views[w.instance]).create_session(directory=w.worktree)["id"]
     engine.tick(wait=True)
     assert not pool.sessions[leaked].get("deleted")  # no restart yet: nothing to reconcile
     pool.set(w.instance, pid=999)  # the supervisor restarted it
@@ -819,13 +819,13 @@ def test_await_with_stall_check_returns_when_nothing_can_dispatch(
 ) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
     spawn_async(ctx, a)  # queued; no engine pass
-    saved, pool.slots = pool.slots, {}  # no instance: nothing would dispatch it
+    saved, pool.views = pool.views, {}  # no instance: nothing would dispatch it
     try:
         result = await_workers(ctx, None, 30, stall_check=True)
         assert result.stalled and not result.timed_out and result.active == 1
         assert await_workers(ctx, None, 0.1).stalled == ""  # without the check: a timeout
     finally:
-        pool.slots = saved
+        pool.views = saved
     assert await_workers(ctx, None, 0.1, stall_check=True).stalled == ""
 
 
@@ -834,7 +834,7 @@ def test_supervisor_watch_waits_bounded_then_carries_on(ctx: SwarmContext, pool:
     watch = SupervisorWatch(ctx.paths, ctx.config, lines.append, poll_s=0.05)
     watch.wait_until_served(ctx)  # served: says nothing
     assert lines == []
-    saved, pool.slots = pool.slots, {}
+    saved, pool.views = pool.views, {}
     ctx.config.workers.supervisor_wait_s = 0.2
     with pytest.raises(SupervisorLostError):
         watch.wait_until_served(ctx)
@@ -907,7 +907,7 @@ def test_restarted_engine_prompts_the_intent_that_never_was(
     spawn_async(ctx, b)
     # The dispatcher of b took its slot and created a session, then died unrecorded.
     where = str(acquire(ctx, "i2", b, 1))
-    orphan = pool.client(pool.slots["i2"]).create_session(where, title="lost")["id"]
+    orphan = pool.client(pool.views["i2"]).create_session(where, title="lost")["id"]
     fresh = engine_for(ctx, pool)  # a new engine: reconciles on its first pass
     try:
         fresh.tick(wait=True)
@@ -952,7 +952,7 @@ def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
         (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
         w = spawn(ctx, engine, a)
         complete(ctx, a)  # no longer live: the restart reconciliation would not look
-        client = pool.client(pool.slots[w.instance])
+        client = pool.client(pool.views[w.instance])
         old = client.create_session(directory=w.worktree)["id"]
         fresh = client.create_session(directory=w.worktree)["id"]
         pool.sessions[old]["created"] -= 61_000  # a creation whose answer was lost long ago

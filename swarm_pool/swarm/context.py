@@ -1,9 +1,12 @@
-"""The worker engine's dependencies in one object: project paths, config, store, pool.
+"""Room: swarm (its base). The worker engine's dependencies in one object: project paths,
+config, store, pool.
 
-``SwarmContext`` is what ``workers``, ``review``, ``engine`` and ``runner`` take instead of
-a long list of arguments. It owns the lazily created git ``Worktrees``, the view of the
+``SwarmContext`` is what the worker's steps (``swarm/worker/``), the engine loop
+(``swarm/engine/``), ``status`` and the plans take instead of a long list of arguments.
+It owns the lazily created git ``Worktrees``, the view of the
 pool's instances (read from the supervisor's state file unless a test injects its own),
-and the factory of OpenCode clients, so every piece can be swapped in tests.
+and the factory of OpenCode clients, so every piece can be swapped in tests; and it
+reads a bead's latest event of a given class (``last_event``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Answering a blocked worker's permission or question request: ``answer``."""
+"""Room: swarm.worker. Answering a blocked worker's permission or question request:
+``answer``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Warm worktree slots: the reusable worktree directories each instance keeps.
+"""Room: swarm.worker. Warm worktree slots: the reusable worktree directories each instance
+keeps.
 
 OpenCode pays its per-directory set-up (config, project and VCS detection, tools, MCP
 clients) on the first session in a directory, and keeps that state warm after. So,

@@ -1,4 +1,5 @@
-"""Dedicated routing: one fresh instance per worker, started for it, stopped after merge.
+"""Room: swarm.worker. Dedicated routing: one fresh instance per worker, started for it,
+stopped after merge.
 
 For running a worker in complete isolation (its own OpenCode process, event loop and
 database). ``request_instance`` asks the supervisor, over its control socket, to add an

@@ -1,4 +1,5 @@
-"""Dispatching a queued worker: route, create its session, prompt it, record it.
+"""Room: swarm.worker. Dispatching a queued worker: route, create its session, prompt it,
+record it.
 
 The engine in the supervisor daemon is the single dispatcher. ``dispatch`` asks the
 router for an instance, creates the session with ``directory=<worktree>`` (OpenCode
@@ -50,7 +51,7 @@ from swarm_pool.swarm.worker.dedicated import request_instance
 from swarm_pool.swarm.worker.failure import infra_backoff_until
 from swarm_pool.swarm.worker.prompt import prompt_hash
 from swarm_pool.swarm.worker.remote import local_spec, local_worktree
-from swarm_pool.swarm.worker.spec import PromptSpec, last_queued, load_spec
+from swarm_pool.swarm.worker.spec import PromptSpec, load_spec, queue_again
 
 log = logging.getLogger(__name__)
 
@@ -258,20 +259,7 @@ def requeue(ctx: SwarmContext, bead_id: str, attempt: int, session_id: str) -> N
             return None
         if current.status != WorkerStatus.DISPATCHING:
             return None
-        queued = last_queued(ctx, bead_id, current.epic_id)
-        return [
-            WorkerQueued(
-                bead_id=bead_id,
-                epic_id=current.epic_id,
-                attempt=attempt,
-                title=queued.title,
-                worktree=current.worktree,
-                files=list(current.files),
-                prompt_hash=queued.prompt_hash,
-                routing=queued.routing,
-                reason="its session could not be prompted",
-            )
-        ]
+        return [queue_again(ctx, current, attempt, "its session could not be prompted")]
 
     with contextlib.suppress(WorkerStateError):
         ctx.store.change_worker(bead_id, build)

@@ -1,14 +1,16 @@
-"""Failing a worker's attempt, and retrying it under ``workers.max_retries``.
+"""Room: swarm.worker. Failing a worker's attempt, and retrying it under
+``workers.max_retries``.
 
 ``fail`` records ``worker_failed`` and, while retries are left, queues the worker again
-in the same worktree (``worker_retried`` + ``worker_queued``, one transaction) with a note
-that the earlier attempt was interrupted; the dispatcher then prefers another instance.
-Without a retry the bead is blocked and its reservations released in the same
-transaction. Two budgets, chosen by the failure's ``FailureCause`` (``retry_allowed``):
-the task's own failures count against ``workers.max_retries``; failures of its instance
-(death, restart, drain) are retried for as long as ``workers.infra_retry_window_s`` from
-the first of them, each after a doubling backoff (``infra_backoff_until``, which the
-dispatcher honours), and never use up ``max_retries``.
+in the same worktree (``worker_retried`` + ``worker_queued``, one transaction) with a
+note that the earlier attempt was interrupted; the dispatcher then prefers another
+instance. Without a retry the bead is blocked and its reservations and slot released in
+the same transaction (``finish.py``). What happened is a ``FailOutcome``. Two budgets,
+chosen by the failure's ``FailureCause`` (``retry_allowed``): the task's own failures
+count against ``workers.max_retries``; failures of its instance (death, restart, drain)
+are retried for as long as ``workers.infra_retry_window_s`` from the first of them, each
+after a doubling backoff (``infra_backoff_until``, which the dispatcher honours), and
+never use up ``max_retries``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from swarm_pool.swarm.worker.checkout import is_slot_path
 from swarm_pool.swarm.worker.dedicated import release_instance
 from swarm_pool.swarm.worker.finish import Finish, finish_events, holder_of
 from swarm_pool.swarm.worker.release import release_session
-from swarm_pool.swarm.worker.spec import last_queued
+from swarm_pool.swarm.worker.spec import queue_again
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,6 @@ def _final_events(ctx: SwarmContext, worker: WorkerView, failure: Failure) -> li
 def _retry_events(ctx: SwarmContext, worker: WorkerView, failure: Failure) -> list[BaseEvent]:
     # Failed, then straight to pending with the next attempt: queued for the dispatcher,
     # which prefers another instance than the one that failed it.
-    queued = last_queued(ctx, worker.bead_id, worker.epic_id)
     attempt = worker.attempt + 1
     return [
         _failed_event(worker, failure),
@@ -267,17 +268,7 @@ def _retry_events(ctx: SwarmContext, worker: WorkerView, failure: Failure) -> li
             reason=failure.reason,
             cause=failure.cause,
         ),
-        WorkerQueued(
-            bead_id=worker.bead_id,
-            epic_id=worker.epic_id,
-            attempt=attempt,
-            title=queued.title,
-            worktree=worker.worktree,
-            files=list(worker.files),
-            prompt_hash=queued.prompt_hash,
-            routing=queued.routing,
-            reason=f"retry after {failure.reason}",
-        ),
+        queue_again(ctx, worker, attempt, f"retry after {failure.reason}"),
     ]
 
 

@@ -1,4 +1,5 @@
-"""Review and merge of a finished worker, and the release of what it held.
+"""Room: swarm.worker. Review and merge of a finished worker, and the release of what it
+held.
 
 ``review`` compares what the worker really changed in its worktree (committed and not)
 with the patterns it owns, reads the verification that ``swarm_complete`` recorded, the
@@ -8,8 +9,9 @@ whole content. ``merge`` refuses (``ReviewRequiredError``, before touching anyth
 unless the bead's latest ``review_completed`` approved exactly that head and content;
 then it commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
 branch under the git lock (``Worktrees.merge``), records ``worktree_merged`` (or
-``merge_conflict``, with the base left untouched), closes the bead, and releases the
-worker's OpenCode session: its transcript is saved, the session is deleted and (unless
+``merge_conflict``, with the base left untouched), closes the bead and releases its
+files and slot in the same transaction (``finish.py``), and releases the worker's
+OpenCode session: its transcript is saved, the session is deleted and (unless
 it is a warm slot, given back in the merge's own transaction) its directory disposed on
 its instance. ``cleanup`` removes merged worktrees and never one with uncommitted
 changes.

@@ -1,10 +1,11 @@
-"""Spawning a worker without waiting: ``spawn_async``.
+"""Room: swarm.worker. Spawning a worker without waiting: ``spawn_async``.
 
-It checks the bead's dependencies and that no live spawn of it exists, creates (or
-reuses) its git worktree (with warm slots, the default, the dispatcher gives it one of
-the chosen instance's slots instead), saves its prompt spec, records ``worker_queued`` (with the
-bead in progress, in one transaction) and returns: about a git worktree's worth of
-milliseconds. The engine dispatches it (``dispatch``).
+The caller asks with a ``SpawnRequest``. It checks the bead's dependencies and that no
+live spawn of it exists, creates (or reuses) its git worktree (with warm slots, the
+default, the dispatcher gives it one of the chosen instance's slots instead), saves its
+prompt spec, records ``worker_queued`` (with the bead in progress, in one transaction)
+and returns: about a git worktree's worth of milliseconds. The engine dispatches it
+(``dispatch``).
 """
 
 from __future__ import annotations

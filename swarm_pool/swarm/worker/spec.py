@@ -1,8 +1,11 @@
-"""What a worker's prompt is built from, kept on disk: ``PromptSpec`` and its file.
+"""Room: swarm.worker. What a worker's prompt is built from, kept on disk: ``PromptSpec``
+and its file.
 
 The spec (a ``Contract`` plus the task text) lives under ``.swarm/prompts/<bead>.json``,
 not in the worktree, where the worker would commit it: the engine, in another process,
 needs it to dispatch a queued spawn or to retry a failed one with a new attempt number.
+A retry or a requeue carries the latest queue event's title, prompt hash and routing
+(``queue_again``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from swarm_pool.errors import WorkerError
 from swarm_pool.paths import write_private
 from swarm_pool.protocol import Contract
 from swarm_pool.store.events import WorkerQueued
+from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.prompt import build_worker_prompt
 
@@ -109,8 +113,21 @@ def _stored_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec | None:
     return None
 
 
-def last_queued(ctx: SwarmContext, bead_id: str, epic_id: str) -> WorkerQueued:
-    """The bead's latest ``worker_queued``, or one with the event's defaults when none
-    is stored (a requeue or retry then carries what a fresh queue event would)."""
-    queued = ctx.last_event(bead_id, WorkerQueued)
-    return queued if queued is not None else WorkerQueued(bead_id=bead_id, epic_id=epic_id)
+def queue_again(ctx: SwarmContext, worker: WorkerView, attempt: int, reason: str) -> WorkerQueued:
+    """The ``worker_queued`` that puts the worker back in the queue as ``attempt``, in
+    its worktree with its files, and with the title, prompt hash and routing of its
+    latest queue event (the event's defaults if none is stored)."""
+    last = ctx.last_event(worker.bead_id, WorkerQueued)
+    if last is None:
+        last = WorkerQueued(bead_id=worker.bead_id, epic_id=worker.epic_id)
+    return WorkerQueued(
+        bead_id=worker.bead_id,
+        epic_id=worker.epic_id,
+        attempt=attempt,
+        title=last.title,
+        worktree=worker.worktree,
+        files=list(worker.files),
+        prompt_hash=last.prompt_hash,
+        routing=last.routing,
+        reason=reason,
+    )
