@@ -840,7 +840,7 @@ def test_supervisor_watch_waits_bounded_then_carries_on(ctx: SwarmContext, pool:
         watch.wait_until_served(ctx)
     assert len(lines) == 1 and "supervisor is gone" in lines[0]
     ctx.config.workers.supervisor_wait_s = 60.0
-    timer = threading.Timer(0.3, lambda: setattr(pool, "slots", saved))
+    timer = threading.Timer(0.3, lambda: setattr(pool, "views", saved))
     timer.start()
     try:
         watch.wait_until_served(ctx)
