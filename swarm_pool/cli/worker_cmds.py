@@ -25,7 +25,7 @@ from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.plans.runner import run_plan_file
 from swarm_pool.swarm.status import PollResult, await_workers
 from swarm_pool.swarm.status import poll as do_poll
-from swarm_pool.swarm.worker import SpawnRequest, spawn_async
+from swarm_pool.swarm.worker import SpawnRequest, SpawnStatus, spawn_async
 from swarm_pool.swarm.worker import answer as do_answer
 from swarm_pool.swarm.worker import transcript as transcripts
 from swarm_pool.swarm.worker.review import merge as do_merge
@@ -119,7 +119,7 @@ def spawn(
         result = spawn_async(ctx, request)
     if as_json:
         echo_json(result.to_dict())
-    elif result.status == "running":
+    elif result.status == SpawnStatus.RUNNING:
         click.echo(
             f"{bead_id}: running on {result.instance} (session {result.session_id}, "
             f"attempt {result.attempt}) in {result.worktree} [{result.elapsed_ms:.0f} ms]"

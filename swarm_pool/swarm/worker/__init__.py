@@ -19,7 +19,7 @@ from swarm_pool.swarm.worker.failure import (
     fail,
     retries_used,
 )
-from swarm_pool.swarm.worker.spawn import SpawnRequest, SpawnResult, spawn_async
+from swarm_pool.swarm.worker.spawn import SpawnRequest, SpawnResult, SpawnStatus, spawn_async
 from swarm_pool.swarm.worker.spec import PromptSpec, load_spec, save_spec
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "SessionRequest",
     "SpawnRequest",
     "SpawnResult",
+    "SpawnStatus",
     "answer",
     "dispatch",
     "fail",

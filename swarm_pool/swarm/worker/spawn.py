@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
 
 from swarm_pool.errors import (
@@ -55,11 +56,16 @@ class SpawnRequest:
     timeout_s: float | None = None
 
 
+class SpawnStatus(StrEnum):
+    RUNNING = "running"  # a session was started
+    PENDING = "pending"  # queued for the engine's dispatcher (what spawn_async returns)
+
+
 @dataclass(frozen=True)
 class SpawnResult:
     bead_id: str
     epic_id: str
-    status: str  # "running" (a session was started) or "pending" (queued)
+    status: SpawnStatus
     attempt: int
     worktree: str
     instance: str = ""
@@ -142,7 +148,7 @@ def spawn_async(ctx: SwarmContext, request: SpawnRequest | str) -> SpawnResult:
     return SpawnResult(
         bead_id=bead_id,
         epic_id=cell.epic_id,
-        status="pending",
+        status=SpawnStatus.PENDING,
         attempt=attempt,
         worktree=worktree,
         prompt_hash=hashed,
