@@ -18,7 +18,7 @@ from swarm_pool.config import Config
 from swarm_pool.store import Store
 from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.worker.failure import fail
+from swarm_pool.swarm.worker.failure import FailOutcome, Failure, fail
 from tests.support import wait_for
 from tests.test_mcp_server import Project, call, make_project, mcp_session
 
@@ -98,8 +98,8 @@ def test_completion_landing_during_a_timeout_stays_completed(
 
     ctx = ctx_for(project, store)
     with faults.inject(point, complete_now):
-        got = fail(ctx, bead, error="timeout", reason="timeout", retry=False)
-    assert got == "ignored"
+        got = fail(ctx, bead, Failure("timeout", "timeout"), retry=False)
+    assert got == FailOutcome.IGNORED
     err, done = outcomes[0]
     assert not err and done["accepted"] and done["released"] == ["src/a.py"]
     worker = store.workers.get(bead)
@@ -135,10 +135,10 @@ def test_timeout_landing_during_a_completion_wins_and_the_completion_is_dropped(
             await anyio.to_thread.run_sync(lambda: wait_for(reached.exists, 60))
             outcome = await anyio.to_thread.run_sync(
                 lambda: fail(
-                    ctx_for(project, store), bead, error="timeout", reason="timeout", retry=False
+                    ctx_for(project, store), bead, Failure("timeout", "timeout"), retry=False
                 )
             )
-            assert outcome == "failed"
+            assert outcome == FailOutcome.FAILED
             go.touch()
 
     anyio.run(race)
@@ -157,7 +157,7 @@ def test_a_stale_attempts_completion_does_not_close_the_newer_attempt(
     bead = project.beads[0]
     start_worker(store, project, bead, 1, "ses_1")
     ctx = ctx_for(project, store)
-    assert fail(ctx, bead, error="instance died", reason="instance_exited") == "retried"
+    assert fail(ctx, bead, Failure("instance died", "instance_exited")) == FailOutcome.RETRIED
     wt = start_worker(store, project, bead, 2, "ses_2")
     err, done = anyio.run(reserve_and_complete, wt, project, bead, 1)
     assert not err and done["stale"] and not done["accepted"]

@@ -340,14 +340,14 @@ def test_cleanup_trims_free_slots_beyond_the_limit_and_disposes_them(
         release(ctx, f"bd-aaa.{n}")
     result = cleanup(ctx)
     # Only i1/2 is beyond the limit (2 slots); i1/1 is dirty and kept, i1/0 stays warm.
-    assert result["removed"] == ["i1/2"]
+    assert result.removed == ["i1/2"]
     assert not paths[2].exists() and paths[0].is_dir() and paths[1].is_dir()
     assert disposed == [("/instance/dispose", str(paths[2]))]
     assert [(s.slot, s.state) for s in ctx.store.slots.list()] == [
         ("i1/0", "free"),
         ("i1/1", "dirty"),
     ]
-    assert "i1/1" in result["kept"]
+    assert "i1/1" in result.kept
     # A new slot may take the removed one's number again.
     again = acquire(ctx, "i1", "bd-bbb.1", 1)
     assert again == paths[0]
@@ -437,7 +437,7 @@ def test_a_slot_left_opening_is_finished_and_never_taken_meanwhile(
             expect_version=view.version,
         )
     # Cleanup leaves it alone, and a dispatch meanwhile makes its own slot.
-    assert cleanup(ctx) == {"released": [], "kept": {}, "removed": []}
+    assert cleanup(ctx).to_dict() == {"released": [], "kept": {}, "removed": []}
     assert acquire(ctx, "i1", "bd-aaa.1", 1) == path.parent / "1"
     assert ctx.store.slots.get("i1/0").state == "opening"  # type: ignore[union-attr]
     assert open_slots(ctx, "i1") == ["i1/0"]

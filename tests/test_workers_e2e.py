@@ -26,7 +26,7 @@ from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine.watch import session_finished
 from swarm_pool.swarm.pool_view import dedicated_name
 from swarm_pool.swarm.status import await_workers, poll
-from swarm_pool.swarm.worker import spawn_async
+from swarm_pool.swarm.worker import SpawnRequest, spawn_async
 from swarm_pool.swarm.worker.review import merge, review
 from tests.pool_cli import cli, running_pool
 from tests.support import git, init_repo, wait_for
@@ -287,7 +287,7 @@ def test_hanging_model_times_out_and_fails(ctx: SwarmContext) -> None:
         "hangs", [SubtaskSpec(title="hang", files=["hang.txt"], script=[init(), {"hang": True}])]
     )
     bead = epic.cells[0].id
-    spawn_async(ctx, bead, timeout_s=6)
+    spawn_async(ctx, SpawnRequest(bead, timeout_s=6))
     result = await_workers(ctx, epic.id, 120)
     w = ctx.store.workers.get(bead)
     assert w is not None and w.status == "failed", result.to_dict()
@@ -311,7 +311,7 @@ def test_dedicated_routing_gets_a_fresh_instance_that_stops_after_merge(
     )
     bead = epic.cells[0].id
     name = dedicated_name(bead)
-    assert spawn_async(ctx, bead, routing="dedicated").routing == "dedicated"
+    assert spawn_async(ctx, SpawnRequest(bead, routing="dedicated")).routing == "dedicated"
     result = await_workers(ctx, epic.id, 240)
     w = ctx.store.workers.get(bead)
     assert w is not None and w.status == "completed", result.to_dict()

@@ -50,9 +50,9 @@ from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine.loop import Engine, EngineSettings
 from swarm_pool.swarm.plans.runner import SupervisorWatch, TaskState, TaskStatus
 from swarm_pool.swarm.status import await_workers, poll
-from swarm_pool.swarm.worker import answer, fail, load_spec, spawn_async
+from swarm_pool.swarm.worker import SpawnRequest, answer, fail, load_spec, spawn_async
 from swarm_pool.swarm.worker.checkout import acquire
-from swarm_pool.swarm.worker.failure import infra_backoff_until
+from swarm_pool.swarm.worker.failure import AttemptTarget, FailOutcome, Failure, infra_backoff_until
 from swarm_pool.swarm.worker.prompt import prompt_hash
 from swarm_pool.swarm.worker.review import merge, review
 from swarm_pool.view.metrics import epic_metrics
@@ -68,7 +68,7 @@ class FakePool:
     """Instances as the router sees them plus a fake OpenCode HTTP API for each."""
 
     def __init__(self, names: list[str]) -> None:
-        self.slots = {
+        self.views = {
             n: InstanceView(n, f"http://{n}.test", "ready", "pw", pid=100 + i)
             for i, n in enumerate(names)
         }
@@ -85,17 +85,17 @@ class FakePool:
         self.opened_ahead: list[tuple[str, str | None]] = []
 
     def set(self, name: str, **kw: Any) -> None:
-        old = self.slots[name]
-        self.slots[name] = InstanceView(**{**old.__dict__, **kw})
+        old = self.views[name]
+        self.views[name] = InstanceView(**{**old.__dict__, **kw})
 
     def instances(self) -> list[InstanceView]:
-        return list(self.slots.values())
+        return list(self.views.values())
 
-    def client(self, slot: InstanceView) -> OpenCodeClient:
+    def client(self, inst: InstanceView) -> OpenCodeClient:
         def handler(request: httpx.Request) -> httpx.Response:
-            return self.handle(slot.name, request)
+            return self.handle(inst.name, request)
 
-        return OpenCodeClient(slot.url, slot.password, transport=httpx.MockTransport(handler))
+        return OpenCodeClient(inst.url, inst.password, transport=httpx.MockTransport(handler))
 
     def handle(self, name: str, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -239,7 +239,7 @@ def engine(ctx: SwarmContext, pool: FakePool) -> Iterator[Engine]:
 
 def spawn(ctx: SwarmContext, engine: Engine, bead: str, **kw: Any) -> WorkerView:
     """spawn_async, then one engine pass to dispatch it; the worker as the store has it."""
-    result = spawn_async(ctx, bead, **kw)
+    result = spawn_async(ctx, SpawnRequest(bead, **kw))
     assert result.status == "pending" and result.session_id == ""
     engine.tick(wait=True)
     w = ctx.store.workers.get(bead)
@@ -266,7 +266,7 @@ def test_spawn_queues_at_once_and_the_engine_starts_the_session(
 ) -> None:
     (bead,) = epic(ctx, SubtaskSpec(title="write a", files=["a.txt"]))
     started = time.perf_counter()
-    result = spawn_async(ctx, bead, shared_context="the shared context")
+    result = spawn_async(ctx, SpawnRequest(bead, shared_context="the shared context"))
     assert time.perf_counter() - started < 2.0
     assert result.status == "pending" and result.attempt == 1
     assert not pool.sessions  # spawn never talks to an instance itself
@@ -310,7 +310,7 @@ def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext, engine: Engi
 
 def test_no_running_pool_is_refused(ctx: SwarmContext, pool: FakePool) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
-    pool.slots.clear()
+    pool.views.clear()
     with pytest.raises(PoolNotRunningError):
         spawn_async(ctx, a)
     assert ctx.store.workers.get(a) is None
@@ -361,7 +361,7 @@ def test_fail_retries_elsewhere_then_gives_up(
 ) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
     first = spawn(ctx, engine, a)
-    assert fail(ctx, a, error="boom", reason="instance_exited") == "retried"
+    assert fail(ctx, a, Failure("boom", "instance_exited")) == FailOutcome.RETRIED
     assert ctx.store.workers.get(a).status == "pending"  # type: ignore[union-attr]
     engine.tick(wait=True)
     w = ctx.store.workers.get(a)
@@ -383,8 +383,11 @@ def test_fail_retries_elsewhere_then_gives_up(
         "worker_spawned",
     ]
     # a stale report about the first session changes nothing
-    assert fail(ctx, a, error="late", reason="x", session_id=first.session_id) == "ignored"
-    assert fail(ctx, a, error="boom again", reason="session_error") == "failed"
+    assert (
+        fail(ctx, a, Failure("late", "x"), target=AttemptTarget(session_id=first.session_id))
+        == FailOutcome.IGNORED
+    )
+    assert fail(ctx, a, Failure("boom again", "session_error")) == FailOutcome.FAILED
     assert ctx.store.workers.get(a).status == "failed"  # type: ignore[union-attr]
     assert ctx.store.hive.get_cell(a).status == "blocked"
     groups = poll(ctx).groups
@@ -558,7 +561,7 @@ def test_blocked_mail_and_permission_show_in_poll(
     with pytest.raises(WorkerError):
         answer(ctx, b, text="an answer to a permission")
     out = answer(ctx, b, reply="once")
-    assert out["request_id"] == "per_1"
+    assert out.request_id == "per_1"
     assert (wb.instance, "POST", "/permission/per_1/reply") in pool.calls
     assert ctx.store.workers.get(b).status == "running"  # type: ignore[union-attr]
     with pytest.raises(WorkerError):
@@ -712,7 +715,9 @@ def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: F
         (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
         spawn(ctx, engine, a)
         for _ in range(3):  # three instance deaths in a row: each one retried
-            assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+            assert (
+                fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
+            )
             engine.tick(wait=True)
             w = ctx.store.workers.get(a)
             assert w is not None and w.status == "running"
@@ -728,7 +733,7 @@ def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: F
         (m,) = epic_metrics(ctx.store.read())
         assert (m.retries, m.retries_task, m.retries_infra) == (3, 0, 3)
         # The task's own failure still meets max_retries = 0.
-        assert fail(ctx, a, error="boom", reason="session_error") == "failed"
+        assert fail(ctx, a, Failure("boom", "session_error")) == FailOutcome.FAILED
         failed = ctx.store.read(types=["worker_failed"], bead_id=a)
         assert getattr(failed[-1].event, "cause", None) == FailureCause.TASK
     finally:
@@ -745,9 +750,9 @@ def test_infra_retries_are_bounded_by_their_window(
         spawn(ctx, engine, a)
         # The first infra failure opens the window; with a window of 0 s the next one
         # is past it, and max_retries (5 left) does not rescue it.
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
         engine.tick(wait=True)
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "failed"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.FAILED
         assert ctx.store.hive.get_cell(a).status == "blocked"
     finally:
         engine._pool.shutdown(wait=True)
@@ -763,7 +768,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
         spawn(ctx, engine, a)
         ctx.config.workers.infra_retry_backoff_s = 3600.0
         ctx.config.workers.infra_retry_backoff_max_s = 7200.0
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
         retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
         assert infra_backoff_until(ctx, a) == retried.timestamp + 3600 * 1000
         engine.tick(wait=True)
@@ -773,7 +778,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
         # the second in a row doubles, up to the cap
         ctx.config.workers.infra_retry_backoff_s = 0.0
         engine.tick(wait=True)
-        assert fail(ctx, a, error="gone", reason="instance_exited", cause=INFRA) == "retried"
+        assert fail(ctx, a, Failure("gone", "instance_exited", cause=INFRA)) == FailOutcome.RETRIED
         ctx.config.workers.infra_retry_backoff_s = 3600.0
         retried = ctx.store.read(types=["worker_retried"], bead_id=a)[-1]
         assert infra_backoff_until(ctx, a) == retried.timestamp + 7200 * 1000
@@ -781,7 +786,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
         ctx.config.workers.infra_retry_backoff_s = 0.0
         engine.tick(wait=True)
         ctx.config.workers.infra_retry_backoff_s = 3600.0
-        assert fail(ctx, a, error="boom", reason="session_error") == "retried"
+        assert fail(ctx, a, Failure("boom", "session_error")) == FailOutcome.RETRIED
         assert infra_backoff_until(ctx, a) is None
         engine.tick(wait=True)
         w = ctx.store.workers.get(a)
@@ -797,7 +802,7 @@ def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
     w = spawn(ctx, engine, a)
     # What a kill between a session's creation and its record leaves on the instance:
     # a session in the worker's worktree that the store never heard of.
-    leaked = pool.client(pool.slots[w.instance]).create_session(directory=w.worktree)["id"]
+    leaked = pool.client(pool.views[w.instance]).create_session(directory=w.worktree)["id"]
     engine.tick(wait=True)
     assert not pool.sessions[leaked].get("deleted")  # no restart yet: nothing to reconcile
     pool.set(w.instance, pid=999)  # the supervisor restarted it
@@ -813,13 +818,13 @@ def test_await_with_stall_check_returns_when_nothing_can_dispatch(
 ) -> None:
     (a,) = epic(ctx, SubtaskSpec(title="a"))
     spawn_async(ctx, a)  # queued; no engine pass
-    saved, pool.slots = pool.slots, {}  # no instance: nothing would dispatch it
+    saved, pool.views = pool.views, {}  # no instance: nothing would dispatch it
     try:
         result = await_workers(ctx, None, 30, stall_check=True)
         assert result.stalled and not result.timed_out and result.active == 1
         assert await_workers(ctx, None, 0.1).stalled == ""  # without the check: a timeout
     finally:
-        pool.slots = saved
+        pool.views = saved
     assert await_workers(ctx, None, 0.1, stall_check=True).stalled == ""
 
 
@@ -828,13 +833,13 @@ def test_supervisor_watch_waits_bounded_then_carries_on(ctx: SwarmContext, pool:
     watch = SupervisorWatch(ctx.paths, ctx.config, lines.append, poll_s=0.05)
     watch.wait_until_served(ctx)  # served: says nothing
     assert lines == []
-    saved, pool.slots = pool.slots, {}
+    saved, pool.views = pool.views, {}
     ctx.config.workers.supervisor_wait_s = 0.2
     with pytest.raises(SupervisorLostError):
         watch.wait_until_served(ctx)
     assert len(lines) == 1 and "supervisor is gone" in lines[0]
     ctx.config.workers.supervisor_wait_s = 60.0
-    timer = threading.Timer(0.3, lambda: setattr(pool, "slots", saved))
+    timer = threading.Timer(0.3, lambda: setattr(pool, "views", saved))
     timer.start()
     try:
         watch.wait_until_served(ctx)
@@ -901,7 +906,7 @@ def test_restarted_engine_prompts_the_intent_that_never_was(
     spawn_async(ctx, b)
     # The dispatcher of b took its slot and created a session, then died unrecorded.
     where = str(acquire(ctx, "i2", b, 1))
-    orphan = pool.client(pool.slots["i2"]).create_session(where, title="lost")["id"]
+    orphan = pool.client(pool.views["i2"]).create_session(where, title="lost")["id"]
     fresh = engine_for(ctx, pool)  # a new engine: reconciles on its first pass
     try:
         fresh.tick(wait=True)
@@ -946,7 +951,7 @@ def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
         (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
         w = spawn(ctx, engine, a)
         complete(ctx, a)  # no longer live: the restart reconciliation would not look
-        client = pool.client(pool.slots[w.instance])
+        client = pool.client(pool.views[w.instance])
         old = client.create_session(directory=w.worktree)["id"]
         fresh = client.create_session(directory=w.worktree)["id"]
         pool.sessions[old]["created"] -= 61_000  # a creation whose answer was lost long ago

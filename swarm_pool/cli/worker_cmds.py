@@ -1,5 +1,5 @@
-"""Worker commands: ``spawn``, ``poll``, ``await``, ``review``, ``merge``, ``answer``,
-``workers``, ``transcript`` and ``run``, each with ``--json``.
+"""Room: cli. Worker commands: ``spawn``, ``poll``, ``await``, ``review``, ``merge``,
+``answer``, ``workers``, ``transcript`` and ``run``, each with ``--json``.
 
 They parse, call the core in ``swarm_pool.swarm`` and print a table or JSON. Exit codes:
 0 on success; 1 on an error (one line on stderr, via the root group); 2 for ``await``
@@ -22,7 +22,15 @@ from rich.table import Table
 from swarm_pool.cli.common import AppContext, echo_json, existing_store, project_options
 from swarm_pool.cli.group import error_line, main
 from swarm_pool.swarm.context import SwarmContext
-from swarm_pool.swarm.status import GROUPS, PollResult
+from swarm_pool.swarm.plans.runner import RunOptions, run_plan_file
+from swarm_pool.swarm.status import PollResult, await_workers
+from swarm_pool.swarm.status import poll as do_poll
+from swarm_pool.swarm.worker import SpawnRequest, SpawnStatus, spawn_async
+from swarm_pool.swarm.worker import answer as do_answer
+from swarm_pool.swarm.worker import transcript as transcripts
+from swarm_pool.swarm.worker.review import merge as do_merge
+from swarm_pool.swarm.worker.review import review as do_review
+from swarm_pool.view.plan_table import PlanTable
 
 
 @contextmanager
@@ -96,25 +104,23 @@ def spawn(
     as_json: bool,
 ) -> None:
     """Start a worker for BEAD_ID without waiting for it."""
-    from swarm_pool.swarm.worker import spawn_async
-
+    request = SpawnRequest(
+        bead_id,
+        epic_id=epic_id,
+        title=title,
+        description=description,
+        files=list(files) if files else None,
+        dependencies=list(deps),
+        shared_context=shared_context,
+        routing=routing,
+        read_only=list(read_only),
+        timeout_s=timeout_s,
+    )
     with swarm_context(app) as ctx:
-        result = spawn_async(
-            ctx,
-            bead_id,
-            epic_id,
-            title,
-            description,
-            list(files) if files else None,
-            list(deps),
-            shared_context,
-            routing,
-            read_only=list(read_only),
-            timeout_s=timeout_s,
-        )
+        result = spawn_async(ctx, request)
     if as_json:
         echo_json(result.to_dict())
-    elif result.status == "running":
+    elif result.status == SpawnStatus.RUNNING:
         click.echo(
             f"{bead_id}: running on {result.instance} (session {result.session_id}, "
             f"attempt {result.attempt}) in {result.worktree} [{result.elapsed_ms:.0f} ms]"
@@ -129,8 +135,6 @@ def spawn(
 @project_options
 def poll(app: AppContext, epic_id: str | None, as_json: bool) -> None:
     """Show the workers of EPIC_ID (default: all) grouped by state."""
-    from swarm_pool.swarm.status import poll as do_poll
-
     with swarm_context(app) as ctx:
         result = do_poll(ctx, epic_id)
     if as_json:
@@ -147,8 +151,6 @@ def poll(app: AppContext, epic_id: str | None, as_json: bool) -> None:
 def await_cmd(app: AppContext, epic_id: str | None, timeout: float, as_json: bool) -> None:
     """Wait until no worker of EPIC_ID is in progress or pending (exit 2 on timeout, 3
     when work is pending or running and no worker engine runs to move it)."""
-    from swarm_pool.swarm.status import await_workers
-
     with swarm_context(app) as ctx:
         result = await_workers(ctx, epic_id, timeout, stall_check=True)
     if as_json:
@@ -168,8 +170,6 @@ def await_cmd(app: AppContext, epic_id: str | None, timeout: float, as_json: boo
 @project_options
 def review(app: AppContext, bead_id: str, as_json: bool) -> None:
     """Review a finished worker against its contract (exit 2 if not approved)."""
-    from swarm_pool.swarm.worker.review import review as do_review
-
     with swarm_context(app) as ctx:
         result = do_review(ctx, bead_id)
     if as_json:
@@ -198,8 +198,6 @@ def review(app: AppContext, bead_id: str, as_json: bool) -> None:
 def transcript(app: AppContext, bead_id: str, attempt: int | None, as_json: bool) -> None:
     """Print what a worker did: its text, its tool calls and their results (saved when
     its session is deleted, after the merge)."""
-    from swarm_pool.swarm.worker import transcript as transcripts
-
     with swarm_context(app) as ctx:
         ctx.store.hive.get_cell(bead_id)  # NotFoundError: an unknown bead says so
         summary = transcripts.summarize(transcripts.load(app.paths, bead_id, attempt))
@@ -216,8 +214,6 @@ def transcript(app: AppContext, bead_id: str, attempt: int | None, as_json: bool
 @project_options
 def merge(app: AppContext, bead_id: str, base: str | None, as_json: bool) -> None:
     """Merge a finished worker's branch into its base branch."""
-    from swarm_pool.swarm.worker.review import merge as do_merge
-
     with swarm_context(app) as ctx:
         result = do_merge(ctx, bead_id, base=base)
     if as_json:
@@ -243,16 +239,14 @@ def answer(
     app: AppContext, bead_id: str, reply: str | None, text: str | None, as_json: bool
 ) -> None:
     """Answer a blocked worker's permission request or question."""
-    from swarm_pool.swarm.worker import answer as do_answer
-
     if (reply is None) == (text is None):
         raise click.UsageError("give exactly one of --reply or --answer")
     with swarm_context(app) as ctx:
         result = do_answer(ctx, bead_id, reply=reply, text=text)
     if as_json:
-        echo_json(result)
+        echo_json(result.to_dict())
     else:
-        click.echo(f"{bead_id}: answered {result['kind']} {result['request_id']}")
+        click.echo(f"{bead_id}: answered {result.kind} {result.request_id}")
 
 
 @main.command()
@@ -261,8 +255,6 @@ def answer(
 @project_options
 def workers(app: AppContext, epic_id: str | None, as_json: bool) -> None:
     """List every worker (one row per bead, latest attempt)."""
-    from swarm_pool.swarm.status import poll as do_poll
-
     with swarm_context(app) as ctx:
         result = do_poll(ctx, epic_id)
     if as_json:
@@ -293,9 +285,6 @@ def run(
     as_json: bool,
 ) -> None:
     """Run PLAN_PATH: create its epic, spawn, watch, review and merge every task."""
-    from swarm_pool.swarm.plans.runner import RunOptions, run_plan_file
-    from swarm_pool.view.plan_table import PlanTable
-
     live = not as_json and sys.stdout.isatty()
     options = RunOptions(
         timeout=timeout,
@@ -325,6 +314,3 @@ def _print_summary(data: dict[str, Any]) -> None:
             f"  {task['bead_id']} {task['title'][:40]:40} {task['state']:10} "
             f"attempt {task['attempt']} {task.get('note', '')}"
         )
-
-
-__all__ = ["GROUPS"]

@@ -1,4 +1,4 @@
-"""The coordinator's tools over MCP: decompose, spawn, watch, review, merge.
+"""Room: mcp. The coordinator's tools over MCP: decompose, spawn, watch, review, merge.
 
 An LLM coordinator in an OpenCode session runs the whole swarm flow with these:
 ``hive_create_epic`` and ``hive_query`` (the plan), ``swarm_spawn_async`` (a worker per
@@ -23,6 +23,9 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store
 from swarm_pool.store.events import SubtaskSpec
 from swarm_pool.swarm.context import SwarmContext
+from swarm_pool.swarm.status import await_workers, poll
+from swarm_pool.swarm.worker import SpawnRequest, spawn_async
+from swarm_pool.swarm.worker.review import merge, review
 
 MAX_AWAIT_S = 600.0
 
@@ -139,34 +142,28 @@ async def hive_query(rt: Runtime, args: QueryArgs) -> dict[str, Any]:
 
 
 async def swarm_spawn_async(rt: Runtime, args: SpawnArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.worker import spawn_async
+    request = SpawnRequest(
+        args.bead_id,
+        epic_id=args.epic_id or None,
+        title=args.title or None,
+        description=args.description or None,
+        files=args.files or None,
+        dependencies=args.dependencies,
+        shared_context=args.shared_context,
+        routing=args.routing or None,
+    )
 
     def run(store: Store) -> dict[str, Any]:
-        result = spawn_async(
-            _context(store),
-            args.bead_id,
-            args.epic_id or None,
-            args.title or None,
-            args.description or None,
-            args.files or None,
-            args.dependencies,
-            args.shared_context,
-            args.routing or None,
-        )
-        return result.to_dict()
+        return spawn_async(_context(store), request).to_dict()
 
     return await rt.in_store(run)
 
 
 async def swarm_poll_workers(rt: Runtime, args: PollArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.status import poll
-
     return await rt.in_store(lambda store: poll(_context(store), args.epic_id or None).to_dict())
 
 
 async def swarm_await_workers(rt: Runtime, args: AwaitArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.status import await_workers
-
     # The store is thread-safe; waiting on a side thread keeps the store thread free.
     store = await rt.in_store(lambda s: s)
     result = await rt.in_thread(
@@ -176,15 +173,11 @@ async def swarm_await_workers(rt: Runtime, args: AwaitArgs) -> dict[str, Any]:
 
 
 async def swarm_review(rt: Runtime, args: BeadArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.worker.review import review
-
     store = await rt.in_store(lambda s: s)
     return (await rt.in_thread(lambda: review(_context(store), args.bead_id))).to_dict()
 
 
 async def swarm_worktree_merge(rt: Runtime, args: MergeArgs) -> dict[str, Any]:
-    from swarm_pool.swarm.worker.review import merge
-
     store = await rt.in_store(lambda s: s)
     outcome = await rt.in_thread(
         lambda: merge(_context(store), args.bead_id, base=args.base or None)

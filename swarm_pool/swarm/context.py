@@ -1,9 +1,12 @@
-"""The worker engine's dependencies in one object: project paths, config, store, pool.
+"""Room: swarm (its base). The worker engine's dependencies in one object: project paths,
+config, store, pool.
 
-``SwarmContext`` is what ``workers``, ``review``, ``engine`` and ``runner`` take instead of
-a long list of arguments. It owns the lazily created git ``Repo``, the view of the
+``SwarmContext`` is what the worker's steps (``swarm/worker/``), the engine loop
+(``swarm/engine/``), ``status`` and the plans take instead of a long list of arguments.
+It owns the lazily created git ``Repo``, the view of the
 pool's instances (read from the supervisor's state file unless a test injects its own),
-and the factory of OpenCode clients, so every piece can be swapped in tests.
+and the factory of OpenCode clients, so every piece can be swapped in tests; and it
+reads a bead's latest event of a given class (``last_event``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TypeVar
 
 import filelock
 
@@ -21,6 +24,7 @@ from swarm_pool.config import Config
 from swarm_pool.errors import (
     EngineNotRunningError,
     PoolNotRunningError,
+    StoreError,
     UnknownInstanceError,
     WorkerError,
 )
@@ -28,14 +32,16 @@ from swarm_pool.git import Repo
 from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.router import InstanceView
+from swarm_pool.store import Store
 from swarm_pool.store.dialect import Backend
+from swarm_pool.store.events import BaseEvent
 from swarm_pool.store.workers import WorkerView
-
-if TYPE_CHECKING:
-    from swarm_pool.store import Store
+from swarm_pool.swarm.engine_state import engine_status
+from swarm_pool.swarm.pool_view import pool_running, read_instances
 
 InstancesFn = Callable[[], list[InstanceView]]
 ClientFn = Callable[[InstanceView], OpenCodeClient]
+E = TypeVar("E", bound=BaseEvent)
 
 _thread_locks_guard = threading.Lock()
 _thread_locks: dict[Path, threading.RLock] = {}
@@ -67,9 +73,9 @@ def file_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
         tlock.release()
 
 
-def default_client(slot: InstanceView) -> OpenCodeClient:
+def default_client(instance: InstanceView) -> OpenCodeClient:
     """The one way the engine, its watchers and the workers reach an instance."""
-    return OpenCodeClient(slot.url, slot.password, timeout=10.0)
+    return OpenCodeClient(instance.url, instance.password, timeout=10.0)
 
 
 @dataclass
@@ -112,8 +118,6 @@ class SwarmContext:
     def instances(self) -> list[InstanceView]:
         if self.instances_fn is not None:
             return self.instances_fn()
-        from swarm_pool.swarm.pool_view import read_instances
-
         return read_instances(self.paths)
 
     def require_dispatcher(self, what: str) -> None:
@@ -124,9 +128,6 @@ class SwarmContext:
             if not self.instances_fn():
                 raise PoolNotRunningError(f"no instance to run {what} on")
             return
-        from swarm_pool.swarm.engine_state import engine_status
-        from swarm_pool.swarm.pool_view import pool_running
-
         if not pool_running(self.paths):
             raise PoolNotRunningError(
                 f"no running pool to run {what} on; start it with `swarm-pool start`"
@@ -143,18 +144,25 @@ class SwarmContext:
             )
 
     def instance(self, name: str) -> InstanceView:
-        for slot in self.instances():
-            if slot.name == name:
-                return slot
+        for inst in self.instances():
+            if inst.name == name:
+                return inst
         raise UnknownInstanceError(f"no instance named {name!r} in the pool")
 
-    def client(self, slot: InstanceView) -> OpenCodeClient:
-        return self.client_fn(slot)
+    def client(self, instance: InstanceView) -> OpenCodeClient:
+        return self.client_fn(instance)
 
-    def last_event(self, bead_id: str, kind: str) -> Any | None:
-        """The bead's latest event of type ``kind`` (the typed event), or None."""
-        events = self.store.read(types=[kind], bead_id=bead_id, descending=True, limit=1)
-        return events[0].event if events else None
+    def last_event(self, bead_id: str, kind: type[E]) -> E | None:
+        """The bead's latest event of class ``kind``, or None; queried by the class's
+        ``type`` literal, so the answer is that class (anything else is a store bug)."""
+        name = kind.model_fields["type"].default
+        events = self.store.read(types=[name], bead_id=bead_id, descending=True, limit=1)
+        if not events:
+            return None
+        event = events[0].event
+        if not isinstance(event, kind):
+            raise StoreError(f"event {events[0].seq} of type {name!r} is not a {kind.__name__}")
+        return event
 
     @contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:

@@ -1,4 +1,5 @@
-"""The coordinator's view of an epic's workers: ``poll`` and ``await_workers``.
+"""Room: swarm.status. The coordinator's view of an epic's workers: ``poll`` and
+``await_workers``.
 
 ``poll`` is one indexed query on the store's workers projection plus three small event
 reads (BLOCKED mail to the coordinator, merges, retries). It sorts workers into the
@@ -11,33 +12,50 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from swarm_pool.errors import PoolNotRunningError
-from swarm_pool.store.events import now_ms
+from swarm_pool.store.events import MessageSent, WorktreeMerged, now_ms
 from swarm_pool.store.lifecycle import WorkerStatus
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.failure import RETRY_TYPES, RetryUse, count_retries
 
-GROUPS = (
-    "completed",
-    "completed_needs_review",
-    "in_progress",
-    "pending",
-    "blocked",
-    "failed",
-)
-_BY_STATUS: dict[str, str] = {
-    WorkerStatus.PENDING: "pending",
-    WorkerStatus.DISPATCHING: "in_progress",
-    WorkerStatus.RUNNING: "in_progress",
-    WorkerStatus.BLOCKED: "blocked",
-    WorkerStatus.COMPLETED: "completed",
-    WorkerStatus.NEEDS_REVIEW: "completed_needs_review",
-    WorkerStatus.FAILED: "failed",
+
+class PollGroup(StrEnum):
+    """The coordinator's groups of workers, in the order they are shown."""
+
+    COMPLETED = "completed"
+    COMPLETED_NEEDS_REVIEW = "completed_needs_review"
+    IN_PROGRESS = "in_progress"
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+
+    @classmethod
+    def of(cls, status: str) -> PollGroup:
+        """The group of a worker status (an unknown one counts as in progress)."""
+        return _BY_STATUS.get(status, cls.IN_PROGRESS)
+
+    @property
+    def active(self) -> bool:
+        """Whether work in this group still changes without anybody's help."""
+        return self in (PollGroup.IN_PROGRESS, PollGroup.PENDING)
+
+    @property
+    def finished(self) -> bool:
+        return self in (PollGroup.COMPLETED, PollGroup.COMPLETED_NEEDS_REVIEW, PollGroup.FAILED)
+
+
+_BY_STATUS: dict[str, PollGroup] = {
+    WorkerStatus.PENDING: PollGroup.PENDING,
+    WorkerStatus.DISPATCHING: PollGroup.IN_PROGRESS,
+    WorkerStatus.RUNNING: PollGroup.IN_PROGRESS,
+    WorkerStatus.BLOCKED: PollGroup.BLOCKED,
+    WorkerStatus.COMPLETED: PollGroup.COMPLETED,
+    WorkerStatus.NEEDS_REVIEW: PollGroup.COMPLETED_NEEDS_REVIEW,
+    WorkerStatus.FAILED: PollGroup.FAILED,
 }
-# Groups that still change without anybody's help.
-ACTIVE_GROUPS = ("in_progress", "pending")
 
 
 def is_blocked_subject(subject: str) -> bool:
@@ -49,7 +67,7 @@ class WorkerInfo:
     bead_id: str
     epic_id: str
     status: str
-    group: str
+    group: PollGroup
     attempt: int
     progress_percent: int
     last_message: str
@@ -75,6 +93,7 @@ class WorkerInfo:
 @dataclass(frozen=True)
 class PollResult:
     epic_id: str | None
+    # Keyed by PollGroup (a str, so a group's name looks it up too).
     groups: dict[str, list[WorkerInfo]]
     seq: int
     timed_out: bool = False
@@ -83,14 +102,14 @@ class PollResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {g: len(ws) for g, ws in self.groups.items()}
+        return {str(g): len(ws) for g, ws in self.groups.items()}
 
     @property
     def active(self) -> int:
-        return sum(len(self.groups[g]) for g in ACTIVE_GROUPS)
+        return sum(len(self.groups[g]) for g in PollGroup if g.active)
 
     def workers(self) -> list[WorkerInfo]:
-        return [w for g in GROUPS for w in self.groups[g]]
+        return [w for g in PollGroup for w in self.groups[g]]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,7 +118,7 @@ class PollResult:
             "timed_out": self.timed_out,
             "stalled": self.stalled,
             "counts": self.counts,
-            "groups": {g: [w.to_dict() for w in ws] for g, ws in self.groups.items()},
+            "groups": {str(g): [w.to_dict() for w in ws] for g, ws in self.groups.items()},
         }
 
 
@@ -108,10 +127,8 @@ def _blocked_mail(ctx: SwarmContext, epic_id: str | None) -> dict[str, tuple[int
     found: dict[str, tuple[int, str]] = {}
     for stored in ctx.store.read(types=["message_sent"], epic_id=epic_id):
         ev = stored.event
-        bead = getattr(ev, "bead_id", None)
-        subject = getattr(ev, "subject", "")
-        if bead and is_blocked_subject(subject):
-            found[bead] = (stored.timestamp, subject)
+        if isinstance(ev, MessageSent) and ev.bead_id and is_blocked_subject(ev.subject):
+            found[ev.bead_id] = (stored.timestamp, ev.subject)
     return found
 
 
@@ -121,31 +138,32 @@ def poll(ctx: SwarmContext, epic_id: str | None = None) -> PollResult:
     if epic_id is not None:
         ctx.store.hive.get_epic(epic_id)
     seq = ctx.store.last_seq()
-    groups: dict[str, list[WorkerInfo]] = {g: [] for g in GROUPS}
+    groups: dict[str, list[WorkerInfo]] = {g: [] for g in PollGroup}
     mail = _blocked_mail(ctx, epic_id)
     merged = {
-        getattr(s.event, "bead_id", "")
+        s.event.bead_id
         for s in ctx.store.read(types=["worktree_merged"], epic_id=epic_id)
+        if isinstance(s.event, WorktreeMerged)
     }
     retries = count_retries(ctx.store.read(types=RETRY_TYPES, epic_id=epic_id))
     now = now_ms()
     for w in ctx.store.workers.list(epic_id=epic_id):
         used = retries.get(w.bead_id, RetryUse())
-        group = _BY_STATUS.get(w.status, "in_progress")
+        group = PollGroup.of(w.status)
         blocked_reason = w.blocked_reason or ""
         hit = mail.get(w.bead_id)
-        if group == "in_progress" and hit is not None and hit[0] >= (w.spawned_at or 0):
-            group = "blocked"
+        if group == PollGroup.IN_PROGRESS and hit is not None and hit[0] >= (w.spawned_at or 0):
+            group = PollGroup.BLOCKED
             blocked_reason = f"mail: {hit[1]}"
         if w.duration_ms is not None:
             duration: int | None = w.duration_ms
-        elif w.spawned_at and group not in ("completed", "failed", "completed_needs_review"):
+        elif w.spawned_at and not group.finished:
             duration = now - w.spawned_at
         elif w.spawned_at:
             duration = (w.completed_at or w.updated_at or now) - w.spawned_at
         else:
             duration = None
-        progress = 100 if group == "completed" else (w.progress_percent or 0)
+        progress = 100 if group == PollGroup.COMPLETED else (w.progress_percent or 0)
         groups[group].append(
             WorkerInfo(
                 bead_id=w.bead_id,

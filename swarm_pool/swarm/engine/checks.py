@@ -17,29 +17,36 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
 
 from swarm_pool.errors import OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.pool.router import InstanceView
-from swarm_pool.store.events import FailureCause, WorkerNeedsReview
+from swarm_pool.store.events import FailureCause, SessionError, WorkerNeedsReview
 from swarm_pool.store.lifecycle import WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine.watch import idle_outcome
-from swarm_pool.swarm.worker.failure import fail
+from swarm_pool.swarm.worker.failure import AttemptTarget, FailOutcome, Failure, fail
 from swarm_pool.swarm.worker.spec import load_spec
 
 
-def fail_attempt(ctx: SwarmContext, w: WorkerView, *, error: str, reason: str, **how: Any) -> str:
-    """Fail the attempt ``w`` shows (``how``: ``fail``'s cause, retry and abort)."""
+def fail_attempt(
+    ctx: SwarmContext,
+    w: WorkerView,
+    *,
+    error: str,
+    reason: str,
+    cause: FailureCause = FailureCause.TASK,
+    retry: bool = True,
+    abort: bool = False,
+) -> FailOutcome:
+    """Fail the attempt ``w`` shows, never a newer one (``fail``'s target)."""
     return fail(
         ctx,
         w.bead_id,
-        error=error,
-        reason=reason,
-        session_id=w.session_id,
-        attempt=w.attempt,
-        **how,
+        Failure(error, reason, cause),
+        retry=retry,
+        abort=abort,
+        target=AttemptTarget.of(w),
     )
 
 
@@ -75,7 +82,8 @@ class WorkerChecks:
             if s.timestamp >= spawned
         ]
         if errors:
-            error = getattr(errors[-1].event, "error", "session error")
+            latest = errors[-1].event
+            error = latest.error if isinstance(latest, SessionError) else "session error"
             fail_attempt(ctx, w, error=error, reason="session_error")
             return
         limit = self._timeout_of(ctx, w)

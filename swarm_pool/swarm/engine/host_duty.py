@@ -35,6 +35,7 @@ from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine.checks import fail_attempt
+from swarm_pool.swarm.worker.failure import FailOutcome
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class HostDuty:
                 outcome = fail_attempt(
                     ctx, w, error=error, reason="host_stale", cause=FailureCause.INFRA
                 )
-                if outcome != "ignored":
+                if outcome != FailOutcome.IGNORED:
                     moved.append(w.bead_id)
             except SwarmPoolError as e:
                 log.warning("hosts: taking %s over from %s failed: %s", w.bead_id, w.host, e)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from swarm_pool.pool.router import InstanceView
 from swarm_pool.pool.state import GONE
-from swarm_pool.store.events import now_ms
+from swarm_pool.store.events import InstanceEvent, now_ms
 from swarm_pool.swarm.context import SwarmContext
 
 _INSTANCE_EVENTS = ["instance_exited", "instance_started", "instance_fatal", "instance_stopped"]
@@ -39,7 +39,9 @@ class InstanceMemory:
         instance_events = [] if ctx.multi_host else _INSTANCE_EVENTS
         for stored in ctx.store.read(types=instance_events, after_seq=self.seq):
             self.seq = max(self.seq, stored.seq)
-            name = getattr(stored.event, "instance", "")
+            if not isinstance(stored.event, InstanceEvent):
+                continue
+            name = stored.event.instance
             self.gone_at[name] = max(self.gone_at.get(name, 0), stored.timestamp)
         seen = set()
         for inst in instances:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from swarm_pool.errors import OpenCodeError, OpenCodeStatusError, SwarmPoolError
 from swarm_pool.pool.router import InstanceView
-from swarm_pool.store.events import SlotState, now_ms
+from swarm_pool.store.events import SlotState, WorkerEvent, now_ms
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
@@ -83,8 +83,9 @@ def sweep_unknown(ctx: SwarmContext, slots: list[InstanceView], grace_s: float) 
     """Delete sessions in the workers' worktrees that the store has never heard of and
     that are older than ``grace_s`` (a dispatcher records its session within that)."""
     known = {
-        str(getattr(s.event, "session_id", ""))
+        s.event.session_id or ""
         for s in ctx.store.read(types=["worker_session_created", "worker_spawned"])
+        if isinstance(s.event, WorkerEvent)
     }
     worktrees = {w.worktree for w in ctx.store.workers.list() if w.worktree} | {
         # A slot is taken before its session is created, so a dispatcher that died in

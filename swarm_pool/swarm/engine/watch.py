@@ -112,7 +112,11 @@ def _still_applies(store: Any, worker: Any, event: Any) -> list[BaseEvent] | Non
         last = store.read(
             types=["worker_blocked"], bead_id=worker.bead_id, descending=True, limit=1
         )
-        if last and getattr(last[0].event, "request_id", None) == event.request_id:
+        if (
+            last
+            and isinstance(last[0].event, WorkerBlocked)
+            and (last[0].event.request_id == event.request_id)
+        ):
             return None
     return [event]
 

@@ -46,7 +46,7 @@ from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.plans.plan import Plan, load_plan
 from swarm_pool.swarm.pool_view import ensure_pool, stop_pool
 from swarm_pool.swarm.status import PollResult, poll
-from swarm_pool.swarm.worker import spawn_async
+from swarm_pool.swarm.worker import SpawnRequest, spawn_async
 from swarm_pool.swarm.worker.review import cleanup, merge, review
 
 
@@ -236,8 +236,7 @@ class Runner:
                 continue
             try:
                 extra = self.extras[task.index - 1]
-                result = spawn_async(
-                    self.ctx,
+                request = SpawnRequest(
                     task.bead_id,
                     self.epic_id,
                     shared_context=self.shared_context,
@@ -245,6 +244,7 @@ class Runner:
                     read_only=extra.get("read_only", ()),
                     success_criteria=extra.get("success_criteria", ()),
                 )
+                result = spawn_async(self.ctx, request)
             except DuplicateSpawnError:
                 result = None
             except PoolNotRunningError:

@@ -1,4 +1,5 @@
-"""Warm worktree slots: the reusable worktree directories each instance keeps.
+"""Room: swarm.worker. Warm worktree slots: the reusable worktree directories each instance
+keeps.
 
 OpenCode pays its per-directory set-up (config, project and VCS detection, tools, MCP
 clients) on the first session in a directory, and keeps that state warm after. So,
@@ -11,7 +12,7 @@ the instance is ready and has the instance open them, so a first bead is warm). 
 is taken in the store first (a conditional append: two processes never put two beads in
 one slot) and only then reset, so the loser of a race never touches the winner's files.
 A bead keeps its slot across retries, and gives it back when it is merged, fails for
-good (``release_events``, appended with that outcome) or is cleaned up (``cleanup``). A
+good (``finish.finish_events``, appended with that outcome) or is cleaned up (``cleanup``). A
 slot found with uncommitted work is never reset: it is marked dirty and skipped. Free
 slots beyond ``max_sessions_per_instance`` are removed and their directories disposed on
 their instance (``trim``), so an instance serves a bounded set of directories.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from swarm_pool.errors import (
     WorkerError,
 )
 from swarm_pool.pool.router import Routing
-from swarm_pool.store.events import ReleaseReason, SlotReleased, SlotState
+from swarm_pool.store.events import ReleaseReason, SlotReleased, SlotState, WorktreeMerged
 from swarm_pool.store.lifecycle import LIVE, WorkerStatus
 from swarm_pool.store.slots import SlotView
 from swarm_pool.swarm.context import SwarmContext
@@ -75,9 +77,10 @@ def _candidates(ctx: SwarmContext, instance: str, bead_id: str) -> list[SlotView
     own = ctx.store.slots.holding(bead_id)
     mine = ctx.store.slots.list(instance=instance)
     found = [own] if own is not None else []
-    found += [s for s in mine if s.state == SlotState.FREE and s.slot != getattr(own, "slot", "")]
+    own_name = own.slot if own is not None else ""
+    found += [s for s in mine if s.state == SlotState.FREE and s.slot != own_name]
     for s in mine:
-        if s.state != SlotState.DIRTY or s.slot == getattr(own, "slot", ""):
+        if s.state != SlotState.DIRTY or s.slot == own_name:
             continue
         try:
             if not ctx.git.diffs.uncommitted_files(Path(s.path)):
@@ -189,7 +192,20 @@ def release_events(ctx: SwarmContext, bead_id: str, reason: str) -> list[SlotRel
     return ctx.store.slots.release_events(bead_id, reason)
 
 
-def cleanup(ctx: SwarmContext) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SlotCleanup:
+    """What ``cleanup`` did: the slots given back, the ones kept (and why), and the
+    ones removed beyond the instance's bound (``trim``)."""
+
+    released: list[str]
+    kept: dict[str, str]
+    removed: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cleanup(ctx: SwarmContext) -> SlotCleanup:
     """Give back the slots of beads that are no longer worked on and hold nothing
     uncommitted; mark the ones with uncommitted work dirty. Unmerged finished work stays
     (like a fresh worktree's), reported under ``kept``."""
@@ -213,7 +229,7 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
             continue
         if s.state == SlotState.FREE:
             continue
-        merged = ctx.last_event(s.bead_id, "worktree_merged") if s.bead_id else None
+        merged = ctx.last_event(s.bead_id, WorktreeMerged) if s.bead_id else None
         failed = worker is not None and worker.status == WorkerStatus.FAILED
         if worker is not None and merged is None and not failed:
             kept[s.slot] = f"{s.bead_id} is not merged"
@@ -222,7 +238,7 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
             [SlotReleased(slot=s.slot, bead_id=s.bead_id, reason=ReleaseReason.CLEANED)]
         )
         released.append(s.slot)
-    return {"released": released, "kept": kept, "removed": trim(ctx)}
+    return SlotCleanup(released=released, kept=kept, removed=trim(ctx))
 
 
 def trim(ctx: SwarmContext) -> list[str]:

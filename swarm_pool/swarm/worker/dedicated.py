@@ -1,4 +1,5 @@
-"""Dedicated routing: one fresh instance per worker, started for it, stopped after merge.
+"""Room: swarm.worker. Dedicated routing: one fresh instance per worker, started for it,
+stopped after merge.
 
 For running a worker in complete isolation (its own OpenCode process, event loop and
 database). ``request_instance`` asks the supervisor, over its control socket, to add an
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 from swarm_pool.errors import UnknownInstanceError
+from swarm_pool.pool import control
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.pool_view import dedicated_name
 
@@ -20,10 +22,8 @@ from swarm_pool.swarm.pool_view import dedicated_name
 def request_instance(ctx: SwarmContext, bead_id: str) -> str:
     """Ask for the bead's own instance (idempotent); its name."""
     name = dedicated_name(bead_id)
-    if any(slot.name == name for slot in ctx.instances()):
+    if any(inst.name == name for inst in ctx.instances()):
         return name
-    from swarm_pool.pool import control
-
     control.call(control.socket_path_for(ctx.paths), "add", name=name, wait=False)
     return name
 
@@ -31,9 +31,7 @@ def request_instance(ctx: SwarmContext, bead_id: str) -> str:
 def release_instance(ctx: SwarmContext, bead_id: str) -> None:
     """Stop the bead's own instance, if it still runs."""
     name = dedicated_name(bead_id)
-    if not any(slot.name == name for slot in ctx.instances()):
+    if not any(inst.name == name for inst in ctx.instances()):
         return
-    from swarm_pool.pool import control
-
     with contextlib.suppress(UnknownInstanceError):  # already gone
         control.call(control.socket_path_for(ctx.paths), "remove", name=name, wait=False)

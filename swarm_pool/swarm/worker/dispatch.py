@@ -1,4 +1,5 @@
-"""Dispatching a queued worker: route, create its session, prompt it, record it.
+"""Room: swarm.worker. Dispatching a queued worker: route, create its session, prompt it,
+record it.
 
 The engine in the supervisor daemon is the single dispatcher. ``dispatch`` asks the
 router for an instance, creates the session with ``directory=<worktree>`` (OpenCode
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from swarm_pool import faults
@@ -35,16 +36,23 @@ from swarm_pool.pool.router import (
     busy_counts,
     choose_instance,
 )
-from swarm_pool.store.events import WorkerQueued, WorkerSessionCreated, WorkerSpawned, now_ms
+from swarm_pool.store.events import (
+    WorkerQueued,
+    WorkerRetried,
+    WorkerSessionCreated,
+    WorkerSpawned,
+    now_ms,
+)
 from swarm_pool.store.lifecycle import IN_FLIGHT, WorkerStatus
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.pool_view import grant_token
 from swarm_pool.swarm.worker.checkout import acquire, is_slot_path
+from swarm_pool.swarm.worker.dedicated import request_instance
 from swarm_pool.swarm.worker.failure import infra_backoff_until
 from swarm_pool.swarm.worker.prompt import prompt_hash
 from swarm_pool.swarm.worker.remote import local_spec, local_worktree
-from swarm_pool.swarm.worker.spec import PromptSpec, load_spec
+from swarm_pool.swarm.worker.spec import PromptSpec, load_spec, queue_again
 
 log = logging.getLogger(__name__)
 
@@ -70,77 +78,83 @@ def _busy(ctx: SwarmContext) -> dict[str, int]:
     return busy
 
 
-def start_session(
-    ctx: SwarmContext,
-    *,
-    bead_id: str,
-    epic_id: str,
-    attempt: int,
-    version: int,
-    worktree: str,
-    prompt: str,
-    files: Sequence[str],
-    title: str,
-    routing: Routing = "least_busy",
-    avoid: Iterable[str] = (),
-    slotted: bool = False,
-    prompt_for: Callable[[str], str] | None = None,
-) -> WorkerSpawned | None:
+@dataclass(frozen=True)
+class SessionRequest:
+    """One queued attempt to start. ``version`` is the worker's version when the caller
+    read it pending; ``worktree`` is its directory (with ``slotted``, only the fallback:
+    a warm slot of the chosen instance is taken instead, and ``prompt_for(worktree)``
+    renders the prompt naming it); ``avoid`` names instances to pass over."""
+
+    bead_id: str
+    epic_id: str
+    attempt: int
+    version: int
+    worktree: str
+    prompt: str
+    files: Sequence[str]
+    title: str
+    routing: Routing = "least_busy"
+    avoid: frozenset[str] = frozenset()
+    slotted: bool = False
+    prompt_for: Callable[[str], str] | None = None
+
+
+def start_session(ctx: SwarmContext, req: SessionRequest) -> WorkerSpawned | None:
     """Route, create the session in the worktree, record it, prompt it, record the spawn.
 
-    ``version`` is the worker's version when the caller read it pending: if the worker
-    changed since, nothing is started. Returns None when nothing was started now (no
-    instance has room, or the worker moved on; it stays as the store says). Only the
-    choice happens under the router lock (with a slot reserved in this process until the
-    spawn is recorded); the slow part, OpenCode bootstrapping a new directory for the
-    session, runs outside it, so dispatches to different instances overlap. Another
-    instance is tried only when the request to create the session was never sent.
-    With ``slotted`` the worker runs in a warm worktree slot of the chosen instance
-    (taken here, so ``worktree`` is only the fallback), and ``prompt_for(worktree)``
-    renders the prompt naming it.
+    If the worker changed since ``req.version``, nothing is started. Returns None when
+    nothing was started now (no instance has room, or the worker moved on; it stays as
+    the store says). Only the choice happens under the router lock (with a place
+    reserved in this process until the spawn is recorded); the slow part, OpenCode
+    bootstrapping a new directory for the session, runs outside it, so dispatches to
+    different instances overlap. Another instance is tried only when the request to
+    create the session was never sent.
     """
-    if not slotted:
-        grant_token(ctx.paths, ctx.config, worktree)
-    limit = ctx.config.pool.max_sessions_per_instance
+    if not req.slotted:
+        grant_token(ctx.paths, ctx.config, req.worktree)
     failed: set[str] = set()
     while True:
-        with ctx.lock("router"):
-            usable = [s for s in ctx.instances() if s.name not in failed]
-            slot = choose_instance(
-                usable,
-                _busy(ctx),
-                RouteRequest(
-                    limit,
-                    routing=routing,
-                    bead_id=bead_id,
-                    avoid=set(avoid),
-                    steadiness=Steadiness.from_config(ctx.config),
-                    active=active_instances(ctx.config),
-                ),
-            )
-            if slot is None:
-                return None
-            _reserve(slot.name, +1)
+        inst = _choose(ctx, req, failed)
+        if inst is None:
+            return None
         try:
-            where = worktree
-            if slotted:
-                where = str(acquire(ctx, slot.name, bead_id, attempt))
+            where = req.worktree
+            if req.slotted:
+                where = str(acquire(ctx, inst.name, req.bead_id, req.attempt))
                 grant_token(ctx.paths, ctx.config, where)
-            text = prompt_for(where) if prompt_for is not None else prompt
-            return _start_on(
-                ctx,
-                slot,
-                _Attempt(bead_id, epic_id, attempt, version, where, list(files)),
-                text,
-                title,
+            text = req.prompt_for(where) if req.prompt_for is not None else req.prompt
+            attempt = _Attempt(
+                req.bead_id, req.epic_id, req.attempt, req.version, where, list(req.files)
             )
+            return _start_on(ctx, inst, attempt, text, req.title)
         except OpenCodeNotSentError:
             # The instance died since the supervisor last looked, and it never saw the
             # request: another one may take it.
-            failed.add(slot.name)
+            failed.add(inst.name)
             continue
         finally:
-            _reserve(slot.name, -1)
+            _reserve(inst.name, -1)
+
+
+def _choose(ctx: SwarmContext, req: SessionRequest, failed: set[str]) -> InstanceView | None:
+    """The instance to start on, with a place reserved on it (None: none has room)."""
+    with ctx.lock("router"):
+        usable = [i for i in ctx.instances() if i.name not in failed]
+        inst = choose_instance(
+            usable,
+            _busy(ctx),
+            RouteRequest(
+                ctx.config.pool.max_sessions_per_instance,
+                routing=req.routing,
+                bead_id=req.bead_id,
+                avoid=set(req.avoid),
+                steadiness=Steadiness.from_config(ctx.config),
+                active=active_instances(ctx.config),
+            ),
+        )
+        if inst is not None:
+            _reserve(inst.name, +1)
+        return inst
 
 
 @dataclass(frozen=True)
@@ -159,9 +173,9 @@ def session_title(bead_id: str, attempt: int, title: str) -> str:
 
 
 def _start_on(
-    ctx: SwarmContext, slot: InstanceView, a: _Attempt, prompt: str, title: str
+    ctx: SwarmContext, inst: InstanceView, a: _Attempt, prompt: str, title: str
 ) -> WorkerSpawned | None:
-    client = ctx.client(slot)
+    client = ctx.client(inst)
     try:
         try:
             session = client.create_session(
@@ -181,7 +195,7 @@ def _start_on(
                     epic_id=a.epic_id,
                     session_id=session_id,
                     attempt=a.attempt,
-                    instance=slot.name,
+                    instance=inst.name,
                     worktree=a.worktree,
                 ),
                 expect={a.bead_id: a.version},
@@ -204,7 +218,7 @@ def _start_on(
             _delete(client, session_id, a.worktree)
             requeue(ctx, a.bead_id, a.attempt, session_id)
             return None
-        return record_spawn(ctx, a.bead_id, session_id, slot.name, prompt)
+        return record_spawn(ctx, a.bead_id, session_id, inst.name, prompt)
     finally:
         client.close()
 
@@ -248,20 +262,7 @@ def requeue(ctx: SwarmContext, bead_id: str, attempt: int, session_id: str) -> N
             return None
         if current.status != WorkerStatus.DISPATCHING:
             return None
-        queued = ctx.last_event(bead_id, "worker_queued")
-        return [
-            WorkerQueued(
-                bead_id=bead_id,
-                epic_id=current.epic_id,
-                attempt=attempt,
-                title=getattr(queued, "title", ""),
-                worktree=current.worktree,
-                files=list(current.files),
-                prompt_hash=getattr(queued, "prompt_hash", ""),
-                routing=getattr(queued, "routing", "least_busy"),
-                reason="its session could not be prompted",
-            )
-        ]
+        return [queue_again(ctx, current, attempt, "its session could not be prompted")]
 
     with contextlib.suppress(WorkerStateError):
         ctx.store.change_worker(bead_id, build)
@@ -295,33 +296,31 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         not_before = infra_backoff_until(ctx, bead_id)
         if not_before is not None and now_ms() < not_before:
             return None  # an infra retry's backoff: the engine's next ticks try again
-        queued = ctx.last_event(bead_id, "worker_queued")
+        queued = ctx.last_event(bead_id, WorkerQueued)
         routing: Routing = (
-            "dedicated" if getattr(queued, "routing", "") == "dedicated" else ("least_busy")
+            "dedicated" if queued is not None and queued.routing == "dedicated" else "least_busy"
         )
         spec = local_spec(load_spec(ctx, bead_id), worker.worktree)
-        worktree = worker.worktree or getattr(queued, "worktree", "")
+        worktree = worker.worktree or (queued.worktree if queued is not None else "")
         prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
-            from swarm_pool.swarm.worker.dedicated import request_instance
-
             request_instance(ctx, bead_id)
-        return start_session(
-            ctx,
+        request = SessionRequest(
             bead_id=bead_id,
             epic_id=worker.epic_id,
             attempt=worker.attempt,
             version=worker.version,
             worktree=worktree,
             prompt=prompt,
-            files=list(worker.files or getattr(queued, "files", [])),
+            files=list(worker.files or (queued.files if queued is not None else [])),
             title=spec.contract.title or bead_id,
             routing=routing,
-            avoid=_avoid_after_failure(ctx, bead_id),
+            avoid=frozenset(_avoid_after_failure(ctx, bead_id)),
             # The spawner decided: no directory yet (or its slot, on a retry) means a slot.
             slotted=not worktree or is_slot_path(ctx, worktree),
             prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
         )
+        return start_session(ctx, request)
 
 
 def render_prompt(
@@ -332,11 +331,11 @@ def render_prompt(
     spec = local_spec(spec, worktree)
     reason = ""
     if attempt > 1:
-        retried = ctx.last_event(bead_id, "worker_retried")
-        reason = getattr(retried, "reason", "") or "interrupted"
+        retried = ctx.last_event(bead_id, WorkerRetried)
+        reason = (retried.reason if retried is not None else "") or "interrupted"
     return spec.render(attempt, reason)
 
 
 def _avoid_after_failure(ctx: SwarmContext, bead_id: str) -> set[str]:
-    spawned = ctx.last_event(bead_id, "worker_spawned")
+    spawned = ctx.last_event(bead_id, WorkerSpawned)
     return {spawned.instance} if spawned is not None and spawned.instance else set()

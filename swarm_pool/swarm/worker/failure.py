@@ -1,14 +1,16 @@
-"""Failing a worker's attempt, and retrying it under ``workers.max_retries``.
+"""Room: swarm.worker. Failing a worker's attempt, and retrying it under
+``workers.max_retries``.
 
 ``fail`` records ``worker_failed`` and, while retries are left, queues the worker again
-in the same worktree (``worker_retried`` + ``worker_queued``, one transaction) with a note
-that the earlier attempt was interrupted; the dispatcher then prefers another instance.
-Without a retry the bead is blocked and its reservations released in the same
-transaction. Two budgets, chosen by the failure's ``FailureCause`` (``retry_allowed``):
-the task's own failures count against ``workers.max_retries``; failures of its instance
-(death, restart, drain) are retried for as long as ``workers.infra_retry_window_s`` from
-the first of them, each after a doubling backoff (``infra_backoff_until``, which the
-dispatcher honours), and never use up ``max_retries``.
+in the same worktree (``worker_retried`` + ``worker_queued``, one transaction) with a
+note that the earlier attempt was interrupted; the dispatcher then prefers another
+instance. Without a retry the bead is blocked and its reservations and slot released in
+the same transaction (``finish.py``). What happened is a ``FailOutcome``. Two budgets,
+chosen by the failure's ``FailureCause`` (``retry_allowed``): the task's own failures
+count against ``workers.max_retries``; failures of its instance (death, restart, drain)
+are retried for as long as ``workers.infra_retry_window_s`` from the first of them, each
+after a doubling backoff (``infra_backoff_until``, which the dispatcher honours), and
+never use up ``max_retries``.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from swarm_pool import faults
 from swarm_pool.errors import OpenCodeError, SwarmPoolError, WorkerStateError
 from swarm_pool.store.events import (
     BaseEvent,
-    CellStatusChanged,
     FailureCause,
     ReleaseReason,
     WorkerFailed,
     WorkerQueued,
     WorkerRetried,
+    WorkerSpawned,
     now_ms,
 )
 from swarm_pool.store.lifecycle import LIVE
@@ -34,9 +37,10 @@ from swarm_pool.store.recorder import StoredEvent
 from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.checkout import is_slot_path
-from swarm_pool.swarm.worker.checkout import release_events as slot_release_events
 from swarm_pool.swarm.worker.dedicated import release_instance
+from swarm_pool.swarm.worker.finish import Finish, finish_events, holder_of
 from swarm_pool.swarm.worker.release import release_session
+from swarm_pool.swarm.worker.spec import queue_again
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,12 @@ def count_retries(events: Iterable[StoredEvent]) -> dict[str, RetryUse]:
     last_infra: dict[str, int | None] = {}
     previous: dict[str, int] = {}
     for stored in events:
-        bead = getattr(stored.event, "bead_id", "")
-        attempt = getattr(stored.event, "attempt", 1)
-        if stored.type == "worker_retried":
-            if getattr(stored.event, "cause", FailureCause.TASK) == FailureCause.INFRA:
+        event = stored.event
+        if not isinstance(event, WorkerSpawned | WorkerQueued | WorkerRetried):
+            continue
+        bead, attempt = event.bead_id, event.attempt
+        if isinstance(event, WorkerRetried):
+            if event.cause == FailureCause.INFRA:
                 infra[bead] = infra.get(bead, 0) + 1
                 if since.get(bead) is None:
                     since[bead] = stored.timestamp
@@ -122,147 +128,156 @@ def infra_backoff_until(ctx: SwarmContext, bead_id: str) -> int | None:
     return use.last_infra_ms + int(delay * 1000)
 
 
+class FailOutcome(StrEnum):
+    """What ``fail`` did with the attempt."""
+
+    RETRIED = "retried"  # queued again for the dispatcher
+    FAILED = "failed"  # no retry left: the bead is blocked, its files and slot released
+    IGNORED = "ignored"  # nothing live to fail (or a completion won the race)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt fails: the error shown, the machine reason, and the budget."""
+
+    error: str
+    reason: str
+    cause: FailureCause = FailureCause.TASK
+
+
+@dataclass(frozen=True)
+class AttemptTarget:
+    """The attempt news is about: a failure for another session or attempt (an older
+    one) never fails the current one."""
+
+    session_id: str | None = None
+    attempt: int | None = None
+
+    @classmethod
+    def of(cls, worker: WorkerView) -> AttemptTarget:
+        return cls(worker.session_id, worker.attempt)
+
+
 def fail(
     ctx: SwarmContext,
     bead_id: str,
+    failure: Failure,
     *,
-    error: str,
-    reason: str,
-    cause: FailureCause = FailureCause.TASK,
     retry: bool = True,
     abort: bool = False,
-    session_id: str | None = None,
-    attempt: int | None = None,
-) -> str:
+    target: AttemptTarget | None = None,
+) -> FailOutcome:
     """Fail the bead's current attempt; retry it under the policy.
 
-    The attempt failed is the one read first (or the one named by ``session_id`` and
-    ``attempt``): news about an older attempt never fails a newer one. The failure is
-    recorded only if that attempt is still live when it is written (a conditional
-    append), so a completion that lands meanwhile, during the abort say, wins and the
-    failure is dropped. ``cause`` picks the retry budget. Returns "retried" (queued
-    again for the dispatcher), "failed" (no retry left: the bead is blocked and its
-    reservations released in the same transaction) or "ignored" (nothing live to fail).
+    The attempt failed is the one read first (or ``target``): news about an older
+    attempt never fails a newer one. The failure is recorded only if that attempt is
+    still live when it is written (a conditional append), so a completion that lands
+    meanwhile, during the abort say, wins and the failure is dropped. ``failure.cause``
+    picks the retry budget. See ``FailOutcome`` for what it returns.
     """
     with ctx.lock(f"spawn-{bead_id}"):
         worker = ctx.store.workers.get(bead_id)
-        if not _is_target(worker, session_id, attempt):
-            return "ignored"
-        assert worker is not None
-        session_id, attempt = worker.session_id, worker.attempt
+        if worker is None or not _is_target(worker, target):
+            return FailOutcome.IGNORED
+        target = AttemptTarget.of(worker)
         if abort and worker.session_id and worker.instance:
             _abort(ctx, worker.instance, worker.session_id, worker.worktree)
         faults.point("fail.before_record")
-        outcome = "ignored"
+        outcome = FailOutcome.IGNORED
 
         def build(current: WorkerView | None) -> list[BaseEvent] | None:
             nonlocal outcome
-            outcome = "ignored"
-            if current is None or not _is_target(current, session_id, attempt):
+            outcome = FailOutcome.IGNORED
+            if current is None or not _is_target(current, target):
                 return None
-            if retry and retry_allowed(ctx, current, cause):
-                outcome = "retried"
-                return _retry_events(ctx, current, error=error, reason=reason, cause=cause)
-            outcome = "failed"
-            return _final_events(ctx, current, error=error, reason=reason, cause=cause)
+            if retry and retry_allowed(ctx, current, failure.cause):
+                outcome = FailOutcome.RETRIED
+                return _retry_events(ctx, current, failure)
+            outcome = FailOutcome.FAILED
+            return _final_events(ctx, current, failure)
 
         try:
             ctx.store.change_worker(bead_id, build)
         except WorkerStateError:
-            return "ignored"
-        if outcome == "failed" and is_slot_path(ctx, worker.worktree):
-            # Its slot serves the next bead: the session goes now, its transcript kept.
-            release_session(ctx, bead_id)
-        if outcome == "failed":
-            queued = ctx.last_event(bead_id, "worker_queued")
-            if getattr(queued, "routing", "") == "dedicated":
-                with contextlib.suppress(SwarmPoolError):
-                    release_instance(ctx, bead_id)
+            return FailOutcome.IGNORED
+        if outcome == FailOutcome.FAILED:
+            _after_final(ctx, worker)
         return outcome
 
 
-def _is_target(worker: WorkerView | None, session_id: str | None, attempt: int | None) -> bool:
-    if worker is None or worker.status not in LIVE:
-        return False
-    if session_id is not None and worker.session_id != session_id:
-        return False
-    return attempt is None or worker.attempt == attempt
+def _after_final(ctx: SwarmContext, worker: WorkerView) -> None:
+    if is_slot_path(ctx, worker.worktree):
+        # Its slot serves the next bead: the session goes now, its transcript kept.
+        release_session(ctx, worker.bead_id)
+    queued = ctx.last_event(worker.bead_id, WorkerQueued)
+    if queued is not None and queued.routing == "dedicated":
+        with contextlib.suppress(SwarmPoolError):
+            release_instance(ctx, worker.bead_id)
 
 
-def _failed_event(
-    worker: WorkerView, *, error: str, reason: str, cause: FailureCause
-) -> WorkerFailed:
+def _is_target(worker: WorkerView, target: AttemptTarget | None) -> bool:
+    if worker.status not in LIVE:
+        return False
+    if target is None:
+        return True
+    if target.session_id is not None and worker.session_id != target.session_id:
+        return False
+    return target.attempt is None or worker.attempt == target.attempt
+
+
+def _failed_event(worker: WorkerView, failure: Failure) -> WorkerFailed:
     return WorkerFailed(
         bead_id=worker.bead_id,
         epic_id=worker.epic_id,
         session_id=worker.session_id,
         attempt=worker.attempt,
-        error=error,
-        reason=reason,
+        error=failure.error,
+        reason=failure.reason,
         duration_ms=now_ms() - worker.spawned_at if worker.spawned_at else None,
-        cause=cause,
+        cause=failure.cause,
     )
 
 
-def _final_events(
-    ctx: SwarmContext, worker: WorkerView, *, error: str, reason: str, cause: FailureCause
-) -> list[BaseEvent]:
+def _final_events(ctx: SwarmContext, worker: WorkerView, failure: Failure) -> list[BaseEvent]:
     # One transaction: an observer never sees a failed worker whose bead is still "in
-    # progress", or whose files are still reserved.
-    return [
-        _failed_event(worker, error=error, reason=reason, cause=cause),
-        *ctx.store.reservations.release_events(
-            worker.bead_id, worker.agent_name or f"worker-{worker.bead_id}", f"failed: {reason}"
-        ),
-        CellStatusChanged(
-            cell_id=worker.bead_id,
-            epic_id=worker.epic_id,
-            status="blocked",
-            reason=f"worker failed: {reason}",
-        ),
-        # Failed for good: its slot may serve another bead (not if it holds uncommitted
-        # work: that is checked before any reset).
-        *slot_release_events(ctx, worker.bead_id, ReleaseReason.FAILED),
-    ]
+    # progress", or whose files are still reserved. Failed for good, its slot may serve
+    # another bead (not if it holds uncommitted work: that is checked before any reset).
+    finish = Finish(
+        bead_id=worker.bead_id,
+        epic_id=worker.epic_id,
+        holder=holder_of(worker),
+        released_reason=f"failed: {failure.reason}",
+        status="blocked",
+        status_reason=f"worker failed: {failure.reason}",
+        slot=ReleaseReason.FAILED,
+    )
+    return [_failed_event(worker, failure), *finish_events(ctx.store, finish)]
 
 
-def _retry_events(
-    ctx: SwarmContext, worker: WorkerView, *, error: str, reason: str, cause: FailureCause
-) -> list[BaseEvent]:
+def _retry_events(ctx: SwarmContext, worker: WorkerView, failure: Failure) -> list[BaseEvent]:
     # Failed, then straight to pending with the next attempt: queued for the dispatcher,
     # which prefers another instance than the one that failed it.
-    queued = ctx.last_event(worker.bead_id, "worker_queued")
     attempt = worker.attempt + 1
     return [
-        _failed_event(worker, error=error, reason=reason, cause=cause),
+        _failed_event(worker, failure),
         WorkerRetried(
             bead_id=worker.bead_id,
             epic_id=worker.epic_id,
             session_id=worker.session_id,
             attempt=attempt,
-            reason=reason,
-            cause=cause,
+            reason=failure.reason,
+            cause=failure.cause,
         ),
-        WorkerQueued(
-            bead_id=worker.bead_id,
-            epic_id=worker.epic_id,
-            attempt=attempt,
-            title=getattr(queued, "title", ""),
-            worktree=worker.worktree,
-            files=list(worker.files),
-            prompt_hash=getattr(queued, "prompt_hash", ""),
-            routing=getattr(queued, "routing", "least_busy"),
-            reason=f"retry after {reason}",
-        ),
+        queue_again(ctx, worker, attempt, f"retry after {failure.reason}"),
     ]
 
 
 def _abort(ctx: SwarmContext, instance: str, session_id: str, worktree: str) -> None:
     try:
-        slot = ctx.instance(instance)
+        inst = ctx.instance(instance)
     except SwarmPoolError:
         return
-    client = ctx.client(slot)
+    client = ctx.client(inst)
     try:
         client.abort(session_id, directory=worktree or None)
     except OpenCodeError:

@@ -1,4 +1,5 @@
-"""Releasing a worker's OpenCode session once its bead is merged or failed for good.
+"""Room: swarm.worker. Releasing a worker's OpenCode session once its bead is merged or
+failed for good.
 
 ``release_session`` saves the session's transcript (``transcript.py``), deletes the
 session, and disposes its directory on its instance unless the directory is a warm slot
@@ -37,11 +38,11 @@ def release_session(ctx: SwarmContext, bead_id: str) -> bool:
         return False  # its session is on another host's instance (names repeat there)
     done = False
     try:
-        slot = ctx.instance(worker.instance)
+        inst = ctx.instance(worker.instance)
     except SwarmPoolError:
-        slot = None
-    if slot is not None:
-        client = ctx.client(slot)
+        inst = None
+    if inst is not None:
+        client = ctx.client(inst)
         try:
             keep_transcript(ctx, client, worker)
             client.delete_session(worker.session_id, directory=worker.worktree or None)
@@ -52,7 +53,7 @@ def release_session(ctx: SwarmContext, bead_id: str) -> bool:
             done = False
         finally:
             client.close()
-    if slot is not None and slot.dedicated_to == bead_id:
+    if inst is not None and inst.dedicated_to == bead_id:
         with contextlib.suppress(SwarmPoolError):
             release_instance(ctx, bead_id)
     return done

@@ -1,4 +1,5 @@
-"""Review and merge of a finished worker, and the release of what it held.
+"""Room: swarm.worker. Review and merge of a finished worker, and the release of what it
+held.
 
 ``review`` compares what the worker really changed in its worktree (committed and not)
 with the patterns it owns, reads the verification that ``swarm_complete`` recorded, the
@@ -8,8 +9,9 @@ whole content. ``merge`` refuses (``ReviewRequiredError``, before touching anyth
 unless the bead's latest ``review_completed`` approved exactly that head and content;
 then it commits what the worker left uncommitted, merges ``swarm/<bead>`` into the base
 branch under the git lock (``Merger.merge``), records ``worktree_merged`` (or
-``merge_conflict``, with the base left untouched), closes the bead, and releases the
-worker's OpenCode session: its transcript is saved, the session is deleted and (unless
+``merge_conflict``, with the base left untouched), closes the bead and releases its
+files and slot in the same transaction (``finish.py``), and releases the worker's
+OpenCode session: its transcript is saved, the session is deleted and (unless
 it is a warm slot, given back in the merge's own transaction) its directory disposed on
 its instance. ``cleanup`` removes merged worktrees and never one with uncommitted
 changes.
@@ -31,17 +33,17 @@ from swarm_pool.errors import (
     WorkerError,
 )
 from swarm_pool.store.events import (
-    CellStatusChanged,
     MergeConflict,
     ReleaseReason,
     ReviewCompleted,
+    WorkerCompleted,
     WorktreeMerged,
 )
 from swarm_pool.store.globs import matches
 from swarm_pool.store.lifecycle import MERGEABLE
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.checkout import cleanup as cleanup_slots
-from swarm_pool.swarm.worker.checkout import release_events as slot_release_events
+from swarm_pool.swarm.worker.finish import Finish, finish_events, holder_of
 from swarm_pool.swarm.worker.release import release_session
 from swarm_pool.swarm.worker.remote import fetch_branch, publish_base, sync_base
 
@@ -120,9 +122,9 @@ def review(ctx: SwarmContext, bead_id: str) -> ReviewResult:
     tree = ctx.git.diffs.content_tree(bead_id)
     touched = sorted({*diff.files, *diff.uncommitted})
     outside = [f for f in touched if not _owned(f, owned)]
-    completed = ctx.last_event(bead_id, "worker_completed")
-    verification = getattr(completed, "verification", None) if completed else None
-    violations = list(getattr(completed, "violations", []) or []) if completed else []
+    completed = ctx.last_event(bead_id, WorkerCompleted)
+    verification = completed.verification if completed is not None else None
+    violations = list(completed.violations) if completed is not None else []
     held = [
         r.pattern
         for r in ctx.store.reservations.active()
@@ -206,30 +208,30 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
             )
         )
         raise
-    merged: list[Any] = [
-        WorktreeMerged(
-            bead_id=bead_id,
-            epic_id=worker.epic_id,
-            branch=result.branch,
-            base_branch=result.base,
-            commit=result.commit,
-        )
-    ]
-    if ctx.store.hive.get_cell(bead_id).status != "closed":
-        # Work that went idle without swarm_complete is closed by its merge.
-        merged.append(
-            CellStatusChanged(
-                cell_id=bead_id, epic_id=worker.epic_id, status="closed", reason="merged"
-            )
-        )
+    # Work that went idle without swarm_complete is closed by its merge; its slot (if it
+    # ran in one) is free for the next bead from the same moment.
+    closed = ctx.store.hive.get_cell(bead_id).status == "closed"
+    finish = Finish(
+        bead_id=bead_id,
+        epic_id=worker.epic_id,
+        holder=holder_of(worker),
+        released_reason="merged",
+        status=None if closed else "closed",
+        status_reason="merged",
+        slot=ReleaseReason.MERGED,
+    )
+    merged = WorktreeMerged(
+        bead_id=bead_id,
+        epic_id=worker.epic_id,
+        branch=result.branch,
+        base_branch=result.base,
+        commit=result.commit,
+    )
     # The merge, the bead's closing and the release of its files are one outcome; and it
     # is recorded for the worker read above only (not a newer attempt spawned meanwhile).
-    merged += ctx.store.reservations.release_events(
-        bead_id, worker.agent_name or f"worker-{bead_id}", "merged"
+    ctx.store.append_many(
+        [merged, *finish_events(ctx.store, finish)], expect={bead_id: worker.version}
     )
-    # Its slot (if it ran in one) is free for the next bead from the same moment.
-    merged += slot_release_events(ctx, bead_id, ReleaseReason.MERGED)
-    ctx.store.append_many(merged, expect={bead_id: worker.version})
     released = release_session(ctx, bead_id)
     return MergeOutcome(
         bead_id=bead_id,
@@ -252,7 +254,7 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
     """
     branch = f"swarm/{bead_id}"
     head = ctx.git.worktrees.head(bead_id)
-    last = ctx.last_event(bead_id, "review_completed")
+    last = ctx.last_event(bead_id, ReviewCompleted)
     fix = f"run `swarm-pool review {bead_id}` (or swarm_review) and merge once it approves"
     if last is None:
         raise ReviewRequiredError(
@@ -275,5 +277,5 @@ def cleanup(ctx: SwarmContext) -> dict[str, Any]:
     """Remove merged worktrees and give back idle clean slots; anything with uncommitted
     changes is kept (and said why)."""
     result = ctx.git.worktrees.cleanup().to_dict()
-    result["slots"] = cleanup_slots(ctx)
+    result["slots"] = cleanup_slots(ctx).to_dict()
     return result

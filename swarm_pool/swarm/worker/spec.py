@@ -1,8 +1,11 @@
-"""What a worker's prompt is built from, kept on disk: ``PromptSpec`` and its file.
+"""Room: swarm.worker. What a worker's prompt is built from, kept on disk: ``PromptSpec``
+and its file.
 
 The spec (a ``Contract`` plus the task text) lives under ``.swarm/prompts/<bead>.json``,
 not in the worktree, where the worker would commit it: the engine, in another process,
 needs it to dispatch a queued spawn or to retry a failed one with a new attempt number.
+A retry or a requeue carries the latest queue event's title, prompt hash and routing
+(``queue_again``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from swarm_pool.errors import WorkerError
 from swarm_pool.paths import write_private
 from swarm_pool.protocol import Contract
+from swarm_pool.store.events import WorkerQueued
+from swarm_pool.store.workers import WorkerView
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.prompt import build_worker_prompt
 
@@ -99,10 +104,30 @@ def load_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec:
 
 def _stored_spec(ctx: SwarmContext, bead_id: str) -> PromptSpec | None:
     for stored in ctx.store.read(types=["worker_queued"], bead_id=bead_id, descending=True):
-        text = getattr(stored.event, "spec", "")
-        if text:
+        event = stored.event
+        if isinstance(event, WorkerQueued) and event.spec:
             try:
-                return PromptSpec.from_json(text)
+                return PromptSpec.from_json(event.spec)
             except (ValueError, KeyError) as e:
                 raise WorkerError(f"the stored prompt of {bead_id} is unreadable: {e}") from e
     return None
+
+
+def queue_again(ctx: SwarmContext, worker: WorkerView, attempt: int, reason: str) -> WorkerQueued:
+    """The ``worker_queued`` that puts the worker back in the queue as ``attempt``, in
+    its worktree with its files, and with the title, prompt hash and routing of its
+    latest queue event (the event's defaults if none is stored)."""
+    last = ctx.last_event(worker.bead_id, WorkerQueued)
+    if last is None:
+        last = WorkerQueued(bead_id=worker.bead_id, epic_id=worker.epic_id)
+    return WorkerQueued(
+        bead_id=worker.bead_id,
+        epic_id=worker.epic_id,
+        attempt=attempt,
+        title=last.title,
+        worktree=worker.worktree,
+        files=list(worker.files),
+        prompt_hash=last.prompt_hash,
+        routing=last.routing,
+        reason=reason,
+    )
