@@ -1,5 +1,7 @@
 """The configuration: pydantic models for ``conf/pool.toml``, with every default here.
 
+Room: base.
+
 Sources, lowest to highest precedence: the defaults below, a TOML file (``--config PATH``,
 else ``$SWARM_POOL_CONFIG``, else ``<project>/.swarm/pool.toml`` or
 ``<project>/swarm-pool.toml`` when present), then ``SWARM_POOL_<SECTION>__<KEY>`` env vars

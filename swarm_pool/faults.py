@@ -1,5 +1,7 @@
 """Named fault points, so tests force a race or a crash at one exact moment.
 
+Room: base.
+
 Production code calls ``point("name")`` where a crash or a competing writer matters
 (between creating a session and prompting it, between reading a worker and recording
 its failure, ...). Normally nothing happens. A test in the same process registers a

@@ -1,5 +1,7 @@
 """Entry point of the MCP server: ``python -m swarm_pool.mcp_server`` (stdio).
 
+Room: entry points.
+
 OpenCode starts it once per session directory, with that directory as cwd; the server
 finds the project's store from there (``$SWARM_POOL_PROJECT`` first). The tools live in
 the ``swarm_pool.mcp`` package.

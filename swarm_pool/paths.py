@@ -1,5 +1,7 @@
 """Where things live on disk: the project's ``.swarm/`` folder and the per-user folder.
 
+Room: base.
+
 The project folder holds the store, the pool state file, each instance's data and logs,
 and the worktrees. The per-user folder holds what every pool on the machine shares
 (port leases). ``.swarm/`` is private (0700), and so is every state file in it (0600):

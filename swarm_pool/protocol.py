@@ -1,5 +1,7 @@
 """The contract shared by the worker prompt, the MCP server and the scripted model.
 
+Room: base.
+
 It owns two things: the MCP tool names (and the names the agent sees, which carry
 OpenCode's ``<server>_`` prefix), and the machine-readable contract block embedded in
 every worker prompt, from which the scripted model and tests learn the bead, its files

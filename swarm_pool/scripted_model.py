@@ -1,5 +1,7 @@
 """Entry point of the scripted model server: ``python -m swarm_pool.scripted_model serve``.
 
+Room: entry points.
+
 The supervisor runs it as a child like any other; ``swarm-pool model serve`` calls the
 same ``serve``. It prints one ``listening on URL`` line once bound, serves until SIGTERM
 or SIGINT, then wakes any hanging request and exits 0. The model itself lives in

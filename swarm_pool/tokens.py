@@ -1,5 +1,7 @@
 """Capability tokens for the shared MCP server: who may call which tools.
 
+Room: base.
+
 A token is stateless: ``swp1.<role>.<directory, base64url>.<HMAC-SHA256(secret, role NUL
 directory), base64url>``. The pool secret lives in the private state file (0600) and in
 the MCP server child's environment, never in an instance's or an agent's. A worker token
@@ -9,9 +11,8 @@ the directory holds bead after bead. A coordinator token names no directory. A w
 token is written to its worktree's git dir (outside the work tree, so never committed and
 never listed by ``git status``), where the per-directory relay reads it; the coordinator
 token for sessions in the project root is in ``.swarm/`` (a sandboxed worker sees the
-common ``.git`` but not ``.swarm``). The bottom room: stdlib and ``errors`` only, so pool, swarm
-and mcp all use it;
-minting runs in the engine, verifying in the MCP server, reading in the relay's twin.
+common ``.git`` but not ``.swarm``). Minting runs in the engine, verifying in the MCP
+server, reading in the relay's twin, so the module imports only the stdlib and ``errors``.
 """
 
 from __future__ import annotations

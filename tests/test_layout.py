@@ -140,7 +140,9 @@ def _docstrings(tree: ast.Module) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: p.relative_to(PACKAGE).as_posix())
 def test_module_docstring_names_only_files_that_exist(path: Path) -> None:
     tree = ast.parse(path.read_text())
-    assert ast.get_docstring(tree), f"{path} has no module docstring"
+    doc = ast.get_docstring(tree) or ""
+    assert doc, f"{path} has no module docstring"
+    assert "Room: " in doc, f"{path}'s docstring does not name its room"
     missing = []
     for where, doc in _docstrings(tree):
         for ref in _PY_REF.findall(doc):

@@ -1,5 +1,7 @@
 """The click CLI: parse, call the core, print (table or ``--json``), map errors to exits.
 
+Room: cli.
+
 The root group and its error mapping live in ``group.py``; each command module below adds
 its commands to it. They are imported here by name, so a missing module is an import error,
 never a command that silently disappears.

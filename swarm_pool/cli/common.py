@@ -1,5 +1,7 @@
-"""Room: cli. Options every command shares (``--project``, ``--config``, ``--store``) and
+"""Options every command shares (``--project``, ``--config``, ``--store``) and
 output helpers (``echo_json``, and ``emit``: JSON with ``--json``, else the human form).
+
+Room: cli.
 
 ``COMMON_OPTIONS`` is the one place that declares them: each is added to the root group
 (so ``swarm-pool --project DIR status`` works, as with git, docker and kubectl) and to

@@ -1,5 +1,7 @@
 """The CLI room's root group, ``main``: the one place errors become exit statuses.
 
+Room: cli.
+
 Each command module (``pool_cmds``, ``store_cmds``, ...) adds its commands to ``main``;
 ``cli/__init__.py`` imports every one of them by name. Core
 errors (``SwarmPoolError``) become one line on stderr and exit status 1 here, and only

@@ -1,4 +1,6 @@
-"""Room: cli. ``swarm-pool mcp``: serve the agents' tools over MCP on stdio.
+"""``swarm-pool mcp``: serve the agents' tools over MCP on stdio.
+
+Room: cli.
 
 It takes the common options like every command. ``--project`` (alias ``--cwd``, the
 older name) means "serve as if started in this dir": the store is the first

@@ -1,4 +1,6 @@
-"""Room: cli. Model commands: ``swarm-pool model serve`` runs the scripted model in the foreground.
+"""Model commands: ``swarm-pool model serve`` runs the scripted model in the foreground.
+
+Room: cli.
 
 Defaults come from the ``[model]`` config section (port, scripts file, delay); options
 override them. The server itself is ``swarm_pool.scripted_model.serve``.

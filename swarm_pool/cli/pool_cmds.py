@@ -1,4 +1,6 @@
-"""Room: cli. Pool commands: ``start``, ``status``, ``stop``, ``restart``, ``scale``, ``attach``.
+"""Pool commands: ``start``, ``status``, ``stop``, ``restart``, ``scale``, ``attach``.
+
+Room: cli.
 
 Thin wrappers over ``swarm_pool.pool.api``: parse, call, print a rich table or ``--json``.
 ``status`` exits 0 only when the supervisor runs and every child is ready.

@@ -1,5 +1,7 @@
 """Store commands: ``log``, ``reservations``, ``db check`` and ``db rebuild``.
 
+Room: cli.
+
 They open the project's store, call the core in ``swarm_pool.store`` and print lines,
 tables or JSON (``--json``: one JSON object per line for ``log``, one document
 otherwise). They never create a store: a project without ``.swarm/swarm.db`` is an

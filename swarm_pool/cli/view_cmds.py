@@ -1,4 +1,6 @@
-"""Room: cli. View commands: ``dashboard``, ``logs NAME`` and ``metrics``.
+"""View commands: ``dashboard``, ``logs NAME`` and ``metrics``.
+
+Room: cli.
 
 Thin wrappers over ``swarm_pool.view``: they only read (the store, the pool's state file,
 psutil through ``view.procstats``, the instances' log files) and never change the pool.

@@ -1,5 +1,7 @@
-"""Room: cli. Worker commands: ``spawn``, ``poll``, ``await``, ``review``, ``merge``,
+"""Worker commands: ``spawn``, ``poll``, ``await``, ``review``, ``merge``,
 ``answer``, ``workers``, ``transcript`` and ``run``, each with ``--json``.
+
+Room: cli.
 
 They parse, call the core in ``swarm_pool.swarm`` and print a table or JSON. Exit codes:
 0 on success; 1 on an error (one line on stderr, via the root group); 2 for ``await``

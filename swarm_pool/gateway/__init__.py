@@ -1,1 +1,4 @@
-"""The gateway: one OpenCode-compatible URL in front of the whole pool (see ``app``)."""
+"""The gateway: one OpenCode-compatible URL in front of the whole pool (see ``app``).
+
+Room: gateway.
+"""

@@ -1,5 +1,7 @@
 """The gateway's server entry: ``python -m swarm_pool.gateway --project DIR --port P``.
 
+Room: gateway.
+
 The supervisor launches this as a pool child (kind ``gateway``). It serves the Starlette
 app with uvicorn on 127.0.0.1 (uvloop and httptools when installed), logs plain lines to
 stderr (the supervisor points that at ``.swarm/instances/gateway/gateway.log``), and

@@ -1,5 +1,7 @@
 """The gateway's request handling: auth, then one handler per ``RouteKind``.
 
+Room: gateway.
+
 ``Gateway`` owns the running state (pool view, session placement, event hub, the store
 it persists the session map to) and ``handle``, the one ASGI endpoint every path goes
 to: it checks the gateway's own Basic password, matches the route in the routing table

@@ -1,6 +1,8 @@
 """The event merge: one upstream ``/global/event`` stream per ready instance, fanned out
 to every client of the gateway's ``/event`` and ``/global/event``.
 
+Room: gateway.
+
 It owns the upstream SSE readers (one task per instance: connect, reconcile the
 instance's session list into the session map, read, reconnect with capped backoff while
 the instance restarts), what the gateway learns from the events (sessions created on an

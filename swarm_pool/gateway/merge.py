@@ -1,5 +1,7 @@
 """Merging the answers of several instances into the one answer a client expects.
 
+Room: gateway.
+
 It owns one rule per list route: session lists (``GET /session``,
 ``/experimental/session``) are concatenated, deduplicated by id, sorted newest update
 first as OpenCode sorts them, and cut to the request's ``limit``; ``GET

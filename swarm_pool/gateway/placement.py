@@ -1,4 +1,6 @@
-"""Room: gateway. Where sessions live and where new ones go: the gateway's session map in memory.
+"""Where sessions live and where new ones go: the gateway's session map in memory.
+
+Room: gateway.
 
 It owns five maps, all fed from what the gateway sees: session -> instance (loaded from
 the store's ``session_instances`` at start, extended by every session the gateway

@@ -1,5 +1,7 @@
 """Forwarding one request to one instance, streaming, with the instance's credentials.
 
+Room: gateway.
+
 It owns the pass-through: the client's method, path, raw query and body go upstream
 unchanged except for hop-by-hop headers and ``authorization`` (the gateway's password
 is replaced by the instance's). A JSON answer is relayed as the bytes it came in (no

@@ -1,5 +1,7 @@
 """The pool's session statuses, kept from the instances' event streams.
 
+Room: gateway.
+
 It owns what answers ``GET /session/status`` without asking any instance: per instance
 and per directory (OpenCode keeps the map per directory: an idle session is absent, a
 busy or retrying one maps to its status object), fed by the ``session.status`` and

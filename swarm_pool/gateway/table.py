@@ -1,5 +1,7 @@
 """The routing table: which kind of handling each OpenCode route gets.
 
+Room: gateway.
+
 It owns one decision per request, ``RoutingTable.match(method, path)``: the route (its
 OpenAPI operation) and its ``RouteKind``. The routes come from ``routes.json``, which
 ``scripts/gateway_routes.py`` generates from OpenCode's own OpenAPI description, and are

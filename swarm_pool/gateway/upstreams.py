@@ -1,6 +1,8 @@
 """The gateway's view of the pool: which instances exist, which are ready, and how to
 reach them.
 
+Room: gateway.
+
 It owns the reading of the private state file ``.swarm/pool.json`` (reread when it
 changes, every ``state_poll_s``), which is where the gateway gets each instance's
 password and its own: never from its environment, which an agent could read. It also

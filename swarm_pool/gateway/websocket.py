@@ -1,5 +1,7 @@
 """Proxying one WebSocket (OpenCode's PTY ``/pty/{id}/connect`` routes) to one instance.
 
+Room: gateway.
+
 It owns the upstream half: open the instance's WebSocket at the client's path and raw
 query with the instance's credentials (the client's ``ticket``, if any, goes up
 unchanged: the instance that minted it checks it), accept the client with the

@@ -1,5 +1,7 @@
-"""Room: mcp. The agents' tools over MCP (official ``mcp`` SDK; stdio, and streamable HTTP
+"""The agents' tools over MCP (official ``mcp`` SDK; stdio, and streamable HTTP
 for the pool's shared server).
+
+Room: mcp.
 
 Layout: ``schemas`` (argument models and their JSON schemas), ``identity`` (who is
 calling: from ``swarmmail_init`` or the worktree the process runs in), ``runtime`` (the

@@ -1,4 +1,6 @@
-"""Room: mcp. The coordinator's tools over MCP: decompose, spawn, watch, review, merge.
+"""The coordinator's tools over MCP: decompose, spawn, watch, review, merge.
+
+Room: mcp.
 
 An LLM coordinator in an OpenCode session runs the whole swarm flow with these:
 ``hive_create_epic`` and ``hive_query`` (the plan), ``swarm_spawn_async`` (a worker per

@@ -1,5 +1,7 @@
 """The pool's shared MCP server: ``python -m swarm_pool.mcp.http --project DIR --port P``.
 
+Room: mcp.
+
 The supervisor runs it as a pool child (kind ``mcp``), like the scripted model, so a
 ``kill -9`` is restarted with the same backoff and flap rules. It serves the registry's
 tools over the official SDK's streamable HTTP transport at ``/mcp``, stateless and with

@@ -1,5 +1,7 @@
 """Who is calling: the agent name, bead and epic behind this MCP process.
 
+Room: mcp.
+
 With ``[opencode] mcp = "local"`` OpenCode starts one MCP process per session directory
 with that directory as its cwd, so a process started in ``<root>/.swarm/worktrees/<bead>``
 serves that bead's worker; ``swarmmail_init`` can state the identity explicitly (and

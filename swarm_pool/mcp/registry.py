@@ -1,5 +1,7 @@
 """Tool specs and the one place tool calls are validated and their errors mapped.
 
+Room: mcp.
+
 A ``ToolSpec`` ties a tool name to its argument model and an async handler returning a
 JSON-safe dict. ``dispatch`` validates the raw arguments (nothing runs on bad input),
 calls the handler, and turns every failure into a ``ToolOutcome`` with ``is_error`` set:

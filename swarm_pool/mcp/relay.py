@@ -1,5 +1,7 @@
 """The per-directory stdio relay to the pool's shared MCP server (stdlib only).
 
+Room: mcp.
+
 OpenCode starts one local MCP process per session directory, with that directory as its
 cwd. Instead of a whole MCP server (about 78 MB and 1 CPU-s to import the SDK), it
 starts this file with ``python -I -S``: it reads JSON-RPC lines on stdin, POSTs each to

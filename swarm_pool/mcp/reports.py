@@ -1,4 +1,6 @@
-"""Room: mcp. The worker's reports on its bead: ``swarm_progress`` and ``swarm_complete``.
+"""The worker's reports on its bead: ``swarm_progress`` and ``swarm_complete``.
+
+Room: mcp.
 
 Each report is stamped with the attempt it belongs to: one about an older attempt is
 kept in the log as stale and changes nothing else, and one about a finished worker is

@@ -1,5 +1,7 @@
 """The state one MCP server process keeps between tool calls.
 
+Room: mcp.
+
 It owns the store connection (opened lazily, so the server starts and lists its tools
 even before a project exists, and a missing store is a readable tool error), the thread
 that every store call runs on (SQLite connections stay on one thread, and the event loop

@@ -1,4 +1,6 @@
-"""Room: mcp. The arguments of the worker tools: one strict pydantic model per tool.
+"""The arguments of the worker tools: one strict pydantic model per tool.
+
+Room: mcp.
 
 These models are both the JSON schema the agent sees in ``tools/list`` and the validator
 every call goes through before anything touches the store. ``format_validation_error``

@@ -1,5 +1,7 @@
-"""Room: mcp. The MCP server itself: the official SDK's low-level ``Server``, over stdio here and
+"""The MCP server itself: the official SDK's low-level ``Server``, over stdio here and
 over streamable HTTP in ``http.py`` (the pool's shared server).
+
+Room: mcp.
 
 It publishes the registry's tools (name, description, input schema) and hands every call
 to ``Registry.dispatch``, returning the result as JSON text plus structured content.

@@ -1,4 +1,6 @@
-"""Room: mcp. What ``swarm_complete`` checks before it accepts a worker's claim of being done.
+"""What ``swarm_complete`` checks before it accepts a worker's claim of being done.
+
+Room: mcp.
 
 Three things, none of which touch the store: the worktree's real changes against its base
 (committed since the merge-base, uncommitted, and untracked files), how those compare

@@ -1,5 +1,7 @@
-"""Room: mcp. The worker tools: registration, file reservations and mail, and the list
+"""The worker tools: registration, file reservations and mail, and the list
 of every worker tool (``WORKER_SPECS``), progress and completion included.
+
+Room: mcp.
 
 Each handler validates what only the store can tell (the bead exists, the caller owns
 it, the paths stay in the project) before it writes, and writes each logical change as

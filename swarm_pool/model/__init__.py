@@ -1,5 +1,7 @@
-"""Room: model. The scripted model: an offline OpenAI-compatible server that plays scripts
+"""The scripted model: an offline OpenAI-compatible server that plays scripts
 of tool calls.
+
+Room: model.
 
 ``scripts`` owns what a script is and which step comes next; ``decisions`` owns which
 step answers a request, fault counting and the stats; ``server`` owns the HTTP wire

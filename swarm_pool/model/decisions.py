@@ -1,5 +1,7 @@
-"""Room: model. The scripted model's decisions: which script and step answer a request,
+"""The scripted model's decisions: which script and step answer a request,
 and the per-request stats; no HTTP here (that is ``server``).
+
+Room: model.
 
 It is stateless about conversations: the step to play is the number of assistant
 messages in the request, so restarts and parallel sessions are harmless. The only state

@@ -1,5 +1,7 @@
-"""Room: model. Scripts for the scripted model: what they look like, where they come from,
+"""Scripts for the scripted model: what they look like, where they come from,
 which step is next.
+
+Room: model.
 
 A script is a list of steps. A step is a tool call (``tool`` + ``args``), a text reply
 (``text``), or both in one assistant message; ``each_file`` repeats a step once per

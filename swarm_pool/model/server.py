@@ -1,5 +1,7 @@
-"""Room: model. The scripted model's HTTP side: an OpenAI-compatible chat-completions
+"""The scripted model's HTTP side: an OpenAI-compatible chat-completions
 server on loopback.
+
+Room: model.
 
 It owns the wire format (streaming SSE chunks with text and ``delta.tool_calls`` ending
 in ``data: [DONE]``, or one JSON answer when ``stream`` is false), ``GET /v1/models``,

@@ -1,1 +1,4 @@
-"""Everything that knows OpenCode."""
+"""Everything that knows OpenCode.
+
+Room: opencode.
+"""

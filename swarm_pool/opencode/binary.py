@@ -1,5 +1,7 @@
 """Finding the ``opencode`` binary the pool runs.
 
+Room: opencode.
+
 Lookup order: config ``opencode.binary``, then ``$SWARM_POOL_OPENCODE``, then the project's
 own pinned install (``.tools/opencode/...`` next to the swarm-pool source checkout, made by
 ``scripts/setup``), then ``PATH``. An explicit choice (config or env) that does not point

@@ -1,5 +1,7 @@
 """The models catalog a pool's instances load: only the providers the pool uses.
 
+Room: opencode.
+
 OpenCode 1.18.33 bundles models.dev's catalog (about 4.4 MB of providers and models) and
 builds its provider list from all of it again for every session directory it opens.
 That was half of a cold worker's CPU (about 0.9 CPU-s and 60 MB of RSS per directory,

@@ -1,5 +1,7 @@
 """A typed httpx client for one ``opencode serve`` instance.
 
+Room: opencode.
+
 It owns auth (HTTP Basic as ``opencode`` with the instance's password), the few routes swarm-pool
 uses, and the SSE event stream. Transport errors and bad answers are mapped to
 ``OpenCodeError`` here, so callers never see httpx exceptions, split the way httpx splits

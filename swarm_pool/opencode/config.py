@@ -1,6 +1,8 @@
 """The per-instance OpenCode config, passed as ``OPENCODE_CONFIG_CONTENT`` (never written
 into the user's repo).
 
+Room: opencode.
+
 It owns five choices: the model (the built-in scripted one, served on loopback, or the
 user's own ``provider/model`` so their credentials keep working), the swarm MCP server
 (``[opencode] mcp``: "shared", the default, is the pool's one MCP server reached through

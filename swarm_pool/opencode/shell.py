@@ -1,5 +1,7 @@
-"""Room: opencode. The shell of OpenCode's bash tool: no pool secret in it, and optionally
+"""The shell of OpenCode's bash tool: no pool secret in it, and optionally
 a bubblewrap box.
+
+Room: opencode.
 
 OpenCode 1.18.33 runs every bash tool call as ``<shell> -c <command>`` with the server's
 whole environment, where ``<shell>`` is the config key ``shell`` when it names an existing

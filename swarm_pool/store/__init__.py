@@ -1,4 +1,6 @@
-"""Room: store. The shared event store; knows nothing about processes.
+"""The shared event store; knows nothing about processes.
+
+Room: store.
 
 Everything a swarm does is an event (``.swarm/swarm.db`` on SQLite, or one PostgreSQL
 schema shared by several hosts); the projections (workers, cells, reservations,

@@ -1,4 +1,6 @@
-"""Room: store. The ``Store``: the one object users hold, and the ways to open it.
+"""The ``Store``: the one object users hold, and the ways to open it.
+
+Room: store.
 
 Owns the public surface of the store package: appending and reading events, waiting for
 changes, rebuild and check, and the hive, reservations, mail and workers facades, all

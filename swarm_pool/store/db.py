@@ -1,5 +1,7 @@
 """The SQLite connection: WAL, busy timeout, migrations, and locked write transactions.
 
+Room: store.
+
 Owns one connection per ``Database`` and the rules every writer follows, whatever the
 process: each write transaction is ``BEGIN IMMEDIATE`` taken while holding a file lock
 next to the DB (``swarm.db.lock``), so writers from many processes queue on the lock

@@ -1,5 +1,7 @@
 """The two SQL dialects the store speaks, and the translation of the shared SQL into each.
 
+Room: store.
+
 Owns ``Dialect``: everything above the recorders (projections, hive, reservations, mail,
 workers) writes SQL once, in SQLite's spelling of a portable subset (``?`` placeholders,
 ``INTEGER``/``TEXT`` columns, ``ON CONFLICT`` upserts, JSON kept as text), and each

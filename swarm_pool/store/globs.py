@@ -1,5 +1,7 @@
 """Glob patterns over project-relative paths: matching, and whether two patterns overlap.
 
+Room: store.
+
 Owns the glob dialect of file reservations. Paths use ``/``. ``*`` matches any run of
 characters within one segment, ``?`` one character, ``[abc]`` / ``[a-z]`` / ``[!abc]``
 one character of a class, ``**`` (as a whole segment) any number of segments, zero

@@ -1,4 +1,6 @@
-"""Room: store. The hive: epics and their subtasks (cells), dependencies, status, and ``ready()``.
+"""The hive: epics and their subtasks (cells), dependencies, status, and ``ready()``.
+
+Room: store.
 
 Owns the read and write side of epics and cells. ``create_epic`` checks everything
 first (titles, dependency references, cycles, file patterns, which must stay inside the

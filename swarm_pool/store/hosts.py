@@ -1,4 +1,6 @@
-"""Room: store. Several hosts on one store: their heartbeats, and who takes which queued worker.
+"""Several hosts on one store: their heartbeats, and who takes which queued worker.
+
+Room: store.
 
 Owns the ``hosts`` projection's read side (``HostView``: a host's last ``host_beat``,
 with its capacity, instances and load) and the claim: a host's engine takes up to

@@ -1,5 +1,7 @@
 """The worker lifecycle: one status vocabulary, one transition table, attempt fencing.
 
+Room: store.
+
 Owns ``WorkerStatus`` (the only spelling of a worker's status), the sets every caller
 derives from it (live, in flight, terminal, mergeable), and ``decide``: given a worker's
 projected row and a worker event, is the event applied (and to which status), stale

@@ -1,4 +1,6 @@
-"""Room: store. Mail between agents and the coordinator: send, inbox, read, ack.
+"""Mail between agents and the coordinator: send, inbox, read, ack.
+
+Room: store.
 
 Owns the message API over the messages projection. A message has one sender and one or
 more recipients; read and ack state is kept per recipient, so ``read_at``/``acked_at``

@@ -1,5 +1,7 @@
 """Keeping a PostgreSQL store's password out of every environment: a private passfile.
 
+Room: store.
+
 A pool hands its store URL to its daemon, and the daemon to its instances and (through
 OpenCode) to their MCP servers and the agents' shells, in the environment. A password
 in that URL (or in ``$PGPASSWORD``) would be readable by any agent from its own

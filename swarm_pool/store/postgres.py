@@ -1,5 +1,7 @@
-"""Room: store. The PostgreSQL recorder (psycopg 3): one store shared by pools on several
+"""The PostgreSQL recorder (psycopg 3): one store shared by pools on several
 hosts.
+
+Room: store.
 
 Owns the connection to one PostgreSQL schema, its write transactions, migrations and
 change notifications, with the same meaning as the SQLite recorder:

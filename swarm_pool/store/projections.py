@@ -1,6 +1,8 @@
-"""Room: store. The projections: epics/cells, reservations, messages, session routes,
+"""The projections: epics/cells, reservations, messages, session routes,
 worktree slots and hosts kept from events, and the dispatch of every event to its
 handler (the workers' own rows are ``worker_projection.py``'s).
+
+Room: store.
 
 Owns ``apply(writer, seq, event)``, which the recorder calls inside the append's own
 transaction, so a reader never sees an event without its effect (or the reverse), and

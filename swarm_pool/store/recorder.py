@@ -1,5 +1,7 @@
-"""Room: store. The recorder protocol: what the store needs from a database backend, and
+"""The recorder protocol: what the store needs from a database backend, and
 the values that cross it.
+
+Room: store.
 
 Owns ``Recorder`` (append, transactions, reads, waiting for a change, rebuild and
 check), ``EventFilter`` (the one description of which events a read wants, and its SQL)

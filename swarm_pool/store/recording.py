@@ -1,5 +1,7 @@
-"""Room: store. What both backends (``sqlite.py``, ``postgres.py``) share beside the
+"""What both backends (``sqlite.py``, ``postgres.py``) share beside the
 recorder protocol.
+
+Room: store.
 
 Owns the one append path (``EventWriter.append``: insert the event, then
 ``projections.apply`` in the same transaction, so a projection that raises rolls both

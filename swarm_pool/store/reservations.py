@@ -1,4 +1,6 @@
-"""Room: store. File reservations: enforced, all-or-nothing, overlap-checked both ways, with a TTL.
+"""File reservations: enforced, all-or-nothing, overlap-checked both ways, with a TTL.
+
+Room: store.
 
 Owns ``reserve``/``release``/``renew``/``active`` and pattern normalization. A request
 conflicts with every active reservation of another holder whose pattern can match a

@@ -1,5 +1,7 @@
-"""Room: store. ``RowView``: the base of the read-side views the facades return (a cell,
+"""``RowView``: the base of the read-side views the facades return (a cell,
 a worker, a reservation, a message, a slot, a host).
+
+Room: store.
 
 Owns the two things every view did alike: ``to_dict`` (the dataclass as a dict) and
 ``from_row`` (a projection row to the view, field by field by name, each field's column

@@ -1,8 +1,10 @@
-"""Room: store. The store's tables: the DDL of the events table and of every projection,
+"""The store's tables: the DDL of the events table and of every projection,
 as numbered migrations (one list for both backends, each statement translated to the
 backend's dialect by ``dialect.py``, with PostgreSQL's own spelling where the dialects
 differ beyond translation), the derived-state tables in the order ``rebuild`` clears
 and dumps them, and the JSON encoding of projection columns.
+
+Room: store.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The gateway's session map: which pool instance holds which OpenCode session.
 
+Room: store.
+
 Owns the read and write side of the ``session_instances`` projection (migration 6), kept
 from ``session_routed`` events. ``route`` appends an event only when the map changes
 (checked inside the append's transaction, so two processes learning the same session

@@ -1,4 +1,6 @@
-"""Room: store. The worktree slots' record: which reusable worktree directory holds which bead.
+"""The worktree slots' record: which reusable worktree directory holds which bead.
+
+Room: store.
 
 Owns the read side of the ``slots`` projection (migration 7) and its conditional
 writes. ``take``: inside the append's transaction the slot must still be at the version

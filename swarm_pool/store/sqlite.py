@@ -1,5 +1,7 @@
-"""Room: store. The SQLite recorder: one ``Database`` file (``db.py``) with the events
+"""The SQLite recorder: one ``Database`` file (``db.py``) with the events
 table and the projections.
+
+Room: store.
 
 Owns ``SQLiteRecorder`` and its reader and writer over one connection. The events table
 is append-only (triggers abort any UPDATE or DELETE; see ``schema.py``), and ``seq`` is

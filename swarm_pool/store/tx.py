@@ -1,4 +1,6 @@
-"""Room: store. The transaction types every store module writes its SQL against.
+"""The transaction types every store module writes its SQL against.
+
+Room: store.
 
 Owns ``Reader`` (queries in one snapshot) and ``Writer`` (a write transaction: plain
 statements plus ``append``, which records an event and applies it to the projections

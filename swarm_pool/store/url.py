@@ -1,4 +1,6 @@
-"""Room: store. The store URL: which backend it names, and how it is shown.
+"""The store URL: which backend it names, and how it is shown.
+
+Room: store.
 
 Owns ``parse_store_url`` (``[store] url``, ``--store``, ``$SWARM_POOL_STORE__URL``:
 empty for the project's SQLite file, ``sqlite:///PATH`` for another SQLite file,

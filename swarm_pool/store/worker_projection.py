@@ -1,5 +1,7 @@
-"""Room: store. The workers projection: one row per bead's worker, kept from the worker
+"""The workers projection: one row per bead's worker, kept from the worker
 events through the lifecycle's ``decide``.
+
+Room: store.
 
 Owns the ``workers`` rows and ``worker_stale`` (events recorded but not applied: an older
 attempt's, another session's), the time spent blocked, the session annotations

@@ -1,4 +1,6 @@
-"""Room: store. The read side of the workers projection: one row per bead, its latest attempt.
+"""The read side of the workers projection: one row per bead, its latest attempt.
+
+Room: store.
 
 Owns ``WorkerView`` and the queries ``poll``-style callers make ("status of every worker
 in epic E" is one indexed query). The rows are written by ``projections.apply`` from the

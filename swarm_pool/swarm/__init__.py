@@ -1,1 +1,4 @@
-"""The agent workflow, built on pool + store + opencode."""
+"""The agent workflow, built on pool + store + opencode.
+
+Room: swarm.
+"""

@@ -1,5 +1,7 @@
-"""Room: swarm (its base). The worker engine's dependencies in one object: project paths,
+"""The worker engine's dependencies in one object: project paths,
 config, store, pool.
+
+Room: swarm (its base).
 
 ``SwarmContext`` is what the worker's steps (``swarm/worker/``), the engine loop
 (``swarm/engine/``), ``status`` and the plans take instead of a long list of arguments.

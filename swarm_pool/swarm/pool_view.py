@@ -1,5 +1,7 @@
 """The worker engine's window on the pool: which instances exist, and starting/stopping it.
 
+Room: swarm.
+
 It owns the translation from the supervisor's state file (``pool/state.py``) to the
 router's ``InstanceView``s (ready or not, draining, dedicated to a bead, with the
 instance's own password), the shared MCP server's token secret, and the few pool

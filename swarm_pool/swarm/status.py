@@ -1,5 +1,7 @@
-"""Room: swarm.status. The coordinator's view of an epic's workers: ``poll`` and
+"""The coordinator's view of an epic's workers: ``poll`` and
 ``await_workers``.
+
+Room: swarm.status.
 
 ``poll`` is one indexed query on the store's workers projection plus three small event
 reads (BLOCKED mail to the coordinator, merges, retries). It sorts workers into the

@@ -1,4 +1,6 @@
-"""Room: view. Seeing the swarm: the live dashboard, instance logs, metrics and progress.
+"""Seeing the swarm: the live dashboard, instance logs, metrics and progress.
+
+Room: view.
 
 ``snapshot`` gathers plain data (store, pool state file, psutil; read-only and
 bounded), ``procstats`` is its psutil side (and that of ``metrics``), ``dashboard``

@@ -1,5 +1,7 @@
-"""Room: view. The dashboard's picture: a rich renderable built from one ``Snapshot`` and
+"""The dashboard's picture: a rich renderable built from one ``Snapshot`` and
 nothing else.
+
+Room: view.
 
 Owns the four panels (instances, workers by epic, active reservations, last events),
 their columns, colours and formats. It is a pure function of plain data, so a test can

@@ -1,5 +1,7 @@
 """The live dashboard loop: redraw on every store change and at least every ``refresh`` s.
 
+Room: view.
+
 Owns the terminal while the dashboard runs: rich ``Live`` on the alternate screen, and a
 thread that reads keys from the TTY in cbreak mode (``q`` quits). Ctrl-C and SIGTERM
 quit too. Whatever ends the loop, the terminal's settings and screen are restored, and

@@ -1,5 +1,7 @@
 """An instance's own output: find its log, print the last lines, follow it.
 
+Room: view.
+
 Each child of the pool appends its stdout and stderr to ``.swarm/instances/<name>/``
 (``opencode.log`` for OpenCode instances, ``model.log`` for the scripted model; see
 ``pool/instance.py``), which the supervisor rotates to ``<log>.1``, ``<log>.2`` ... by

@@ -1,4 +1,6 @@
-"""Room: view. Swarm metrics from the event log: pure functions over ``StoredEvent`` lists.
+"""Swarm metrics from the event log: pure functions over ``StoredEvent`` lists.
+
+Room: view.
 
 Owns the definitions, so they can be checked by hand against a store:
 

@@ -1,4 +1,6 @@
-"""Room: view. The live table of a ``run``: one row per plan task, redrawn as it moves.
+"""The live table of a ``run``: one row per plan task, redrawn as it moves.
+
+Room: view.
 
 Owns ``PlanTable``, the ``RunDisplay`` the CLI hands to ``swarm.plans.runner`` on a TTY:
 task, bead, the task's state, its worker's group and progress, the instance and the

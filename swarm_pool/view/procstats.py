@@ -1,4 +1,6 @@
-"""Room: view. What psutil says about the pool's process trees, read-only and bounded.
+"""What psutil says about the pool's process trees, read-only and bounded.
+
+Room: view.
 
 Owns the psutil side of the view: ``live_stats`` (RSS, the kernel's peak RSS and mean CPU
 of an instance's current run, for ``metrics``), ``CpuSampler`` (CPU % between two

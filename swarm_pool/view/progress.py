@@ -1,5 +1,7 @@
-"""Room: view. Progress for long operations (``start``, ``run``, ``stop``): rich on a TTY,
+"""Progress for long operations (``start``, ``run``, ``stop``): rich on a TTY,
 else silent.
+
+Room: view.
 
 Owns two small tools for the commands of other modules. ``StepProgress`` is a progress
 bar on stderr (transient: it disappears when done, so the command's normal output

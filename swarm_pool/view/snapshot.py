@@ -1,5 +1,7 @@
-"""Room: view. What the dashboard shows, gathered as plain data: store + pool state file
+"""What the dashboard shows, gathered as plain data: store + pool state file
 + psutil.
+
+Room: view.
 
 Owns ``Snapshot`` (and its row types), how an event is classed and summed up in one line
 (``event_level``, ``event_summary``), and ``SnapshotSource``, which takes one snapshot

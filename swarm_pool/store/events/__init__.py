@@ -1,9 +1,11 @@
-"""Room: store. The store's vocabulary: one pydantic model per event type, discriminated
+"""The store's vocabulary: one pydantic model per event type, discriminated
 by ``type``, grouped by domain in this package's modules (``pool``, ``hive``,
 ``workers``, ``sessions``, ``files``, ``mail``, ``review``, ``slots``, all on
 ``base.BaseEvent``), and the one union of them all, ``Event``, kept here with its
 parser and the checks every append runs (``validate_event``: known type, well-formed
 epic id).
+
+Room: store.
 
 Every event carries ``timestamp`` (ms since the epoch, set at creation). The four worker
 events keep the fields of the upstream ADR (``session_id``, ``bead_id``, ``epic_id``,

@@ -1,5 +1,7 @@
-"""Room: store. The root of every event: ``BaseEvent`` (frozen, no extra fields, a
+"""The root of every event: ``BaseEvent`` (frozen, no extra fields, a
 ``timestamp`` in ms since the epoch, set at creation) and ``now_ms``.
+
+Room: store.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Room: store. The files events: file reservations (reserved, released, renewed, refused
+"""The files events: file reservations (reserved, released, renewed, refused
 as a conflict).
+
+Room: store.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Room: store. The hive events: the epics and cells (beads) of the hive: ``EpicCreated``,
+"""The hive events: the epics and cells (beads) of the hive: ``EpicCreated``,
 ``CellCreated``, ``CellStatusChanged``, the ``CellStatus`` values and ``SubtaskSpec``, a
 subtask as ``create_epic`` takes it.
+
+Room: store.
 """
 
 from __future__ import annotations

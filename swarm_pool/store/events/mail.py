@@ -1,5 +1,7 @@
-"""Room: store. The mail events: messages between agents (sent, read, acked) and an agent's
+"""The mail events: messages between agents (sent, read, acked) and an agent's
 registration.
+
+Room: store.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Room: store. The pool events: the pool's and its instances' lifecycle events (started,
+"""The pool events: the pool's and its instances' lifecycle events (started,
 ready, unhealthy, exited, restarted, fatal, stopped, resource samples) and
 ``RestartCause``.
+
+Room: store.
 """
 
 from __future__ import annotations

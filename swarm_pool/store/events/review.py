@@ -1,5 +1,7 @@
-"""Room: store. The review events: review and merge outcomes (review completed, worktree
+"""The review events: review and merge outcomes (review completed, worktree
 merged, merge conflict).
+
+Room: store.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Room: store. The sessions events: what the instances' event streams say about sessions
+"""The sessions events: what the instances' event streams say about sessions
 (status, error) and the gateway's session routing.
+
+Room: store.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Room: store. The slots events: the warm worktree slots' events, ``SlotState`` and
+"""The slots events: the warm worktree slots' events, ``SlotState`` and
 ``ReleaseReason``.
+
+Room: store.
 """
 
 from __future__ import annotations

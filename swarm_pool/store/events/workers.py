@@ -1,6 +1,8 @@
-"""Room: store. The workers events: a worker's attempt from queue to outcome (the events
+"""The workers events: a worker's attempt from queue to outcome (the events
 the lifecycle in ``lifecycle.py`` decides on), ``FailureCause``, a pushed branch, and
 the hosts' heartbeats.
+
+Room: store.
 """
 
 from __future__ import annotations

@@ -1,1 +1,4 @@
-"""The engine loop: dispatch, watch, reconcile, several hosts."""
+"""The engine loop: dispatch, watch, reconcile, several hosts.
+
+Room: swarm.engine.
+"""

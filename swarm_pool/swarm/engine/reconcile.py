@@ -1,5 +1,7 @@
 """Reconciling the instances' sessions with the store, after a crash or a lost answer.
 
+Room: swarm.engine.
+
 The dispatcher records a session (``worker_session_created``) before it prompts it, so
 whatever a supervisor SIGKILL or an unanswered request leaves behind is one of:
 

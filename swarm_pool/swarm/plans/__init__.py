@@ -1,1 +1,4 @@
-"""Plans: a TOML DAG of beads, and the runner that drives one."""
+"""Plans: a TOML DAG of beads, and the runner that drives one.
+
+Room: swarm.plans.
+"""

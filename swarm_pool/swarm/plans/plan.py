@@ -1,5 +1,7 @@
-"""Room: swarm.plans. Plan files: an epic and its tasks in TOML, checked before anything
+"""Plan files: an epic and its tasks in TOML, checked before anything
 starts.
+
+Room: swarm.plans.
 
 A plan holds ``[epic]`` (title, description, shared_context), ``[[tasks]]`` (a short
 local ``id``, title, description, owned ``files``, ``depends_on`` local ids, optional

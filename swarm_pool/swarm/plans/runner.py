@@ -1,4 +1,6 @@
-"""Room: swarm.plans. ``swarm-pool run PLAN.toml``: a plan, end to end, over the pool.
+"""``swarm-pool run PLAN.toml``: a plan, end to end, over the pool.
+
+Room: swarm.plans.
 
 ``Runner`` owns the orchestration of one plan: it validates the plan before starting
 anything, starts the pool if none runs (and stops it afterwards unless asked to keep

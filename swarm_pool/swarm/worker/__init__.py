@@ -1,4 +1,6 @@
-"""Room: swarm.worker. The public surface of a worker's life, from spawn to its end.
+"""The public surface of a worker's life, from spawn to its end.
+
+Room: swarm.worker.
 
 A worker is spawned without waiting (``spawn``), dispatched by the engine onto an
 instance (``dispatch``), in a warm slot (``checkout``) or its own worktree, failed and

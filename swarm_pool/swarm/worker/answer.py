@@ -1,5 +1,8 @@
-"""Room: swarm.worker. Answering a blocked worker's permission or question request:
-``answer``."""
+"""Answering a blocked worker's permission or question request:
+``answer``.
+
+Room: swarm.worker.
+"""
 
 from __future__ import annotations
 

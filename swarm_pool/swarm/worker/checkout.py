@@ -1,5 +1,7 @@
-"""Room: swarm.worker. Warm worktree slots: the reusable worktree directories each instance
+"""Warm worktree slots: the reusable worktree directories each instance
 keeps.
+
+Room: swarm.worker.
 
 OpenCode pays its per-directory set-up (config, project and VCS detection, tools, MCP
 clients) on the first session in a directory, and keeps that state warm after. So,

@@ -1,5 +1,7 @@
-"""Room: swarm.worker. Dedicated routing: one fresh instance per worker, started for it,
+"""Dedicated routing: one fresh instance per worker, started for it,
 stopped after merge.
+
+Room: swarm.worker.
 
 For running a worker in complete isolation (its own OpenCode process, event loop and
 database). ``request_instance`` asks the supervisor, over its control socket, to add an

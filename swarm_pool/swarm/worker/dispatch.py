@@ -1,5 +1,7 @@
-"""Room: swarm.worker. Dispatching a queued worker: route, create its session, prompt it,
+"""Dispatching a queued worker: route, create its session, prompt it,
 record it.
+
+Room: swarm.worker.
 
 The engine in the supervisor daemon is the single dispatcher. ``dispatch`` asks the
 router for an instance, creates the session with ``directory=<worktree>`` (OpenCode

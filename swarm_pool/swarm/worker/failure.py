@@ -1,5 +1,7 @@
-"""Room: swarm.worker. Failing a worker's attempt, and retrying it under
+"""Failing a worker's attempt, and retrying it under
 ``workers.max_retries``.
+
+Room: swarm.worker.
 
 ``fail`` records ``worker_failed`` and, while retries are left, queues the worker again
 in the same worktree (``worker_retried`` + ``worker_queued``, one transaction) with a

@@ -1,4 +1,6 @@
-"""Room: swarm.worker. What ends a bead's work, as events to append in one transaction.
+"""What ends a bead's work, as events to append in one transaction.
+
+Room: swarm.worker.
 
 Three outcomes end a bead's work: ``swarm_complete`` (mcp/worker_tools.py), the merge
 (``review.merge``) and a final failure (``failure.fail``). Each releases the bead's file

@@ -1,5 +1,7 @@
-"""Room: swarm.worker. The worker prompt: what one worker is told, in prose for a model and
+"""The worker prompt: what one worker is told, in prose for a model and
 as a contract block.
+
+Room: swarm.worker.
 
 ``build_worker_prompt`` turns a ``Contract`` (bead, worktree, owned and read-only files,
 attempt, optional script) plus the task text into the prompt sent to the worker's

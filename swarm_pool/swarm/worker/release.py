@@ -1,5 +1,7 @@
-"""Room: swarm.worker. Releasing a worker's OpenCode session once its bead is merged or
+"""Releasing a worker's OpenCode session once its bead is merged or
 failed for good.
+
+Room: swarm.worker.
 
 ``release_session`` saves the session's transcript (``transcript.py``), deletes the
 session, and disposes its directory on its instance unless the directory is a warm slot

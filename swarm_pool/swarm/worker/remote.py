@@ -1,4 +1,6 @@
-"""Room: swarm.worker. Where the branches of several hosts meet: the shared git remote.
+"""Where the branches of several hosts meet: the shared git remote.
+
+Room: swarm.worker.
 
 With a PostgreSQL store each host runs in its own clone, so a worker's branch exists
 only where its host ran it. When this is on (``remote_of``: a multi-host store and a

@@ -1,5 +1,7 @@
-"""Room: swarm.worker. Review and merge of a finished worker, and the release of what it
+"""Review and merge of a finished worker, and the release of what it
 held.
+
+Room: swarm.worker.
 
 ``review`` compares what the worker really changed in its worktree (committed and not)
 with the patterns it owns, reads the verification that ``swarm_complete`` recorded, the

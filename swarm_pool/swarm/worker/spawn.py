@@ -1,4 +1,6 @@
-"""Room: swarm.worker. Spawning a worker without waiting: ``spawn_async``.
+"""Spawning a worker without waiting: ``spawn_async``.
+
+Room: swarm.worker.
 
 The caller asks with a ``SpawnRequest``. It checks the bead's dependencies and that no
 live spawn of it exists, creates (or reuses) its git worktree (with warm slots, the

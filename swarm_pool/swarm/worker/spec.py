@@ -1,5 +1,7 @@
-"""Room: swarm.worker. What a worker's prompt is built from, kept on disk: ``PromptSpec``
+"""What a worker's prompt is built from, kept on disk: ``PromptSpec``
 and its file.
+
+Room: swarm.worker.
 
 The spec (a ``Contract`` plus the task text) lives under ``.swarm/prompts/<bead>.json``,
 not in the worktree, where the worker would commit it: the engine, in another process,

@@ -1,5 +1,7 @@
-"""Room: swarm.worker. Workers' transcripts: what a worker's session said and did, kept
+"""Workers' transcripts: what a worker's session said and did, kept
 after the session.
+
+Room: swarm.worker.
 
 A worker's OpenCode session is deleted once its work is merged (its directory is warm
 and reused, or disposed). Before that, ``save`` writes the session's messages to
