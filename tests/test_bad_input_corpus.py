@@ -30,7 +30,7 @@ from swarm_pool.mcp.server import default_specs
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import events as ev
 from swarm_pool.store import open_project_store, open_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from tests.pool_cli import NO_MODEL_ENV, cli, make_project, pool_processes
 from tests.support import init_repo
 
@@ -527,7 +527,7 @@ def prepare(case: Case, tmp: Path, truncated: Path) -> Scene:
         with open_project_store(ProjectPaths(root)) as store:
             epic = store.hive.create_epic(
                 "seeded",
-                [SubtaskSpec(title="a", files=["a.txt"]), SubtaskSpec(title="b", files=["b.txt"])],
+                [BeadSpec(title="a", files=["a.txt"]), BeadSpec(title="b", files=["b.txt"])],
             )
         scene.epic, scene.bead = epic.id, epic.cells[0].id
     elif case.store == "garbage":
@@ -634,7 +634,7 @@ def test_bad_mcp_arguments(tmp_path: Path, tool: str, arguments: dict[str, Any],
     root = init_repo(tmp_path / "proj").resolve()
     paths = ProjectPaths(root)
     with open_project_store(paths) as store:
-        epic = store.hive.create_epic("seeded", [SubtaskSpec(title="a", files=["a.txt"])])
+        epic = store.hive.create_epic("seeded", [BeadSpec(title="a", files=["a.txt"])])
         before = store.last_seq()
     bead = epic.cells[0].id
     filled = {

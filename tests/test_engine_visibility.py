@@ -14,7 +14,7 @@ from swarm_pool.errors import EngineNotRunningError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import PoolState, SupervisorRecord, write_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec, now_ms
+from swarm_pool.store.events import BeadSpec, now_ms
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine_state import EngineBeat, write_beat
 from swarm_pool.swarm.worker import spawn_async
@@ -48,7 +48,7 @@ def test_spawn_refuses_when_the_pool_runs_without_a_live_engine(tmp_path: Path) 
     config = Config()
     with open_project_store(paths, config) as store:
         ctx = SwarmContext(paths=paths, config=config, store=store)
-        bead = store.hive.create_epic("e", [SubtaskSpec(title="a")]).cells[0].id
+        bead = store.hive.create_epic("e", [BeadSpec(title="a")]).cells[0].id
         with pytest.raises(EngineNotRunningError, match="no heartbeat"):
             spawn_async(ctx, bead)
         beat = EngineBeat(

@@ -31,7 +31,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.orphans import tagged
 from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.store.hosts import hosts_overview
 from swarm_pool.store.pgpass import split_password
 from swarm_pool.swarm.context import SwarmContext
@@ -127,7 +127,7 @@ def test_store_password_reaches_no_instance_or_agent_env(
             {"tool": "bash", "args": {"command": "env > {worktree}/agent-env.txt; echo ok"}},
         ]
         epic = ctx.store.hive.create_epic(
-            "env", [SubtaskSpec(title="env", files=["agent-env.txt"], script=script)]
+            "env", [BeadSpec(title="env", files=["agent-env.txt"], script=script)]
         )
         bead = epic.cells[0].id
         spawn_async(ctx, bead)

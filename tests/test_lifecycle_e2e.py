@@ -31,7 +31,7 @@ from swarm_pool.opencode.client import OpenCodeClient
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import FailureCause, SubtaskSpec
+from swarm_pool.store.events import BeadSpec, FailureCause
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.worker import spawn_async
@@ -178,7 +178,7 @@ def six_tasks(
     epic = ctx.store.hive.create_epic(
         name,
         [
-            SubtaskSpec(
+            BeadSpec(
                 title=f"{name}{i}",
                 files=[f"{name}/{i}.txt"],
                 script=script(delay_s=delay_s, answer_s=answer_s),
@@ -295,7 +295,7 @@ def test_permission_pending_while_the_stream_is_down_still_blocks_and_answer_unb
     steps = script()
     steps.insert(1, {**touch, "delay_s": 6.0})
     epic = ctx.store.hive.create_epic(
-        "asks", [SubtaskSpec(title="asker", files=["ask/a.txt", "ask/asked.txt"], script=steps)]
+        "asks", [BeadSpec(title="asker", files=["ask/a.txt", "ask/asked.txt"], script=steps)]
     )
     bead = epic.cells[0].id
     spawn_async(ctx, bead)
@@ -336,8 +336,8 @@ def test_config_check_runs_in_swarm_complete_and_a_failing_check_blocks_the_merg
     epic = ctx.store.hive.create_epic(
         "checked",
         [
-            SubtaskSpec(title="passes", files=["chk/ok.txt"], script=script()),
-            SubtaskSpec(
+            BeadSpec(title="passes", files=["chk/ok.txt"], script=script()),
+            BeadSpec(
                 title="fails", files=["chk/bad.txt", "CHECK_FAILS"], script=script(fail_check=True)
             ),
         ],

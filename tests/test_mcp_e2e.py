@@ -19,7 +19,7 @@ import pytest
 from swarm_pool.config import Config
 from swarm_pool.opencode.config import opencode_config
 from swarm_pool.protocol import MCP_SERVER_NAME, Contract, agent_tool_name, render_contract
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from tests.opencode_fixture import (
     ModelServerProcess,
     OpenCodeServer,
@@ -49,9 +49,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     project = make_project(
         base / "proj",
         [
-            SubtaskSpec(title="holder", files=["src/shared.py"]),
-            SubtaskSpec(title="contender", files=["src/shared.py"]),
-            SubtaskSpec(title="writer", files=["src/a.py", "docs/a.md"]),
+            BeadSpec(title="holder", files=["src/shared.py"]),
+            BeadSpec(title="contender", files=["src/shared.py"]),
+            BeadSpec(title="writer", files=["src/a.py", "docs/a.md"]),
         ],
     )
     started: list[OpenCodeServer | ModelServerProcess] = []

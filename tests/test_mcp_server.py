@@ -21,7 +21,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.protocol import COORDINATOR_TOOLS, WORKER_TOOLS
 from swarm_pool.store import Store, open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from tests.support import SESSION_TAG_ENV, TEST_TAG_ENV, git, init_repo
 
 _PASS_ENV = (
@@ -60,12 +60,12 @@ class Project:
             return store.last_seq()
 
 
-def make_project(root: Path, subtasks: list[SubtaskSpec] | None = None) -> Project:
+def make_project(root: Path, subtasks: list[BeadSpec] | None = None) -> Project:
     init_repo(root, {"README.md": "demo\n", "src/keep.py": "x = 1\n"})
     specs = subtasks or [
-        SubtaskSpec(title="a", files=["src/a.py"]),
-        SubtaskSpec(title="b", files=["src/b/**", "docs/b.md"]),
-        SubtaskSpec(title="c", files=["src/a.py"]),
+        BeadSpec(title="a", files=["src/a.py"]),
+        BeadSpec(title="b", files=["src/b/**", "docs/b.md"]),
+        BeadSpec(title="c", files=["src/a.py"]),
     ]
     with open_project_store(ProjectPaths(root)) as store:
         epic = store.hive.create_epic("demo epic", specs)

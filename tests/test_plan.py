@@ -127,7 +127,7 @@ def test_demo_plan_loads_with_the_promised_shape() -> None:
     assert len(literal) == len(set(literal))
     assert not any(set(f) & set("*?[{") for f in literal)
     assert p.waves() == [["core", "report", "docs"], ["cli"]]
-    subtasks = p.to_subtasks()
+    subtasks = p.to_beads()
     assert [s.title for s in subtasks] == [t.title for t in p.tasks]
     assert subtasks[p.index_of("cli") - 1].depends_on == [
         str(p.index_of("core")),
@@ -172,7 +172,7 @@ def test_topo_order_waves_and_indexes_respect_dependencies(p: Plan) -> None:
     assert sorted(order) == sorted(t.id for t in p.tasks)
     pos = {tid: i for i, tid in enumerate(order)}
     wave_of = {tid: w for w, ids in enumerate(p.waves()) for tid in ids}
-    subtasks = p.to_subtasks()
+    subtasks = p.to_beads()
     for t in p.tasks:
         for dep in t.depends_on:
             assert pos[dep] < pos[t.id]

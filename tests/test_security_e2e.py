@@ -30,7 +30,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.orphans import POOL_TAG_ENV, tagged
 from swarm_pool.pool.state import PoolState, read_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker import spawn_async
 from tests.pool_cli import cli, pool_processes
@@ -92,7 +92,7 @@ def context(root: Path, paths: ProjectPaths) -> SwarmContext:
 
 
 def spawn_one(ctx: SwarmContext, title: str, files: list[str], script: list[dict[str, Any]]) -> str:
-    epic = ctx.store.hive.create_epic(title, [SubtaskSpec(title=title, files=files, script=script)])
+    epic = ctx.store.hive.create_epic(title, [BeadSpec(title=title, files=files, script=script)])
     bead = epic.cells[0].id
     spawn_async(ctx, bead)
     return bead

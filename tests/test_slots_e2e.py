@@ -25,7 +25,7 @@ from swarm_pool.opencode.config import RELAY_PATH
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import await_workers
 from swarm_pool.swarm.worker import spawn_async
@@ -111,7 +111,7 @@ def ctx(project: Path) -> Iterator[SwarmContext]:
     store.close()
 
 
-def run_epic(ctx: SwarmContext, title: str, tasks: list[SubtaskSpec]) -> list[str]:
+def run_epic(ctx: SwarmContext, title: str, tasks: list[BeadSpec]) -> list[str]:
     epic = ctx.store.hive.create_epic(title, tasks)
     beads = [c.id for c in epic.cells]
     for bead in beads:
@@ -166,7 +166,7 @@ def test_a_second_plan_reuses_the_slots_and_sees_only_its_own_branch(ctx: SwarmC
         ctx,
         "first plan",
         [
-            SubtaskSpec(
+            BeadSpec(
                 title="a1 leaves an ignored build file",
                 files=["a1.txt"],
                 script=[
@@ -176,7 +176,7 @@ def test_a_second_plan_reuses_the_slots_and_sees_only_its_own_branch(ctx: SwarmC
                     complete(),
                 ],
             ),
-            SubtaskSpec(
+            BeadSpec(
                 title="a2 commits a secret, then fails for good",
                 files=["a2-secret.txt"],
                 script=[
@@ -208,7 +208,7 @@ def test_a_second_plan_reuses_the_slots_and_sees_only_its_own_branch(ctx: SwarmC
         ctx,
         "second plan",
         [
-            SubtaskSpec(title=f"b{i} looks around", files=[f"b{i}.txt"], script=looker())
+            BeadSpec(title=f"b{i} looks around", files=[f"b{i}.txt"], script=looker())
             for i in (1, 2)
         ],
     )

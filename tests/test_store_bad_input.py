@@ -19,7 +19,7 @@ from swarm_pool.errors import (
     SwarmPoolError,
 )
 from swarm_pool.store import Store
-from swarm_pool.store.events import CellCreated, InstanceReady, SubtaskSpec
+from swarm_pool.store.events import BeadSpec, CellCreated, InstanceReady
 from tests.store_backends import OnPostgres, OnSQLite, StoreFixtures
 
 EPIC = "bd-c0ffee"
@@ -140,7 +140,7 @@ CASES: list[tuple[str, Callable[[Store], Any], type[SwarmPoolError], str]] = [
     ),
     (
         "escaping file in an epic's subtask",
-        lambda s: s.hive.create_epic("e", [SubtaskSpec(title="a", files=["../../etc/x"])]),
+        lambda s: s.hive.create_epic("e", [BeadSpec(title="a", files=["../../etc/x"])]),
         PathEscapeError,
         "leaves the project",
     ),
@@ -176,7 +176,7 @@ CASES: list[tuple[str, Callable[[Store], Any], type[SwarmPoolError], str]] = [
     ),
     (
         "epic without a title",
-        lambda s: s.hive.create_epic("", [SubtaskSpec(title="a")]),
+        lambda s: s.hive.create_epic("", [BeadSpec(title="a")]),
         HiveError,
         "title",
     ),
@@ -192,7 +192,7 @@ CASES: list[tuple[str, Callable[[Store], Any], type[SwarmPoolError], str]] = [
 class BadInputContract(StoreFixtures):
     @pytest.fixture
     def seeded(self, store: Store) -> Store:
-        store.hive.create_epic("seed", [SubtaskSpec(title="a")])
+        store.hive.create_epic("seed", [BeadSpec(title="a")])
         store.reservations.reserve("alice", ["src/**"])
         return store
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from swarm_pool.cli import main
-from swarm_pool.store.events import InstanceReady, SubtaskSpec
+from swarm_pool.store.events import BeadSpec, InstanceReady
 from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
 
 
@@ -23,7 +23,7 @@ class CliContract(StoreFixtures):
     @pytest.fixture
     def project(self, backend: StoreBackend, url: str, root: Path) -> tuple[list[str], str]:
         with backend.open(url, root) as s:
-            epic = s.hive.create_epic("demo", [SubtaskSpec(title="a"), SubtaskSpec(title="b")])
+            epic = s.hive.create_epic("demo", [BeadSpec(title="a"), BeadSpec(title="b")])
             bead = epic.cells[0].id
             s.append(
                 {"type": "worker_spawned", "bead_id": bead, "epic_id": epic.id, "session_id": "S1"}

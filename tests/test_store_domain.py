@@ -20,8 +20,8 @@ from swarm_pool.errors import (
 )
 from swarm_pool.store import Store
 from swarm_pool.store.events import (
+    BeadSpec,
     SessionStatus,
-    SubtaskSpec,
     WorkerBlocked,
     WorkerCompleted,
     WorkerFailed,
@@ -63,8 +63,8 @@ class DomainContract(StoreFixtures):
         epic = store.hive.create_epic(
             "Auth rewrite",
             [
-                SubtaskSpec(title="models", files=["src/models.py"]),
-                SubtaskSpec(title="api", depends_on=["1"], files=["src/auth"]),
+                BeadSpec(title="models", files=["src/models.py"]),
+                BeadSpec(title="api", depends_on=["1"], files=["src/auth"]),
                 {"title": "docs", "depends_on": ["1", "2"], "script": [{"say": "hi"}]},
             ],
             description="why",
@@ -91,9 +91,9 @@ class DomainContract(StoreFixtures):
         assert store.hive.get_cell(c1.id).status == "closed"
 
     def test_dependency_on_a_cell_of_another_epic(self, store: Store) -> None:
-        first = store.hive.create_epic("base", [SubtaskSpec(title="a")])
+        first = store.hive.create_epic("base", [BeadSpec(title="a")])
         second = store.hive.create_epic(
-            "next", [SubtaskSpec(title="b", depends_on=[first.cells[0].id])]
+            "next", [BeadSpec(title="b", depends_on=[first.cells[0].id])]
         )
         assert second.cells[0].depends_on == [first.cells[0].id]
         assert store.hive.ready(second.id) == []
@@ -104,23 +104,23 @@ class DomainContract(StoreFixtures):
         cases = [
             (
                 [
-                    SubtaskSpec(title="a", depends_on=["2"]),
-                    SubtaskSpec(title="b", depends_on=["1"]),
+                    BeadSpec(title="a", depends_on=["2"]),
+                    BeadSpec(title="b", depends_on=["1"]),
                 ],
                 "cycle",
             ),
-            ([SubtaskSpec(title="a", depends_on=["1"])], "cycle"),
+            ([BeadSpec(title="a", depends_on=["1"])], "cycle"),
             (
                 [
-                    SubtaskSpec(title="a", depends_on=["3"]),
-                    SubtaskSpec(title="b", depends_on=["1"]),
-                    SubtaskSpec(title="c", depends_on=["2"]),
+                    BeadSpec(title="a", depends_on=["3"]),
+                    BeadSpec(title="b", depends_on=["1"]),
+                    BeadSpec(title="c", depends_on=["2"]),
                 ],
                 "cycle",
             ),
-            ([SubtaskSpec(title="a", depends_on=["5"])], "there are 1"),
-            ([SubtaskSpec(title="a", depends_on=["bd-zzzzzz.1"])], "unknown dependency"),
-            ([SubtaskSpec(title="a", depends_on=["nonsense"])], "bad dependency"),
+            ([BeadSpec(title="a", depends_on=["5"])], "there are 1"),
+            ([BeadSpec(title="a", depends_on=["bd-zzzzzz.1"])], "unknown dependency"),
+            ([BeadSpec(title="a", depends_on=["nonsense"])], "bad dependency"),
         ]
         for subtasks, message in cases:
             with pytest.raises(HiveError, match=message):
@@ -134,7 +134,7 @@ class DomainContract(StoreFixtures):
             store.hive.get_epic("bd-abcdef")
         with pytest.raises(NotFoundError):
             store.hive.set_status("bd-abcdef.1", "closed")
-        epic = store.hive.create_epic("x", [SubtaskSpec(title="a")])
+        epic = store.hive.create_epic("x", [BeadSpec(title="a")])
         with pytest.raises(HiveError, match="bad status"):
             store.hive.set_status(epic.cells[0].id, "done")
 

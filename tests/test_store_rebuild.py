@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from swarm_pool.errors import SwarmPoolError
 from swarm_pool.store import Store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from tests.store_backends import OnPostgres, OnSQLite, StoreBackend, StoreFixtures
 
 AGENTS = ["alice", "bob", "carol"]
@@ -106,7 +106,7 @@ def _run(store: Store, ops: list[tuple[Any, ...]]) -> None:
         try:
             if kind == "epic":
                 specs = [
-                    SubtaskSpec(title=f"t{n}", depends_on=[str(d) for d in deps if d < n + 1])
+                    BeadSpec(title=f"t{n}", depends_on=[str(d) for d in deps if d < n + 1])
                     for n, deps in enumerate(o[1], 1)
                 ]
                 epic = store.hive.create_epic("e", specs)
@@ -165,7 +165,7 @@ class RebuildContract(StoreFixtures):
     def test_rebuild_repairs_damaged_projections(
         self, store: Store, backend: StoreBackend, url: str, root: Path
     ) -> None:
-        epic = store.hive.create_epic("e", [SubtaskSpec(title="a")])
+        epic = store.hive.create_epic("e", [BeadSpec(title="a")])
         bead = epic.cells[0].id
         store.append({"type": "worker_spawned", "bead_id": bead, "epic_id": epic.id})
         store.reservations.reserve("alice", ["src/**"])

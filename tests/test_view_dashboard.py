@@ -22,7 +22,7 @@ from rich.console import Console
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.state import ChildRecord, PoolState, SupervisorRecord, write_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.view.dashboard import events_panel, render
 from swarm_pool.view.snapshot import Limits, SnapshotSource
 from tests.view_history import History, build_history
@@ -186,7 +186,7 @@ def test_failures_and_conflicts_are_highlighted(project: Path) -> None:
 def test_frames_stay_bounded_however_many_workers(project: Path) -> None:
     paths = ProjectPaths(project)
     with open_project_store(paths) as store:
-        epic = store.hive.create_epic("big", [SubtaskSpec(title=f"t{i}") for i in range(60)])
+        epic = store.hive.create_epic("big", [BeadSpec(title=f"t{i}") for i in range(60)])
         store.append_many(
             [
                 {

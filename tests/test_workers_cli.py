@@ -15,7 +15,7 @@ import pytest
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import (
-    SubtaskSpec,
+    BeadSpec,
     WorkerCompleted,
     WorkerProgress,
     WorkerQueued,
@@ -31,7 +31,7 @@ def project(tmp_path: Path) -> tuple[Path, str, list[str]]:
     subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
     with open_project_store(ProjectPaths(root)) as store:
         epic = store.hive.create_epic(
-            "e", [SubtaskSpec(title=t, files=[f"{t}.txt"]) for t in ("a", "b", "c")]
+            "e", [BeadSpec(title=t, files=[f"{t}.txt"]) for t in ("a", "b", "c")]
         )
         a, b, c = (cell.id for cell in epic.cells)
         store.append_many(
@@ -88,7 +88,7 @@ def test_spawn_without_a_pool_is_one_clear_line(project: tuple[Path, str, list[s
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "does not exist" in out.stderr
     with open_project_store(ProjectPaths(root)) as store:
-        epic = store.hive.create_epic("f", [SubtaskSpec(title="x")])
+        epic = store.hive.create_epic("f", [BeadSpec(title="x")])
     out = cli("spawn", epic.cells[0].id, "--json", project=root)
     assert out.returncode == 1 and "no running pool" in out.stderr
     assert out.stderr.count("\n") == 1

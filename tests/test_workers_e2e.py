@@ -21,7 +21,7 @@ from swarm_pool.config import load_config
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.protocol import Contract, render_contract
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.engine.watch import session_finished
 from swarm_pool.swarm.pool_view import dedicated_name
@@ -177,7 +177,7 @@ def test_parallel_workers_really_run_in_parallel(ctx: SwarmContext) -> None:
     steps = [init(), {**reserve(), **barrier}, write_files(), complete()]
     epic = ctx.store.hive.create_epic(
         "parallel",
-        [SubtaskSpec(title=f"p{i}", files=[f"par/{i}.txt"], script=steps) for i in range(3)],
+        [BeadSpec(title=f"p{i}", files=[f"par/{i}.txt"], script=steps) for i in range(3)],
     )
     for cell in epic.cells:
         assert spawn_async(ctx, cell.id).status == "pending"  # the daemon dispatches it
@@ -188,7 +188,7 @@ def test_parallel_workers_really_run_in_parallel(ctx: SwarmContext) -> None:
 
 def test_kill_9_instance_retries_the_worker_elsewhere(ctx: SwarmContext) -> None:
     epic = ctx.store.hive.create_epic(
-        "kill", [SubtaskSpec(title="survivor", files=["kill/k.txt"], script=slow(4))]
+        "kill", [BeadSpec(title="survivor", files=["kill/k.txt"], script=slow(4))]
     )
     bead = epic.cells[0].id
     spawn_async(ctx, bead)
@@ -229,8 +229,8 @@ def test_merge_conflict_keeps_the_base_and_reports(ctx: SwarmContext, pool: Pool
     epic = ctx.store.hive.create_epic(
         "conflict",
         [
-            SubtaskSpec(title="one", files=["clash.txt"]),
-            SubtaskSpec(title="two", files=["clash.txt"]),
+            BeadSpec(title="one", files=["clash.txt"]),
+            BeadSpec(title="two", files=["clash.txt"]),
         ],
     )
     one, two = (c.id for c in epic.cells)
@@ -257,7 +257,7 @@ def test_permission_request_blocks_and_answer_unblocks(ctx: SwarmContext, pool: 
     epic = ctx.store.hive.create_epic(
         "asks",
         [
-            SubtaskSpec(
+            BeadSpec(
                 title="asker",
                 files=["ask/a.txt"],
                 script=[init(), fetch, write_files(), complete()],
@@ -284,7 +284,7 @@ def test_permission_request_blocks_and_answer_unblocks(ctx: SwarmContext, pool: 
 
 def test_hanging_model_times_out_and_fails(ctx: SwarmContext) -> None:
     epic = ctx.store.hive.create_epic(
-        "hangs", [SubtaskSpec(title="hang", files=["hang.txt"], script=[init(), {"hang": True}])]
+        "hangs", [BeadSpec(title="hang", files=["hang.txt"], script=[init(), {"hang": True}])]
     )
     bead = epic.cells[0].id
     spawn_async(ctx, SpawnRequest(bead, timeout_s=6))
@@ -307,7 +307,7 @@ def test_dedicated_routing_gets_a_fresh_instance_that_stops_after_merge(
     ctx: SwarmContext, pool: Pool
 ) -> None:
     epic = ctx.store.hive.create_epic(
-        "dedicated", [SubtaskSpec(title="isolated", files=["alone/a.txt"])]
+        "dedicated", [BeadSpec(title="isolated", files=["alone/a.txt"])]
     )
     bead = epic.cells[0].id
     name = dedicated_name(bead)
@@ -327,7 +327,7 @@ def test_coordinator_session_runs_the_flow_over_mcp(ctx: SwarmContext, pool: Poo
     """The ADR's coordinator workflow for real: an agent in an OpenCode session spawns
     three workers through swarm_spawn_async, waits with swarm_await_workers, merges."""
     epic = ctx.store.hive.create_epic(
-        "coordinated", [SubtaskSpec(title=f"c{i}", files=[f"coord/{i}.txt"]) for i in range(3)]
+        "coordinated", [BeadSpec(title=f"c{i}", files=[f"coord/{i}.txt"]) for i in range(3)]
     )
     beads = [c.id for c in epic.cells]
     steps: list[dict[str, Any]] = [
@@ -380,7 +380,7 @@ def test_idle_without_swarm_complete_needs_review(ctx: SwarmContext, pool: Pool)
     epic = ctx.store.hive.create_epic(
         "quiet",
         [
-            SubtaskSpec(
+            BeadSpec(
                 title="forgets to complete",
                 files=["quiet/q.txt"],
                 script=[init(), write_files(), {"text": "All done, I think."}],
@@ -402,7 +402,7 @@ def test_idle_without_swarm_complete_needs_review(ctx: SwarmContext, pool: Pool)
 def test_session_error_fails_and_retries_then_gives_up(ctx: SwarmContext) -> None:
     epic = ctx.store.hive.create_epic(
         "broken model",
-        [SubtaskSpec(title="model says 400", files=["err.txt"], script=[{"http_error": 400}])],
+        [BeadSpec(title="model says 400", files=["err.txt"], script=[{"http_error": 400}])],
     )
     bead = epic.cells[0].id
     spawn_async(ctx, bead)

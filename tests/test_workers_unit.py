@@ -36,11 +36,11 @@ from swarm_pool.pool.router import InstanceView
 from swarm_pool.protocol import find_contract
 from swarm_pool.store import Store, WorkerView, open_project_store
 from swarm_pool.store.events import (
+    BeadSpec,
     FailureCause,
     InstanceExited,
     SessionError,
     SessionStatus,
-    SubtaskSpec,
     WorkerBlocked,
     WorkerCompleted,
     WorkerProgress,
@@ -247,7 +247,7 @@ def spawn(ctx: SwarmContext, engine: Engine, bead: str, **kw: Any) -> WorkerView
     return w
 
 
-def epic(ctx: SwarmContext, *tasks: SubtaskSpec) -> list[str]:
+def epic(ctx: SwarmContext, *tasks: BeadSpec) -> list[str]:
     created = ctx.store.hive.create_epic("e", list(tasks))
     return [c.id for c in created.cells]
 
@@ -264,7 +264,7 @@ def complete(ctx: SwarmContext, bead: str) -> None:
 def test_spawn_queues_at_once_and_the_engine_starts_the_session(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (bead,) = epic(ctx, SubtaskSpec(title="write a", files=["a.txt"]))
+    (bead,) = epic(ctx, BeadSpec(title="write a", files=["a.txt"]))
     started = time.perf_counter()
     result = spawn_async(ctx, SpawnRequest(bead, shared_context="the shared context"))
     assert time.perf_counter() - started < 2.0
@@ -293,7 +293,7 @@ def test_spawn_queues_at_once_and_the_engine_starts_the_session(
 
 
 def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext, engine: Engine) -> None:
-    a, b = epic(ctx, SubtaskSpec(title="a", files=["a"]), SubtaskSpec(title="b", depends_on=["1"]))
+    a, b = epic(ctx, BeadSpec(title="a", files=["a"]), BeadSpec(title="b", depends_on=["1"]))
     with pytest.raises(DependencyBlockedError) as info:
         spawn_async(ctx, b)
     assert info.value.blocked_by == [a]
@@ -309,7 +309,7 @@ def test_dependencies_and_duplicates_are_refused(ctx: SwarmContext, engine: Engi
 
 
 def test_no_running_pool_is_refused(ctx: SwarmContext, pool: FakePool) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     pool.views.clear()
     with pytest.raises(PoolNotRunningError):
         spawn_async(ctx, a)
@@ -319,7 +319,7 @@ def test_no_running_pool_is_refused(ctx: SwarmContext, pool: FakePool) -> None:
 def test_full_pool_queues_until_a_slot_frees(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    beads = epic(ctx, *(SubtaskSpec(title=f"t{i}", files=[f"f{i}"]) for i in range(3)))
+    beads = epic(ctx, *(BeadSpec(title=f"t{i}", files=[f"f{i}"]) for i in range(3)))
     for b in beads:
         spawn_async(ctx, b)
     engine.tick(wait=True)
@@ -344,7 +344,7 @@ def test_draining_instance_gets_no_new_work(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
     pool.set("i1", draining=True)
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     assert spawn(ctx, engine, a).instance == "i2"
 
 
@@ -352,14 +352,14 @@ def test_dead_instance_at_dispatch_time_falls_over(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
     pool.down.add("i1")
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     assert spawn(ctx, engine, a).instance == "i2"
 
 
 def test_fail_retries_elsewhere_then_gives_up(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+    (a,) = epic(ctx, BeadSpec(title="a", files=["a"]))
     first = spawn(ctx, engine, a)
     assert fail(ctx, a, Failure("boom", "instance_exited")) == FailOutcome.RETRIED
     assert ctx.store.workers.get(a).status == "pending"  # type: ignore[union-attr]
@@ -399,7 +399,7 @@ def test_fail_retries_elsewhere_then_gives_up(
 def test_engine_fails_workers_of_an_exited_instance(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    a, b = epic(ctx, BeadSpec(title="a"), BeadSpec(title="b"))
     wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     assert {wa.instance, wb.instance} == {"i1", "i2"}
     victim = wa.instance
@@ -420,7 +420,7 @@ def test_engine_fails_workers_of_an_exited_instance(
 def test_engine_detects_a_dead_state_without_events(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     w = spawn(ctx, engine, a)
     pool.set(w.instance, state="backoff")
     engine.tick(wait=True)
@@ -431,7 +431,7 @@ def test_engine_detects_a_dead_state_without_events(
 def test_engine_session_error_and_timeout(repo: Path, store: Store, pool: FakePool) -> None:
     ctx = make_ctx(repo, store, pool, max_retries=0, timeout_s=0.5)
     engine = engine_for(ctx, pool)
-    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    a, b = epic(ctx, BeadSpec(title="a"), BeadSpec(title="b"))
     wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     ctx.store.append(
         SessionError(
@@ -455,7 +455,7 @@ def test_engine_session_error_and_timeout(repo: Path, store: Store, pool: FakePo
 
 
 def test_per_spawn_timeout(ctx: SwarmContext, pool: FakePool, engine: Engine) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     spawn(ctx, engine, a, timeout_s=0.3)
     time.sleep(0.4)
     engine.tick(wait=True)
@@ -465,7 +465,7 @@ def test_per_spawn_timeout(ctx: SwarmContext, pool: FakePool, engine: Engine) ->
 def test_time_blocked_on_a_human_does_not_count_towards_the_timeout(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    a, b = epic(ctx, BeadSpec(title="a"), BeadSpec(title="b"))
     wa = spawn(ctx, engine, a, timeout_s=3.0)
     wb = spawn(ctx, engine, b, timeout_s=3.0)
     # a waits for a permission for a while, then resumes; b just runs.
@@ -505,7 +505,7 @@ def test_time_blocked_on_a_human_does_not_count_towards_the_timeout(
 def test_engine_needs_all_signals_before_needs_review(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     w = spawn(ctx, engine, a)
     sid = w.session_id or ""
     ctx.store.append(
@@ -521,7 +521,7 @@ def test_engine_needs_all_signals_before_needs_review(
 
 
 def test_completion_wins_over_idle(ctx: SwarmContext, pool: FakePool, engine: Engine) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     w = spawn(ctx, engine, a)
     sid = w.session_id or ""
     complete(ctx, a)
@@ -538,7 +538,7 @@ def test_completion_wins_over_idle(ctx: SwarmContext, pool: FakePool, engine: En
 def test_blocked_mail_and_permission_show_in_poll(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    a, b = epic(ctx, BeadSpec(title="a"), BeadSpec(title="b"))
     wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     ctx.store.mail.send(
         f"worker-{a}", ["coordinator"], "BLOCKED: need the schema", bead_id=a, epic_id=wa.epic_id
@@ -569,7 +569,7 @@ def test_blocked_mail_and_permission_show_in_poll(
 
 
 def test_await_wakes_on_a_store_change(ctx: SwarmContext, engine: Engine) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     w = spawn(ctx, engine, a)
     timed = await_workers(ctx, w.epic_id, 0.3)
     assert timed.timed_out and timed.active == 1
@@ -593,9 +593,7 @@ def test_await_wakes_on_a_store_change(ctx: SwarmContext, engine: Engine) -> Non
 
 
 def test_review_and_merge(ctx: SwarmContext, repo: Path, pool: FakePool, engine: Engine) -> None:
-    a, b = epic(
-        ctx, SubtaskSpec(title="a", files=["src/a.txt"]), SubtaskSpec(title="b", files=["b.txt"])
-    )
+    a, b = epic(ctx, BeadSpec(title="a", files=["src/a.txt"]), BeadSpec(title="b", files=["b.txt"]))
     wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     (Path(wa.worktree) / "src").mkdir()
     (Path(wa.worktree) / "src" / "a.txt").write_text("A\n")
@@ -621,7 +619,7 @@ def test_review_and_merge(ctx: SwarmContext, repo: Path, pool: FakePool, engine:
     event = ctx.store.read(types=["review_completed"], bead_id=b)[-1].event
     assert getattr(event, "approved", True) is False
     with pytest.raises(NotFoundError):
-        merge(ctx, epic(ctx, SubtaskSpec(title="c"))[0])  # no worker: nothing to merge
+        merge(ctx, epic(ctx, BeadSpec(title="c"))[0])  # no worker: nothing to merge
 
 
 def test_merge_conflict_leaves_the_base_untouched(
@@ -629,8 +627,8 @@ def test_merge_conflict_leaves_the_base_untouched(
 ) -> None:
     a, b = epic(
         ctx,
-        SubtaskSpec(title="a", files=["README.md"]),
-        SubtaskSpec(title="b", files=["README.md"]),
+        BeadSpec(title="a", files=["README.md"]),
+        BeadSpec(title="b", files=["README.md"]),
     )
     wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     Path(wa.worktree, "README.md").write_text("from a\n")
@@ -666,9 +664,7 @@ def base_bytes(repo: Path) -> dict[str, bytes]:
 def test_merge_needs_an_approving_review_of_the_current_head(
     ctx: SwarmContext, repo: Path, engine: Engine
 ) -> None:
-    a, b = epic(
-        ctx, SubtaskSpec(title="a", files=["a.txt"]), SubtaskSpec(title="b", files=["b.txt"])
-    )
+    a, b = epic(ctx, BeadSpec(title="a", files=["a.txt"]), BeadSpec(title="b", files=["b.txt"]))
     wa, wb = spawn(ctx, engine, a), spawn(ctx, engine, b)
     Path(wa.worktree, "a.txt").write_text("A\n")
     complete(ctx, a)
@@ -712,7 +708,7 @@ def test_infra_failures_do_not_use_max_retries(repo: Path, store: Store, pool: F
     ctx = make_ctx(repo, store, pool, max_retries=0)
     engine = engine_for(ctx, pool)
     try:
-        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        (a,) = epic(ctx, BeadSpec(title="a", files=["a"]))
         spawn(ctx, engine, a)
         for _ in range(3):  # three instance deaths in a row: each one retried
             assert (
@@ -746,7 +742,7 @@ def test_infra_retries_are_bounded_by_their_window(
     ctx = make_ctx(repo, store, pool, max_retries=5, infra_retry_window_s=0.0)
     engine = engine_for(ctx, pool)
     try:
-        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        (a,) = epic(ctx, BeadSpec(title="a", files=["a"]))
         spawn(ctx, engine, a)
         # The first infra failure opens the window; with a window of 0 s the next one
         # is past it, and max_retries (5 left) does not rescue it.
@@ -764,7 +760,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
     ctx = make_ctx(repo, store, pool)
     engine = engine_for(ctx, pool)
     try:
-        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        (a,) = epic(ctx, BeadSpec(title="a", files=["a"]))
         spawn(ctx, engine, a)
         ctx.config.workers.infra_retry_backoff_s = 3600.0
         ctx.config.workers.infra_retry_backoff_max_s = 7200.0
@@ -798,7 +794,7 @@ def test_infra_retry_waits_its_backoff_before_dispatch(
 def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+    (a,) = epic(ctx, BeadSpec(title="a", files=["a"]))
     w = spawn(ctx, engine, a)
     # What a kill between a session's creation and its record leaves on the instance:
     # a session in the worker's worktree that the store never heard of.
@@ -816,7 +812,7 @@ def test_a_restarted_instance_is_reconciled_and_its_unrecorded_session_deleted(
 def test_await_with_stall_check_returns_when_nothing_can_dispatch(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     spawn_async(ctx, a)  # queued; no engine pass
     saved, pool.views = pool.views, {}  # no instance: nothing would dispatch it
     try:
@@ -862,7 +858,7 @@ def live_sessions(pool: FakePool, worktree: str) -> list[str]:
 def test_unknown_outcome_of_session_create_is_looked_up_not_failed_over(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     pool.set("i2", state="starting")  # only i1 takes work
     pool.create_times_out.add("i1")
     w = spawn(ctx, engine, a)
@@ -882,7 +878,7 @@ def test_unknown_outcome_of_session_create_is_looked_up_not_failed_over(
 def test_connect_refused_fails_over_to_another_instance(
     ctx: SwarmContext, pool: FakePool, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a"))
+    (a,) = epic(ctx, BeadSpec(title="a"))
     pool.down.add("i1")
     w = spawn(ctx, engine, a, routing="least_busy")
     assert w.status == "running" and w.instance == "i2"
@@ -894,7 +890,7 @@ def test_restarted_engine_prompts_the_intent_that_never_was(
     """A dispatcher died between recording its session and prompting it; the next
     engine prompts that very session, and also removes a session in a queued worker's
     worktree that nobody recorded (the same crash, one step earlier)."""
-    a, b = epic(ctx, SubtaskSpec(title="a"), SubtaskSpec(title="b"))
+    a, b = epic(ctx, BeadSpec(title="a"), BeadSpec(title="b"))
     with faults.inject("dispatch.before_prompt", _crash), pytest.raises(_Crash):
         from swarm_pool.swarm.worker.dispatch import dispatch
 
@@ -932,7 +928,7 @@ def _crash() -> None:
 def test_review_rejects_a_symlink_leaving_the_worktree(
     ctx: SwarmContext, repo: Path, engine: Engine
 ) -> None:
-    (a,) = epic(ctx, SubtaskSpec(title="a", files=["a.txt", "link"]))
+    (a,) = epic(ctx, BeadSpec(title="a", files=["a.txt", "link"]))
     wa = spawn(ctx, engine, a)
     Path(wa.worktree, "a.txt").write_text("A\n")
     Path(wa.worktree, "link").symlink_to(repo / ".swarm" / "pool.json")
@@ -948,7 +944,7 @@ def test_the_engine_sweeps_sessions_unknown_to_the_store_after_a_grace(
     ctx = make_ctx(repo, store, pool, session_sweep_s=0.01, intent_grace_s=60.0)
     engine = engine_for(ctx, pool)
     try:
-        (a,) = epic(ctx, SubtaskSpec(title="a", files=["a"]))
+        (a,) = epic(ctx, BeadSpec(title="a", files=["a"]))
         w = spawn(ctx, engine, a)
         complete(ctx, a)  # no longer live: the restart reconciliation would not look
         client = pool.client(pool.views[w.instance])

@@ -16,7 +16,7 @@ from typing import Any
 
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec, now_ms
+from swarm_pool.store.events import BeadSpec, now_ms
 
 TASKS = [
     ("login form", ["src/login.py"]),
@@ -79,7 +79,7 @@ def build_history(root: Path) -> History:
     with open_project_store(paths) as store:
         epic = store.hive.create_epic(
             "Add authentication",
-            [SubtaskSpec(title=t, files=f) for t, f in TASKS],
+            [BeadSpec(title=t, files=f) for t, f in TASKS],
             description="login, sessions, hashing",
         )
         e = epic.id

@@ -39,7 +39,7 @@ from swarm_pool.store.events import (
     CellCreated,
     EpicCreated,
     InstanceReady,
-    SubtaskSpec,
+    BeadSpec,
     WorkerCompleted,
     WorkerProgress,
     WorkerQueued,
@@ -418,7 +418,7 @@ def await_wakeup(base: Path, pg: ScratchPostgres | None, rounds: int) -> dict[st
     with hosts[1].open() as store:
         go.set()
         for n in range(rounds):
-            epic = store.hive.create_epic(f"await {n}", [SubtaskSpec(title="t")])
+            epic = store.hive.create_epic(f"await {n}", [BeadSpec(title="t")])
             bead = epic.cells[0].id
             store.append(WorkerQueued(bead_id=bead, epic_id=epic.id))
             store.append(WorkerSpawned(bead_id=bead, epic_id=epic.id, session_id=f"s{n}"))

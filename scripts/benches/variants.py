@@ -56,7 +56,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import start_pool, stop_pool
 from swarm_pool.pool.state import read_state
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker.review import merge, review
 from swarm_pool.pool.router import active_instances
@@ -144,7 +144,7 @@ def _project(base: Path, variant: Variant, n: int, k: int) -> ProjectPaths:
 
 def _epic(ctx: SwarmContext, name: str, n: int, delay_s: float) -> tuple[str, list[str]]:
     specs = [
-        SubtaskSpec(title=f"{name} {i}", files=[f"{name}/{i}.txt"], script=_script(delay_s))
+        BeadSpec(title=f"{name} {i}", files=[f"{name}/{i}.txt"], script=_script(delay_s))
         for i in range(n)
     ]
     epic = ctx.store.hive.create_epic(name, specs)

@@ -35,7 +35,7 @@ from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.api import scale_pool, start_pool, stop_pool
 from swarm_pool.protocol import Contract
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import await_workers
 from swarm_pool.swarm.engine.watch import session_finished
@@ -77,7 +77,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 def _epic(ctx: SwarmContext, name: str, n: int, delay_s: float) -> list[str]:
     specs = [
-        SubtaskSpec(title=f"{name} {i}", files=[f"{name}/{i}.txt"], script=worker_script(delay_s))
+        BeadSpec(title=f"{name} {i}", files=[f"{name}/{i}.txt"], script=worker_script(delay_s))
         for i in range(n)
     ]
     return [c.id for c in ctx.store.hive.create_epic(name, specs).cells]

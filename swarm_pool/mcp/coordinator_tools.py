@@ -23,7 +23,7 @@ from swarm_pool.mcp.runtime import Runtime
 from swarm_pool.mcp.schemas import ToolArgs
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import Store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.status import await_workers, poll
 from swarm_pool.swarm.worker import SpawnRequest, spawn_async
@@ -37,7 +37,7 @@ def _context(store: Store) -> SwarmContext:
     return SwarmContext(paths=ProjectPaths(store.project_root), config=config, store=store)
 
 
-class SubtaskArg(BaseModel):
+class BeadArg(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     title: str = Field(min_length=1, description="Short title of the subtask.")
@@ -55,7 +55,7 @@ class SubtaskArg(BaseModel):
 class CreateEpicArgs(ToolArgs):
     title: str = Field(min_length=1, description="The epic's title.")
     description: str = Field("", description="Shared context for every worker.")
-    subtasks: list[SubtaskArg] = Field(min_length=1, max_length=100)
+    subtasks: list[BeadArg] = Field(min_length=1, max_length=100)
 
 
 class QueryArgs(ToolArgs):
@@ -93,7 +93,7 @@ class MergeArgs(BeadArgs):
 
 
 async def hive_create_epic(rt: Runtime, args: CreateEpicArgs) -> dict[str, Any]:
-    specs = [SubtaskSpec(**s.model_dump()) for s in args.subtasks]
+    specs = [BeadSpec(**s.model_dump()) for s in args.subtasks]
 
     def run(store: Store) -> dict[str, Any]:
         epic = store.hive.create_epic(args.title, specs, description=args.description)

@@ -1,4 +1,4 @@
-"""The hive: epics and their subtasks (cells), dependencies, status, and ``ready()``.
+"""The hive: epics and their beads (a bead's row is a *cell*), dependencies, status, ``ready()``.
 
 Room: store.
 
@@ -26,11 +26,11 @@ from swarm_pool.store.db import Row
 from swarm_pool.store.events import (
     CELL_ID_RE,
     EPIC_ID_RE,
+    BeadSpec,
     CellCreated,
     CellStatus,
     CellStatusChanged,
     EpicCreated,
-    SubtaskSpec,
 )
 from swarm_pool.store.recorder import Recorder
 from swarm_pool.store.rows import RowView, json_list
@@ -101,7 +101,7 @@ class Hive:
     def create_epic(
         self,
         title: str,
-        subtasks: Sequence[SubtaskSpec | dict[str, Any]],
+        beads: Sequence[BeadSpec | dict[str, Any]],
         *,
         description: str = "",
     ) -> EpicView:
@@ -110,7 +110,7 @@ class Hive:
         dependency or a cycle, and nothing is written."""
         if not isinstance(title, str) or not title.strip():
             raise HiveError("an epic needs a title")
-        specs = [self._spec(s, i) for i, s in enumerate(subtasks, 1)]
+        specs = [self._spec(s, i) for i, s in enumerate(beads, 1)]
         internal, external = self._resolve_deps(specs)
         _check_cycles(internal)
         files = [[self._normalize(f) for f in s.files] for s in specs]
@@ -142,18 +142,18 @@ class Hive:
             return self._epic(w, epic_id)
 
     @staticmethod
-    def _spec(spec: SubtaskSpec | dict[str, Any], n: int) -> SubtaskSpec:
-        if isinstance(spec, SubtaskSpec):
+    def _spec(spec: BeadSpec | dict[str, Any], n: int) -> BeadSpec:
+        if isinstance(spec, BeadSpec):
             return spec
         try:
-            return SubtaskSpec.model_validate(spec)
+            return BeadSpec.model_validate(spec)
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(p) for p in first["loc"]) or "subtask"
             raise HiveError(f"subtask {n}: bad {loc}: {first['msg']}") from e
 
     @staticmethod
-    def _resolve_deps(specs: list[SubtaskSpec]) -> tuple[dict[int, set[int]], set[str]]:
+    def _resolve_deps(specs: list[BeadSpec]) -> tuple[dict[int, set[int]], set[str]]:
         internal: dict[int, set[int]] = {n: set() for n in range(1, len(specs) + 1)}
         external: set[str] = set()
         for n, spec in enumerate(specs, 1):
@@ -258,7 +258,7 @@ def _check_status(status: str) -> None:
         raise HiveError(f"bad status {status!r}: one of {', '.join(STATUSES)}")
 
 
-def _deps_of(spec: SubtaskSpec) -> list[int | str]:
+def _deps_of(spec: BeadSpec) -> list[int | str]:
     out: list[int | str] = []
     for dep in spec.depends_on:
         dep = dep.strip()

@@ -30,11 +30,11 @@ from swarm_pool.store.events.files import (
     FileReserved,
 )
 from swarm_pool.store.events.hive import (
+    BeadSpec,
     CellCreated,
     CellStatus,
     CellStatusChanged,
     EpicCreated,
-    SubtaskSpec,
 )
 from swarm_pool.store.events.mail import (
     AgentRegistered,
@@ -100,6 +100,7 @@ __all__ = [
     "EVENT_TYPES",
     "AgentRegistered",
     "BaseEvent",
+    "BeadSpec",
     "BranchPushed",
     "CellCreated",
     "CellStatus",
@@ -140,7 +141,6 @@ __all__ = [
     "SlotRemoved",
     "SlotState",
     "SlotTaken",
-    "SubtaskSpec",
     "WorkerBlocked",
     "WorkerClaimed",
     "WorkerCompleted",

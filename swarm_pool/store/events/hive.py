@@ -1,6 +1,6 @@
 """The hive events: the epics and cells (beads) of the hive: ``EpicCreated``,
-``CellCreated``, ``CellStatusChanged``, the ``CellStatus`` values and ``SubtaskSpec``, a
-subtask as ``create_epic`` takes it.
+``CellCreated``, ``CellStatusChanged``, the ``CellStatus`` values and ``BeadSpec``, a
+bead as ``create_epic`` takes it.
 
 Room: store.
 """
@@ -16,8 +16,9 @@ from swarm_pool.store.events.base import BaseEvent
 CellStatus = Literal["open", "in_progress", "blocked", "closed"]
 
 
-class SubtaskSpec(BaseModel):
-    """A subtask as given to ``create_epic``; ``depends_on`` holds cell ids or indexes."""
+class BeadSpec(BaseModel):
+    """A bead as given to ``create_epic`` (the MCP tool's ``subtasks``); ``depends_on``
+    holds cell ids or 1-based indexes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -10,7 +10,7 @@ scripted model) and optional ``[pool]`` hints (size, routing). This module owns 
 (``load_plan``), the checks that reject a bad plan with one clear line (duplicate ids,
 unknown dependencies, cycles, and two tasks that may run at the same time owning
 overlapping files), the topological order, and the mapping to the store's
-``SubtaskSpec`` list, whose dependencies are 1-based task indexes.
+``BeadSpec`` list, whose dependencies are 1-based task indexes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swarm_pool.errors import PlanError, ScriptError
 from swarm_pool.model.scripts import parse_inline
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.store.globs import has_magic, patterns_overlap
 
 
@@ -193,8 +193,9 @@ class Plan(_Model):
             waves[depth[t.id]].append(t.id)
         return waves
 
-    def to_subtasks(self) -> list[SubtaskSpec]:
-        """The store's subtask list, in plan order, with dependencies as 1-based indexes."""
+    def to_beads(self) -> list[BeadSpec]:
+        """The plan's tasks as the store's beads, in plan order, dependencies as 1-based
+        indexes."""
         index = {t.id: i for i, t in enumerate(self.tasks, start=1)}
         specs = []
         for t in self.tasks:
@@ -203,7 +204,7 @@ class Plan(_Model):
             except KeyError as e:
                 raise PlanError(f"task {t.id!r} depends on unknown task {e.args[0]!r}") from e
             specs.append(
-                SubtaskSpec(
+                BeadSpec(
                     title=t.title,
                     description=t.description,
                     files=list(t.files),
@@ -212,10 +213,6 @@ class Plan(_Model):
                 )
             )
         return specs
-
-    def subtasks(self) -> list[SubtaskSpec]:
-        """Alias of ``to_subtasks``."""
-        return self.to_subtasks()
 
 
 def _check_pattern(task_id: str, pattern: str) -> None:

@@ -43,7 +43,7 @@ from swarm_pool.errors import (
 )
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.store import open_project_store
-from swarm_pool.store.events import SubtaskSpec
+from swarm_pool.store.events import BeadSpec
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.plans.plan import Plan, load_plan
 from swarm_pool.swarm.pool_view import ensure_pool, stop_pool
@@ -198,7 +198,7 @@ class Runner:
         self.ctx = ctx
         self.title = plan.title
         self.shared_context = plan.shared_context
-        self.subtasks: list[SubtaskSpec] = plan.to_subtasks()
+        self.beads: list[BeadSpec] = plan.to_beads()
         # Per task: spawn arguments the store's cells do not hold (read_only, criteria).
         self.extras: list[dict[str, Any]] = [
             {"read_only": list(t.read_only), "success_criteria": list(t.success_criteria)}
@@ -208,13 +208,13 @@ class Runner:
         self.on_update = on_update
         self.supervisor = supervisor
         self.epic_id = ""
-        self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(self.subtasks)]
+        self.tasks = [TaskState(i + 1, s.title) for i, s in enumerate(self.beads)]
         self.errors: list[str] = []
         self._deps: dict[str, list[str]] = {}
 
     def create_epic(self) -> str:
         epic = self.ctx.store.hive.create_epic(
-            self.title, self.subtasks, description=self.shared_context
+            self.title, self.beads, description=self.shared_context
         )
         self.epic_id = epic.id
         for task, cell in zip(self.tasks, epic.cells, strict=True):
