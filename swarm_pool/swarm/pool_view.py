@@ -17,7 +17,9 @@ from pathlib import Path
 from swarm_pool.config import Config
 from swarm_pool.errors import PoolError, PoolNotRunningError
 from swarm_pool.paths import ProjectPaths
+from swarm_pool.pool import api as pool_api
 from swarm_pool.pool.router import InstanceView
+from swarm_pool.pool.state import PoolPhase, read_state
 from swarm_pool.tokens import write_worker_token
 
 DEDICATED_PREFIX = "dw-"
@@ -35,8 +37,6 @@ def dedicated_bead(name: str) -> str | None:
 
 def mcp_secret(paths: ProjectPaths) -> str:
     """The shared MCP server's token secret from the private state file ("" if none)."""
-    from swarm_pool.pool.state import read_state
-
     try:
         state = read_state(paths.state_file)
     except PoolError:
@@ -61,8 +61,6 @@ def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> lis
     An empty list when no pool state exists (or it cannot be read right now), unless
     ``require_running``, which raises PoolNotRunningError instead.
     """
-    from swarm_pool.pool.state import read_state
-
     try:
         state = read_state(paths.state_file)
     except PoolError:
@@ -96,8 +94,6 @@ def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> lis
 
 def pool_owner(paths: ProjectPaths) -> tuple[str | None, int | None]:
     """``(phase, supervisor pid)`` from the state file; ``(None, None)`` if unreadable."""
-    from swarm_pool.pool.state import read_state
-
     try:
         state = read_state(paths.state_file)
     except PoolError:
@@ -108,13 +104,11 @@ def pool_owner(paths: ProjectPaths) -> tuple[str | None, int | None]:
 
 
 def pool_running(paths: ProjectPaths) -> bool:
-    from swarm_pool.pool.state import read_state
-
     try:
         state = read_state(paths.state_file)
     except PoolError:
         return False
-    return state is not None and state.supervisor_alive() and state.phase == "running"
+    return state is not None and state.supervisor_alive() and state.phase == PoolPhase.RUNNING
 
 
 def ensure_pool(
@@ -127,13 +121,9 @@ def ensure_pool(
     """Start a pool unless one runs; True if this call started it."""
     if pool_running(paths):
         return False
-    from swarm_pool.pool.api import start_pool
-
-    start_pool(paths, config, size=size, config_path=config_path)
+    pool_api.start_pool(paths, config, size=size, config_path=config_path)
     return True
 
 
 def stop_pool(paths: ProjectPaths, config: Config) -> None:
-    from swarm_pool.pool.api import stop_pool as _stop
-
-    _stop(paths, config)
+    pool_api.stop_pool(paths, config)

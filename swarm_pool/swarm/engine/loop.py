@@ -55,7 +55,7 @@ from swarm_pool.errors import EngineStartError, SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.pulse import Pulses
 from swarm_pool.pool.router import InstanceView, active_instances
-from swarm_pool.pool.state import SERVING
+from swarm_pool.pool.state import SERVING, PoolPhase
 from swarm_pool.store import open_project_store
 from swarm_pool.store.events import BaseEvent, now_ms
 from swarm_pool.store.lifecycle import ACTIVE, IN_FLIGHT, MERGEABLE, WorkerStatus
@@ -284,7 +284,7 @@ class Engine:
         if self.settings.owner_pid is None:
             return True
         phase, pid = pool_owner(self.paths)
-        return phase == "running" and pid == self.settings.owner_pid
+        return phase == PoolPhase.RUNNING and pid == self.settings.owner_pid
 
     def tick(self, wait: bool = False) -> None:
         """One pass; ``wait`` also waits for the dispatches it started (tests)."""
