@@ -125,9 +125,16 @@ def test_dashboard_once_after_a_demo_run_shows_every_panel(demo: Demo) -> None:
     assert "docs/**" in res and "exclusive" in res
     assert re.search(r"\b14m5\ds\b|\b15m00s\b", res)
 
-    # last events: the newest first (our reservation), merges among the last dozen
+    # last events: the newest first, our reservation among them. A worker's session may
+    # go idle after its merge (swarm_complete comes before the agent's last step), so
+    # its session_status can land after the reservation: only such later events may
+    # stand above it.
     events = lines[lines.index(next(ln for ln in lines if "last events" in ln)) + 1 :]
-    assert events[0].startswith(f"│ {last_seq} ") and "file_reserved" in events[0]
+    seqs = [int(m.group(1)) for ln in events if (m := re.match(r"│ (\d+) ", ln))]
+    assert seqs == sorted(seqs, reverse=True) and last_seq in seqs, events
+    ours = seqs.index(last_seq)
+    assert "file_reserved" in events[ours]
+    assert all("session_status" in ln or "instance_stats" in ln for ln in events[:ours]), events
 
 
 def test_quitting_the_live_dashboard_leaves_the_pool_running(demo: Demo) -> None:
