@@ -153,6 +153,9 @@ class SupervisorSection(_Section):
 
 class OpenCodeSection(_Section):
     binary: str = Field("", description="empty: $SWARM_POOL_OPENCODE, project install, PATH")
+    # The OpenCode line: "1.18" (npm opencode-ai) or "2" (npm @opencode/cli). It picks
+    # the project's pinned install, and a binary found otherwise must be of this line.
+    version: Literal["1.18", "2"] = "1.18"
     model: str = Field("scripted", description='"scripted" or "provider/model"')
     disable_models_fetch: bool = True
     permission: dict[str, Any] = Field(

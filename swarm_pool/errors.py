@@ -7,6 +7,7 @@ Foreign errors are mapped at the boundary with ``raise Ours(...) from e``.
     SwarmPoolError
     ├── ConfigError                 bad config file, key, value or env override
     ├── BinaryNotFoundError         no opencode binary anywhere we look
+    ├── OpenCodeVersionError        a binary of neither OpenCode line, or not the one asked
     ├── ProjectError                project dir missing / unwritable
     ├── PortError
     │   ├── PortsExhaustedError     no free port left in the configured range
@@ -75,6 +76,10 @@ class ConfigError(SwarmPoolError):
 
 
 class BinaryNotFoundError(SwarmPoolError):
+    pass
+
+
+class OpenCodeVersionError(SwarmPoolError):
     pass
 
 

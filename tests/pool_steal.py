@@ -24,6 +24,8 @@ def _taken(port: int) -> bool:
 
 def main() -> None:
     real = os.environ["STEAL_REAL_BINARY"]
+    if sys.argv[1:] == ["--version"]:  # `start` asks which OpenCode line it is
+        os.execv(real, [real, "--version"])
     port = int(sys.argv[sys.argv.index("--port") + 1])
     with open(os.environ["STEAL_PORTFILE"], "w") as fh:
         fh.write(str(port))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from swarm_pool.config import Config
 from swarm_pool.opencode.binary import find_opencode
 from swarm_pool.pool.ports import port_is_free
 from tests.pool_cli import NO_MODEL_ENV, cli, make_project, pool_processes
@@ -34,6 +35,25 @@ def assert_clean_failure(
     assert [p for p in pool_processes(project) if p.pid != foreign] == []
     status = cli("status", "--json", project=project)
     assert status.returncode != 0
+
+
+def test_a_binary_of_neither_opencode_line_is_refused_at_start(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    fake = tmp_path / "opencode"
+    fake.write_text("#!/bin/sh\necho 0.9.4\n")
+    fake.chmod(0o755)
+    env = {**NO_MODEL_ENV, "SWARM_POOL_OPENCODE__BINARY": str(fake)}
+    out = cli("start", "-n", "1", project=project, env=env)
+    assert_clean_failure(out, project, f"{fake} is opencode '0.9.4'; swarm-pool runs OpenCode 1.18")
+
+
+def test_a_binary_of_the_other_line_is_refused_at_start(tmp_path: Path) -> None:
+    # The real 2.x binary, while the config asks for 1.18: one line naming both.
+    project = make_project(tmp_path / "p")
+    v2 = find_opencode(Config.model_validate({"opencode": {"version": "2"}}))
+    env = {**NO_MODEL_ENV, "SWARM_POOL_OPENCODE__BINARY": str(v2)}
+    out = cli("start", "-n", "1", project=project, env=env)
+    assert_clean_failure(out, project, "is opencode 2.1.2 (line 2), but opencode.version is '1.18'")
 
 
 def free_port() -> int:

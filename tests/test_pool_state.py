@@ -10,15 +10,27 @@ from typing import Any
 
 import pytest
 
-from swarm_pool.config import Config
+from swarm_pool.config import Config, load_config
 from swarm_pool.errors import (
     BinaryNotFoundError,
+    ConfigError,
     IllegalInstanceTransitionError,
+    OpenCodeVersionError,
     PoolError,
     PoolNotRunningError,
     UnknownInstanceError,
 )
-from swarm_pool.opencode.binary import PROJECT_INSTALL, find_opencode
+from swarm_pool.opencode.binary import (
+    PINNED,
+    PROJECT_INSTALL,
+    PROJECT_INSTALLS,
+    OpenCodeLine,
+    binary_info,
+    check_binary,
+    find_opencode,
+    line_of,
+    source_root,
+)
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import control
 from swarm_pool.pool.state import (
@@ -170,6 +182,67 @@ def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
     config = Config.model_validate({"opencode": {"binary": str(tmp_path / "nope")}})
     with pytest.raises(BinaryNotFoundError, match=r"opencode\.binary.*nope"):
         find_opencode(config, environ={}, root=tmp_path, search_path=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("output", "version", "line"),
+    [
+        ("1.18.33\n", "1.18.33", OpenCodeLine.V1),
+        ("opencode v2.1.2\n", "2.1.2", OpenCodeLine.V2),
+        ("some banner\nopencode v2.3.0-beta.1\n", "2.3.0", OpenCodeLine.V2),
+        ("1.17.9\n", "1.17.9", None),
+        ("3.0.0\n", "3.0.0", None),
+        ("<html>web ui</html>\n", "<html>web ui</html>", None),
+        ("", "", None),
+    ],
+)
+def test_a_binary_line_comes_from_its_version_output(
+    output: str, version: str, line: OpenCodeLine | None
+) -> None:
+    assert line_of(output) == (version, line)
+
+
+def test_binary_info_refuses_neither_line_and_a_failing_binary(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.write_text("#!/bin/sh\necho 1.2.3\n")
+    old.chmod(0o755)
+    with pytest.raises(OpenCodeVersionError, match=r"is opencode '1\.2\.3'; swarm-pool runs"):
+        binary_info(old)
+    broken = tmp_path / "broken"
+    broken.write_text("#!/bin/sh\necho 1.18.33\nexit 3\n")
+    broken.chmod(0o755)
+    with pytest.raises(OpenCodeVersionError, match=r"exit status 3|'1\.18\.33'"):
+        binary_info(broken)
+    with pytest.raises(OpenCodeVersionError, match="--version failed"):
+        binary_info(tmp_path / "absent")
+
+
+def test_the_pinned_installs_of_both_lines_say_their_line() -> None:
+    # The real binaries scripts/setup installed: their own --version decides the line.
+    for line in OpenCodeLine:
+        config = Config.model_validate({"opencode": {"version": line.value}})
+        info = check_binary(config)
+        assert info.line is line
+        assert info.version == PINNED[line]
+        assert info.path == (source_root() / PROJECT_INSTALLS[line])
+
+
+def test_version_picks_the_pinned_install_of_its_line(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    v1 = fake_binary(root / PROJECT_INSTALLS[OpenCodeLine.V1])
+    v2 = fake_binary(root / PROJECT_INSTALLS[OpenCodeLine.V2])
+    v2_config = Config.model_validate({"opencode": {"version": "2"}})
+    empty = str(tmp_path)
+    assert find_opencode(Config(), environ={}, root=root, search_path=empty) == v1
+    assert find_opencode(v2_config, environ={}, root=root, search_path=empty) == v2
+    v2.unlink()
+    with pytest.raises(BinaryNotFoundError, match=r"@opencode/cli@2\.1\.2"):
+        find_opencode(v2_config, environ={}, root=root, search_path=empty)
+
+
+def test_a_version_of_no_line_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="version"):
+        load_config(environ={"SWARM_POOL_OPENCODE__VERSION": '"3"'})
 
 
 def test_instance_states_serialize_as_before_and_follow_one_table(tmp_path: Path) -> None:

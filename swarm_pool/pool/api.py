@@ -35,7 +35,7 @@ from swarm_pool.errors import (
     SwarmPoolError,
     UnknownInstanceError,
 )
-from swarm_pool.opencode.binary import find_opencode
+from swarm_pool.opencode.binary import check_binary
 from swarm_pool.opencode.shell import check_bwrap
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import control, process
@@ -86,7 +86,7 @@ def start_pool(
             f"a pool is already running in {paths.root} (supervisor pid "
             f"{running.supervisor.pid}); see `swarm-pool status`, or `swarm-pool stop` first"
         )
-    find_opencode(config)
+    check_binary(config)  # found, and of the line opencode.version names
     if config.workers.sandbox == "bwrap":
         check_bwrap()  # a missing or broken bubblewrap fails here, never silently later
     if config.opencode.model == "scripted" and not _module_exists("swarm_pool.scripted_model"):
