@@ -211,7 +211,7 @@ def test_binary_info_refuses_neither_line_and_a_failing_binary(tmp_path: Path) -
     broken = tmp_path / "broken"
     broken.write_text("#!/bin/sh\necho 1.18.33\nexit 3\n")
     broken.chmod(0o755)
-    with pytest.raises(OpenCodeVersionError, match=r"exit status 3|'1\.18\.33'"):
+    with pytest.raises(OpenCodeVersionError, match=r"--version exited with status 3"):
         binary_info(broken)
     with pytest.raises(OpenCodeVersionError, match="--version failed"):
         binary_info(tmp_path / "absent")

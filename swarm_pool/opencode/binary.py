@@ -36,7 +36,6 @@ class OpenCodeLine(StrEnum):
 
 
 PINNED: dict[OpenCodeLine, str] = {OpenCodeLine.V1: "1.18.33", OpenCodeLine.V2: "2.1.2"}
-PINNED_VERSION = PINNED[OpenCodeLine.V1]
 NPM_PACKAGE: dict[OpenCodeLine, str] = {
     OpenCodeLine.V1: "opencode-ai",
     OpenCodeLine.V2: "@opencode/cli",
@@ -97,12 +96,13 @@ def binary_info(path: Path) -> BinaryInfo:
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise OpenCodeVersionError(f"{path} --version failed: {e}") from e
+    if out.returncode != 0:
+        raise OpenCodeVersionError(f"{path} --version exited with status {out.returncode}")
     version, line = line_of(out.stdout)
-    if out.returncode != 0 or line is None:
-        shown = version or f"no version (exit status {out.returncode})"
+    if line is None:
         raise OpenCodeVersionError(
-            f"{path} is opencode {shown!r}; swarm-pool runs OpenCode 1.18 "
-            f"({PINNED[OpenCodeLine.V1]}) or 2.x ({PINNED[OpenCodeLine.V2]})"
+            f"{path} is opencode {version or 'of no version'!r}; swarm-pool runs OpenCode "
+            f"1.18 ({PINNED[OpenCodeLine.V1]}) or 2.x ({PINNED[OpenCodeLine.V2]})"
         )
     return BinaryInfo(path=path, version=version, line=line)
 
