@@ -2,7 +2,7 @@
 
 Room: swarm.worker.
 
-Three outcomes end a bead's work: ``swarm_complete`` (mcp/worker_tools.py), the merge
+Three outcomes end a bead's work: ``swarm_complete`` (mcp/reports.py), the merge
 (``review.merge``) and a final failure (``failure.fail``). Each releases the bead's file
 reservations, changes its cell status and (merge and failure) frees its warm slot, and
 each appends those events together with its own outcome event, so an observer never
