@@ -22,7 +22,6 @@ from swarm_pool.errors import (
 )
 from swarm_pool.opencode.binary import (
     PINNED,
-    PROJECT_INSTALL,
     PROJECT_INSTALLS,
     OpenCodeLine,
     binary_info,
@@ -164,7 +163,7 @@ def test_binary_lookup_order(tmp_path: Path) -> None:
     cfg_bin = fake_binary(tmp_path / "cfg" / "opencode")
     env_bin = fake_binary(tmp_path / "env" / "opencode")
     root = tmp_path / "src"
-    pinned = fake_binary(root / PROJECT_INSTALL)
+    pinned = fake_binary(root / PROJECT_INSTALLS[OpenCodeLine.V1])
     on_path = fake_binary(tmp_path / "bin" / "opencode")
     config = Config.model_validate({"opencode": {"binary": str(cfg_bin)}})
     env = {"SWARM_POOL_OPENCODE": str(env_bin)}

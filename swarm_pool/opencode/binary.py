@@ -46,7 +46,6 @@ PROJECT_INSTALLS: dict[OpenCodeLine, Path] = {
     OpenCodeLine.V1: Path(".tools/opencode/node_modules/opencode-linux-x64/bin/opencode"),
     OpenCodeLine.V2: Path(".tools/opencode2/opencode"),
 }
-PROJECT_INSTALL = PROJECT_INSTALLS[OpenCodeLine.V1]
 _VERSION = re.compile(r"^(?:opencode\s+)?v?(\d+)\.(\d+)\.(\d+)\S*$")
 VERSION_TIMEOUT_S = 30.0
 
