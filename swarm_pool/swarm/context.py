@@ -1,14 +1,13 @@
-"""The worker engine's dependencies in one object: project paths,
-config, store, pool.
+"""The worker engine's dependencies in one object: project paths, config, store, pool.
 
 Room: swarm (its base).
 
 ``SwarmContext`` is what the worker's steps (``swarm/worker/``), the engine loop
 (``swarm/engine/``), ``status`` and the plans take instead of a long list of arguments.
-It owns the lazily created git ``Repo``, the view of the
-pool's instances (read from the supervisor's state file unless a test injects its own),
-and the factory of OpenCode clients, so every piece can be swapped in tests; and it
-reads a bead's latest event of a given class (``last_event``).
+It owns the lazily created git ``Repo``, the view of the pool's instances (read from the
+supervisor's state file unless a test injects its own), and the factory of OpenCode
+clients, so every piece can be swapped in tests; and it reads a bead's latest event of a
+given class (``last_event``).
 """
 
 from __future__ import annotations
