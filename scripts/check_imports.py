@@ -19,8 +19,9 @@ PACKAGE = "swarm_pool"
 # Bottom first. Each entry is a tuple of sibling rooms (module or package prefixes).
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors"),
-    ("tokens", "faults"),
+    ("faults",),
     ("paths",),
+    ("tokens",),
     ("config",),
     ("protocol",),
     ("model",),

@@ -12,7 +12,8 @@ token is written to its worktree's git dir (outside the work tree, so never comm
 never listed by ``git status``), where the per-directory relay reads it; the coordinator
 token for sessions in the project root is in ``.swarm/`` (a sandboxed worker sees the
 common ``.git`` but not ``.swarm``). Minting runs in the engine, verifying in the MCP
-server, reading in the relay's twin, so the module imports only the stdlib and ``errors``.
+server, reading in the relay's twin, so the module imports only the stdlib, ``errors`` and
+``paths``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from swarm_pool.errors import CapabilityError
+from swarm_pool.paths import write_private
 
 PREFIX = "swp1"
 TOKEN_FILE = "swarm-mcp-token"
@@ -110,21 +112,12 @@ def git_dir(worktree: Path) -> Path | None:
 
 
 def _write_private(path: Path, text: str) -> None:
-    # Atomic and 0600 from the first byte, as ``paths.write_private``; its own copy keeps
-    # this module free of the package's imports.
     try:
         if path.read_text() == text:
             return
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, text)
 
 
 def write_coordinator_token(secret: str, swarm_dir: Path) -> Path:
