@@ -143,18 +143,9 @@ class Store:
         assert conflict is not None
         raise conflict
 
-    def read(
-        self, where: EventFilter | None = None, /, **filters: Unpack[ReadFilters]
-    ) -> list[StoredEvent]:
-        """Events matching ``where``, or an ``EventFilter`` of the keywords given
-        (``types``, ``epic_id``, ``bead_id``, ``session_id``, ``after_seq``, ``limit``,
-        ``descending``): every filter must match, by seq, newest first if
-        ``descending``. ``bead_id`` also matches cell events of that id."""
-        if where is None:
-            where = EventFilter(**filters)
-        elif filters:
-            raise StoreError("read takes an EventFilter or keyword filters, not both")
-        return self.recorder.events(where)
+    def read(self, **filters: Unpack[ReadFilters]) -> list[StoredEvent]:
+        """The events an ``EventFilter`` of these keywords matches (see its fields)."""
+        return self.recorder.events(EventFilter(**filters))
 
     def last_seq(self) -> int:
         return self.recorder.last_seq()

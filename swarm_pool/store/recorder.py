@@ -53,20 +53,25 @@ class EventFilter:
     descending: bool = False
 
     def __post_init__(self) -> None:
-        # A bare string is one type, not an iterable of one-letter types.
-        if isinstance(self.types, str):
-            object.__setattr__(self, "types", (self.types,))
+        # Kept as a sorted tuple: a generator would be used up by the first query, and a
+        # list would make the value unhashable. A bare string is one type, not an
+        # iterable of one-letter types. An unknown type is refused here, once.
+        if self.types is None:
+            return
+        wanted = (self.types,) if isinstance(self.types, str) else self.types
+        types = tuple(sorted(set(wanted)))
+        unknown = [t for t in types if t not in EVENT_TYPES]
+        if unknown:
+            raise EventValidationError(f"unknown event type {unknown[0]!r}")
+        object.__setattr__(self, "types", types)
 
     def sql(self) -> tuple[str, list[Any]] | None:
         """The query (and its parameters) over the events table, in the shared dialect;
-        None if nothing can match. EventValidationError for an unknown type."""
+        None if nothing can match."""
         where = ["seq > ?"]
         params: list[Any] = [self.after_seq]
         if self.types is not None:
-            wanted = sorted(set(self.types))
-            unknown = [t for t in wanted if t not in EVENT_TYPES]
-            if unknown:
-                raise EventValidationError(f"unknown event type {unknown[0]!r}")
+            wanted = list(self.types)
             if not wanted:
                 return None
             where.append(f"type IN ({', '.join('?' * len(wanted))})")

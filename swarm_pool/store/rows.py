@@ -41,9 +41,30 @@ class RowView:
     @classmethod
     def from_row(cls, row: Row) -> Self:
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cast(Any, cls)):
-            column = cls.COLUMNS.get(f.name, f.name)
-            raw = row.get(column) if f.name in cls.OPTIONAL else row[column]
-            decode = cls.DECODE.get(f.name)
-            values[f.name] = raw if decode is None else decode(raw)
+        for name, column, optional, decode in _plan(cls):
+            raw = row.get(column) if optional else row[column]
+            values[name] = raw if decode is None else decode(raw)
         return cls(**values)
+
+
+_Step = tuple[str, str, bool, Callable[[Any], Any] | None]
+
+
+_PLANS: dict[type[RowView], tuple[_Step, ...]] = {}
+
+
+def _plan(cls: type[RowView]) -> tuple[_Step, ...]:
+    # Worked out once per view class: every list of workers, each engine and dashboard
+    # tick, builds a view per row, and walking the fields each time doubled its cost.
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = tuple(
+            (
+                f.name,
+                cls.COLUMNS.get(f.name, f.name),
+                f.name in cls.OPTIONAL,
+                cls.DECODE.get(f.name),
+            )
+            for f in dataclasses.fields(cast(Any, cls))
+        )
+    return plan
