@@ -31,7 +31,7 @@ from swarm_pool.store.events import (
     WorkerBlocked,
     WorkerProgress,
 )
-from swarm_pool.swarm.engine.mapper import EventMapper, WorkerRef, unwrap
+from swarm_pool.swarm.engine.mapper import EventMapper, WorkerRef, may_map, unwrap
 from swarm_pool.swarm.engine.watch import (
     InstanceWatcher,
     WatchManager,
@@ -556,3 +556,20 @@ def test_a_real_daemon_holds_one_event_stream_per_instance(tmp_path: Path) -> No
     finally:
         cli("stop", project=root, timeout=120)
     assert pool_processes(root) == []
+
+
+def test_the_watcher_queues_only_messages_the_mapper_may_map() -> None:
+    # Every kind the mapper handles passes the cheap filter; a message part does not.
+    for kind in (
+        "session.status",
+        "session.idle",
+        "session.error",
+        "permission.asked",
+        "permission.v2.replied",
+        "question.asked",
+        "question.v2.rejected",
+    ):
+        wrapped = json.dumps({"payload": {"type": kind, "properties": {"sessionID": "s"}}})
+        assert may_map(wrapped), kind
+    part = {"type": "message.part.updated", "properties": {"part": {"text": "hello"}}}
+    assert not may_map(json.dumps({"payload": part}))

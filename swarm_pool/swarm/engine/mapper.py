@@ -82,6 +82,16 @@ def question_reason(props: Mapping[str, Any]) -> str:
     return "question asked"
 
 
+# The quoted type prefixes of every event ``EventMapper.map`` handles.
+_MAPPED_PREFIXES = ('"session.', '"permission.', '"question.')
+
+
+def may_map(data: str) -> bool:
+    """Whether a raw SSE message could be one the mapper handles: most of a stream is
+    message parts, which need neither parsing nor a place in the watcher's queue."""
+    return any(prefix in data for prefix in _MAPPED_PREFIXES)
+
+
 _PERMISSION_ASKED = {"permission.asked", "permission.v2.asked"}
 _QUESTION_ASKED = {"question.asked", "question.v2.asked"}
 _REPLIED = {

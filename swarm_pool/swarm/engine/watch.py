@@ -38,6 +38,7 @@ from swarm_pool.swarm.context import default_client
 from swarm_pool.swarm.engine.mapper import (
     EventMapper,
     WorkerLookup,
+    may_map,
     permission_reason,
     question_reason,
 )
@@ -188,7 +189,9 @@ class InstanceWatcher:
         self._inbox.put(_Signal.OPENED)
 
     def message(self, data: str) -> None:
-        self._inbox.put(data)
+        # The shared reader cannot be slowed by this queue, so keep only what may map.
+        if may_map(data):
+            self._inbox.put(data)
 
     def closed(self) -> None:
         self._inbox.put(_Signal.CLOSED)
@@ -281,7 +284,10 @@ class InstanceWatcher:
             events = feed.mapper.map(raw)
             if events:
                 feed.sink(events)
-        except Exception:  # a bug or a store error: catch up again rather than lose it
+        except (SwarmPoolError, OSError) as e:  # the store is down: catch up once it is back
+            log.debug("watch %s: recording an event failed: %s", self.instance.name, e)
+            self.connected.clear()
+        except Exception:  # a bug: catch up again rather than lose the event
             log.exception("watch %s: recording an event failed", self.instance.name)
             self.connected.clear()
 
