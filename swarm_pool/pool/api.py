@@ -48,6 +48,7 @@ from swarm_pool.pool.state import (
     PoolState,
     child_view,
     read_state,
+    read_state_quietly,
     write_state,
 )
 from swarm_pool.store import open_project_store
@@ -139,7 +140,7 @@ def check_store(paths: ProjectPaths, config: Config) -> None:
 def _pool_tag(paths: ProjectPaths) -> str:
     """The previous pool's tag while any of its children still runs (they will be
     adopted, and must be swept with the rest), else a fresh one."""
-    previous = _read_quietly(paths)
+    previous = read_state_quietly(paths.state_file)
     if (
         previous is not None
         and previous.tag
@@ -161,7 +162,7 @@ def _wait_started(
 ) -> PoolState:
     while True:
         rc = daemon.poll()
-        state = _read_quietly(paths)
+        state = read_state_quietly(paths.state_file)
         if state is not None and (state.supervisor is None or state.supervisor.pid != daemon.pid):
             state = None  # an older pool's file: our daemon has not written yet
         if state is not None and state.error is not None:
@@ -184,13 +185,6 @@ def _wait_started(
         time.sleep(_POLL_S)
 
 
-def _read_quietly(paths: ProjectPaths) -> PoolState | None:
-    try:
-        return read_state(paths.state_file)
-    except PoolError:
-        return None
-
-
 def _abort_start(paths: ProjectPaths, config: Config, daemon: subprocess.Popen[bytes]) -> None:
     """Stop the daemon we launched and everything it started."""
     if daemon.poll() is None:
@@ -201,7 +195,7 @@ def _abort_start(paths: ProjectPaths, config: Config, daemon: subprocess.Popen[b
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait(timeout=5)
-    state = _read_quietly(paths)
+    state = read_state_quietly(paths.state_file)
     if state is not None and state.supervisor is not None and state.supervisor.pid == daemon.pid:
         _kill_leftovers(state, config)
 

@@ -201,6 +201,15 @@ def read_state(path: Path) -> PoolState | None:
         raise PoolError(f"pool state {path} is corrupt: {str(e).splitlines()[0]}") from e
 
 
+def read_state_quietly(path: Path) -> PoolState | None:
+    """The state file's content, or None when it is missing or unreadable (for readers
+    that carry on without it: views, status checks)."""
+    try:
+        return read_state(path)
+    except PoolError:
+        return None
+
+
 def write_state(path: Path, state: PoolState) -> None:
     """Replace the state file atomically; the file is 0600 from its first byte."""
     state.updated_at = time.time()

@@ -19,7 +19,7 @@ from swarm_pool.errors import PoolError, PoolNotRunningError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool import api as pool_api
 from swarm_pool.pool.router import InstanceView
-from swarm_pool.pool.state import PoolPhase, read_state
+from swarm_pool.pool.state import PoolPhase, read_state, read_state_quietly
 from swarm_pool.tokens import write_worker_token
 
 DEDICATED_PREFIX = "dw-"
@@ -37,10 +37,7 @@ def dedicated_bead(name: str) -> str | None:
 
 def mcp_secret(paths: ProjectPaths) -> str:
     """The shared MCP server's token secret from the private state file ("" if none)."""
-    try:
-        state = read_state(paths.state_file)
-    except PoolError:
-        return ""
+    state = read_state_quietly(paths.state_file)
     return state.mcp_secret if state is not None else ""
 
 
@@ -94,20 +91,14 @@ def read_instances(paths: ProjectPaths, *, require_running: bool = False) -> lis
 
 def pool_owner(paths: ProjectPaths) -> tuple[str | None, int | None]:
     """``(phase, supervisor pid)`` from the state file; ``(None, None)`` if unreadable."""
-    try:
-        state = read_state(paths.state_file)
-    except PoolError:
-        return None, None
+    state = read_state_quietly(paths.state_file)
     if state is None:
         return None, None
     return state.phase, state.supervisor.pid if state.supervisor else None
 
 
 def pool_running(paths: ProjectPaths) -> bool:
-    try:
-        state = read_state(paths.state_file)
-    except PoolError:
-        return False
+    state = read_state_quietly(paths.state_file)
     return state is not None and state.supervisor_alive() and state.phase == PoolPhase.RUNNING
 
 

@@ -16,24 +16,15 @@ import time
 
 import psutil
 
-from swarm_pool.errors import SwarmPoolError
 from swarm_pool.paths import ProjectPaths
 from swarm_pool.pool.process import ProcRef
-from swarm_pool.pool.state import PoolState, read_state
+from swarm_pool.pool.state import read_state_quietly
 from swarm_pool.view.metrics import LiveStats
-
-
-def read_state_or_none(paths: ProjectPaths) -> PoolState | None:
-    """The pool's state file, or None when it is missing or unreadable (a view carries on)."""
-    try:
-        return read_state(paths.state_file)
-    except SwarmPoolError:
-        return None
 
 
 def pool_refs(paths: ProjectPaths) -> dict[str, ProcRef]:
     """The process of each instance in the pool's state file, by instance name."""
-    state = read_state_or_none(paths)
+    state = read_state_quietly(paths.state_file)
     if state is None:
         return {}
     return {rec.name: rec.ref for rec in state.instances if rec.ref is not None}

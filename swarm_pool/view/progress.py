@@ -37,8 +37,7 @@ from rich.progress import (
 )
 
 from swarm_pool.paths import ProjectPaths
-from swarm_pool.pool.state import InstanceState
-from swarm_pool.view.procstats import read_state_or_none
+from swarm_pool.pool.state import InstanceState, read_state_quietly
 
 
 def progress_enabled(as_json: bool = False, stream: IO[str] | None = None) -> bool:
@@ -117,7 +116,7 @@ def _count(
     paths: ProjectPaths, action: str, since: float, alive_at_start: set[str]
 ) -> tuple[int, int | None, str]:
     """(done, total, detail) for the pool's state file right now."""
-    state = read_state_or_none(paths)
+    state = read_state_quietly(paths.state_file)
     if state is None:
         return 0, None, ""
     children = state.instances
@@ -157,7 +156,7 @@ def pool_progress(
     since = time.time()
     alive: set[str] = set()
     if action == "stop":
-        state = read_state_or_none(paths)
+        state = read_state_quietly(paths.state_file)
         if state is not None:
             alive = {c.name for c in state.instances if c.ref is not None and c.ref.alive()}
     stop = threading.Event()
