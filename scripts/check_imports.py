@@ -135,6 +135,8 @@ def check(root: Path) -> list[str]:
     for name in mods:
         if _rank(name, LAYERS) is None:
             problems.append(f"{mods[name]}: {name} is in no room of LAYERS")
+        elif name.startswith("swarm.") and _rank(name, SWARM_LAYERS) is None:
+            problems.append(f"{mods[name]}: {name} is in no room of SWARM_LAYERS")
     for cycle in _cycles(graph):
         problems.append("import cycle: " + " -> ".join([*cycle, cycle[0]]))
     return problems

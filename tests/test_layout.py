@@ -56,9 +56,13 @@ def test_the_import_check_catches_a_cycle_and_an_upward_import(tmp_path: Path) -
     (pkg / "pool/__init__.py").write_text('"""x"""\n')
     (pkg / "store/a.py").write_text("def f() -> None:\n    from swarm_pool.pool import b\n")
     (pkg / "pool/b.py").write_text("from swarm_pool.store import a\n")
+    (pkg / "swarm").mkdir()
+    (pkg / "swarm/__init__.py").write_text('"""x"""\n')
+    (pkg / "swarm/stray.py").write_text('"""x"""\n')
     check = _load_check_imports()
     problems = check.check(pkg)  # type: ignore[attr-defined]
     assert any("upward import of pool.b from store.a" in p for p in problems), problems
+    assert any("swarm.stray is in no room of SWARM_LAYERS" in p for p in problems), problems
     assert any(p.startswith("import cycle: pool.b -> store.a") for p in problems), problems
 
 
