@@ -31,7 +31,7 @@ from swarm_pool.store import Store, open_project_store
 from swarm_pool.store.events import ReleaseReason, SlotTaken
 from swarm_pool.swarm.context import SwarmContext
 from swarm_pool.swarm.worker import transcript
-from swarm_pool.swarm.worker.checkout import acquire, cleanup, open_slots, release_events
+from swarm_pool.swarm.worker.checkout import acquire, cleanup, open_slots
 from tests.pool_cli import cli
 from tests.support import git, init_repo, wait_for
 
@@ -54,7 +54,7 @@ def ctx(repo: Path, store: Store) -> SwarmContext:
 
 
 def release(ctx: SwarmContext, bead: str, reason: ReleaseReason = ReleaseReason.MERGED) -> None:
-    events = release_events(ctx, bead, reason)
+    events = ctx.store.slots.release_events(bead, reason)
     assert events, f"{bead} holds no busy slot"
     ctx.store.append_many(events)
 

@@ -189,11 +189,6 @@ def _make(ctx: SwarmContext, view: SlotView) -> None:
     ctx.store.slots.opened(view.slot)
 
 
-def release_events(ctx: SwarmContext, bead_id: str, reason: str) -> list[SlotReleased]:
-    """What frees the bead's slot, to append with the outcome that frees it."""
-    return ctx.store.slots.release_events(bead_id, reason)
-
-
 @dataclass(frozen=True)
 class SlotCleanup:
     """What ``cleanup`` did: the slots given back, the ones kept (and why), and the
@@ -280,18 +275,3 @@ def dispose(ctx: SwarmContext, instance: str, directory: str) -> bool:
         return False
     finally:
         client.close()
-
-
-def slot_rows(ctx: SwarmContext) -> list[dict[str, Any]]:
-    """The slots as status and the dashboard show them."""
-    return [
-        {
-            "slot": s.slot,
-            "instance": s.instance,
-            "state": s.state,
-            "bead_id": s.bead_id,
-            "path": s.path,
-            "reason": s.reason,
-        }
-        for s in ctx.store.slots.list()
-    ]

@@ -84,21 +84,21 @@ def _busy(ctx: SwarmContext) -> dict[str, int]:
 class SessionRequest:
     """One queued attempt to start. ``version`` is the worker's version when the caller
     read it pending; ``worktree`` is its directory (with ``slotted``, only the fallback:
-    a warm slot of the chosen instance is taken instead, and ``prompt_for(worktree)``
-    renders the prompt naming it); ``avoid`` names instances to pass over."""
+    a warm slot of the chosen instance is taken instead); ``prompt_for(directory)``
+    renders the prompt naming the directory the session runs in; ``avoid`` names
+    instances to pass over."""
 
     bead_id: str
     epic_id: str
     attempt: int
     version: int
     worktree: str
-    prompt: str
+    prompt_for: Callable[[str], str]
     files: Sequence[str]
     title: str
     routing: Routing = "least_busy"
     avoid: frozenset[str] = frozenset()
     slotted: bool = False
-    prompt_for: Callable[[str], str] | None = None
 
 
 def start_session(ctx: SwarmContext, req: SessionRequest) -> WorkerSpawned | None:
@@ -124,7 +124,7 @@ def start_session(ctx: SwarmContext, req: SessionRequest) -> WorkerSpawned | Non
             if req.slotted:
                 where = str(acquire(ctx, inst.name, req.bead_id, req.attempt))
                 grant_token(ctx.paths, ctx.config, where)
-            text = req.prompt_for(where) if req.prompt_for is not None else req.prompt
+            text = req.prompt_for(where)
             attempt = _Attempt(
                 req.bead_id, req.epic_id, req.attempt, req.version, where, list(req.files)
             )
@@ -304,7 +304,6 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
         )
         spec = local_spec(load_spec(ctx, bead_id), worker.worktree)
         worktree = worker.worktree or (queued.worktree if queued is not None else "")
-        prompt = render_prompt(ctx, bead_id, worker.attempt, spec, worktree)
         if routing == "dedicated":
             request_instance(ctx, bead_id)
         request = SessionRequest(
@@ -313,14 +312,13 @@ def dispatch(ctx: SwarmContext, bead_id: str) -> WorkerSpawned | None:
             attempt=worker.attempt,
             version=worker.version,
             worktree=worktree,
-            prompt=prompt,
+            prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
             files=list(worker.files or (queued.files if queued is not None else [])),
             title=spec.contract.title or bead_id,
             routing=routing,
             avoid=frozenset(_avoid_after_failure(ctx, bead_id)),
             # The spawner decided: no directory yet (or its slot, on a retry) means a slot.
             slotted=not worktree or is_slot_path(ctx, worktree),
-            prompt_for=lambda where: render_prompt(ctx, bead_id, worker.attempt, spec, where),
         )
         return start_session(ctx, request)
 

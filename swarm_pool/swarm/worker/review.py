@@ -34,6 +34,7 @@ from swarm_pool.errors import (
     ReviewRequiredError,
     WorkerError,
 )
+from swarm_pool.git import BRANCH_PREFIX
 from swarm_pool.store.events import (
     MergeConflict,
     ReleaseReason,
@@ -204,7 +205,7 @@ def merge(ctx: SwarmContext, bead_id: str, *, base: str | None = None) -> MergeO
             MergeConflict(
                 bead_id=bead_id,
                 epic_id=worker.epic_id,
-                branch=e.branch or f"swarm/{bead_id}",
+                branch=e.branch or BRANCH_PREFIX + bead_id,
                 base_branch=e.base or (base or ""),
                 files=list(e.files),
             )
@@ -254,7 +255,7 @@ def require_approval(ctx: SwarmContext, bead_id: str) -> None:
     "Current" is the branch's head commit and the worktree's whole content, so neither a
     commit nor an uncommitted edit made after the review slips into the merge.
     """
-    branch = f"swarm/{bead_id}"
+    branch = BRANCH_PREFIX + bead_id
     head = ctx.git.worktrees.head(bead_id)
     last = ctx.last_event(bead_id, ReviewCompleted)
     fix = f"run `swarm-pool review {bead_id}` (or swarm_review) and merge once it approves"
