@@ -169,3 +169,15 @@ def test_a_name_subscriber_follows_the_pulse_that_replaces_another() -> None:
         second.stop()
     finally:
         release.set()
+
+
+def test_subscribing_twice_by_name_is_once_so_one_unsubscribe_ends_it() -> None:
+    pulses = Pulses()
+    listener = Recorder()
+    pulses.subscribe("oc-1", listener)
+    pulses.subscribe("oc-1", listener)
+    pulses.unsubscribe("oc-1", listener)
+    # Published after the unsubscribe: the listener must not be subscribed again.
+    pulse = Pulse("oc-1", lambda: iter([HEARTBEAT]))
+    pulses.publish(pulse)
+    assert listener not in pulse._subscribers

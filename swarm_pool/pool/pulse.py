@@ -250,7 +250,9 @@ class Pulses:
 
     def subscribe(self, name: str, subscriber: Subscriber) -> None:
         with self._lock:
-            self._subscribers.setdefault(name, []).append(subscriber)
+            listening = self._subscribers.setdefault(name, [])
+            if subscriber not in listening:  # as Pulse.subscribe: once, however often asked
+                listening.append(subscriber)
             pulse = self._pulses.get(name)
             if pulse is not None:
                 pulse.subscribe(subscriber)
