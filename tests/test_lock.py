@@ -1,4 +1,5 @@
-"""requirements.lock, which ``scripts/setup`` installs from, covers pyproject.toml.
+"""What ``scripts/setup`` installs is what the project pins: requirements.lock covers
+pyproject.toml, and the OpenCode versions match ``opencode.binary.PINNED``.
 
 Every dependency pyproject.toml names (the dev extra too) is pinned in the lock with ``==``
 and at least one hash, at a version its specifier allows, and the installed version is
@@ -15,6 +16,9 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from swarm_pool import OPENCODE_VERSION
+from swarm_pool.opencode.binary import PINNED, OpenCodeLine
 
 ROOT = Path(__file__).resolve().parent.parent
 _PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)")
@@ -61,3 +65,15 @@ def test_the_installed_packages_are_the_locked_ones() -> None:
         except metadata.PackageNotFoundError:
             continue  # a pin for another platform or Python (its marker is false here)
         assert installed == version, f"{name}: installed {installed}, locked {version}"
+
+
+def test_setup_installs_the_versions_the_package_pins() -> None:
+    # scripts/setup names the npm versions in shell; binary.PINNED is what the pool
+    # expects of them. Two places, so this ties them together.
+    setup = (ROOT / "scripts/setup").read_text()
+    found = dict(re.findall(r'^(OPENCODE2?_VERSION)="([^"]+)"$', setup, re.M))
+    assert found == {
+        "OPENCODE_VERSION": PINNED[OpenCodeLine.V1],
+        "OPENCODE2_VERSION": PINNED[OpenCodeLine.V2],
+    }
+    assert PINNED[OpenCodeLine.V1] == OPENCODE_VERSION

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 from swarm_pool import faults
 from swarm_pool.errors import SwarmPoolError
-from swarm_pool.pool.router import InstanceView
+from swarm_pool.pool.router import InstanceView, busy_counts
 from swarm_pool.pool.state import SERVING
 from swarm_pool.store.events import FailureCause, HostBeat, HostInstance, now_ms
 from swarm_pool.store.lifecycle import IN_FLIGHT, LIVE, WorkerStatus
@@ -67,9 +67,7 @@ class HostDuty:
 
     def beat(self, instances: list[InstanceView], workers: list[WorkerView]) -> None:
         held = [w for w in workers if w.host == self.host and w.status in IN_FLIGHT]
-        busy: dict[str, int] = {}
-        for w in held:
-            busy[w.instance] = busy.get(w.instance, 0) + 1
+        busy = busy_counts(w.instance for w in held)
         try:
             load = os.getloadavg()[0]
         except OSError:
